@@ -1,0 +1,35 @@
+"""Shared behaviour of every command-line entry point.
+
+A user error (C2FNASError) becomes one line on stderr and exit code 2; Ctrl-C exits
+130 without a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable
+
+from c2fnas_auto.errors import C2FNASError
+
+
+def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else fn.__module__
+        try:
+            rc = fn(argv)
+        except C2FNASError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        return int(rc or 0)
+
+    return wrapper
+
+
+def exit_with(main: Callable[[list[str] | None], int]) -> None:
+    sys.exit(main(None))
