@@ -1,0 +1,109 @@
+"""Network hyper-parameters that do not come from the genotype.
+
+The plans fill these in (channels, classes, per-axis strides for anisotropic data,
+which axis is through-plane); the genotype decides the shape. Keeping them apart lets
+one searched genotype be deployed on any task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from c2fnas_auto.errors import C2FNASError
+
+
+class NetworkConfigError(C2FNASError):
+    """A network configuration value is out of range."""
+
+
+def _triple(v: Any, what: str) -> tuple[int, int, int]:
+    try:
+        t = tuple(int(x) for x in v)
+    except (TypeError, ValueError):
+        raise NetworkConfigError(f"{what} must be three integers, got {v!r}") from None
+    if len(t) != 3 or any(x < 1 for x in t):
+        raise NetworkConfigError(f"{what} must be three positive integers, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+@dataclass
+class NetworkConfig:
+    """Widths, strides and heads of a network.
+
+    `strides[0]` is the stem's downsampling (input -> level 1) and `strides[i]` the step
+    from level i to level i+1, each per axis (z, y, x) in preprocessed order; a 1 on an
+    axis skips downsampling it (anisotropic data).
+    """
+
+    in_channels: int
+    num_classes: int
+    stem_channels: int = 32
+    level_channels: tuple[int, ...] = (64, 128, 256, 512)
+    strides: tuple[tuple[int, int, int], ...] = field(default_factory=lambda: ((2, 2, 2),) * 4)
+    through_plane_axis: int = 0
+    deep_supervision: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_classes", "stem_channels"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NetworkConfigError(f"{name} must be a positive integer, got {v!r}")
+        self.level_channels = tuple(int(c) for c in self.level_channels)
+        if not self.level_channels or any(c < 1 for c in self.level_channels):
+            raise NetworkConfigError(f"level_channels must be positive integers, got {self.level_channels!r}")
+        self.strides = tuple(_triple(s, f"strides[{i}]") for i, s in enumerate(self.strides))
+        if len(self.strides) != len(self.level_channels):
+            raise NetworkConfigError(f"strides has {len(self.strides)} entries but level_channels has "
+                                     f"{len(self.level_channels)}: one stride per level is needed")
+        if self.through_plane_axis not in (0, 1, 2):
+            raise NetworkConfigError(f"through_plane_axis must be 0, 1 or 2, got {self.through_plane_axis!r}")
+        self.deep_supervision = bool(self.deep_supervision)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_channels)
+
+    def level_downsampling(self, level: int) -> tuple[int, int, int]:
+        """Per-axis factor between the input and `level` (0 = full resolution)."""
+        f = [1, 1, 1]
+        for s in self.strides[:level]:
+            f = [a * b for a, b in zip(f, s)]
+        return tuple(f)  # type: ignore[return-value]
+
+    def total_downsampling(self) -> tuple[int, int, int]:
+        """Per-axis factor to the deepest level: patch sizes must be divisible by it."""
+        return self.level_downsampling(self.num_levels)
+
+    def check_patch(self, patch_size: Any) -> tuple[int, int, int]:
+        """The patch as a tuple, or NetworkConfigError if a level would not divide evenly."""
+        p = _triple(patch_size, "patch size")
+        d = self.total_downsampling()
+        if any(a % b for a, b in zip(p, d)):
+            raise NetworkConfigError(f"patch size {list(p)} is not divisible by the total downsampling {list(d)}")
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "num_classes": self.num_classes,
+                "stem_channels": self.stem_channels, "level_channels": list(self.level_channels),
+                "strides": [list(s) for s in self.strides], "through_plane_axis": self.through_plane_axis,
+                "deep_supervision": self.deep_supervision}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NetworkConfig":
+        if not isinstance(d, dict):
+            raise NetworkConfigError(f"a network config must be a JSON object, got {type(d).__name__}")
+        known = {"in_channels", "num_classes", "stem_channels", "level_channels", "strides",
+                 "through_plane_axis", "deep_supervision"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NetworkConfigError(f"unknown network config key(s): {', '.join(unknown)}")
+        for key in ("in_channels", "num_classes"):
+            if key not in d:
+                raise NetworkConfigError(f"network config is missing '{key}'")
+        kwargs = dict(d)
+        if "level_channels" in kwargs:
+            kwargs["level_channels"] = tuple(kwargs["level_channels"])
+        if "strides" in kwargs:
+            kwargs["strides"] = tuple(tuple(s) for s in kwargs["strides"])
+        return cls(**kwargs)
