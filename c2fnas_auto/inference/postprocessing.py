@@ -1,0 +1,144 @@
+"""Keep-largest-connected-component postprocessing, decided from cross-validation.
+
+Organs are usually one connected object, so stray islands of a class are often false
+positives; but for tumours or vessels removing them can hurt. The decision is therefore
+made per class from the validation predictions of trained folds: a class is postprocessed
+when keeping only its largest component does not lower its mean validation Dice (and
+changes at least one case). The decision is stored as `postprocessing.json` and applied
+by the predictor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from c2fnas_auto.errors import InputError
+from c2fnas_auto.evaluation.evaluate import segmentation_files
+from c2fnas_auto.evaluation.metrics import dice
+from c2fnas_auto.utils.io import atomic_write_json, load_json
+
+POSTPROCESSING_FILE = "postprocessing.json"
+
+
+def keep_largest_component(seg: np.ndarray, label: int) -> np.ndarray:
+    """Copy of `seg` where voxels of `label` outside its largest 26-connected component become 0."""
+    mask = seg == label
+    if not mask.any():
+        return seg.copy()
+    components, n = ndimage.label(mask, structure=np.ones((3,) * seg.ndim, dtype=bool))
+    out = seg.copy()
+    if n <= 1:
+        return out
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    keep = int(np.argmax(sizes))
+    out[mask & (components != keep)] = 0
+    return out
+
+
+def apply_postprocessing(seg: np.ndarray, postprocessing: dict | None) -> np.ndarray:
+    """Apply a decision dict ({"largest_component_labels": [...]}); None leaves `seg` as is."""
+    if not postprocessing:
+        return seg
+    for label in postprocessing.get("largest_component_labels", []):
+        seg = keep_largest_component(seg, int(label))
+    return seg
+
+
+def load_postprocessing(path: str | os.PathLike) -> dict:
+    data = load_json(path, "postprocessing file")
+    if not isinstance(data, dict) or not isinstance(data.get("largest_component_labels"), list):
+        raise InputError(f"{path}: postprocessing file has no 'largest_component_labels' list")
+    return data
+
+
+def find_postprocessing(model_folder: str | os.PathLike, folds: Sequence[str | int]) -> Path | None:
+    """The decision that fits a prediction: the results root's, else the single fold's."""
+    model_folder = Path(model_folder)
+    root = model_folder / POSTPROCESSING_FILE
+    if root.is_file():
+        return root
+    if len(folds) == 1:
+        fold_file = model_folder / f"fold_{folds[0]}" / POSTPROCESSING_FILE
+        if fold_file.is_file():
+            return fold_file
+    return None
+
+
+def _fold_dirs(results_dir: Path, folds: Iterable[str | int] | None) -> list[Path]:
+    if folds is None:
+        dirs = sorted(p for p in results_dir.glob("fold_*") if (p / "validation").is_dir())
+    else:
+        dirs = [results_dir / f"fold_{f}" for f in folds]
+    for d in dirs:
+        if not (d / "validation").is_dir():
+            raise InputError(f"{d / 'validation'}: no validation predictions (train the fold first)")
+    if not dirs:
+        raise InputError(f"{results_dir}: no fold_*/validation folders to decide postprocessing from")
+    return dirs
+
+
+def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: str | os.PathLike,
+                             labels: dict[str, int], folds: Iterable[str | int] | None = None,
+                             out_file: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Decide largest-component postprocessing per class from fold validation predictions.
+
+    `reference_folder` holds the raw labels (e.g. the task's `labelsTr`) named like the
+    validation predictions. Writes `out_file` (default `results_dir/postprocessing.json`).
+    """
+    from c2fnas_auto.data.image_io import read_segmentation
+
+    results_dir = Path(results_dir)
+    reference_folder = Path(reference_folder)
+    refs = segmentation_files(reference_folder) if reference_folder.is_dir() else {}
+    if not refs:
+        raise InputError(f"{reference_folder}: no reference segmentations found")
+    fg = {name: int(v) for name, v in labels.items() if int(v) != 0}
+    before: dict[int, list[float]] = {v: [] for v in fg.values()}
+    after: dict[int, list[float]] = {v: [] for v in fg.values()}
+    changed: dict[int, int] = {v: 0 for v in fg.values()}
+    dirs = _fold_dirs(results_dir, folds)
+    pairs = []
+    for d in dirs:
+        for case_id, pred_file in segmentation_files(d / "validation").items():
+            if case_id not in refs:
+                raise InputError(f"{reference_folder}: no reference for validation case {case_id} of {d.name}")
+            pairs.append((pred_file, refs[case_id]))
+    if not pairs:
+        raise InputError(f"{results_dir}: validation folders hold no predictions")
+    for pred_file, ref_file in tqdm(pairs, desc="postprocessing", unit="case", disable=not progress):
+        pred, _ = read_segmentation(pred_file)
+        ref, _ = read_segmentation(ref_file)
+        if pred.shape != ref.shape:
+            raise InputError(f"{pred_file}: shape {pred.shape} differs from reference {ref.shape}")
+        for v in fg.values():
+            processed = keep_largest_component(pred, v)
+            before[v].append(dice(pred, ref, v))
+            after[v].append(dice(processed, ref, v))
+            changed[v] += int(not np.array_equal(processed, pred))
+
+    def mean(xs: list[float]) -> float | None:
+        xs = [x for x in xs if not np.isnan(x)]
+        return float(np.mean(xs)) if xs else None
+
+    chosen = []
+    for v in fg.values():
+        b, a = mean(before[v]), mean(after[v])
+        if b is not None and a is not None and changed[v] > 0 and a >= b:
+            chosen.append(v)
+    decision = {
+        "largest_component_labels": chosen,
+        "dice_before": {str(v): mean(before[v]) for v in fg.values()},
+        "dice_after": {str(v): mean(after[v]) for v in fg.values()},
+        "cases_changed": {str(v): changed[v] for v in fg.values()},
+        "folds": [d.name for d in dirs],
+        "num_cases": len(pairs),
+    }
+    atomic_write_json(out_file if out_file is not None else results_dir / POSTPROCESSING_FILE, decision)
+    return decision
