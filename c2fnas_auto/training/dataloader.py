@@ -1,0 +1,150 @@
+"""Random training patches from preprocessed cases, fed through augmentation in workers.
+
+A batch is drawn by `PatchSampler` (numpy only, easy to test): each sample picks a case at
+random and cuts an *initial* patch (larger than the network patch when spatial
+augmentation needs room), padding with zeros where the case is smaller. The last third
+of every batch (nnU-Net's 33 %) is centred on a stored foreground voxel so rare organs
+are seen often enough. `BatchStream` then runs the batchgenerators transforms; as a
+torch IterableDataset it runs in-process (`num_workers=0`, tests and the search) or in
+DataLoader worker processes, each seeded from (seed, rank, worker) so workers never
+repeat each other and a run is reproducible for a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from c2fnas_auto.training.augmentation import AugmentationParams, build_transforms, initial_patch_size
+
+FOREGROUND_OVERSAMPLING = 0.33
+
+
+@dataclass
+class CaseData:
+    """One preprocessed case: image (C, z, y, x), labels (1, z, y, x) and foreground voxel lists."""
+
+    case_id: str
+    data: np.ndarray
+    seg: np.ndarray
+    class_locations: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def load_cases(preprocessed_dir: str | Path, case_ids: Sequence[str], mmap: bool = True) -> list[CaseData]:
+    """Open the stored cases (memory-mapped by default so workers share pages)."""
+    from c2fnas_auto.preprocessing.storage import load_case
+
+    cases = []
+    for cid in case_ids:
+        data, seg, props = load_case(Path(preprocessed_dir), cid, mmap=mmap)
+        if seg is None:
+            seg = np.zeros((1,) + tuple(data.shape[1:]), dtype=np.int8)
+        locs = {}
+        for k, v in (props.get("class_locations") or {}).items():
+            arr = np.asarray(v, dtype=np.int64).reshape(-1, 3)
+            if len(arr):
+                locs[int(k)] = arr
+        cases.append(CaseData(cid, data, seg, locs))
+    return cases
+
+
+def crop_with_padding(array: np.ndarray, lower: Sequence[int], size: Sequence[int], pad_value: float = 0) -> np.ndarray:
+    """array[:, lower:lower+size] over the spatial axes, zero-padded wherever it leaves the array."""
+    out = np.full((array.shape[0],) + tuple(size), pad_value, dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for lo, sz, dim in zip(lower, size, array.shape[1:]):
+        a, b = max(lo, 0), min(lo + sz, dim)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - lo, b - lo))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchSampler:
+    """Draws batches of (data, seg) patches of `patch_size` from `cases`."""
+
+    def __init__(self, cases: Sequence[CaseData], patch_size: Sequence[int], batch_size: int,
+                 oversample_foreground: float = FOREGROUND_OVERSAMPLING):
+        if not cases:
+            raise ValueError("PatchSampler needs at least one case")
+        self.cases = list(cases)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = int(batch_size)
+        self.oversample_foreground = oversample_foreground
+
+    def force_foreground(self, index: int) -> bool:
+        """Sample `index` of a batch must contain foreground: the last third of the batch."""
+        return not index < round(self.batch_size * (1 - self.oversample_foreground))
+
+    def _lower_corner(self, case: CaseData, rng: np.random.Generator, force_fg: bool) -> list[int]:
+        shape = case.data.shape[1:]
+        need = [max(0, p - s) for p, s in zip(self.patch_size, shape)]
+        lb = [-(n // 2) for n in need]
+        ub = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need, self.patch_size)]
+        classes = [c for c, loc in case.class_locations.items() if c > 0 and len(loc)]
+        if force_fg and classes:
+            c = classes[rng.integers(len(classes))]
+            voxel = case.class_locations[c][rng.integers(len(case.class_locations[c]))]
+            return [int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, self.patch_size, lb, ub)]
+        return [int(rng.integers(lo, hi + 1)) for lo, hi in zip(lb, ub)]
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        data, seg, keys = [], [], []
+        for i in range(self.batch_size):
+            case = self.cases[rng.integers(len(self.cases))]
+            lower = self._lower_corner(case, rng, self.force_foreground(i))
+            data.append(crop_with_padding(np.asarray(case.data, dtype=np.float32), lower, self.patch_size))
+            seg.append(crop_with_padding(case.seg, lower, self.patch_size))
+            keys.append(case.case_id)
+        return {"data": np.stack(data), "seg": np.stack(seg).astype(np.float32), "keys": keys}
+
+
+def stream_seed(seed: int, rank: int = 0, worker: int = 0) -> int:
+    """A 32-bit seed unique to (seed, rank, worker)."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(worker)]).generate_state(1)[0])
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless augmented batches as torch tensors: data float32 (B, C, ...), target int64 (B, 1, ...)."""
+
+    def __init__(self, sampler: PatchSampler, transforms, seed: int = 0, rank: int = 0):
+        super().__init__()
+        self.sampler = sampler
+        self.transforms = transforms
+        self.seed = seed
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        s = stream_seed(self.seed, self.rank, info.id if info is not None else 0)
+        rng = np.random.default_rng(s)
+        np.random.seed(s)  # batchgenerators draws from the global numpy generator
+        while True:
+            batch = self.sampler.sample(rng)
+            keys = batch.pop("keys")
+            out = self.transforms(**batch)
+            yield {"data": torch.from_numpy(np.ascontiguousarray(out["data"], dtype=np.float32)),
+                   "target": torch.from_numpy(np.ascontiguousarray(out["seg"]).astype(np.int64)),
+                   "keys": keys}
+
+
+def make_batch_iterator(cases: Sequence[CaseData], patch_size: Sequence[int], batch_size: int, seed: int = 0,
+                        rank: int = 0, num_workers: int = 0, augment: bool = True,
+                        params: AugmentationParams | None = None,
+                        oversample_foreground: float = FOREGROUND_OVERSAMPLING) -> Iterator[dict]:
+    """An endless iterator of augmented batches; workers are DataLoader processes when num_workers > 0."""
+    params = params or AugmentationParams()
+    first = initial_patch_size(patch_size, params) if augment else tuple(int(p) for p in patch_size)
+    sampler = PatchSampler(cases, first, batch_size, oversample_foreground)
+    stream = BatchStream(sampler, build_transforms(patch_size, params, augment), seed, rank)
+    if num_workers <= 0:
+        return iter(stream)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
+                                         persistent_workers=True, prefetch_factor=2)
+    return iter(loader)

@@ -1,0 +1,97 @@
+"""Per-epoch metrics, the human-readable log and the progress plot of a training run.
+
+The whole history travels inside each checkpoint, so `--continue` restores the plot and
+the EMA exactly; the files are rewritten atomically every epoch from that history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
+
+EMA_ALPHA = 0.9
+
+
+@dataclass
+class TrainingLog:
+    epochs: list[dict] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    best_ema: float = -math.inf
+
+    def message(self, text: str) -> str:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {text}"
+        self.lines.append(line)
+        return line
+
+    @property
+    def ema(self) -> float | None:
+        return self.epochs[-1]["ema_pseudo_dice"] if self.epochs else None
+
+    def add_epoch(self, record: dict) -> dict:
+        """Append one epoch's metrics, filling in the EMA of the validation pseudo Dice."""
+        prev = self.ema
+        v = record["val_pseudo_dice"]
+        record["ema_pseudo_dice"] = v if prev is None else EMA_ALPHA * prev + (1 - EMA_ALPHA) * v
+        self.epochs.append(record)
+        return record
+
+    def improved(self) -> bool:
+        """True (and remembered) when the latest EMA beats every earlier one."""
+        if self.ema is not None and self.ema > self.best_ema:
+            self.best_ema = self.ema
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs, "lines": self.lines, "best_ema": self.best_ema}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "TrainingLog":
+        return cls(list(state.get("epochs", [])), list(state.get("lines", [])),
+                   float(state.get("best_ema", -math.inf)))
+
+    def write(self, folder: Path) -> None:
+        """training_log.txt, metrics.json and progress.png, each atomically."""
+        folder = Path(folder)
+        atomic_write_text(folder / "training_log.txt", "\n".join(self.lines) + "\n")
+        atomic_write_json(folder / "metrics.json", {"epochs": self.epochs, "best_ema_pseudo_dice":
+                                                    None if math.isinf(self.best_ema) else self.best_ema})
+        if self.epochs:
+            plot_progress(self.epochs, folder / "progress.png")
+
+
+def plot_progress(epochs: list[dict], out_png: Path) -> None:
+    """Losses with pseudo Dice (and EMA) on a second axis; epoch time; learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [e["epoch"] for e in epochs]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
+    ax = axes[0]
+    ax.plot(x, [e["train_loss"] for e in epochs], color="tab:blue", label="train loss")
+    ax.plot(x, [e["val_loss"] for e in epochs], color="tab:red", label="val loss")
+    ax.set_ylabel("loss (Dice + CE)")
+    ax2 = ax.twinx()
+    ax2.plot(x, [e["train_pseudo_dice"] for e in epochs], color="tab:cyan", ls=":", label="train pseudo Dice")
+    ax2.plot(x, [e["val_pseudo_dice"] for e in epochs], color="tab:green", ls="--", label="val pseudo Dice")
+    ax2.plot(x, [e["ema_pseudo_dice"] for e in epochs], color="tab:green", label="val pseudo Dice (EMA)")
+    ax2.set_ylabel("pseudo Dice")
+    ax2.set_ylim(0, 1)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+    axes[1].plot(x, [e["epoch_seconds"] for e in epochs], color="tab:purple")
+    axes[1].set_ylabel("epoch time [s]")
+    axes[2].plot(x, [e["lr"] for e in epochs], color="tab:orange")
+    axes[2].set_ylabel("learning rate")
+    axes[2].set_xlabel("epoch")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""One training epoch and one validation pass: the part `fit`, the Trainer and the search share.
+
+Each step also counts true/false positives and false negatives per foreground class on the
+full-resolution output, so a "pseudo Dice" comes for free without extra forward passes.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from c2fnas_auto.training.schedule import GRAD_CLIP
+
+ForwardFn = Callable[[nn.Module, torch.Tensor], "torch.Tensor | list[torch.Tensor]"]
+
+
+def default_forward(network: nn.Module, x: torch.Tensor):
+    return network(x)
+
+
+@dataclass
+class StepContext:
+    """Everything a training step needs; `amp` only takes effect on CUDA."""
+
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    device: torch.device
+    forward_fn: ForwardFn = default_forward
+    scaler: torch.amp.GradScaler | None = None
+    amp: bool = True
+
+    def __post_init__(self):
+        self.amp = bool(self.amp and self.device.type == "cuda")
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    seconds: float
+    iterations: int
+    per_class_dice: list[float] = field(default_factory=list)
+
+    @property
+    def pseudo_dice(self) -> float:
+        return mean_pseudo_dice(self.tp, self.fp, self.fn)
+
+    @property
+    def seconds_per_iteration(self) -> float:
+        return self.seconds / max(self.iterations, 1)
+
+
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per foreground class (1..K-1) tp, fp, fn of argmax(logits) against target (B, 1, ...)."""
+    k = logits.shape[1]
+    pred = logits.argmax(1)
+    t = target[:, 0] if target.ndim == logits.ndim else target
+    tp, fp, fn = (np.zeros(k - 1) for _ in range(3))
+    for c in range(1, k):
+        p, r = pred == c, t == c
+        tp[c - 1] = (p & r).sum().item()
+        fp[c - 1] = (p & ~r).sum().item()
+        fn[c - 1] = (~p & r).sum().item()
+    return tp, fp, fn
+
+
+def per_class_pseudo_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> list[float]:
+    """2tp / (2tp + fp + fn) per class; NaN where the class never occurred nor was predicted."""
+    denom = 2 * tp + fp + fn
+    return [float(2 * a / d) if d > 0 else float("nan") for a, d in zip(tp, denom)]
+
+
+def mean_pseudo_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
+    vals = [v for v in per_class_pseudo_dice(tp, fp, fn) if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _full_res(out):
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def train_step(ctx: StepContext, batch: dict) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Forward, Dice+CE, backward with gradient clipping (AMP + GradScaler on CUDA)."""
+    x = batch["data"].to(ctx.device, non_blocking=True)
+    y = batch["target"].to(ctx.device, non_blocking=True)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    with ctx.autocast():
+        out = ctx.forward_fn(ctx.network, x)
+        loss = ctx.loss_fn(out, y)
+    ctx.scaler.scale(loss).backward()
+    ctx.scaler.unscale_(ctx.optimizer)
+    torch.nn.utils.clip_grad_norm_(ctx.network.parameters(), GRAD_CLIP)
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    with torch.no_grad():
+        counts = confusion_counts(_full_res(out).detach(), y)
+    return float(loss.detach().item()), counts
+
+
+def run_epoch(ctx: StepContext, batches: Iterator[dict], iterations: int, progress: bool = False,
+              desc: str = "train") -> EpochStats:
+    ctx.network.train()
+    losses, tp, fp, fn = [], 0, 0, 0
+    start = time.perf_counter()
+    for _ in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        loss, (a, b, c) = train_step(ctx, next(batches))
+        losses.append(loss)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return EpochStats(float(np.mean(losses)) if losses else float("nan"), np.asarray(tp), np.asarray(fp),
+                      np.asarray(fn), time.perf_counter() - start, iterations)
+
+
+@torch.no_grad()
+def run_validation(ctx: StepContext, batches: Iterator[dict], iterations: int, progress: bool = False) -> EpochStats:
+    """Loss and pseudo-Dice counts on `iterations` random (non-augmented) validation patches."""
+    ctx.network.eval()
+    losses, tp, fp, fn = [], 0, 0, 0
+    start = time.perf_counter()
+    for _ in tqdm(range(iterations), desc="val", disable=not progress, leave=False, dynamic_ncols=True):
+        batch = next(batches)
+        x = batch["data"].to(ctx.device)
+        y = batch["target"].to(ctx.device)
+        with ctx.autocast():
+            out = _full_res(ctx.forward_fn(ctx.network, x))
+            losses.append(float(ctx.loss_fn(out, y).item()))
+        a, b, c = confusion_counts(out, y)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    ctx.network.train()
+    return EpochStats(float(np.mean(losses)) if losses else float("nan"), np.asarray(tp), np.asarray(fp),
+                      np.asarray(fn), time.perf_counter() - start, iterations)

@@ -1,0 +1,29 @@
+"""Optimiser and learning-rate schedule (nnU-Net defaults, see DESIGN §3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INITIAL_LR = 1e-2
+MOMENTUM = 0.99
+WEIGHT_DECAY = 3e-5
+POLY_EXPONENT = 0.9
+GRAD_CLIP = 12.0
+
+
+def poly_lr(epoch: int, max_epochs: int, initial_lr: float = INITIAL_LR, exponent: float = POLY_EXPONENT) -> float:
+    """Learning rate for `epoch` (0-based): initial * (1 - epoch / max_epochs) ** exponent."""
+    frac = min(max(epoch, 0), max_epochs) / max(max_epochs, 1)
+    return initial_lr * (1.0 - frac) ** exponent
+
+
+def build_optimizer(network: nn.Module, lr: float = INITIAL_LR) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum 0.99 and weight decay 3e-5."""
+    return torch.optim.SGD(network.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True,
+                           weight_decay=WEIGHT_DECAY)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
