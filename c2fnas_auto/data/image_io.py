@@ -1,0 +1,336 @@
+"""Reading and writing medical images with their geometry.
+
+Arrays are numpy order (z, y, x) (images: (C, z, y, x)); the Geometry keeps SimpleITK's
+(x, y, z) order verbatim so a prediction can be written back onto exactly the grid it
+came from. MSD multi-modal cases are single 4D NIfTI files: their fourth axis becomes
+the channel axis and the geometry is that of the first three axes.
+
+SimpleITK silently zero-fills truncated NIfTI files, so NIfTI inputs are checked for a
+complete data block (and an intact gzip stream) before they are trusted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from c2fnas_auto.errors import InputError
+from c2fnas_auto.utils.io import atomic_path
+
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def file_ending(path: str | Path) -> str:
+    """The image ending of `path` ('.nii.gz' counts as one), or its last suffix."""
+    name = Path(path).name.lower()
+    for ending in IMAGE_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    return Path(path).suffix
+
+
+def strip_ending(path: str | Path) -> str:
+    """File name without its image ending: 'a/case_001.nii.gz' -> 'case_001'."""
+    name = Path(path).name
+    return name[: len(name) - len(file_ending(name))] if file_ending(name) else name
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical placement of a 3D voxel grid, in SimpleITK (x, y, z) order."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 values, row-major 3x3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(v) for v in self.origin))
+        object.__setattr__(self, "direction", tuple(float(v) for v in self.direction))
+        if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise ValueError(f"Geometry needs 3 spacings, 3 origin values and 9 direction values, got "
+                             f"{len(self.spacing)}, {len(self.origin)}, {len(self.direction)}")
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in numpy (z, y, x) order, the order of every array and plans field."""
+        return tuple(reversed(self.spacing))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(spacing=d["spacing"], origin=d["origin"], direction=d["direction"])
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image) -> "Geometry":
+        """Geometry of a 3D image, or of the first three axes of a 4D one."""
+        dim = img.GetDimension()
+        if dim == 3:
+            return cls(img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+        if dim == 4:
+            d = np.array(img.GetDirection()).reshape(4, 4)[:3, :3]
+            return cls(img.GetSpacing()[:3], img.GetOrigin()[:3], tuple(d.ravel()))
+        raise ValueError(f"cannot take a 3D geometry from a {dim}D image")
+
+    def apply_to(self, img: sitk.Image) -> sitk.Image:
+        """Set this geometry on a 3D image (in place) and return it."""
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    def matches(self, other: "Geometry", rtol: float = 1e-3) -> str | None:
+        """None when both describe the same grid placement, else which part differs.
+
+        Spacing is compared relatively; origin to within `rtol` of the largest spacing
+        (a sub-voxel shift is not a different grid); direction cosines absolutely.
+        """
+        if not np.allclose(self.spacing, other.spacing, rtol=rtol, atol=0.0):
+            return f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)}"
+        tol = rtol * max(max(self.spacing), 1e-6)
+        if not np.allclose(self.origin, other.origin, rtol=rtol, atol=tol):
+            return f"origin {_fmt(self.origin)} vs {_fmt(other.origin)}"
+        if not np.allclose(self.direction, other.direction, rtol=0.0, atol=rtol):
+            return f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}"
+        return None
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Header facts of an image file, read without loading the voxels."""
+
+    dimension: int
+    size: tuple[int, ...]  # SimpleITK order (x, y, z[, c])
+    geometry: Geometry | None  # None for images that are not 3D/4D
+    pixel_type: str
+
+    @property
+    def shape_zyx(self) -> tuple[int, ...]:
+        return tuple(reversed(self.size[:3]))
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.size[3]) if self.dimension == 4 else 1
+
+
+def _sitk_reason(exc: Exception) -> str:
+    """The useful last line of a SimpleITK exception (drop source-file noise)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "ERROR" in ln:
+            return ln.split("ERROR:", 1)[-1].strip()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+
+
+def check_complete(path: str | Path) -> None:
+    """Raise InputError when a NIfTI file is truncated or its gzip stream is corrupt.
+
+    SimpleITK reads such files without complaint (missing voxels become zeros), which
+    would silently corrupt training data or predictions.
+    """
+    path = Path(path)
+    ending = file_ending(path)
+    if ending not in (".nii", ".nii.gz"):
+        return
+    try:
+        import nibabel as nib
+
+        hdr = nib.load(str(path)).header
+        expected = int(hdr["vox_offset"]) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    except Exception as exc:  # nibabel's own errors vary by failure
+        raise InputError(f"{path}: unreadable NIfTI header ({exc})") from None
+    if ending == ".nii":
+        actual = path.stat().st_size
+    else:
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    actual += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(f"{path}: truncated or corrupt file ({exc})") from None
+    if actual < expected:
+        raise InputError(f"{path}: truncated file ({actual} of {expected} bytes)")
+
+
+def read_image_info(path: str | Path) -> ImageInfo:
+    """Dimension, size and geometry from the header only (fast; used by the integrity check)."""
+    path = Path(path)
+    _require_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read image ({_sitk_reason(exc)})") from None
+    dim = reader.GetDimension()
+    geometry = None
+    if dim == 3:
+        geometry = Geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    elif dim == 4:
+        d = np.array(reader.GetDirection()).reshape(4, 4)[:3, :3]
+        geometry = Geometry(reader.GetSpacing()[:3], reader.GetOrigin()[:3], tuple(d.ravel()))
+    return ImageInfo(dimension=dim, size=tuple(reader.GetSize()), geometry=geometry,
+                     pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    _require_file(path)
+    check_complete(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        img = _read_nifti_with_nibabel(path) if file_ending(path) in (".nii", ".nii.gz") else None
+        if img is None:
+            raise InputError(f"{path}: cannot read image ({_sitk_reason(exc)})") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: vector/RGB pixels are not supported (one scalar per voxel expected)")
+    return img
+
+
+def _read_nifti_with_nibabel(path: Path) -> sitk.Image | None:
+    """Fallback for NIfTI files ITK refuses (e.g. a slightly non-orthonormal sform, seen in
+    some MSD releases): take nibabel's affine, orthonormalise it and convert RAS -> LPS."""
+    try:
+        import nibabel as nib
+
+        nii = nib.load(str(path))
+        data = np.asanyarray(nii.dataobj)
+        affine = np.asarray(nii.affine, dtype=np.float64)
+    except Exception:  # any nibabel failure means: the original SimpleITK error stands
+        return None
+    if data.ndim not in (3, 4):
+        return None
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    cols = ras_to_lps @ affine[:3, :3]
+    spacing = np.linalg.norm(cols, axis=0)
+    if np.any(spacing <= 0):
+        return None
+    u, _, vt = np.linalg.svd(cols / spacing)
+    direction = u @ vt
+    origin = ras_to_lps @ affine[:3, 3]
+    # nibabel indexes (i, j, k[, t]); SimpleITK arrays are (z, y, x) = (k, j, i).
+    arr = np.ascontiguousarray(np.transpose(data, tuple(reversed(range(data.ndim)))))
+    if data.ndim == 3:
+        return Geometry(tuple(spacing), tuple(origin), tuple(direction.ravel())).apply_to(sitk.GetImageFromArray(arr))
+    img = sitk.GetImageFromArray(arr, isVector=False)
+    d4 = np.eye(4)
+    d4[:3, :3] = direction
+    img.SetSpacing((*spacing, 1.0))
+    img.SetOrigin((*origin, 0.0))
+    img.SetDirection(tuple(d4.ravel()))
+    return img
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """One file as it is: (z, y, x) for 3D, (C, z, y, x) for 4D, with its 3D geometry.
+
+    Other dimensionalities raise InputError (the integrity check's 'not 3D' message).
+    """
+    path = Path(path)
+    img = _read_sitk(path)
+    dim = img.GetDimension()
+    if dim not in (3, 4):
+        raise InputError(f"{path}: image is {dim}D with size {img.GetSize()}, expected a 3D volume")
+    return sitk.GetArrayFromImage(img), Geometry.from_sitk(img)
+
+
+def read_image(files: Sequence[str | Path] | str | Path) -> tuple[np.ndarray, Geometry]:
+    """Channels of one case as float32 (C, z, y, x) plus the geometry of the first file.
+
+    `files` is one 3D file per channel (nnU-Net layout) or a single 4D file whose last
+    axis holds the channels (MSD multi-modal).
+    """
+    if isinstance(files, (str, Path)):
+        files = [files]
+    files = [Path(f) for f in files]
+    if not files:
+        raise InputError("read_image: no image files given")
+    channels: list[np.ndarray] = []
+    geometry: Geometry | None = None
+    for f in files:
+        arr, geo = read_volume(f)
+        if arr.ndim == 4:
+            if len(files) > 1:
+                raise InputError(f"{f}: 4D image given as one of several channel files (expected 3D)")
+            channels.extend(arr)
+        else:
+            channels.append(arr)
+        if geometry is None:
+            geometry = geo
+        elif channels[-1].shape != channels[0].shape:
+            raise InputError(f"{f}: channel shape {channels[-1].shape} differs from {files[0].name} "
+                             f"{channels[0].shape}")
+        elif (problem := geometry.matches(geo)) is not None:
+            raise InputError(f"{f}: channel grid differs from {files[0].name}: {problem}")
+    data = np.stack(channels).astype(np.float32, copy=False)
+    assert geometry is not None
+    return data, geometry
+
+
+def read_segmentation(file: str | Path) -> tuple[np.ndarray, Geometry]:
+    """A label map as int16 (z, y, x); non-integer or out-of-range values raise InputError."""
+    file = Path(file)
+    arr, geometry = read_volume(file)
+    if arr.ndim != 3:
+        raise InputError(f"{file}: segmentation is 4D (shape {arr.shape}), expected a 3D label map")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{file}: segmentation contains NaN or inf values")
+        if not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"{file}: segmentation contains non-integer values")
+    if arr.size and (arr.min() < np.iinfo(np.int16).min or arr.max() > np.iinfo(np.int16).max):
+        raise InputError(f"{file}: segmentation values {arr.min()}..{arr.max()} do not fit int16")
+    return arr.astype(np.int16, copy=False), geometry
+
+
+def _write(img: sitk.Image, out_file: Path) -> None:
+    ending = file_ending(out_file) or None
+    with atomic_path(out_file, suffix=ending) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=ending in (".nii.gz", ".nrrd", ".mha"))
+
+
+def write_segmentation(array: np.ndarray, geometry: Geometry, out_file: str | Path) -> None:
+    """Write a (z, y, x) label map atomically with exactly `geometry` (uint8 when it fits)."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"write_segmentation expects a (z, y, x) array, got shape {array.shape}")
+    if array.size and array.min() >= 0 and array.max() <= 255:
+        array = array.astype(np.uint8, copy=False)
+    else:
+        array = array.astype(np.int16, copy=False)
+    _write(geometry.apply_to(sitk.GetImageFromArray(array)), Path(out_file))
+
+
+def write_image(array: np.ndarray, geometry: Geometry, out_file: str | Path) -> None:
+    """Write a (z, y, x) volume, or (C, z, y, x) as one 4D file (MSD multi-modal), atomically."""
+    array = np.asarray(array)
+    if array.ndim == 3:
+        img = geometry.apply_to(sitk.GetImageFromArray(array))
+    elif array.ndim == 4:
+        img = sitk.GetImageFromArray(array, isVector=False)
+        direction = np.eye(4)
+        direction[:3, :3] = np.array(geometry.direction).reshape(3, 3)
+        img.SetSpacing((*geometry.spacing, 1.0))
+        img.SetOrigin((*geometry.origin, 0.0))
+        img.SetDirection(tuple(direction.ravel()))
+    else:
+        raise ValueError(f"write_image expects (z, y, x) or (C, z, y, x), got shape {array.shape}")
+    _write(img, Path(out_file))
