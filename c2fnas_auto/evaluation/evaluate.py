@@ -1,8 +1,9 @@
 """Evaluate a folder of predicted segmentations against a folder of references.
 
-Output `summary.json`: per case and label Dice, NSD and TP/FP/FN (voxels and mm^3), the
-per-label mean over cases (NaN cases excluded, see metrics.py) and `foreground_mean`, the
-mean of the per-label means. Pairs are matched by file name.
+Output `summary.json`: per case and label `Dice`, `NSD` and TP/FP/FN (voxels and mm^3),
+the per-label mean over cases (NaN cases excluded, see metrics.py) and `foreground_mean`,
+the mean of the per-label means. Pairs are matched by file name. A label absent from both
+reference and prediction has Dice/NSD NaN (written as JSON `NaN`, as nnU-Net does).
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ def _check_geometry(case_id: str, ref_geo: Any, pred_geo: Any, ref_shape: tuple,
             raise InputError(f"case {case_id}: prediction {field} {b.tolist()} differs from reference {a.tolist()}")
 
 
-def _nan_to_none(x: float) -> float | None:
-    return None if (x is None or (isinstance(x, float) and math.isnan(x))) else x
-
-
 def evaluate_case(ref_file: Path, pred_file: Path, labels: dict[str, int], nsd_tolerance_mm: float) -> dict:
     """Metrics of one case for every non-background label."""
     from c2fnas_auto.data.image_io import read_segmentation
@@ -69,8 +66,8 @@ def evaluate_case(ref_file: Path, pred_file: Path, labels: dict[str, int], nsd_t
         nsd = normalized_surface_dice(pred, ref, int(value), spacing_zyx, nsd_tolerance_mm)
         metrics[str(value)] = {
             "name": name,
-            "dice": _nan_to_none(dice_from_confusion(c)),
-            "nsd": _nan_to_none(nsd),
+            "Dice": dice_from_confusion(c),
+            "NSD": nsd,
             "tp": c.tp, "fp": c.fp, "fn": c.fn, "n_ref": c.n_ref, "n_pred": c.n_pred,
             "tp_mm3": c.tp * voxel_mm3, "fp_mm3": c.fp * voxel_mm3, "fn_mm3": c.fn * voxel_mm3,
         }
@@ -86,9 +83,10 @@ def segmentation_case_id(path: Path) -> str:
     return name
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
+def _mean(values: list[float]) -> float:
+    """Mean without NaN entries (labels absent from reference and prediction); NaN if none left."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def summarize(per_case: list[dict], labels: dict[str, int]) -> dict:
@@ -98,11 +96,11 @@ def summarize(per_case: list[dict], labels: dict[str, int]) -> dict:
         if int(value) == 0:
             continue
         key = str(value)
-        dices = [c["metrics"][key]["dice"] for c in per_case if key in c["metrics"]]
-        nsds = [c["metrics"][key]["nsd"] for c in per_case if key in c["metrics"]]
-        mean[key] = {"name": name, "dice": _mean(dices), "nsd": _mean(nsds),
-                     "n_cases": sum(v is not None for v in dices)}
-    fg = {"dice": _mean([m["dice"] for m in mean.values()]), "nsd": _mean([m["nsd"] for m in mean.values()])}
+        dices = [c["metrics"][key]["Dice"] for c in per_case if key in c["metrics"]]
+        nsds = [c["metrics"][key]["NSD"] for c in per_case if key in c["metrics"]]
+        mean[key] = {"name": name, "Dice": _mean(dices), "NSD": _mean(nsds),
+                     "n_cases": sum(not math.isnan(v) for v in dices)}
+    fg = {"Dice": _mean([m["Dice"] for m in mean.values()]), "NSD": _mean([m["NSD"] for m in mean.values()])}
     return {"mean": mean, "foreground_mean": fg}
 
 
