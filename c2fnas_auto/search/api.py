@@ -1,0 +1,229 @@
+"""`run_search`: both stages, state, report, plots, and the winner into the plans.
+
+`search_core` is the search without training or plans: it takes `SearchHooks`
+(coarse evaluator, supernet trainer, fine evaluator factory), so tests drive the whole
+flow -- clustering, evolution, state, resume, report, plots -- with fake evaluators.
+`run_search` builds the real hooks from the plans and `training.api`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.search.clustering import Clustering, distance_matrix, k_medoids
+from c2fnas_auto.search.distributed import DistContext, init_distributed
+from c2fnas_auto.search.evolution import coarse_evolution, fine_evolution
+from c2fnas_auto.search.report import plot_progress, write_report
+from c2fnas_auto.search.runner import CandidateRunner, Evaluate
+from c2fnas_auto.search.state import CandidateRecord, SearchState, open_state
+from c2fnas_auto.utils.io import _jsonable
+
+SEARCH_DIR = "search"
+STATE_FILE = "state.json"
+REPORT_FILE = "report.json"
+PROGRESS_PNG = "search_progress.png"
+GENOTYPE_PNG = "genotype.png"
+SUPERNET_FILE = "supernet.pth"
+
+
+@dataclass
+class SearchSettings:
+    """Every option that changes the search's decisions (the device does not).
+    Defaults: about one GPU-day on one modern GPU, see documentation/search.md."""
+
+    coarse_candidates: int = 48
+    coarse_epochs: int = 10
+    clusters: int = 12
+    population: int = 12
+    fine_epochs: int = 120
+    generations: int = 12
+    iters_per_epoch: int = 100
+    seed: int = 0
+    coarse_op: str = "3d"
+    max_gflops: float | None = None
+    tournament: int = 4
+    children_per_round: int = 4
+    fold: int = 0
+
+    def validate(self) -> "SearchSettings":
+        from c2fnas_auto.nas.genotype import OPS
+
+        for name in ("coarse_candidates", "clusters", "population", "generations", "iters_per_epoch",
+                     "tournament", "children_per_round"):
+            if getattr(self, name) < 1:
+                raise C2FNASError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        for name in ("coarse_epochs", "fine_epochs"):
+            if getattr(self, name) < 0:
+                raise C2FNASError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
+        if self.coarse_op not in OPS:
+            raise C2FNASError(f"--coarse-op {self.coarse_op!r}: expected one of {', '.join(OPS)}")
+        if self.max_gflops is not None and self.max_gflops <= 0:
+            raise C2FNASError(f"--max-gflops {self.max_gflops}: must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(_jsonable(asdict(self))))
+
+
+@dataclass
+class SearchHooks:
+    """The three things that touch training; everything else is the same for fakes."""
+
+    coarse_evaluate: Evaluate
+    train_supernet: Callable[[Sequence[int]], tuple[Any, dict]]  # levels -> (supernet, info)
+    fine_evaluator: Callable[[Any], Evaluate]  # supernet -> evaluate
+    describe: dict[str, Any] | None = None
+
+
+@dataclass
+class Topologies:
+    topologies: list[tuple[int, ...]]
+    neighbours: Callable[[tuple[int, ...]], Sequence[tuple[int, ...]]]
+    distance: Callable[[tuple[int, ...], tuple[int, ...]], float]
+    num_cells: int = 12
+    op_choices: tuple[str, ...] = ("2d", "3d", "p3d")
+
+
+def default_topologies() -> Topologies:
+    from c2fnas_auto.nas.genotype import OPS
+    from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, topology_neighbours
+
+    return Topologies([tuple(t) for t in enumerate_topologies()],
+                      lambda t: [tuple(n) for n in topology_neighbours(tuple(t))],
+                      topology_distance, 12, tuple(OPS))
+
+
+class _Progress:
+    """tqdm over candidates plus one printed line per newly finished candidate."""
+
+    def __init__(self, enabled: bool, dist: DistContext) -> None:
+        self.enabled = enabled and dist.is_main
+        self.bar = None
+
+    def start(self, total: int, desc: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(total=total, desc=desc, unit="cand", file=sys.stderr, dynamic_ncols=True)
+
+    def record(self, r: CandidateRecord, replayed: bool) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None and r.status == "done" and self.bar.n < self.bar.total:
+            self.bar.update(1)
+        if replayed:
+            return
+        score = "-" if r.score is None else f"{r.score:.4f}"
+        gflops = "-" if r.flops is None else f"{r.flops / 1e9:.1f}"
+        where = f"cluster {r.cluster}" if r.stage == "coarse" else f"gen {r.generation}"
+        line = (f"[{r.stage} #{r.index} {where}] levels {''.join(map(str, r.levels))} ops {','.join(r.ops)} "
+                f"{r.status} score {score} GFLOPs {gflops} {r.seconds:.1f}s {r.reason}").rstrip()
+        (self.bar.write(line) if self.bar is not None else print(line, flush=True))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cluster(state: SearchState, topo: Topologies, settings: SearchSettings) -> Clustering:
+    """Cluster once and keep the result in the state (resumes reuse it)."""
+    c = state.clusters
+    if c.get("labels") and len(c["labels"]) == len(topo.topologies):
+        return Clustering(medoids=c["medoids"], labels=c["labels"], cost=c.get("cost", 0.0))
+    t0 = time.perf_counter()
+    clustering = k_medoids(distance_matrix(topo.topologies, topo.distance), settings.clusters, seed=settings.seed)
+    state.clusters = {"k": settings.clusters, "medoids": clustering.medoids, "labels": clustering.labels,
+                      "cost": clustering.cost,
+                      "medoid_levels": [list(topo.topologies[i]) for i in clustering.medoids],
+                      "sizes": [clustering.labels.count(k) for k in range(settings.clusters)]}
+    state.stage_seconds["clustering"] = time.perf_counter() - t0
+    return clustering
+
+
+def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hooks: SearchHooks,
+                resume: bool = False, overwrite: bool = False, dist: DistContext | None = None,
+                progress: bool = True, topologies: Topologies | None = None) -> SearchState:
+    """Clustering -> coarse evolution -> supernet -> fine evolution, state after every candidate."""
+    settings.validate()
+    if resume and overwrite:
+        raise C2FNASError("--continue and --overwrite contradict each other: choose one")
+    dist = dist or DistContext()
+    topo = topologies or default_topologies()
+    search_dir = Path(search_dir)
+    state_path = search_dir / STATE_FILE
+    payload: dict[str, Any] | None = None
+    if dist.is_main:
+        try:
+            if overwrite and not resume:
+                (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
+            payload = open_state(state_path, task_name, settings.to_dict(), resume, overwrite).to_dict()
+        except C2FNASError as exc:
+            payload = {"error": str(exc)}
+    payload = dist.broadcast(payload)  # every rank replays from the same stored records
+    if "error" in payload:
+        raise C2FNASError(payload["error"])
+    state = SearchState.from_dict(payload, state_path)
+
+    def save() -> None:
+        if dist.is_main:
+            state.save(state_path)
+
+    bar = _Progress(progress, dist)
+    clustering = _cluster(state, topo, settings)
+    save()
+
+    # ---- coarse stage
+    runner = CandidateRunner(state, "coarse", hooks.coarse_evaluate, save, dist, bar.record)
+    bar.start(settings.coarse_candidates, "coarse")
+    coarse = coarse_evolution(topo.topologies, clustering, topo.neighbours, settings.coarse_op, topo.num_cells,
+                              runner.run, budget=settings.coarse_candidates, population=settings.population,
+                              tournament=settings.tournament, children_per_round=settings.children_per_round,
+                              seed=settings.seed)
+    bar.close()
+    if coarse.best is None:
+        raise C2FNASError(f"{state_path}: no coarse candidate could be trained (all skipped: "
+                          f"{coarse.records[-1].reason if coarse.records else 'none proposed'})")
+    levels = list(coarse.best.levels)
+
+    # ---- supernet (rank 0 trains, the others load its checkpoint)
+    if dist.is_main:
+        supernet, info = hooks.train_supernet(levels)
+        state.supernet = {"levels": levels, **{k: v for k, v in info.items() if k != "loaded"}}
+        save()
+    dist.barrier()
+    if not dist.is_main:
+        supernet, _ = hooks.train_supernet(levels)
+
+    # ---- fine stage
+    runner_f = CandidateRunner(state, "fine", hooks.fine_evaluator(supernet), save, dist, bar.record)
+    bar.start(settings.population + (settings.generations - 1) * (settings.population - max(1, settings.population // 2)),
+              "fine")
+    fine = fine_evolution(levels, topo.op_choices, runner_f.run, population=settings.population,
+                          generations=settings.generations, seed=settings.seed + 1,
+                          start_ops=[settings.coarse_op] * topo.num_cells)
+    bar.close()
+    state.fine_generations = fine.generations
+    best = fine.best
+    if best is None:
+        raise C2FNASError(f"{state_path}: no op choice met the constraints (e.g. --max-gflops "
+                          f"{settings.max_gflops}); relax them and rerun with --overwrite")
+    state.winner = {"levels": list(best.levels), "ops": list(best.ops), "fine_score": best.score,
+                    "coarse_score": coarse.best.score, "coarse_index": coarse.best.index,
+                    "fine_index": best.index, "params": best.params, "flops": best.flops,
+                    "training_bytes": best.training_bytes}
+    state.finished = True
+    save()
+    if dist.is_main:
+        write_report(search_dir / REPORT_FILE, state, SearchSettings().to_dict(), hooks.describe)
+        plot_progress(state, search_dir / PROGRESS_PNG)
+    return state

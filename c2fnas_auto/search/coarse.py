@@ -1,0 +1,84 @@
+"""Coarse stage, real evaluation: train one topology from scratch, score it on fold 0.
+
+Candidates are built at the plans' network width and trained at the plans' patch and
+batch size (no shrunken proxy, DESIGN §5), all with the same seed so scores compare.
+Anything over the plans' memory budget is skipped by the cost model before training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from c2fnas_auto.search.runner import Evaluate, Proposal
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class TrainingContext:
+    """What every real candidate evaluation needs; built once per search."""
+
+    plans: Any  # planning.plans.Plans
+    preprocessed_dir: Path
+    train_ids: list[str]
+    val_ids: list[str]
+    device: torch.device
+    seed: int
+    iters_per_epoch: int
+
+    @property
+    def memory_budget_bytes(self) -> float:
+        return float(self.plans.gpu_memory_gb) * GIB
+
+    def genotype(self, p: Proposal):
+        from c2fnas_auto.nas.genotype import Genotype
+
+        return Genotype(levels=list(p.levels), ops=list(p.ops)).validate()
+
+    def cost(self, genotype):
+        from c2fnas_auto.nas.cost import estimate_cost
+
+        return estimate_cost(genotype, self.plans.network_config(), list(self.plans.patch_size),
+                             batch_size=int(self.plans.batch_size))
+
+    def cost_fields(self, cost) -> dict[str, Any]:
+        return {"params": int(cost.params), "flops": float(cost.flops), "training_bytes": float(cost.training_bytes)}
+
+    def over_memory(self, cost) -> str:
+        """A reason string when the candidate does not fit the plans' GPU memory, else ''."""
+        if cost.training_bytes > self.memory_budget_bytes:
+            return (f"estimated training memory {cost.training_bytes / GIB:.2f} GiB > "
+                    f"budget {self.plans.gpu_memory_gb} GiB")
+        return ""
+
+
+def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
+    """`evaluate(proposal)`: cost check, then `fit` on fold 0 train and `score_cases` on fold 0 val."""
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.training.api import fit, score_cases
+
+    def evaluate(p: Proposal) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        genotype = ctx.genotype(p)
+        cost = ctx.cost(genotype)
+        out = ctx.cost_fields(cost)
+        reason = ctx.over_memory(cost)
+        if reason:
+            return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
+        torch.manual_seed(ctx.seed)  # same initial weights' generator state for every candidate
+        network = build_network(genotype, ctx.plans.network_config())
+        losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+                     iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed, progress=False)
+        scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
+        del network
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0,
+                "final_loss": float(losses[-1]) if losses else None}
+
+    return evaluate

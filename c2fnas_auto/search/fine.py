@@ -1,0 +1,90 @@
+"""Fine stage, real evaluation: a single-path supernet on the winning topology.
+
+Training samples one op per cell uniformly at every step (memory of one path, SPOS
+style); the sampler's generator is seeded so a rerun trains the same paths. The
+trained weights go to `search/supernet.pth` atomically; a resumed search loads them
+instead of training again. Op choices are then scored with the shared weights.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.search.coarse import TrainingContext
+from c2fnas_auto.search.runner import Evaluate, Proposal
+
+
+def uniform_path_sampler(num_cells: int, op_choices: Sequence[str], seed: int) -> Callable:
+    """`forward_fn(network, x)` for `fit`: a fresh uniform op per cell on every call."""
+    rng = random.Random(seed)
+
+    def forward(network, x):
+        ops = [op_choices[rng.randrange(len(op_choices))] for _ in range(num_cells)]
+        return network(x, ops)
+
+    return forward
+
+
+def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, checkpoint: Path) -> tuple[Any, dict]:
+    """Build the supernet and train it, or load the finished weights from `checkpoint`.
+
+    Returns (supernet, info) where info has epochs, seconds and losses. A checkpoint
+    for another topology or epoch count is an error (the state says what was run).
+    """
+    from c2fnas_auto.nas.genotype import OPS
+    from c2fnas_auto.nas.supernet import build_supernet
+    from c2fnas_auto.training.api import fit
+    from c2fnas_auto.utils.io import atomic_torch_save
+
+    torch.manual_seed(ctx.seed)
+    supernet = build_supernet(list(levels), ctx.plans.network_config())
+    if checkpoint.exists():
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - unreadable file: tell the user which
+            raise C2FNASError(f"{checkpoint}: cannot read the supernet checkpoint ({exc}); use --overwrite") from None
+        if list(saved.get("levels", [])) != list(levels) or saved.get("epochs") != epochs:
+            raise C2FNASError(f"{checkpoint}: supernet for levels {saved.get('levels')} / {saved.get('epochs')} "
+                              f"epochs, expected {list(levels)} / {epochs}; use --overwrite")
+        supernet.load_state_dict(saved["state_dict"])
+        supernet.to(ctx.device)
+        return supernet, {"epochs": epochs, "seconds": float(saved.get("seconds", 0.0)),
+                          "losses": saved.get("losses", []), "loaded": True}
+    t0 = time.perf_counter()
+    sampler = uniform_path_sampler(len(levels), OPS, ctx.seed)
+    losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+                 iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
+                 forward_fn=sampler, progress=True) if epochs > 0 else []
+    seconds = time.perf_counter() - t0
+    state_dict = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
+    atomic_torch_save({"levels": list(levels), "epochs": epochs, "seconds": seconds,
+                       "losses": [float(x) for x in losses], "state_dict": state_dict}, checkpoint)
+    return supernet, {"epochs": epochs, "seconds": seconds, "losses": [float(x) for x in losses], "loaded": False}
+
+
+def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float | None = None) -> Evaluate:
+    """`evaluate(proposal)`: constraints from the cost model, then shared-weight Dice on fold 0 val."""
+    from c2fnas_auto.training.api import score_cases
+
+    def evaluate(p: Proposal) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        genotype = ctx.genotype(p)
+        cost = ctx.cost(genotype)
+        out = ctx.cost_fields(cost)
+        reason = ctx.over_memory(cost)
+        if not reason and max_gflops is not None and cost.flops / 1e9 > max_gflops:
+            reason = f"{cost.flops / 1e9:.1f} GFLOPs > --max-gflops {max_gflops}"
+        if reason:
+            return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
+        ops = list(p.ops)
+        scores = score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
+                             forward_fn=lambda net, x: net(x, ops))
+        return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0}
+
+    return evaluate

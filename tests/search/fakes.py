@@ -1,0 +1,61 @@
+"""Deterministic fake evaluators: the search algorithms are tested without training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from c2fnas_auto.search.api import SearchHooks
+from c2fnas_auto.search.runner import Proposal
+
+TARGET_LEVELS = (1, 1, 2, 2, 3, 4, 3, 3, 2, 1, 1, 1)
+TARGET_OPS = ("2d", "p3d", "3d", "3d", "3d", "2d", "3d", "3d", "p3d", "3d", "2d", "3d")
+
+
+def topology_score(levels) -> float:
+    return 1.0 - sum(abs(a - b) for a, b in zip(levels, TARGET_LEVELS)) / 36.0
+
+
+def ops_score(ops) -> float:
+    return sum(a == b for a, b in zip(ops, TARGET_OPS)) / 12.0
+
+
+class Boom(RuntimeError):
+    """Stands in for a crash in the middle of a search."""
+
+
+@dataclass
+class FakeHooks:
+    """Counts evaluator calls; raises after `fail_after` calls of a stage to simulate a kill."""
+
+    fail_after_coarse: int | None = None
+    fail_after_fine: int | None = None
+    skip_level4: bool = False
+    coarse_calls: list = field(default_factory=list)
+    fine_calls: list = field(default_factory=list)
+    supernet_trainings: int = 0
+
+    def coarse(self, p: Proposal) -> dict:
+        if self.fail_after_coarse is not None and len(self.coarse_calls) >= self.fail_after_coarse:
+            raise Boom("killed")
+        self.coarse_calls.append(p.key())
+        if self.skip_level4 and max(p.levels) == 4:
+            return {"status": "skipped", "score": None, "reason": "over memory", "params": 1, "flops": 1e9}
+        return {"score": topology_score(p.levels), "params": 1000 * max(p.levels), "flops": 1e9 * sum(p.levels),
+                "training_bytes": 1e6}
+
+    def train_supernet(self, levels):
+        self.supernet_trainings += 1
+        return {"levels": list(levels)}, {"epochs": 1, "seconds": 0.5, "losses": [1.0]}
+
+    def fine_evaluator(self, supernet):
+        def evaluate(p: Proposal) -> dict:
+            if self.fail_after_fine is not None and len(self.fine_calls) >= self.fail_after_fine:
+                raise Boom("killed")
+            assert list(p.levels) == supernet["levels"]
+            self.fine_calls.append(p.key())
+            return {"score": ops_score(p.ops), "flops": 1e9, "params": 10, "training_bytes": 1e6}
+        return evaluate
+
+    def hooks(self) -> SearchHooks:
+        return SearchHooks(coarse_evaluate=self.coarse, train_supernet=self.train_supernet,
+                           fine_evaluator=self.fine_evaluator)
