@@ -1,0 +1,155 @@
+"""Check a raw dataset before anything is derived from it.
+
+A broken file found after hours of preprocessing or training wastes the run; a broken
+file never found silently corrupts it (SimpleITK zero-fills truncated NIfTI). So every
+case is read completely once, up front, and the first problem is raised as one
+InputError line that names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+from tqdm import tqdm
+
+from c2fnas_auto.data.dataset import Case, Dataset
+from c2fnas_auto.data.image_io import Geometry, read_segmentation, read_volume
+from c2fnas_auto.errors import InputError
+
+GRID_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class _Expect:
+    """What every case of the dataset must look like (picklable for worker processes)."""
+
+    layout: str
+    channel_names: dict[int, str]
+    label_values: tuple[int, ...]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    def describe_channels(self) -> str:
+        return ", ".join(f"{c}: {n}" for c, n in self.channel_names.items())
+
+
+def _check_image_files(case: Case, exp: _Expect) -> tuple[tuple[int, ...], Geometry, Path]:
+    """Read every channel; return (shape zyx, geometry, first file). Raises InputError."""
+    for c, f in enumerate(case.image_files):
+        if not f.is_file():
+            if exp.layout == "nnunet":
+                raise InputError(f"{f}: missing channel {c:04d} ({exp.channel_names.get(c, '?')}) of case {case.case_id}")
+            raise InputError(f"{f}: image file not found")
+    shape: tuple[int, ...] | None = None
+    geometry: Geometry | None = None
+    first = case.image_files[0]
+    for f in case.image_files:
+        arr, geo = read_volume(f)
+        if arr.ndim == 4:
+            if exp.layout == "nnunet":
+                raise InputError(f"{f}: image is 4D {arr.shape}; the nnU-Net layout expects one 3D file per channel")
+            if arr.shape[0] != exp.num_channels:
+                raise InputError(f"{f}: 4D image has {arr.shape[0]} channels, dataset.json modality declares "
+                                 f"{exp.num_channels} ({exp.describe_channels()})")
+        elif exp.layout == "msd" and exp.num_channels > 1:
+            raise InputError(f"{f}: image is 3D (1 channel) but dataset.json modality declares {exp.num_channels} "
+                             f"({exp.describe_channels()}); missing modality")
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
+        if bad:
+            raise InputError(f"{f}: image contains {bad} NaN/inf voxel(s)")
+        spatial = tuple(arr.shape[-3:])
+        if shape is None:
+            shape, geometry = spatial, geo
+        elif spatial != shape:
+            raise InputError(f"{f}: channel shape {spatial} differs from {first.name} {shape}")
+        elif (problem := geometry.matches(geo, GRID_RTOL)) is not None:  # type: ignore[union-attr]
+            raise InputError(f"{f}: channel grid differs from {first.name}: {problem}")
+    assert shape is not None and geometry is not None
+    return shape, geometry, first
+
+
+def _check_label(label_file: Path, shape: tuple[int, ...], geometry: Geometry, image: Path, exp: _Expect) -> None:
+    if not label_file.is_file():
+        raise InputError(f"{label_file}: label file not found")
+    seg, geo = read_segmentation(label_file)
+    if seg.shape != shape:
+        raise InputError(f"{label_file}: label shape {seg.shape} differs from image {image.name} shape {shape}")
+    if (problem := geometry.matches(geo, GRID_RTOL)) is not None:
+        raise InputError(f"{label_file}: label grid differs from image {image.name}: {problem}")
+    undeclared = sorted(set(np.unique(seg).tolist()) - set(exp.label_values))
+    if undeclared:
+        raise InputError(f"{label_file}: label values {undeclared} are not declared in dataset.json labels "
+                         f"{list(exp.label_values)}")
+
+
+def _check_case(job: tuple[Case, _Expect, bool]) -> str | None:
+    """One case; the problem as a message, or None. Runs in worker processes."""
+    case, exp, needs_label = job
+    try:
+        shape, geometry, first = _check_image_files(case, exp)
+        if case.label_file is not None:
+            _check_label(case.label_file, shape, geometry, first, exp)
+        elif needs_label:
+            raise InputError(f"{first}: training case {case.case_id} has no label file")
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _check_listing(dataset: Dataset) -> None:
+    """Problems visible without opening any image."""
+    where = dataset.dataset_json
+    if not dataset.training:
+        raise InputError(f"{where}: no training cases found (check 'training' / imagesTr)")
+    if dataset.num_training_declared is not None and dataset.num_training_declared != len(dataset.training):
+        raise InputError(f"{where}: numTraining is {dataset.num_training_declared} but "
+                         f"{len(dataset.training)} training cases were found")
+    counts = Counter(c.case_id for c in [*dataset.training, *dataset.test])
+    dups = sorted(cid for cid, n in counts.items() if n > 1)
+    if dups:
+        files = [str(c.image_files[0]) for c in [*dataset.training, *dataset.test] if c.case_id == dups[0]]
+        raise InputError(f"{where}: duplicate case id {dups[0]!r} ({' and '.join(files)})")
+    for case in [*dataset.training, *dataset.test]:
+        if len(case.image_files) != (dataset.num_channels if dataset.layout == "nnunet" else 1):
+            raise InputError(f"{case.image_files[0] if case.image_files else where}: case {case.case_id} has "
+                             f"{len(case.image_files)} image files")
+
+
+def _first_problem(jobs: list, num_workers: int, show: bool) -> str | None:
+    """Check cases in order (in a process pool when asked); stop at the first problem."""
+    bar = dict(total=len(jobs), desc="verify dataset", unit="case", disable=not show)
+    if num_workers <= 1 or len(jobs) <= 1:
+        return next((p for p in tqdm(map(_check_case, jobs), **bar) if p is not None), None)
+    pool = ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)))
+    try:
+        return next((p for p in tqdm(pool.map(_check_case, jobs), **bar) if p is not None), None)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def verify_dataset(dataset: Dataset, num_workers: int = 1, check_test: bool = True,
+                   progress: bool | None = None) -> None:
+    """Raise InputError (file + problem, one line) on the first problem in `dataset`.
+
+    Checks: an empty or miscounted training list, duplicate case ids, missing files or
+    channels, unreadable or truncated images, images that are not 3D (4D only as MSD
+    multi-modal with the declared channel count), NaN/inf voxels, image/label grids
+    that differ (shape, spacing, origin, direction beyond GRID_RTOL) and label values
+    not declared in dataset.json. Test images are checked too (labels when present).
+    """
+    _check_listing(dataset)
+    exp = _Expect(layout=dataset.layout, channel_names=dict(dataset.channel_names),
+                  label_values=tuple(sorted(dataset.labels.values())))
+    jobs = [(c, exp, True) for c in dataset.training]
+    if check_test:
+        jobs += [(c, exp, False) for c in dataset.test]
+    show = sys.stderr.isatty() if progress is None else progress
+    problem = _first_problem(jobs, num_workers, show)
+    if problem is not None:
+        raise InputError(problem)
