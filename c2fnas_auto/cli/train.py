@@ -1,0 +1,69 @@
+"""c2fnas_train TASK FOLD: train the plans' genotype on one fold (nnU-Net style).
+
+Runnable as `python -m c2fnas_auto.cli.train` so torchrun can launch it:
+`torchrun --nproc_per_node=N -m c2fnas_auto.cli.train TASK FOLD ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from c2fnas_auto.cli._common import cli_entry, exit_with
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from c2fnas_auto.training.trainer import TrainerOptions, default_num_workers
+
+    d = TrainerOptions()
+    p = argparse.ArgumentParser(prog="c2fnas_train", description=(
+        "Train the network of the plans' genotype on one cross-validation fold. Results go to "
+        "$C2FNAS_results/<task>/<plans>/fold_<k>/. Several GPUs: torchrun --nproc_per_node=N "
+        "-m c2fnas_auto.cli.train TASK FOLD ..."))
+    p.add_argument("task", help="task id (7, 007) or preprocessed folder name (Task07_Pancreas)")
+    p.add_argument("fold", help="fold 0-4 (as many folds as cases when there are fewer than 5) or 'all'")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"number of epochs (default {d.epochs})")
+    p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch,
+                   help=f"training iterations per epoch (default {d.iters_per_epoch})")
+    p.add_argument("--val-iters", type=int, default=d.val_iters,
+                   help=f"validation patches batches per epoch for the pseudo Dice (default {d.val_iters})")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the plans')")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="patch size in preprocessed axis order (default: the plans')")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="device (default: cuda when available, else cpu)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help=f"augmentation worker processes, 0 = in-process (default {default_num_workers()})")
+    p.add_argument("--genotype", default=None, metavar="FILE",
+                   help="genotype JSON (or a plans file holding one) instead of the plans' genotype")
+    p.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="resume from checkpoint_latest.pth (clean start if there is none)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=f"write checkpoint_latest.pth every N epochs (default {d.checkpoint_every})")
+    p.add_argument("--no-final-validation", action="store_true",
+                   help="skip the sliding-window validation of the fold's cases at the end")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
+
+    args = build_parser().parse_args(argv)
+    options = TrainerOptions(
+        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+        batch_size=args.batch_size, patch_size=tuple(args.patch_size) if args.patch_size else None,
+        device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
+        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress)
+    trainer = Trainer(args.task, args.fold, options)
+    trainer.run()
+    if trainer.is_main:
+        print(f"results in {trainer.fold_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)

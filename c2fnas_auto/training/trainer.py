@@ -1,0 +1,263 @@
+"""The nnU-Net-style training run of one fold: loop, checkpoints, logs, resume, final validation.
+
+Results go to `C2FNAS_results/<task>/<plans_name>/fold_<k>/`. Under torchrun every rank
+trains on its share of the global batch with its own data seed; rank 0 alone writes files
+and runs the final validation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from c2fnas_auto import paths
+from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
+from c2fnas_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
+from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
+from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
+                                              split_batch)
+from c2fnas_auto.training.logger import TrainingLog
+from c2fnas_auto.training.loop import EpochStats, StepContext, run_epoch, run_validation
+from c2fnas_auto.training.loop import per_class_pseudo_dice
+from c2fnas_auto.training.loss import DeepSupervisionLoss
+from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
+from c2fnas_auto.training.splits import fold_case_ids
+from c2fnas_auto.utils.device import resolve_device
+from c2fnas_auto.utils.io import remove_stale_temporaries
+
+PLANS_FILE = "plans.json"
+
+
+def default_num_workers() -> int:
+    """Augmentation workers: one per spare CPU core, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class TrainerOptions:
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    batch_size: int | None = None
+    patch_size: tuple[int, ...] | None = None
+    device: str | None = None
+    num_workers: int = 0
+    seed: int = 0
+    checkpoint_every: int = 5
+    final_validation: bool = True
+    continue_training: bool = False
+    genotype_file: str | None = None
+    progress: bool = True
+    augment: bool = True
+
+    def check(self) -> None:
+        for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
+            raise InputError(f"--patch-size needs three positive sizes Z Y X (got {list(self.patch_size)})")
+        if self.num_workers < 0:
+            raise InputError(f"--num-workers must not be negative (got {self.num_workers})")
+
+
+def resolve_task_name(task: str | int) -> str:
+    """Task id or folder name -> folder name, looked up among the preprocessed tasks."""
+    return paths.resolve_task(task, paths.preprocessed_root()).name
+
+
+class Trainer:
+    """Train one fold. `setup()` builds everything (and resumes); `run()` trains and validates."""
+
+    def __init__(self, task: str | int, fold: int | str, options: TrainerOptions | None = None):
+        from c2fnas_auto.planning.plans import Plans
+
+        self.options = options or TrainerOptions()
+        self.options.check()
+        self.fold = fold if str(fold) == "all" else int(fold)
+        self.task_name = resolve_task_name(task)
+        self.preprocessed_dir = paths.preprocessed_dir(self.task_name)
+        plans_file = self.preprocessed_dir / PLANS_FILE
+        self.plans = Plans.load(plans_file)
+        self.genotype = self._genotype(plans_file)
+        self.fold_dir = paths.fold_dir(self.task_name, self.fold, self.plans.plans_name)
+        self.patch_size = tuple(int(p) for p in (self.options.patch_size or self.plans.patch_size))
+        self.network_config = self.plans.network_config()
+        self.network_config.check_patch(self.patch_size)
+        # the plans as trained: overrides applied, stored in checkpoints and used for validation
+        self.run_plans = self.plans.copy()
+        self.run_plans.genotype = self.genotype
+        self.run_plans.patch_size = list(self.patch_size)
+        self.device = resolve_device(self.options.device)
+        self.dist = DistInfo()
+        self.start_epoch = 0
+        self.log = TrainingLog()
+        self._ready = False
+
+    def _genotype(self, plans_file: Path):
+        from c2fnas_auto.nas.genotype import Genotype
+
+        if self.options.genotype_file:
+            return Genotype.load(self.options.genotype_file).validate()
+        if self.plans.genotype is None:
+            raise InputError(f"{plans_file}: the plans hold no genotype; run c2fnas_search or pass --genotype FILE")
+        return self.plans.genotype
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def say(self, text: str, echo: bool = True) -> None:
+        line = self.log.message(text)
+        if echo and self.is_main:
+            print(line, flush=True)
+
+    def setup(self) -> None:
+        from c2fnas_auto.nas.network import build_network
+
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        torch.manual_seed(self.options.seed)
+        np.random.seed(self.options.seed)
+        self.train_ids, self.val_ids = fold_case_ids(self.preprocessed_dir, self.fold)
+        self.network: nn.Module = build_network(self.genotype, self.network_config).to(self.device)
+        self.optimizer = build_optimizer(self.network)
+        self.ctx = StepContext(self.network, self.optimizer, DeepSupervisionLoss(), self.device)
+        if self.is_main:
+            self.fold_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.fold_dir)
+        if self.options.continue_training:
+            self._resume()
+        if self.dist.enabled:
+            self.ctx.network = nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.batch_size = int(self.options.batch_size or self.plans.batch_size)
+        self.rank_batch = split_batch(self.batch_size, self.dist)
+        self._ready = True
+
+    def _resume(self) -> None:
+        latest = self.fold_dir / LATEST
+        if not latest.is_file():
+            self.say(f"--continue: no {latest.name} in {self.fold_dir}; starting from scratch")
+            return
+        ckpt = load_checkpoint(latest, map_location=self.device)
+        if ckpt.get("genotype") != self.genotype.to_dict():
+            raise InputError(f"{latest}: was trained with a different genotype than the one requested now")
+        self.network.load_state_dict(ckpt["network_weights"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.ctx.scaler.load_state_dict(ckpt["grad_scaler_state"])
+        self.log = TrainingLog.from_state_dict(ckpt["logging"])
+        self.start_epoch = int(ckpt["epoch"])
+        set_lr(self.optimizer, poly_lr(self.start_epoch, self.options.epochs))
+        self.say(f"--continue: resumed from {latest.name} at epoch {self.start_epoch}")
+
+    # ------------------------------------------------------------ checkpoints
+    def _unwrapped(self) -> nn.Module:
+        return self.network
+
+    def save(self, name: str, epoch: int) -> None:
+        if not self.is_main:
+            return
+        plans = self.run_plans.to_dict()
+        save_checkpoint(self.fold_dir / name, network_state=self._unwrapped().state_dict(),
+                        optimizer_state=self.optimizer.state_dict(), scaler_state=self.ctx.scaler.state_dict(),
+                        epoch=epoch, log_state=self.log.state_dict(), plans=plans,
+                        genotype=self.genotype.to_dict(), network_config=self.network_config.to_dict(),
+                        extra={"trainer_options": asdict(self.options), "fold": self.fold})
+
+    # ------------------------------------------------------------------- run
+    def _describe(self) -> None:
+        aug = AugmentationParams()
+        self.say(f"task {self.task_name}, fold {self.fold}: {len(self.train_ids)} training / "
+                 f"{len(self.val_ids)} validation cases")
+        self.say(f"genotype levels {self.genotype.topology_string()} ops {self.genotype.ops_string()}")
+        self.say(f"patch {list(self.patch_size)}, batch {self.batch_size} ({self.rank_batch} per rank x "
+                 f"{self.dist.world_size}), initial patch {list(initial_patch_size(self.patch_size, aug))}, "
+                 f"{'2D-style' if use_2d_augmentation(self.patch_size) else '3D'} spatial augmentation, "
+                 f"deep supervision {'on' if self.network_config.deep_supervision else 'off'}")
+        self.say(f"device {self.device}, AMP {'on' if self.ctx.amp else 'off'}, {self.options.epochs} epochs x "
+                 f"{self.options.iters_per_epoch} iterations, seed {self.options.seed}")
+
+    def _reduce(self, stats: EpochStats) -> EpochStats:
+        k = len(stats.tp)
+        vals = all_reduce_sum([stats.loss] + list(stats.tp) + list(stats.fp) + list(stats.fn), self.dist)
+        return EpochStats(vals[0] / self.dist.world_size, np.array(vals[1:1 + k]), np.array(vals[1 + k:1 + 2 * k]),
+                          np.array(vals[1 + 2 * k:]), stats.seconds, stats.iterations)
+
+    def run(self) -> dict:
+        """Train the remaining epochs, write final outputs; returns the final validation summary (or {})."""
+        if not self._ready:
+            self.setup()
+        opts = self.options
+        try:
+            self._describe()
+            data_seed = opts.seed + 7919 * self.start_epoch
+            train_cases = load_cases(self.preprocessed_dir, self.train_ids)
+            val_cases = load_cases(self.preprocessed_dir, self.val_ids)
+            train_batches = make_batch_iterator(train_cases, self.patch_size, self.rank_batch, seed=data_seed,
+                                                rank=self.dist.rank, num_workers=opts.num_workers,
+                                                augment=opts.augment)
+            val_batches = make_batch_iterator(val_cases, self.patch_size, self.rank_batch, seed=data_seed + 1,
+                                              rank=self.dist.rank, num_workers=0, augment=False)
+            for epoch in range(self.start_epoch, opts.epochs):
+                self._epoch(epoch, train_batches, val_batches)
+            if self.start_epoch >= opts.epochs:
+                self.say(f"training already finished ({self.start_epoch} epochs)")
+            self.save(FINAL, opts.epochs)
+            self.save(LATEST, opts.epochs)
+            summary = {}
+            if opts.final_validation and self.is_main:
+                summary = self._final_validation()
+            if self.is_main:
+                self.log.write(self.fold_dir)
+            barrier(self.dist)
+            return summary
+        finally:
+            cleanup(self.dist)
+
+    def _epoch(self, epoch: int, train_batches, val_batches) -> None:
+        opts = self.options
+        lr = poly_lr(epoch, opts.epochs)
+        set_lr(self.optimizer, lr)
+        train = self._reduce(run_epoch(self.ctx, train_batches, opts.iters_per_epoch,
+                                       progress=opts.progress and self.is_main, desc=f"epoch {epoch + 1}"))
+        val = self._reduce(run_validation(self.ctx, val_batches, opts.val_iters))
+        rec = self.log.add_epoch({
+            "epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "val_loss": val.loss,
+            "train_pseudo_dice": train.pseudo_dice, "val_pseudo_dice": val.pseudo_dice,
+            "val_pseudo_dice_per_class": per_class_pseudo_dice(val.tp, val.fp, val.fn),
+            "epoch_seconds": train.seconds + val.seconds, "seconds_per_iteration": train.seconds_per_iteration})
+        self.say(f"epoch {epoch + 1}/{opts.epochs}: train loss {rec['train_loss']:.4f}, val loss "
+                 f"{rec['val_loss']:.4f}, pseudo Dice {rec['val_pseudo_dice']:.4f} (EMA "
+                 f"{rec['ema_pseudo_dice']:.4f}), lr {lr:.2e}, {rec['epoch_seconds']:.1f} s "
+                 f"({rec['seconds_per_iteration']:.3f} s/it)")
+        if self.log.improved():
+            self.say(f"new best EMA pseudo Dice {self.log.best_ema:.4f}: writing {BEST}", echo=False)
+            self.save(BEST, epoch + 1)
+        if (epoch + 1) % opts.checkpoint_every == 0 and epoch + 1 < opts.epochs:
+            self.save(LATEST, epoch + 1)
+        if self.is_main:
+            self.log.write(self.fold_dir)
+
+    def _final_validation(self) -> dict:
+        from c2fnas_auto.training.validation import final_validation
+
+        raw_dir = paths.resolve_task(self.task_name)
+        self.say(f"final validation of {len(self.val_ids)} cases -> {self.fold_dir / 'validation'}")
+        summary = final_validation(self.network, self.run_plans, self.preprocessed_dir, raw_dir, self.val_ids,
+                                   self.fold_dir / "validation", self.device, progress=self.options.progress)
+        fg = summary.get("foreground_mean", {})
+        self.say(f"final validation: foreground mean Dice {fg.get('Dice')}, NSD {fg.get('NSD')} "
+                 f"({self.fold_dir / 'validation' / 'summary.json'})")
+        return summary

@@ -1,0 +1,65 @@
+"""Final validation of a fold: full cases through the shared sliding window, exported in
+the original geometry, scored against the raw reference labels.
+
+Exported cases are skipped when their file already exists (writes are atomic), so an
+interrupted validation resumes without redoing finished cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from c2fnas_auto.errors import InputError
+
+MIRROR_AXES = (0, 1, 2)
+
+
+def reference_label_folder(raw_task_dir: Path, case_ids: Sequence[str]) -> Path:
+    """The raw folder holding the label files of `case_ids` (labelsTr)."""
+    from c2fnas_auto.data.dataset import load_dataset
+
+    dataset = load_dataset(Path(raw_task_dir))
+    by_id = {c.case_id: c for c in dataset.training}
+    folders = {Path(by_id[c].label_file).parent for c in case_ids if c in by_id and by_id[c].label_file}
+    if len(folders) != 1:
+        raise InputError(f"{raw_task_dir}: cannot find one label folder for validation cases "
+                         f"{', '.join(list(case_ids)[:3])} (found {len(folders)})")
+    return folders.pop()
+
+
+@torch.no_grad()
+def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_ids: Sequence[str], out_dir: Path,
+                       device: torch.device, step_size: float = 0.5, progress: bool = True) -> list[Path]:
+    """Sliding window (Gaussian, mirroring) -> softmax -> export to `out_dir/<case>.nii.gz`."""
+    from c2fnas_auto.inference.export import export_prediction
+    from c2fnas_auto.inference.sliding_window import sliding_window_predict
+    from c2fnas_auto.preprocessing.storage import load_case
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cid in tqdm(list(case_ids), desc="final validation", unit="case", disable=not progress):
+        out_file = out_dir / f"{cid}.nii.gz"
+        if not out_file.is_file():
+            data, _, props = load_case(preprocessed_dir, cid, mmap=False)
+            logits = sliding_window_predict(network, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+                                            tuple(plans.patch_size), plans.num_classes, step_size=step_size,
+                                            gaussian=True, mirror_axes=MIRROR_AXES, device=device)
+            export_prediction(torch.softmax(logits, 0).numpy(), props, plans, out_file)
+        written.append(out_file)
+    return written
+
+
+def final_validation(network: nn.Module, plans, preprocessed_dir: Path, raw_task_dir: Path,
+                     case_ids: Sequence[str], out_dir: Path, device: torch.device, progress: bool = True) -> dict:
+    """Predict and export every validation case, then write `out_dir/summary.json`; returns the summary."""
+    from c2fnas_auto.evaluation.evaluate import evaluate_folders
+
+    predict_and_export(network, plans, Path(preprocessed_dir), case_ids, Path(out_dir), device, progress=progress)
+    ref = reference_label_folder(Path(raw_task_dir), case_ids)
+    return evaluate_folders(ref, out_dir, plans.labels, Path(out_dir) / "summary.json", progress=progress)
