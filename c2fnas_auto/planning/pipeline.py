@@ -1,0 +1,118 @@
+"""plan_and_preprocess: the whole first stage for one task, from raw folder to plans.
+
+Order matters for data safety: the dataset is loaded and verified before anything
+is written; then fingerprint.json, plans.json and the preprocessed cases. A rerun
+reuses a fingerprint of the same cases, keeps a genotype written by a search
+(unless a new one is given) and skips finished cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from c2fnas_auto.errors import C2FNASError, InputError, PlansError
+from c2fnas_auto.planning.fingerprint import FINGERPRINT_VERSION, compute_fingerprint
+from c2fnas_auto.planning.planner import plan_experiment
+from c2fnas_auto.planning.plans import Plans
+from c2fnas_auto.utils.io import atomic_write_json, load_json
+
+FINGERPRINT_FILE = "fingerprint.json"
+PLANS_FILE = "plans.json"
+
+
+def load_task(task: str | int, verify: bool = True, num_workers: int = 1, progress: bool | None = None):
+    """Resolve, load and (optionally) verify a raw task; returns the data.dataset.Dataset."""
+    from c2fnas_auto.data.dataset import load_dataset
+    from c2fnas_auto.data.integrity import verify_dataset
+    from c2fnas_auto.paths import resolve_task
+
+    dataset = load_dataset(resolve_task(task))
+    if not dataset.training:
+        raise InputError(f"{dataset.folder}: the dataset has no training cases")
+    if verify:
+        verify_dataset(dataset, num_workers=num_workers, progress=progress)
+    return dataset
+
+
+def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = None):
+    """A Genotype from an object, a genotype/plans file path, or another task's preprocessed plans."""
+    from c2fnas_auto.nas.genotype import Genotype
+
+    if genotype is not None and genotype_from is not None:
+        raise C2FNASError("give either a genotype file or --genotype-from, not both")
+    if genotype is not None:
+        return genotype if isinstance(genotype, Genotype) else Genotype.load(Path(genotype))
+    if genotype_from is not None:
+        from c2fnas_auto.paths import preprocessed_dir, task_name_from_id
+
+        source = preprocessed_dir(task_name_from_id(genotype_from)) / PLANS_FILE
+        if not source.is_file():
+            raise PlansError(f"{source}: no plans for task {genotype_from} (plan that task first)")
+        return Genotype.load(source)
+    return None
+
+
+def _reusable_fingerprint(path: Path, dataset) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        fp = load_json(path, "fingerprint")
+    except InputError:
+        return None
+    ids = [c.get("case_id") for c in fp.get("cases", [])] if isinstance(fp, dict) else None
+    if (fp.get("fingerprint_version") != FINGERPRINT_VERSION or ids != [c.case_id for c in dataset.training]
+            or fp.get("channel_names") != {str(k): v for k, v in dataset.channel_names.items()}
+            or fp.get("labels") != dict(dataset.labels)):
+        return None
+    return fp
+
+
+def _previous_genotype(path: Path):
+    """The genotype of an existing valid plans file (e.g. written by a search), else None."""
+    if not path.is_file():
+        return None
+    try:
+        return Plans.load(path).genotype
+    except C2FNASError:
+        return None
+
+
+def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channels: int = 32,
+                        num_workers: int = 1, genotype: Any = None, genotype_from: str | int | None = None,
+                        verify: bool = True, preprocess: bool = True, progress: bool | None = None) -> Plans:
+    """Fingerprint, plan and preprocess one task; returns the plans written to plans.json."""
+    from c2fnas_auto.paths import preprocessed_dir
+    from c2fnas_auto.planning.planner import refit_plans
+    from c2fnas_auto.preprocessing.preprocessor import preprocess_dataset
+
+    chosen = resolve_genotype(genotype, genotype_from)
+    dataset = load_task(task, verify=verify, num_workers=num_workers, progress=progress)
+    out = preprocessed_dir(dataset.name)
+
+    fp_path = out / FINGERPRINT_FILE
+    fingerprint = _reusable_fingerprint(fp_path, dataset)
+    if fingerprint is None:
+        fingerprint = compute_fingerprint(dataset, num_workers=num_workers, progress=progress)
+        atomic_write_json(fp_path, fingerprint)
+
+    plans_path = out / PLANS_FILE
+    if chosen is None:
+        chosen = _previous_genotype(plans_path)
+    plans = plan_experiment(fingerprint, dataset, gpu_memory_gb=gpu_memory_gb, base_channels=base_channels,
+                            genotype=chosen)
+    plans.save(plans_path)
+    if preprocess:
+        preprocess_dataset(dataset.name, plans, num_workers=num_workers, dataset=dataset,
+                           preprocessed_dir=out, progress=progress)
+    return plans
+
+
+def summary_line(plans: Plans, num_cases: int | None = None) -> str:
+    """One human-readable line per task for the CLI."""
+    fmt = lambda v: "x".join(f"{x:g}" for x in v)  # noqa: E731
+    return (f"{plans.task_name}: spacing {fmt(plans.target_spacing)} mm, transpose {plans.transpose_forward}, "
+            f"patch {fmt(plans.patch_size)}, batch {plans.batch_size}, "
+            f"memory {plans.estimated_memory_gb:.2f}/{plans.gpu_memory_gb:g} GB, "
+            f"genotype {plans.genotype.topology_string()}, "
+            f"cases {plans.num_training_cases if num_cases is None else num_cases}")

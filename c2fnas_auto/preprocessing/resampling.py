@@ -1,0 +1,94 @@
+"""Resampling between spacings (DESIGN §3), used by preprocessing and by export.
+
+Images use a cubic spline. Segmentations are resampled one label at a time as a
+soft one-hot map with linear interpolation, and each voxel takes the label with the
+highest value: unlike nearest neighbour this keeps boundaries smooth, and unlike
+cubic it cannot invent labels. On anisotropic data (`settings["anisotropic"]` and a
+`low_res_axis` given) the in-plane axes are interpolated with the configured order
+and the low-resolution axis with `out_of_plane_order` (nearest by default), because
+interpolating across thick slices smears structures.
+
+Export passes soft probabilities with `is_seg=False`; pass `order=1` for them so
+the values stay in [0, 1] (a cubic spline can overshoot). Any order is correct for
+the argmax, linear is the documented choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from skimage.transform import resize
+
+
+def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
+    """Shape after resampling `shape` from `spacing` to `new_spacing` (each axis at least 1)."""
+    return [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing)]
+
+
+def _resize(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+    return resize(volume, tuple(new_shape), order=order, mode="edge", anti_aliasing=False,
+                  preserve_range=True, clip=False).astype(np.float32, copy=False)
+
+
+def _resize_volume(volume: np.ndarray, new_shape: Sequence[int], order: int,
+                   low_res_axis: int | None, out_of_plane_order: int) -> np.ndarray:
+    """Resize one float (z, y, x) volume; separable in-plane / out-of-plane when low_res_axis is set."""
+    new_shape = tuple(int(n) for n in new_shape)
+    if volume.shape == new_shape:
+        return volume.astype(np.float32, copy=True)
+    if low_res_axis is None or order == out_of_plane_order:
+        return _resize(volume, new_shape, order)
+    # Step 1: in-plane only, slice by slice (a 3D spline would also mix neighbouring slices).
+    inplane = list(new_shape)
+    inplane[low_res_axis] = volume.shape[low_res_axis]
+    if tuple(inplane) != volume.shape:
+        moved = np.moveaxis(volume, low_res_axis, 0)
+        plane = [n for a, n in enumerate(new_shape) if a != low_res_axis]
+        out = np.moveaxis(np.stack([_resize(s, plane, order) for s in moved]), 0, low_res_axis)
+    else:
+        out = volume.astype(np.float32)
+    # Step 2: along the low-res axis only, with its own order.
+    if out.shape != new_shape:
+        out = _resize(out, new_shape, out_of_plane_order)
+    return out
+
+
+def resample_to_shape(array: np.ndarray, new_shape: Sequence[int], is_seg: bool, settings: dict[str, Any],
+                      low_res_axis: int | None = None, order: int | None = None) -> np.ndarray:
+    """Resample (C, z, y, x) `array` to spatial `new_shape`.
+
+    `settings` is `plans.resampling`; `low_res_axis` (the array's through-plane axis,
+    0 in preprocessed space) switches to separable resampling when the settings say the
+    data are anisotropic. `order` overrides the spline order for this call (images only).
+    Images come back float32, segmentations with the smallest signed integer type.
+    """
+    if array.ndim != 4:
+        raise ValueError(f"resample_to_shape expects (C, z, y, x), got shape {array.shape}")
+    aniso_axis = low_res_axis if settings.get("anisotropic") else None
+    oop = int(settings.get("out_of_plane_order", 0))
+    if is_seg:
+        return np.stack([_resample_labels(a, new_shape, int(settings.get("seg_order", 1)), aniso_axis, oop)
+                         for a in array])
+    img_order = int(settings.get("image_order", 3)) if order is None else int(order)
+    return np.stack([_resize_volume(a.astype(np.float32, copy=False), new_shape, img_order, aniso_axis, oop)
+                     for a in array])
+
+
+def _resample_labels(seg: np.ndarray, new_shape: Sequence[int], order: int,
+                     low_res_axis: int | None, out_of_plane_order: int) -> np.ndarray:
+    """Per-label soft resampling; each voxel takes the label whose interpolated indicator is largest."""
+    labels = np.unique(seg)
+    dtype = np.int8 if labels.max(initial=0) < 128 and labels.min(initial=0) >= -128 else np.int16
+    if tuple(seg.shape) == tuple(new_shape):
+        return seg.astype(dtype, copy=True)
+    if len(labels) == 1:
+        return np.full(tuple(new_shape), labels[0], dtype=dtype)
+    out = np.zeros(tuple(new_shape), dtype=dtype)
+    best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
+    for label in labels:
+        soft = _resize_volume((seg == label).astype(np.float32), new_shape, order, low_res_axis, out_of_plane_order)
+        better = soft > best
+        out[better] = label
+        best[better] = soft[better]
+    return out
