@@ -40,12 +40,14 @@ def check_levels(levels: Sequence[int], num_levels: int = 4, num_cells: int = 12
             origin = "the stem (level 1)" if i == 0 else f"cell {i} (level {prev})"
             raise GenotypeError(f"cell {i + 1} is on level {lv} after {origin}: a step of more than one level")
         prev = lv
-    deepest_at = levels.index(max(levels))
-    for i in range(deepest_at, num_cells - 1):
-        if levels[i + 1] > levels[i]:
+    first_up = None  # index of the first cell that moves up (to a finer level)
+    for i in range(1, num_cells):
+        if levels[i] < levels[i - 1] and first_up is None:
+            first_up = i
+        elif levels[i] > levels[i - 1] and first_up is not None:
             raise GenotypeError(
-                f"cell {i + 2} goes down to level {levels[i + 1]} after the decoder started at cell "
-                f"{deepest_at + 1}: the topology must be U-shaped (down, then up)")
+                f"cell {i + 1} goes down to level {levels[i]} after cell {first_up + 1} went up: "
+                f"the topology must be U-shaped (down, then up)")
     if levels[-1] != 1:
         raise GenotypeError(f"the last cell is on level {levels[-1]}, it must end on level 1")
 

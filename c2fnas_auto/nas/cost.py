@@ -1,0 +1,138 @@
+"""What a network costs before it is built: parameters, FLOPs and training memory.
+
+The estimate walks the same layer plan the network is built from (`plan.py`), so a
+change to the architecture changes both at once. Saved activations follow what
+autograd keeps for each block of the plan (checked against
+`torch.autograd.graph.saved_tensors_hooks` in the tests):
+
+- ReLU keeps its output, which is also the tensor the following conv keeps;
+- a conv without a ReLU in front (the stem's first conv) keeps its input;
+- InstanceNorm keeps the conv output plus three per-channel vectors per sample
+  (repeated affine weight, mean, inverse std);
+- trilinear upsampling and additions keep nothing.
+
+Mixed precision (`amp=True`, CUDA autocast float16): activations are counted at 2
+bytes, the per-channel statistics at 4; master weights, gradients and SGD momentum
+stay float32, plus a float16 copy of the weights that autocast caches per step.
+`training_bytes` adds WORKSPACE_FRACTION of the activations for convolution
+workspaces, the loss and allocator rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from math import prod
+from typing import Sequence
+
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.nas.plan import ConvUnit, NetworkPlan, make_plan
+
+WORKSPACE_FRACTION = 0.10
+
+
+@dataclass
+class CostEstimate:
+    """Counts for one network; bytes are for a training step with `batch_size` samples."""
+
+    params: int
+    flops: int               # one forward pass of one sample (2 x multiply-adds of the convs)
+    activation_bytes: int    # tensors saved for backward, whole batch
+    weight_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    training_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _Tally:
+    params: int = 0
+    flops: int = 0
+    act_elems: int = 0   # per sample, stored at activation precision
+    stat_elems: int = 0  # per sample, always float32
+
+
+def _unit(t: _Tally, u: ConvUnit, spatial_in: Sequence[int]) -> tuple[int, int, int]:
+    """Count one conv unit; returns its output spatial size."""
+    spatial_out = tuple(-(-n // s) for n, s in zip(spatial_in, u.stride))
+    k = prod(u.kernel)
+    t.params += u.in_channels * u.out_channels * k + (u.out_channels if u.bias else 0)
+    t.flops += 2 * u.in_channels * u.out_channels * k * prod(spatial_out)
+    t.act_elems += u.in_channels * prod(spatial_in)  # ReLU output, or the raw input without ReLU
+    if u.norm:
+        t.params += 2 * u.out_channels
+        t.act_elems += u.out_channels * prod(spatial_out)
+        t.stat_elems += 3 * u.out_channels
+    return spatial_out  # type: ignore[return-value]
+
+
+def _upsampled(spatial: Sequence[int], scale: Sequence[float] | None) -> tuple[int, ...]:
+    if scale is None:
+        return tuple(spatial)
+    return tuple(int(round(n * s)) for n, s in zip(spatial, scale))
+
+
+def tally_plan(plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] | None = None,
+               all_ops: bool = False) -> _Tally:
+    """Walk the plan at `patch_size`; `ops` picks each cell's path (default: its only op).
+
+    `all_ops=True` counts the parameters of every candidate (the supernet's size) while
+    FLOPs and activations still follow `ops`.
+    """
+    t = _Tally()
+    s = _unit(t, plan.stem[0], patch_size)
+    s = _unit(t, plan.stem[1], s)
+    for i, cell in enumerate(plan.cells):
+        if cell.upsample is not None:
+            s = _upsampled(s, cell.upsample)
+        if cell.transition is not None:
+            s = _unit(t, cell.transition, s)
+        op = ops[i] if ops is not None else cell.ops[0][0]
+        for u in cell.op_units(op):
+            _unit(t, u, s)
+        if all_ops:
+            for name, units in cell.ops:
+                if name != op:
+                    dummy = _Tally()
+                    for u in units:
+                        _unit(dummy, u, s)
+                    t.params += dummy.params
+        if cell.ds_head is not None:
+            _unit(t, cell.ds_head, s)
+    s = _unit(t, plan.head.reduce, s)
+    s = _upsampled(s, plan.head.upsample)
+    _unit(t, plan.head.classifier, s)
+    return t
+
+
+def cost_from_tally(t: _Tally, batch_size: int, amp: bool) -> CostEstimate:
+    act_bytes = batch_size * (t.act_elems * (2 if amp else 4) + t.stat_elems * 4)
+    weight_bytes = t.params * (6 if amp else 4)  # amp: fp32 master + fp16 autocast copy
+    gradient_bytes = t.params * 4
+    optimizer_bytes = t.params * 4  # SGD momentum buffer
+    training = weight_bytes + gradient_bytes + optimizer_bytes + act_bytes * (1.0 + WORKSPACE_FRACTION)
+    return CostEstimate(params=t.params, flops=t.flops, activation_bytes=int(act_bytes),
+                        weight_bytes=weight_bytes, gradient_bytes=gradient_bytes,
+                        optimizer_bytes=optimizer_bytes, training_bytes=int(training))
+
+
+def estimate_cost(genotype: Genotype, config: NetworkConfig, patch_size: Sequence[int], batch_size: int = 2,
+                  amp: bool = True) -> CostEstimate:
+    """Parameters, FLOPs and training memory of `build_network(genotype, config)` at `patch_size`."""
+    genotype.validate()
+    patch = config.check_patch(patch_size)
+    plan = make_plan(genotype.levels, [[op] for op in genotype.ops], config)
+    return cost_from_tally(tally_plan(plan, patch), batch_size, amp)
+
+
+def estimate_supernet_cost(levels: Sequence[int], config: NetworkConfig, patch_size: Sequence[int],
+                           ops: Sequence[str], batch_size: int = 2, amp: bool = True) -> CostEstimate:
+    """Cost of a supernet training step on path `ops` (weights of all candidates, one path's activations)."""
+    from c2fnas_auto.nas.genotype import OPS
+
+    patch = config.check_patch(patch_size)
+    plan = make_plan(levels, [list(OPS)] * len(levels), config)
+    return cost_from_tally(tally_plan(plan, patch, ops=ops, all_ops=True), batch_size, amp)

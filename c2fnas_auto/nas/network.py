@@ -1,0 +1,93 @@
+"""The network a genotype describes (and the shared body of the supernet)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from c2fnas_auto.nas.cells import Cell
+from c2fnas_auto.nas.config import NetworkConfig, NetworkConfigError
+from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.nas.ops import ConvBlock, Upsample
+from c2fnas_auto.nas.plan import NetworkPlan, make_plan
+
+
+class CellNetwork(nn.Module):
+    """Stem -> cells -> head, built from a NetworkPlan; `run(x, ops)` picks each cell's op.
+
+    Outputs: one logits tensor (B, K, z, y, x); in training mode with deep supervision a
+    list, full resolution first, then one output per decoder level (finest first).
+    """
+
+    def __init__(self, plan: NetworkPlan):
+        super().__init__()
+        self.plan = plan
+        self.config = plan.config
+        self.stem = nn.ModuleList([ConvBlock(plan.stem[0]), ConvBlock(plan.stem[1])])
+        self.cells = nn.ModuleList([Cell(c) for c in plan.cells])
+        self.head_reduce = ConvBlock(plan.head.reduce)
+        self.head_upsample = Upsample(plan.head.upsample) if plan.head.upsample is not None else None
+        self.head_classifier = ConvBlock(plan.head.classifier)
+        self._skip_sources = {c.skip_from for c in plan.cells if c.skip_from is not None}
+
+    def deep_supervision_scales(self) -> list[tuple[float, float, float]]:
+        """Per-axis scale of each output relative to the input, in output order."""
+        scales = [(1.0, 1.0, 1.0)]
+        for lv in self.plan.ds_levels():
+            f = self.config.level_downsampling(lv)
+            scales.append(tuple(1.0 / d for d in f))  # type: ignore[arg-type]
+        return scales
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5:
+            raise NetworkConfigError(f"the network expects (B, C, z, y, x) input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.config.in_channels:
+            raise NetworkConfigError(f"the network expects {self.config.in_channels} input channel(s), "
+                                     f"got {x.shape[1]}")
+        self.config.check_patch(x.shape[2:])
+
+    def run(self, x: torch.Tensor, ops: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
+        self.check_input(x)
+        full = self.stem[0](x)
+        h = self.stem[1](full)
+        saved: dict[int, torch.Tensor] = {}
+        ds_outputs: list[torch.Tensor] = []
+        want_ds = self.training and self.config.deep_supervision
+        for i, cell in enumerate(self.cells):
+            skip = saved[cell.plan.skip_from] if cell.plan.skip_from is not None else None
+            h = cell(h, skip, ops[i])
+            if i in self._skip_sources:
+                saved[i] = h
+            if want_ds and cell.ds_head is not None:
+                ds_outputs.append(cell.ds_head(h))
+        y = self.head_reduce(h)
+        if self.head_upsample is not None:
+            y = self.head_upsample(y)
+        logits = self.head_classifier(y + full)
+        if want_ds:
+            # cells run deep -> shallow in the decoder; outputs go finest first
+            return [logits] + ds_outputs[::-1]
+        return logits
+
+
+class C2FNASNet(CellNetwork):
+    """A plain network: one fixed operation per cell."""
+
+    def __init__(self, genotype: Genotype, config: NetworkConfig):
+        genotype.validate()
+        super().__init__(make_plan(genotype.levels, [[op] for op in genotype.ops], config))
+        self.genotype = genotype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.run(x, self.genotype.ops)
+
+
+def build_network(genotype: Genotype, config: NetworkConfig) -> C2FNASNet:
+    """The deployable network for `genotype` with the widths and strides of `config`."""
+    return C2FNASNet(genotype, config)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,51 @@
+"""PyTorch modules for the conv units and cell operations of the layer plan."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from c2fnas_auto.nas.plan import ConvUnit
+
+
+class ConvBlock(nn.Module):
+    """[ReLU] -> Conv3d -> [InstanceNorm3d(affine)], as described by a ConvUnit.
+
+    ReLU is not in-place: its input is the previous block's normalized output, which a
+    residual or skip addition may still need.
+    """
+
+    def __init__(self, unit: ConvUnit):
+        super().__init__()
+        self.unit = unit
+        self.relu = nn.ReLU(inplace=False) if unit.relu else None
+        self.conv = nn.Conv3d(unit.in_channels, unit.out_channels, unit.kernel, stride=unit.stride,
+                              padding=unit.padding, bias=unit.bias)
+        self.norm = nn.InstanceNorm3d(unit.out_channels, affine=True) if unit.norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.relu is not None:
+            x = self.relu(x)
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+def make_op(units: Sequence[ConvUnit]) -> nn.Sequential:
+    """A cell operation: its conv units in sequence (one for 2d/3d, two for p3d)."""
+    return nn.Sequential(*(ConvBlock(u) for u in units))
+
+
+class Upsample(nn.Module):
+    """Trilinear upsampling by an exact per-axis factor (the inverse of a stride)."""
+
+    def __init__(self, scale: tuple[float, float, float]):
+        super().__init__()
+        self.scale = tuple(float(s) for s in scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = [int(round(n * s)) for n, s in zip(x.shape[2:], self.scale)]
+        return nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
