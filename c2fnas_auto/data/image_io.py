@@ -152,8 +152,10 @@ def check_complete(path: str | Path) -> None:
     try:
         import nibabel as nib
 
-        hdr = nib.load(str(path)).header
-        expected = int(hdr["vox_offset"]) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+        nii = nib.load(str(path))
+        hdr = nii.header
+        offset = int(getattr(nii.dataobj, "offset", 0))
+        expected = offset + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
     except Exception as exc:  # nibabel's own errors vary by failure
         raise InputError(f"{path}: unreadable NIfTI header ({exc})") from None
     if ending == ".nii":

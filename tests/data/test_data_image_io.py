@@ -1,0 +1,161 @@
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from c2fnas_auto.data.image_io import (Geometry, check_complete, file_ending, read_image, read_image_info,
+                                       read_segmentation, strip_ending, write_image, write_segmentation)
+from c2fnas_auto.errors import InputError
+from c2fnas_auto.utils.io import TMP_MARKER
+
+OBLIQUE = Geometry(spacing=(0.8, 0.8, 3.0), origin=(-12.5, 40.25, 101.0),
+                   direction=tuple(np.array([[np.cos(0.2), -np.sin(0.2), 0], [np.sin(0.2), np.cos(0.2), 0],
+                                             [0, 0, 1.0]]).ravel()))
+
+
+def _seg(shape=(6, 7, 8), high=3):
+    return np.random.default_rng(0).integers(0, high, size=shape)
+
+
+def test_geometry_dict_round_trip_and_zyx():
+    assert Geometry.from_dict(OBLIQUE.to_dict()) == OBLIQUE
+    assert OBLIQUE.spacing_zyx == (3.0, 0.8, 0.8)
+    with pytest.raises(ValueError):
+        Geometry((1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_geometry_matches_tolerance():
+    near = Geometry((0.8 * (1 + 1e-5), 0.8, 3.0), OBLIQUE.origin, OBLIQUE.direction)
+    assert OBLIQUE.matches(near) is None
+    far = Geometry((0.8, 0.8, 3.1), OBLIQUE.origin, OBLIQUE.direction)
+    assert "spacing" in OBLIQUE.matches(far)
+    shifted = Geometry(OBLIQUE.spacing, (-12.5, 40.25, 102.0), OBLIQUE.direction)
+    assert "origin" in OBLIQUE.matches(shifted)
+    flipped = Geometry(OBLIQUE.spacing, OBLIQUE.origin, (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    assert "direction" in OBLIQUE.matches(flipped)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_write_segmentation_round_trip_exact(tmp_path, ending):
+    """An input's geometry (as read) is written back onto a prediction bit for bit."""
+    write_image(np.zeros((6, 7, 8), np.int16), OBLIQUE, tmp_path / f"input{ending}")
+    _, geo_in = read_image([tmp_path / f"input{ending}"])
+    assert np.allclose(geo_in.direction, OBLIQUE.direction, atol=1e-6)  # NIfTI stores float32
+    seg = _seg()
+    out = tmp_path / f"case.v1{ending}"
+    write_segmentation(seg, geo_in, out)
+    back, geo = read_segmentation(out)
+    assert back.dtype == np.int16 and np.array_equal(back, seg)
+    assert geo.spacing == geo_in.spacing and geo.origin == geo_in.origin
+    if ending == ".nrrd":  # NRRD stores direction * spacing as decimal text: last-bit drift
+        assert np.allclose(geo.direction, geo_in.direction, rtol=0, atol=1e-15)
+    else:
+        assert geo.direction == geo_in.direction
+    assert sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkUInt8
+    assert not [p for p in tmp_path.iterdir() if TMP_MARKER in p.name]
+
+
+def test_write_segmentation_reread_geometry_is_stable(tmp_path, shared_data):
+    """Geometry read from a real file survives write -> read bit for bit."""
+    seg, geo = read_segmentation(shared_data / "example_seg.nii.gz")
+    write_segmentation(seg, geo, tmp_path / "out.nii.gz")
+    back, geo2 = read_segmentation(tmp_path / "out.nii.gz")
+    assert geo2 == geo and np.array_equal(back, seg)
+
+
+def test_write_segmentation_large_labels_int16(tmp_path):
+    seg = _seg() * 200
+    write_segmentation(seg, OBLIQUE, tmp_path / "s.nii.gz")
+    assert sitk.ReadImage(str(tmp_path / "s.nii.gz")).GetPixelID() == sitk.sitkInt16
+    assert np.array_equal(read_segmentation(tmp_path / "s.nii.gz")[0], seg)
+
+
+def test_read_4d_msd_as_channels(tmp_path):
+    data = np.random.default_rng(1).normal(size=(3, 5, 6, 7)).astype(np.float32)
+    write_image(data, OBLIQUE, tmp_path / "mm.nii.gz")
+    assert read_image_info(tmp_path / "mm.nii.gz").num_channels == 3
+    arr, geo = read_image([tmp_path / "mm.nii.gz"])
+    assert arr.shape == (3, 5, 6, 7) and arr.dtype == np.float32
+    assert np.allclose(arr, data) and geo.matches(OBLIQUE, rtol=1e-6) is None
+
+
+def test_read_channel_files_stacked(tmp_path):
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2, 5, 6, 7)).astype(np.float32)
+    write_image(a, OBLIQUE, tmp_path / "c_0000.nii.gz")
+    write_image(b, OBLIQUE, tmp_path / "c_0001.nii.gz")
+    arr, geo = read_image([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
+    assert arr.shape == (2, 5, 6, 7) and np.allclose(arr[1], b) and geo.matches(OBLIQUE, rtol=1e-6) is None
+    write_image(b[:4], OBLIQUE, tmp_path / "c_0001.nii.gz")
+    with pytest.raises(InputError, match="c_0001.nii.gz: channel shape"):
+        read_image([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
+
+
+def test_unreadable_and_truncated_name_the_file(tmp_path):
+    good = tmp_path / "good.nii.gz"
+    write_image(np.random.default_rng(3).normal(size=(20, 30, 30)).astype(np.float32), OBLIQUE, good)
+    trunc = tmp_path / "trunc.nii.gz"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"trunc\.nii\.gz: truncated"):
+        read_image([trunc])
+    raw = tmp_path / "raw.nii"
+    raw.write_bytes(gzip.decompress(good.read_bytes())[:-100])
+    with pytest.raises(InputError, match=r"raw\.nii: truncated file"):
+        check_complete(raw)
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_text("not an image")
+    with pytest.raises(InputError, match=r"junk\.nii\.gz: unreadable"):
+        read_image([junk])
+    junk_mha = tmp_path / "junk.mha"
+    junk_mha.write_text("not an image")
+    with pytest.raises(InputError, match=r"junk\.mha: cannot read image"):
+        read_image([junk_mha])
+    with pytest.raises(InputError, match=r"missing\.nii\.gz: file not found"):
+        read_segmentation(tmp_path / "missing.nii.gz")
+
+
+def test_segmentation_rejects_non_integer(tmp_path):
+    write_image(np.full((4, 5, 6), 0.5, np.float32), OBLIQUE, tmp_path / "s.nii.gz")
+    with pytest.raises(InputError, match=r"s\.nii\.gz: segmentation contains non-integer"):
+        read_segmentation(tmp_path / "s.nii.gz")
+
+
+def test_2d_image_rejected(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.float32)), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match=r"flat\.nii\.gz: image is 2D"):
+        read_image([tmp_path / "flat.nii.gz"])
+
+
+def test_nibabel_fallback_for_non_orthonormal_nifti(tmp_path):
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    affine[0, 1] = 0.05  # slightly skewed: ITK refuses such files
+    img = nib.Nifti1Image(np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7), affine)
+    img.set_qform(None, code=0)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(tmp_path / "skew.nii.gz"))
+    with pytest.raises(RuntimeError):
+        sitk.ReadImage(str(tmp_path / "skew.nii.gz"))
+    arr, geo = read_image([tmp_path / "skew.nii.gz"])
+    assert arr.shape == (1, 7, 6, 5)  # nibabel (i, j, k) -> (z, y, x)
+    assert arr[0, 2, 3, 4] == np.asarray(img.dataobj)[4, 3, 2]
+    assert np.allclose(np.array(geo.direction).reshape(3, 3) @ np.array(geo.direction).reshape(3, 3).T, np.eye(3))
+    assert geo.spacing[2] == pytest.approx(3.0)
+
+
+def test_nibabel_fallback_agrees_with_sitk(shared_data):
+    from c2fnas_auto.data.image_io import _read_nifti_with_nibabel
+
+    ref = sitk.ReadImage(str(shared_data / "example_ct_sm.nii.gz"))
+    alt = _read_nifti_with_nibabel(shared_data / "example_ct_sm.nii.gz")
+    assert np.array_equal(sitk.GetArrayFromImage(alt), sitk.GetArrayFromImage(ref))
+    g1, g2 = Geometry.from_sitk(ref), Geometry.from_sitk(alt)
+    assert np.allclose(g1.origin, g2.origin, atol=1e-4) and np.allclose(g1.direction, g2.direction, atol=1e-6)
+    assert np.allclose(g1.spacing, g2.spacing, atol=1e-6)
+
+
+def test_file_ending_helpers():
+    assert file_ending("a/b.c.nii.gz") == ".nii.gz" and strip_ending("a/b.c.nii.gz") == "b.c"
+    assert file_ending(Path("x.NRRD")) == ".nrrd" and strip_ending("x.mha") == "x"
