@@ -135,13 +135,25 @@ class _Progress:
             self.bar = None
 
 
+_DISTANCES: dict[tuple, Any] = {}
+
+
+def _distances(topo: Topologies):
+    """The pairwise distance matrix, computed once per process (about a second for 1486)."""
+    key = (topo.distance, tuple(topo.topologies))
+    if key not in _DISTANCES:
+        _DISTANCES.clear()
+        _DISTANCES[key] = distance_matrix(topo.topologies, topo.distance)
+    return _DISTANCES[key]
+
+
 def _cluster(state: SearchState, topo: Topologies, settings: SearchSettings) -> Clustering:
     """Cluster once and keep the result in the state (resumes reuse it)."""
     c = state.clusters
     if c.get("labels") and len(c["labels"]) == len(topo.topologies):
         return Clustering(medoids=c["medoids"], labels=c["labels"], cost=c.get("cost", 0.0))
     t0 = time.perf_counter()
-    clustering = k_medoids(distance_matrix(topo.topologies, topo.distance), settings.clusters, seed=settings.seed)
+    clustering = k_medoids(_distances(topo), settings.clusters, seed=settings.seed)
     state.clusters = {"k": settings.clusters, "medoids": clustering.medoids, "labels": clustering.labels,
                       "cost": clustering.cost,
                       "medoid_levels": [list(topo.topologies[i]) for i in clustering.medoids],
