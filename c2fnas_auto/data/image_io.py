@@ -172,6 +172,27 @@ def check_complete(path: str | Path) -> None:
         raise InputError(f"{path}: truncated file ({actual} of {expected} bytes)")
 
 
+def count_nonfinite(path: str | Path, array: np.ndarray | None = None) -> int:
+    """Number of NaN/inf voxels stored in `path`.
+
+    ITK's NIfTI reader turns NaN and inf into 0, so for float NIfTI files the stored
+    values are inspected with nibabel; other formats keep them, and `array` (the
+    voxels as SimpleITK read them) is checked instead.
+    """
+    path = Path(path)
+    if file_ending(path) in (".nii", ".nii.gz"):
+        import nibabel as nib
+
+        nii = nib.load(str(path))
+        if nii.header.get_data_dtype().kind != "f":
+            return 0
+        values = np.asanyarray(nii.dataobj)
+        return int(values.size - np.count_nonzero(np.isfinite(values)))
+    if array is None or not np.issubdtype(array.dtype, np.floating):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
 def read_image_info(path: str | Path) -> ImageInfo:
     """Dimension, size and geometry from the header only (fast; used by the integrity check)."""
     path = Path(path)
@@ -294,7 +315,7 @@ def read_segmentation(file: str | Path) -> tuple[np.ndarray, Geometry]:
     if arr.ndim != 3:
         raise InputError(f"{file}: segmentation is 4D (shape {arr.shape}), expected a 3D label map")
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
+        if count_nonfinite(file, arr):
             raise InputError(f"{file}: segmentation contains NaN or inf values")
         if not np.array_equal(arr, np.round(arr)):
             raise InputError(f"{file}: segmentation contains non-integer values")

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from c2fnas_auto.data.dataset import Case, Dataset
-from c2fnas_auto.data.image_io import Geometry, read_segmentation, read_volume
+from c2fnas_auto.data.image_io import Geometry, count_nonfinite, read_segmentation, read_volume
 from c2fnas_auto.errors import InputError
 
 GRID_RTOL = 1e-3
@@ -60,7 +60,7 @@ def _check_image_files(case: Case, exp: _Expect) -> tuple[tuple[int, ...], Geome
         elif exp.layout == "msd" and exp.num_channels > 1:
             raise InputError(f"{f}: image is 3D (1 channel) but dataset.json modality declares {exp.num_channels} "
                              f"({exp.describe_channels()}); missing modality")
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
+        bad = count_nonfinite(f, arr)
         if bad:
             raise InputError(f"{f}: image contains {bad} NaN/inf voxel(s)")
         spatial = tuple(arr.shape[-3:])
