@@ -34,7 +34,7 @@ def probabilities_to_original(probabilities: np.ndarray | torch.Tensor, properti
     crop_shape = [int(s) for s in properties["shape_after_crop"]]
     target = [crop_shape[a] for a in fwd]  # cropped shape in preprocessed (transposed) order
     if list(probs.shape[1:]) != target:
-        probs = np.asarray(resample_to_shape(probs, target, False, plans.resampling, int(plans.through_plane_axis),
+        probs = np.asarray(resample_to_shape(probs, target, False, plans.resampling, 0,
                                              order=PROBABILITY_ORDER), dtype=np.float32)
     probs = probs.transpose([0] + [a + 1 for a in bwd])
     shape_original = [int(s) for s in properties["shape_original"]]
