@@ -71,8 +71,17 @@ class TrainerOptions:
 
 
 def resolve_task_name(task: str | int) -> str:
-    """Task id or folder name -> folder name, looked up among the preprocessed tasks."""
-    return paths.resolve_task(task, paths.preprocessed_root()).name
+    """Task id or folder name -> folder name: the raw task folder's, else the preprocessed one's.
+
+    The preprocessed fallback lets a machine that holds only preprocessed data train
+    (with --no-final-validation, which needs the raw labels)."""
+    try:
+        return paths.task_name_from_id(task)
+    except C2FNASError as raw_error:
+        try:
+            return paths.resolve_task(task, paths.preprocessed_root()).name
+        except C2FNASError:
+            raise raw_error from None
 
 
 class Trainer:
