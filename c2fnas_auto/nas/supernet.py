@@ -1,0 +1,65 @@
+"""The fine stage's single-path supernet: every cell holds all three operations.
+
+A forward pass runs one operation per cell, so a training step costs the memory of
+one path; `extract` returns the plain network of any path with the shared weights.
+Module names match `build_network`'s, so weights move by name.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import torch
+
+from c2fnas_auto.errors import GenotypeError
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.genotype import OPS, Genotype, check_ops
+from c2fnas_auto.nas.network import C2FNASNet, CellNetwork, build_network
+from c2fnas_auto.nas.plan import make_plan
+
+
+class Supernet(CellNetwork):
+    """All candidate operations in every cell of one topology."""
+
+    def __init__(self, levels: Sequence[int], config: NetworkConfig):
+        levels = list(levels)
+        super().__init__(make_plan(levels, [list(OPS)] * len(levels), config))
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor, ops: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
+        check_ops(ops, len(self.levels))
+        return self.run(x, ops)
+
+    def genotype(self, ops: Sequence[str], provenance: dict | None = None) -> Genotype:
+        return Genotype(list(self.levels), list(ops), num_levels=self.config.num_levels,
+                        num_cells=len(self.levels), provenance=dict(provenance or {})).validate()
+
+    def extract(self, ops: Sequence[str]) -> C2FNASNet:
+        """A standalone network for path `ops` holding copies of the supernet's weights."""
+        net = build_network(self.genotype(ops), self.config)
+        own = self.state_dict()
+        wanted = net.state_dict()
+        missing = [k for k in wanted if k not in own]
+        if missing:
+            raise GenotypeError(f"supernet has no weights for {missing[0]} (and {len(missing) - 1} more)")
+        net.load_state_dict({k: own[k].detach().clone() for k in wanted})
+        net.train(self.training)
+        return net.to(next(self.parameters()).device)
+
+    def random_ops(self, rng: random.Random) -> list[str]:
+        """One operation per cell, uniformly (the fine stage's path sampling)."""
+        return [rng.choice(OPS) for _ in self.levels]
+
+    def sampling_forward(self, seed: int = 0) -> Callable[[torch.nn.Module, torch.Tensor], object]:
+        """A `forward_fn(network, x)` for training.api that samples a new path per call."""
+        rng = random.Random(seed)
+
+        def forward_fn(network: torch.nn.Module, x: torch.Tensor) -> object:
+            return network(x, self.random_ops(rng))
+
+        return forward_fn
+
+
+def build_supernet(levels: Sequence[int], config: NetworkConfig) -> Supernet:
+    return Supernet(levels, config)

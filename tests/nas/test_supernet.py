@@ -1,0 +1,57 @@
+import random
+
+import pytest
+import torch
+
+from c2fnas_auto.errors import GenotypeError
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.genotype import reference_genotype
+from c2fnas_auto.nas.network import count_parameters
+from c2fnas_auto.nas.supernet import build_supernet
+
+CONFIG = NetworkConfig(1, 2, stem_channels=4, level_channels=(4, 8, 8, 16),
+                       strides=((1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)), deep_supervision=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_path_forward_equals_extracted_network(seed):
+    torch.manual_seed(seed)
+    levels = reference_genotype().levels
+    sn = build_supernet(levels, CONFIG)
+    # perturb the affine norms so the comparison is not trivially on identity weights
+    with torch.no_grad():
+        for p in sn.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ops = sn.random_ops(random.Random(seed))
+    net = sn.extract(ops)
+    x = torch.randn(2, 1, 8, 32, 32)
+    sn.train()
+    net.train()
+    a, b = sn(x, ops), net(x)
+    assert len(a) == len(b) == 4
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+    sn.eval()
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(sn(x, ops), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_extracted_weights_are_copies_and_supernet_holds_all_ops():
+    sn = build_supernet(reference_genotype().levels, CONFIG)
+    net = sn.extract(reference_genotype().ops)
+    assert count_parameters(sn) > count_parameters(net)
+    p_net = dict(net.named_parameters())["cells.0.ops.2d.0.conv.weight"]
+    with torch.no_grad():
+        p_net.add_(1.0)
+    assert not torch.equal(p_net, dict(sn.named_parameters())["cells.0.ops.2d.0.conv.weight"])
+
+
+def test_sampling_forward_and_bad_ops():
+    sn = build_supernet([1] * 12, CONFIG)
+    sn.eval()
+    fwd = sn.sampling_forward(seed=3)
+    with torch.no_grad():
+        assert fwd(sn, torch.randn(1, 1, 8, 32, 32)).shape == (1, 2, 8, 32, 32)
+    with pytest.raises(GenotypeError, match="unknown op"):
+        sn(torch.randn(1, 1, 8, 32, 32), ["4d"] * 12)
