@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.task:
         if args.verify_only:
             ds = load_task(task, verify=True, num_workers=args.num_workers, progress=progress)
-            print(f"{ds.name}: {len(ds.training)} training and {len(ds.test)} test cases verified, no problems found")
+            print(f"{ds.folder.name}: {len(ds.training)} training and {len(ds.test)} test cases verified, no problems found")
             continue
         plans = plan_and_preprocess(task, gpu_memory_gb=args.gpu_memory_gb, base_channels=args.base_channels,
                                     num_workers=args.num_workers, genotype=args.genotype,

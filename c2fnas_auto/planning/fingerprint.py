@@ -9,6 +9,7 @@ bounded on large datasets. Saved as `fingerprint.json` in the preprocessed folde
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ def compute_fingerprint(dataset, num_workers: int = 1, progress: bool | None = N
     cases = [{k: v for k, v in r.items() if k != "channels"} for r in per_case]
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
-        "task_name": dataset.name,
+        "task_name": Path(dataset.folder).name,
         "channel_names": {str(k): v for k, v in dataset.channel_names.items()},
         "labels": dict(dataset.labels),
         "num_training_cases": len(cases),

@@ -35,6 +35,11 @@ def load_task(task: str | int, verify: bool = True, num_workers: int = 1, progre
     return dataset
 
 
+def task_folder_name(dataset) -> str:
+    """The task's folder name (e.g. Task07_Pancreas): the key of its preprocessed and results folders."""
+    return Path(dataset.folder).name
+
+
 def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = None):
     """A Genotype from an object, a genotype/plans file path, or another task's preprocessed plans."""
     from c2fnas_auto.nas.genotype import Genotype
@@ -88,7 +93,7 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
 
     chosen = resolve_genotype(genotype, genotype_from)
     dataset = load_task(task, verify=verify, num_workers=num_workers, progress=progress)
-    out = preprocessed_dir(dataset.name)
+    out = preprocessed_dir(task_folder_name(dataset))
 
     fp_path = out / FINGERPRINT_FILE
     fingerprint = _reusable_fingerprint(fp_path, dataset)
@@ -103,7 +108,7 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
                             genotype=chosen)
     plans.save(plans_path)
     if preprocess:
-        preprocess_dataset(dataset.name, plans, num_workers=num_workers, dataset=dataset,
+        preprocess_dataset(plans.task_name, plans, num_workers=num_workers, dataset=dataset,
                            preprocessed_dir=out, progress=progress)
     return plans
 

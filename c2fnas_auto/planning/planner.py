@@ -10,6 +10,7 @@ training memory stays within `gpu_memory_gb`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -224,7 +225,7 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
         gpu_memory_gb, cost_fn)
 
     plans = Plans(
-        task_name=getattr(dataset, "name", None) or fingerprint["task_name"],
+        task_name=Path(dataset.folder).name if dataset is not None else fingerprint["task_name"],
         channel_names=channel_names, labels=labels, num_classes=len(labels),
         target_spacing=target_t, transpose_forward=forward, transpose_backward=backward,
         normalization=normalization_for(fingerprint),
