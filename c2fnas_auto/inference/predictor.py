@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,13 +199,13 @@ def predict_folder(input_folder: str | os.PathLike, output_folder: str | os.Path
                                                               save_probabilities, pp)))
             except Exception as exc:  # one bad case must not stop the others
                 failures.append((case.case_id, _one_line(exc)))
-                tqdm.write(f"case {case.case_id}: failed: {_one_line(exc)}")
+                tqdm.write(f"case {case.case_id}: failed: {_one_line(exc)}", file=sys.stderr)
         for case_id, fut in pending:
             try:
                 fut.result()
             except Exception as exc:
                 failures.append((case_id, _one_line(exc)))
-                tqdm.write(f"case {case_id}: export failed: {_one_line(exc)}")
+                tqdm.write(f"case {case_id}: export failed: {_one_line(exc)}", file=sys.stderr)
     finally:
         bar.close()
         if pool is not None:

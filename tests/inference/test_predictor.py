@@ -89,7 +89,8 @@ def test_bad_case_fails_alone_and_cli_exit_codes(copy_task, tmp_path, capsys):
     rc = main(["-i", str(inp), "-o", str(out), "-t", "98", "--device", "cpu", "--disable-tta"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "broken" in err and "1 case(s) failed" in err
+    failed_lines = [line for line in err.splitlines() if line.startswith("case broken: failed:")]
+    assert len(failed_lines) == 1 and "1 case(s) failed: broken" in err
     assert (out / "syn_008.nii.gz").is_file() and (out / "syn_009.nii.gz").is_file()
     assert not (out / "broken.nii.gz").exists()
 
