@@ -239,3 +239,115 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         write_report(search_dir / REPORT_FILE, state, SearchSettings().to_dict(), hooks.describe)
         plot_progress(state, search_dir / PROGRESS_PNG)
     return state
+
+
+# --------------------------------------------------------------------------- real search
+def _rank_device(device: str | None, dist: DistContext):
+    import torch
+
+    from c2fnas_auto.utils.device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dist.active:
+        dev = torch.device("cuda", dist.local_rank)
+    return dev
+
+
+def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device: Any,
+               search_dir: Path) -> SearchHooks:
+    """Coarse: `fit` from scratch + `score_cases`; fine: supernet with shared weights."""
+    from c2fnas_auto.search.coarse import TrainingContext, make_coarse_evaluator
+    from c2fnas_auto.search.fine import make_fine_evaluator, train_supernet
+    from c2fnas_auto.training.splits import fold_case_ids
+
+    train_ids, val_ids = fold_case_ids(preprocessed, settings.fold)
+    if not train_ids or not val_ids:
+        raise C2FNASError(f"{preprocessed}: fold {settings.fold} needs training and validation cases "
+                          f"(has {len(train_ids)} / {len(val_ids)})")
+    ctx = TrainingContext(plans=plans, preprocessed_dir=preprocessed, train_ids=list(train_ids),
+                          val_ids=list(val_ids), device=device, seed=settings.seed,
+                          iters_per_epoch=settings.iters_per_epoch)
+    return SearchHooks(
+        coarse_evaluate=make_coarse_evaluator(ctx, settings.coarse_epochs),
+        train_supernet=lambda levels: train_supernet(levels, ctx, settings.fine_epochs, search_dir / SUPERNET_FILE),
+        fine_evaluator=lambda supernet: make_fine_evaluator(supernet, ctx, settings.max_gflops),
+        describe={"device": str(device), "patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
+                  "gpu_memory_gb": float(plans.gpu_memory_gb), "network": plans.network,
+                  "fold": settings.fold, "num_train_cases": len(train_ids), "num_val_cases": len(val_ids)})
+
+
+def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
+    """The winner as a Genotype carrying its provenance (DESIGN §4 genotype JSON)."""
+    from c2fnas_auto.nas.genotype import Genotype
+
+    w = state.winner or {}
+    provenance = {
+        "source": "c2fnas_search",
+        "source_task": state.task_name,
+        "gpu_memory_gb": float(plans.gpu_memory_gb),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fine_score": w.get("fine_score"),
+        "coarse_score": w.get("coarse_score"),
+        "searched_patch_size": list(plans.patch_size),
+        "searched_batch_size": int(plans.batch_size),
+        "settings": settings.to_dict(),
+    }
+    return Genotype(levels=w["levels"], ops=w["ops"], provenance=provenance).validate()
+
+
+def write_into_plans(plans_path: Path, genotype: Any) -> tuple[Any, str]:
+    """Put the genotype into the source task's plans with patch/batch refitted to its budget."""
+    from c2fnas_auto.planning import planner
+    from c2fnas_auto.planning.plans import Plans
+
+    plans = Plans.load(plans_path)
+    refit = getattr(planner, "refit_plans", None)
+    if refit is not None:
+        new, how = refit(plans, genotype), "patch/batch refitted by planning.planner.refit_plans"
+    else:  # planner without refit: keep patch/batch, say so in the report
+        new = plans.copy()
+        new.genotype = genotype
+        how = "planner has no refit_plans: patch/batch kept from the search plans"
+    new.save(plans_path)
+    return new, how
+
+
+def run_search(task: str | int, settings: SearchSettings, device: str | None = None, resume: bool = False,
+               overwrite: bool = False, progress: bool = True) -> SearchState:
+    """`c2fnas_search -t TASK`: search on the task's preprocessed fold 0 and write the winner
+    into its plans.json; returns the final state."""
+    from c2fnas_auto.nas.plot import plot_genotype
+    from c2fnas_auto.paths import preprocessed_dir, task_name_from_id
+    from c2fnas_auto.planning.pipeline import PLANS_FILE
+    from c2fnas_auto.planning.plans import Plans
+
+    settings.validate()
+    task_name = task_name_from_id(task)
+    pre = preprocessed_dir(task_name)
+    plans_path = pre / PLANS_FILE
+    if not plans_path.is_file():
+        raise C2FNASError(f"{plans_path}: no plans for task {task} (run c2fnas_plan_and_preprocess -t {task} first)")
+    plans = Plans.load(plans_path)
+    search_dir = pre / SEARCH_DIR
+    dist = init_distributed("cuda" if (device or "").startswith("cuda") else "cpu")
+    try:
+        dev = _rank_device(device, dist)
+        hooks = real_hooks(plans, pre, settings, dev, search_dir)
+        state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,
+                            progress=progress)
+        if dist.is_main:
+            genotype = winner_genotype(state, plans, settings)
+            new_plans, how = write_into_plans(plans_path, genotype)
+            plot_genotype(genotype, search_dir / GENOTYPE_PNG,
+                          title_extra=f"{task_name}: fine Dice {state.winner['fine_score']:.3f}")
+            extra = dict(hooks.describe or {})
+            extra["plans"] = {"file": str(plans_path), "refit": how, "patch_size": list(new_plans.patch_size),
+                              "batch_size": int(new_plans.batch_size),
+                              "estimated_memory_gb": float(new_plans.estimated_memory_gb)}
+            extra["genotype"] = genotype.to_dict()
+            extra["world_size"] = dist.world_size
+            write_report(search_dir / REPORT_FILE, state, SearchSettings().to_dict(), extra)
+        dist.barrier()
+        return state
+    finally:
+        dist.close()

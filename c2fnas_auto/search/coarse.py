@@ -74,11 +74,14 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
         network = build_network(genotype, ctx.plans.network_config())
         losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                      iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed, progress=False)
+        t1 = time.perf_counter()
         scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
+        t2 = time.perf_counter()
         del network
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
         return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0,
+                "train_seconds": t1 - t0, "score_seconds": t2 - t1, "train_iterations": epochs * ctx.iters_per_epoch,
                 "final_loss": float(losses[-1]) if losses else None}
 
     return evaluate

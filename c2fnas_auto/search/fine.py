@@ -8,10 +8,9 @@ instead of training again. Op choices are then scored with the shared weights.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -20,24 +19,12 @@ from c2fnas_auto.search.coarse import TrainingContext
 from c2fnas_auto.search.runner import Evaluate, Proposal
 
 
-def uniform_path_sampler(num_cells: int, op_choices: Sequence[str], seed: int) -> Callable:
-    """`forward_fn(network, x)` for `fit`: a fresh uniform op per cell on every call."""
-    rng = random.Random(seed)
-
-    def forward(network, x):
-        ops = [op_choices[rng.randrange(len(op_choices))] for _ in range(num_cells)]
-        return network(x, ops)
-
-    return forward
-
-
 def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, checkpoint: Path) -> tuple[Any, dict]:
     """Build the supernet and train it, or load the finished weights from `checkpoint`.
 
     Returns (supernet, info) where info has epochs, seconds and losses. A checkpoint
     for another topology or epoch count is an error (the state says what was run).
     """
-    from c2fnas_auto.nas.genotype import OPS
     from c2fnas_auto.nas.supernet import build_supernet
     from c2fnas_auto.training.api import fit
     from c2fnas_auto.utils.io import atomic_torch_save
@@ -57,7 +44,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
         return supernet, {"epochs": epochs, "seconds": float(saved.get("seconds", 0.0)),
                           "losses": saved.get("losses", []), "loaded": True}
     t0 = time.perf_counter()
-    sampler = uniform_path_sampler(len(levels), OPS, ctx.seed)
+    sampler = supernet.sampling_forward(seed=ctx.seed)  # one uniform op per cell per step, seeded
     losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                  iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
                  forward_fn=sampler, progress=True) if epochs > 0 else []

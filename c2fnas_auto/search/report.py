@@ -38,22 +38,21 @@ def compute_seconds(state: SearchState) -> dict[str, float]:
 
 def projection(state: SearchState, default_settings: dict[str, Any]) -> dict[str, Any]:
     """Projected hours of the default budget at the speed measured in this run (same
-    device, same plans): seconds per coarse candidate iteration, per supernet iteration
-    and per fine evaluation, scaled to the default counts."""
-    s = state.settings
+    device, same plans): seconds per coarse training iteration and scoring, per supernet
+    iteration and per fine evaluation, scaled to the default counts."""
     done = [r for r in state.coarse if r.status == "done"]
     out: dict[str, Any] = {"note": "projection = this run's measured speed x the default budget; "
                                    "measure on the target GPU for a real figure"}
-    coarse_iters = s["coarse_epochs"] * s["iters_per_epoch"]
-    if done and coarse_iters:
-        per_cand = sum(r.seconds for r in done) / len(done)
-        per_iter = per_cand / coarse_iters  # includes the validation scoring, so an upper bound
-        out["seconds_per_coarse_candidate"] = round(per_cand, 3)
-        out["seconds_per_coarse_iteration_incl_scoring"] = round(per_iter, 5)
-        d_coarse = default_settings["coarse_candidates"] * default_settings["coarse_epochs"] * \
-            default_settings["iters_per_epoch"] * per_iter
-        out["projected_coarse_hours"] = round(d_coarse / 3600, 3)
-    sup_iters = state.supernet.get("epochs", 0) * s["iters_per_epoch"]
+    timed = [r for r in done if r.extra.get("train_iterations")]
+    if timed:
+        per_iter = sum(r.extra["train_seconds"] / r.extra["train_iterations"] for r in timed) / len(timed)
+        per_score = sum(r.extra["score_seconds"] for r in timed) / len(timed)
+        out["seconds_per_coarse_iteration"] = round(per_iter, 5)
+        out["seconds_per_coarse_scoring"] = round(per_score, 3)
+        iters = default_settings["coarse_epochs"] * default_settings["iters_per_epoch"]
+        out["projected_coarse_hours"] = round(
+            default_settings["coarse_candidates"] * (iters * per_iter + per_score) / 3600, 3)
+    sup_iters = state.supernet.get("epochs", 0) * state.settings["iters_per_epoch"]
     if state.supernet.get("seconds") and sup_iters:
         per_iter = state.supernet["seconds"] / sup_iters
         out["seconds_per_supernet_iteration"] = round(per_iter, 5)

@@ -28,7 +28,7 @@ class Proposal:
 
 
 Evaluate = Callable[[Proposal], dict[str, Any]]
-RESULT_FIELDS = ("score", "params", "flops", "training_bytes", "seconds", "reason")
+RESULT_FIELDS = ("status", "score", "params", "flops", "training_bytes", "seconds", "reason", "rank")
 
 
 class CandidateRunner:
@@ -123,11 +123,12 @@ class CandidateRunner:
                                status="skipped" if skipped else "done", score=score, cluster=p.cluster,
                                generation=p.generation, params=ans.get("params"), flops=ans.get("flops"),
                                training_bytes=ans.get("training_bytes"), seconds=float(ans.get("seconds", 0.0)),
-                               reason=str(ans.get("reason", "")), rank=int(ans.get("rank", 0)))
+                               reason=str(ans.get("reason", "")), rank=int(ans.get("rank", 0)),
+                               extra={k: v for k, v in ans.items() if k not in RESULT_FIELDS})
 
     def _reuse(self, src: CandidateRecord, p: Proposal) -> CandidateRecord:
         return CandidateRecord(index=len(self.records), stage=self.stage, levels=list(p.levels), ops=list(p.ops),
                                status="skipped" if src.status == "skipped" else "reused", score=src.score,
                                cluster=p.cluster, generation=p.generation, params=src.params, flops=src.flops,
                                training_bytes=src.training_bytes, seconds=0.0,
-                               reason=f"same as candidate #{src.index}", rank=src.rank)
+                               reason=f"same as candidate #{src.index}", rank=src.rank, extra=dict(src.extra))

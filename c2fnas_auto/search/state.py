@@ -43,6 +43,7 @@ class CandidateRecord:
     seconds: float = 0.0
     reason: str = ""
     rank: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # evaluator details (train/score seconds, loss)
 
     def key(self) -> tuple:
         return tuple(self.levels), tuple(self.ops)

@@ -41,7 +41,15 @@ def test_full_search_writes_state_report_plot(tmp_path):
     assert len(report["fine_generations"]) == 3
     assert set(report["compute_seconds"]) == {"clustering", "coarse", "supernet", "fine"}
     assert report["top_coarse"][0]["score"] == best_coarse.score
-    assert "projected_total_hours" in report["projection_for_default_budget"]
+    proj = report["projection_for_default_budget"]
+    d = SearchSettings()
+    # fake: 0.5 s per training iteration, 1 s scoring per coarse candidate; supernet 0.5 s / 2 iterations
+    assert proj["projected_coarse_hours"] == pytest.approx(
+        round(d.coarse_candidates * (d.coarse_epochs * d.iters_per_epoch * 0.5 + 1.0) / 3600, 3))
+    assert proj["projected_supernet_hours"] == pytest.approx(
+        round(d.fine_epochs * d.iters_per_epoch * 0.25 / 3600, 3))
+    assert "projected_total_hours" in proj
+    assert on_disk.coarse[0].extra["score_seconds"] == 1.0
     png = (sdir / "search_progress.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
