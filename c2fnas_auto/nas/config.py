@@ -75,12 +75,21 @@ class NetworkConfig:
         """Per-axis factor to the deepest level: patch sizes must be divisible by it."""
         return self.level_downsampling(self.num_levels)
 
-    def check_patch(self, patch_size: Any) -> tuple[int, int, int]:
-        """The patch as a tuple, or NetworkConfigError if a level would not divide evenly."""
+    def check_patch(self, patch_size: Any, deepest_level: int | None = None) -> tuple[int, int, int]:
+        """The patch as a tuple, or NetworkConfigError if a level would not divide evenly.
+
+        With `deepest_level` (the genotype's), also reject a patch that leaves a single
+        voxel there: instance norm cannot normalise one value.
+        """
         p = _triple(patch_size, "patch size")
         d = self.total_downsampling()
         if any(a % b for a, b in zip(p, d)):
             raise NetworkConfigError(f"patch size {list(p)} is not divisible by the total downsampling {list(d)}")
+        if deepest_level is not None:
+            f = self.level_downsampling(deepest_level)
+            if all(a == b for a, b in zip(p, f)):
+                raise NetworkConfigError(f"patch size {list(p)} leaves one voxel on level {deepest_level}: "
+                                         f"instance norm cannot normalise it, use a larger patch")
         return p
 
     def to_dict(self) -> dict[str, Any]:

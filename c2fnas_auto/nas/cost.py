@@ -123,7 +123,7 @@ def estimate_cost(genotype: Genotype, config: NetworkConfig, patch_size: Sequenc
                   amp: bool = True) -> CostEstimate:
     """Parameters, FLOPs and training memory of `build_network(genotype, config)` at `patch_size`."""
     genotype.validate()
-    patch = config.check_patch(patch_size)
+    patch = config.check_patch(patch_size, deepest_level=max(genotype.levels))
     plan = make_plan(genotype.levels, [[op] for op in genotype.ops], config)
     return cost_from_tally(tally_plan(plan, patch), batch_size, amp)
 
@@ -133,6 +133,6 @@ def estimate_supernet_cost(levels: Sequence[int], config: NetworkConfig, patch_s
     """Cost of a supernet training step on path `ops` (weights of all candidates, one path's activations)."""
     from c2fnas_auto.nas.genotype import OPS
 
-    patch = config.check_patch(patch_size)
+    patch = config.check_patch(patch_size, deepest_level=max(levels))
     plan = make_plan(levels, [list(OPS)] * len(levels), config)
     return cost_from_tally(tally_plan(plan, patch, ops=ops, all_ops=True), batch_size, amp)

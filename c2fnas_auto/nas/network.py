@@ -46,7 +46,7 @@ class CellNetwork(nn.Module):
         if x.shape[1] != self.config.in_channels:
             raise NetworkConfigError(f"the network expects {self.config.in_channels} input channel(s), "
                                      f"got {x.shape[1]}")
-        self.config.check_patch(x.shape[2:])
+        self.config.check_patch(x.shape[2:], deepest_level=max(self.plan.levels))
 
     def run(self, x: torch.Tensor, ops: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)

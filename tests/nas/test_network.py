@@ -104,3 +104,12 @@ def test_full_size_parameter_counts():
     n_swapped = count_parameters(build_network(ref.with_ops(swapped), config))
     assert 13.5e6 < n_ref < 15e6
     assert 15e6 < n_swapped < 20e6
+
+
+def test_patch_leaving_one_deep_voxel_is_rejected():
+    net = build_network(reference_genotype(), tiny())
+    with pytest.raises(NetworkConfigError, match="leaves one voxel on level 4"):
+        net(torch.randn(1, 2, 16, 16, 16))
+    # a topology that never reaches level 4 is fine with the same patch
+    shallow = build_network(Genotype([1, 2, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1], ["2d"] * 12), tiny())
+    assert shallow(torch.randn(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
