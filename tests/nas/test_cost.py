@@ -57,3 +57,18 @@ def test_memory_parts_and_scaling():
     big = estimate_cost(g, c, (128, 64, 64), batch_size=2, amp=False)
     assert big.flops == 2 * fp32.flops  # conv FLOPs are linear in the voxel count
     assert big.params == fp32.params
+
+
+def test_amp_estimate_close_to_cpu_autocast_hooks():
+    """CPU bfloat16 autocast stands in for CUDA float16 here (no GPU in CI): 2-byte activations."""
+    g = reference_genotype()
+    c = NetworkConfig(1, 3, stem_channels=8, level_channels=(16, 32, 32, 64))
+    net = build_network(g, c)
+
+    def fwd(n, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return n(x)
+
+    measured = saved_activation_bytes(net, torch.randn(2, 1, 32, 32, 32), forward_fn=fwd)
+    est = estimate_cost(g, c, (32, 32, 32), batch_size=2, amp=True)
+    assert abs(est.activation_bytes - measured) <= 0.10 * measured
