@@ -21,7 +21,8 @@ from c2fnas_auto.preprocessing.cropping import crop_to_nonzero
 from c2fnas_auto.preprocessing.normalization import normalize
 from c2fnas_auto.preprocessing.resampling import compute_new_shape, resample_to_shape
 from c2fnas_auto.preprocessing.storage import case_paths, data_dir, is_case_finished
-from c2fnas_auto.utils.io import (atomic_save_npy, atomic_write_json, load_json, remove_stale_temporaries)
+from c2fnas_auto.utils.io import (atomic_save_npy, atomic_write_json, atomic_write_text, load_json,
+                                  remove_stale_temporaries)
 
 MAX_LOCATIONS_PER_CLASS = 10000
 SETTINGS_FILE = "preprocessing_settings.json"
@@ -115,7 +116,9 @@ def _preprocess_and_save(job: tuple) -> str:
     atomic_save_npy(npy, data)
     if seg is not None:
         atomic_save_npy(seg_path, seg)
-    atomic_write_json(props_path, props)  # last: marks the case finished
+    # compact JSON: class_locations hold tens of thousands of coordinates (pretty-printing them
+    # took longer than the preprocessing itself); written last, it marks the case finished
+    atomic_write_text(props_path, json.dumps(props, separators=(",", ":")) + "\n")
     return case.case_id
 
 

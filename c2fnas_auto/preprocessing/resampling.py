@@ -78,10 +78,10 @@ def resample_to_shape(array: np.ndarray, new_shape: Sequence[int], is_seg: bool,
 def _resample_labels(seg: np.ndarray, new_shape: Sequence[int], order: int,
                      low_res_axis: int | None, out_of_plane_order: int) -> np.ndarray:
     """Per-label soft resampling; each voxel takes the label whose interpolated indicator is largest."""
-    labels = np.unique(seg)
-    dtype = np.int8 if labels.max(initial=0) < 128 and labels.min(initial=0) >= -128 else np.int16
+    dtype = np.int8 if seg.size == 0 or (seg.max() < 128 and seg.min() >= -128) else np.int16
     if tuple(seg.shape) == tuple(new_shape):
         return seg.astype(dtype, copy=True)
+    labels = np.unique(seg)
     if len(labels) == 1:
         return np.full(tuple(new_shape), labels[0], dtype=dtype)
     out = np.zeros(tuple(new_shape), dtype=dtype)
