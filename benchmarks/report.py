@@ -1,0 +1,91 @@
+"""Markdown from a results file, written between markers in documentation/benchmarks.md.
+
+Only the generated section is replaced, so the hand-written parts of the page (how to
+reproduce each row, what the numbers mean) survive every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from c2fnas_auto.utils.io import atomic_write_text, load_json
+
+BEGIN = "<!-- BEGIN GENERATED: python -m benchmarks.run -->"
+END = "<!-- END GENERATED -->"
+
+REPRODUCE = {
+    "preprocess": "python -m benchmarks.run --quick --only preprocess",
+    "sliding_window": "python -m benchmarks.run --quick --only sliding_window",
+    "train_step": "python -m benchmarks.run --quick --only train_step",
+    "data_pipeline": "python -m benchmarks.run --quick --only data_pipeline",
+    "memory": "python -m benchmarks.run --quick --only memory",
+    "search_cost": "python -m benchmarks.run --quick --only search_cost",
+    "search_quality": "python -m benchmarks.run --quick --only search_quality",
+    "end_to_end": "python -m benchmarks.run --quick --only end_to_end",
+}
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _met(v: bool | None) -> str:
+    return "n/a" if v is None else ("yes" if v else "no")
+
+
+def render(results: dict[str, Any], results_name: str = "") -> str:
+    m = results["machine"]
+    gpu = m.get("gpu")
+    lines = [
+        f"Run `{results['command']}` on {results['date']} ({results['profile']} profile, "
+        f"{results['total_seconds']:.0f} s in all). Results file: `{results_name}`.",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m.get('memory_gb')} GB RAM, torch {m['torch']} "
+        f"({m['torch_threads']} threads), "
+        + (f"GPU {gpu['name']} ({gpu['memory_gb']} GB)." if gpu else "**no GPU** (GPU figures not measured)."),
+        f"Peers: nnunetv2 {m['versions'].get('nnunetv2') or 'not installed'}, "
+        f"monai {m['versions'].get('monai') or 'not installed'}; c2fnas-auto commit {m.get('git_commit')}.",
+        "",
+        "| Row | Ours | Peer / reference | Ratio (ours/peer) | Goal | Met | Notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["rows"]:
+        s = r["summary"]
+        if r["status"] != "ok":
+            lines.append(f"| {_cell(r['title'])} | {r['status']} | | | {_cell(s.get('goal', ''))} | n/a | "
+                         f"{_cell(r['note'])} |")
+            continue
+        rt = "" if s.get("ratio") is None else f"{s['ratio']:.2f}"
+        lines.append(f"| {_cell(r['title'])} | {_cell(s['ours'])} | {_cell(s['peer'])} | {rt} | "
+                     f"{_cell(s['goal'])} | {_met(s.get('met'))} | {_cell(r['note'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_doc(doc: Path, section: str) -> None:
+    """Replace the generated section of `doc` (or append one) atomically."""
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n\n"
+    block = f"{BEGIN}\n{section}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(doc, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                description="Regenerate the table in documentation/benchmarks.md from a results file")
+    p.add_argument("results", type=Path)
+    p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "documentation" / "benchmarks.md")
+    args = p.parse_args(argv)
+    update_doc(args.doc, render(load_json(args.results, "benchmark results"), args.results.name))
+    print(f"updated {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per benchmark row: ROW, TITLE and run(workspace, profile) -> RowResult."""

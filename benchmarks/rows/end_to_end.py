@@ -1,0 +1,37 @@
+"""Row 8: the demo end to end (synthetic task -> plan -> tiny search -> train fold 0 ->
+predict -> evaluate): wall time and the test cases' Dice, exactly as a user runs it."""
+
+from __future__ import annotations
+
+from benchmarks.common import Profile, RowResult, Summary, fmt_seconds, require_our
+from benchmarks.procs import run_measured, tail
+from benchmarks.workspace import Workspace, python_cmd
+from c2fnas_auto.utils.io import load_json
+
+ROW = "end_to_end"
+TITLE = "8. End to end (demo)"
+ORGAN_DICE_GOAL = 0.85
+
+
+def run(ws: Workspace, profile: Profile) -> RowResult:
+    require_our("c2fnas_auto.cli.demo")
+    work = ws.root / "demo"
+    args = ["--workdir", str(work), "--device", "cpu", *profile.demo_args]
+    res = run_measured(python_cmd("c2fnas_auto.cli.demo", *args), ws.root / "logs" / "demo.log")
+    if res.returncode != 0:
+        raise RuntimeError(f"c2fnas_demo exited {res.returncode}: {tail(res.log, 3)}")
+    summary = load_json(work / "test_summary.json", "demo evaluation summary")
+    mean = summary.get("mean", {})
+    dice = {k: v.get("Dice") for k, v in mean.items()}
+    organ = dice.get("1")
+    shown = ", ".join(f"label {k} Dice {v:.3f}" for k, v in sorted(dice.items()) if v is not None)
+    demo_cmd = "c2fnas_demo " + " ".join(a for a in args if a != str(work)).replace("--workdir ", "--workdir DIR ")
+    return RowResult(
+        row=ROW, title=TITLE,
+        note=(f"`{demo_cmd}`" + ("" if not profile.demo_args else " (shortened schedule for --quick; "
+                                  "--full runs the demo's defaults)") + f"; peak RSS {res.max_rss_bytes / 1e9:.2f} GB"),
+        summary=Summary(ours=f"{fmt_seconds(res.seconds)}, {shown}", peer="-", ratio=None,
+                        goal=f"organ Dice >= {ORGAN_DICE_GOAL} within the demo's CPU budget",
+                        met=None if organ is None else organ >= ORGAN_DICE_GOAL),
+        details={"seconds": res.seconds, "dice": dice, "max_rss_bytes": res.max_rss_bytes, "args": args},
+    )

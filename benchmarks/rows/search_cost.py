@@ -1,0 +1,94 @@
+"""Row 6: what the search costs: seconds per coarse candidate and per supernet epoch,
+and the default budget's projected hours at that speed.
+
+A small real search (`c2fnas_search`, the user's command) runs on a small synthetic task
+planned through the normal planner; its report holds the measured speeds and the
+projection of the default budget (documentation/search.md). On a CPU with narrow plans
+the projection describes *those* plans on *this* machine, not a GPU at deployment width:
+the table says so. The original C2FNAS search took 333 GPU-days; our bar is 24 GPU-hours.
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import Profile, RowResult, Summary, require_our
+from benchmarks.procs import run_measured, tail
+from benchmarks.workspace import SEARCH_TASK_ID, Workspace, python_cmd
+from c2fnas_auto.utils.io import load_json
+
+ROW = "search_cost"
+TITLE = "6. Search cost"
+GPU_DAY_HOURS = 24.0
+
+
+def prepared_search_task(ws: Workspace):
+    """Plan + preprocess the search task once (narrow plans for a CPU). Returns (plans, preprocessed dir)."""
+    key = "search-task"
+    if key not in ws._prepared:
+        from c2fnas_auto.planning.pipeline import plan_and_preprocess
+
+        task = ws.search_task()
+        pre = ws.sub("prepared_search")
+        ws.set_ours_env(pre, ws.sub("results_search"))
+        plans = plan_and_preprocess(task.name, gpu_memory_gb=0.25, base_channels=ws.profile.search_base_channels,
+                                    num_workers=ws.profile.pp_workers, progress=False)
+        ws._prepared[key] = (plans, pre / task.name)
+    return ws._prepared[key]
+
+
+def search_args(profile: Profile) -> list[str]:
+    return ["-t", str(SEARCH_TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
+            "--coarse-epochs", "1", "--fine-epochs", "1", "--generations", "2",
+            "--iters-per-epoch", str(profile.search_iters), "--device", "cpu", "--seed", "0", "--no-progress"]
+
+
+def searched(ws: Workspace) -> dict:
+    """Run the small search once per workspace; returns {"seconds", "report", "plans_file", "command"}."""
+    key = "search-run"
+    if key not in ws._prepared:
+        _, pre = prepared_search_task(ws)
+        args = search_args(ws.profile) + ["--overwrite"]
+        cmd = python_cmd("c2fnas_auto.cli.search", *args)
+        res = run_measured(cmd, ws.root / "logs" / "search.log", env=ws.ours_env(pre.parent, ws.sub("results_search")))
+        if res.returncode != 0:
+            raise RuntimeError(f"c2fnas_search exited {res.returncode}: {tail(res.log, 3)}")
+        ws._prepared[key] = {"seconds": res.seconds, "report": load_json(pre / "search" / "report.json", "search report"),
+                             "plans_file": pre / "plans.json", "command": "c2fnas_search " + " ".join(args)}
+    return ws._prepared[key]
+
+
+def run(ws: Workspace, profile: Profile) -> RowResult:
+    require_our("c2fnas_auto.search.api")
+    import torch
+
+    out = searched(ws)
+    rep = out["report"]
+    proj = rep.get("projection_for_default_budget", {})
+    per_cand = proj.get("seconds_per_coarse_candidate")
+    per_sup_iter = proj.get("seconds_per_supernet_iteration")
+    default_iters = _default_iters()
+    per_sup_epoch = per_sup_iter * default_iters if per_sup_iter is not None else None
+    hours = proj.get("projected_total_hours")
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    plans = load_json(out["plans_file"], "plans")
+    ours = (f"{per_cand:.1f} s/coarse candidate ({rep['settings'].get('coarse_epochs')} x "
+            f"{rep['settings'].get('iters_per_epoch')} iters), "
+            + (f"{per_sup_epoch:.1f} s/supernet epoch of {default_iters} iters; " if per_sup_epoch else "")
+            + (f"default budget projected {hours:.1f} {device}-hours" if hours is not None else "no projection"))
+    return RowResult(
+        row=ROW, title=TITLE,
+        note=(f"measured on {device}, plans patch {'x'.join(map(str, plans['patch_size']))}, base width "
+              f"{plans.get('base_channels')} (narrow CPU plans: not the deployment width of a GPU run); whole small "
+              f"search {out['seconds']:.0f} s wall; command `{out['command']}`"),
+        summary=Summary(ours=ours, peer="original C2FNAS: 333 GPU-days", ratio=None,
+                        goal="default budget <= 24 GPU-hours",
+                        met=(hours <= GPU_DAY_HOURS) if (hours is not None and device == "GPU") else None),
+        details={"projection": proj, "compute_seconds": rep.get("compute_seconds"),
+                 "wall_seconds": out["seconds"], "settings": rep.get("settings"), "device": device,
+                 "seconds_per_supernet_epoch": per_sup_epoch},
+    )
+
+
+def _default_iters() -> int:
+    from c2fnas_auto.search.api import SearchSettings
+
+    return int(SearchSettings().iters_per_epoch)
