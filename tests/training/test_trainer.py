@@ -19,7 +19,9 @@ from c2fnas_auto.training.schedule import poly_lr
 from c2fnas_auto.training.splits import SPLITS_FILE, fold_case_ids, get_splits, make_splits
 from c2fnas_auto.training.trainer import Trainer, TrainerOptions
 
-FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress"]
+SMALL_PATCH = (8, 16, 16)  # divisible by the tiny plans' total downsampling; keeps steps cheap
+FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress",
+        "--patch-size", *map(str, SMALL_PATCH)]
 
 
 def _fold_dir(task, fold=0):
@@ -51,6 +53,7 @@ def test_splits_created_once_and_reused(copy_task):
 def test_loss_falls_and_training_pseudo_dice_rises(copy_task):
     torch.set_num_threads(1)
     opts = TrainerOptions(epochs=3, iters_per_epoch=10, val_iters=1, batch_size=2, device="cpu", seed=0,
+                          patch_size=SMALL_PATCH,
                           final_validation=False, progress=False, checkpoint_every=10)
     Trainer("98", 0, opts).run()
     epochs = json.loads((_fold_dir(copy_task) / "metrics.json").read_text())["epochs"]
@@ -81,7 +84,7 @@ def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
     assert {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "plans", "genotype",
             "network_config"} <= set(ckpt)
 
-    opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu",
+    opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu", patch_size=SMALL_PATCH,
                           continue_training=True, final_validation=False, progress=False)
     trainer = Trainer("98", 0, opts)
     trainer.setup()
@@ -102,7 +105,7 @@ def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
 
 def test_sigkill_loses_at_most_the_epochs_since_the_last_checkpoint(copy_task):
     fold = _fold_dir(copy_task)
-    cmd = [sys.executable, "-m", "c2fnas_auto.cli.train", "98", "0", "--epochs", "8", "--iters-per-epoch", "2",
+    cmd = [sys.executable, "-m", "c2fnas_auto.cli.train", "98", "0", "--epochs", "6", "--iters-per-epoch", "2",
            "--checkpoint-every", "2", "--no-final-validation", *FAST]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -128,8 +131,8 @@ def test_sigkill_loses_at_most_the_epochs_since_the_last_checkpoint(copy_task):
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from checkpoint_latest.pth at epoch {ckpt['epoch']}" in rerun.stdout
     epochs = json.loads((fold / "metrics.json").read_text())["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 9))
-    assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == 8
+    assert [e["epoch"] for e in epochs] == list(range(1, 7))
+    assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == 6
     assert not [p for p in fold.iterdir() if ".tmp-" in p.name]
 
 
@@ -167,7 +170,7 @@ def test_fit_and_score_cases(copy_task):
     torch.manual_seed(0)
     net = build_network(plans.genotype, plans.network_config())
     losses = fit(net, plans, copy_task.preprocessed_dir, train_ids, epochs=2, iters_per_epoch=4, device="cpu",
-                 batch_size=2)
+                 batch_size=2, patch_size=SMALL_PATCH)
     assert len(losses) == 2 and all(np.isfinite(losses))
     calls = []
 
