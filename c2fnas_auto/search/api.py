@@ -38,12 +38,12 @@ class SearchSettings:
     """Every option that changes the search's decisions (the device does not).
     Defaults: about one GPU-day on one modern GPU, see documentation/search.md."""
 
-    coarse_candidates: int = 48
-    coarse_epochs: int = 10
-    clusters: int = 12
-    population: int = 12
-    fine_epochs: int = 120
-    generations: int = 12
+    coarse_candidates: int = 64
+    coarse_epochs: int = 20
+    clusters: int = 16
+    population: int = 16
+    fine_epochs: int = 500
+    generations: int = 20
     iters_per_epoch: int = 100
     seed: int = 0
     coarse_op: str = "3d"
