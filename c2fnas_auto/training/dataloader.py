@@ -70,17 +70,21 @@ class PatchSampler:
     """Draws batches of (data, seg) patches of `patch_size` from `cases`."""
 
     def __init__(self, cases: Sequence[CaseData], patch_size: Sequence[int], batch_size: int,
-                 oversample_foreground: float = FOREGROUND_OVERSAMPLING):
+                 oversample_foreground: float = FOREGROUND_OVERSAMPLING, global_batch: int | None = None,
+                 offset: int = 0):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = int(batch_size)
         self.oversample_foreground = oversample_foreground
+        # under DDP this sampler draws samples offset..offset+batch_size of the global batch
+        self.global_batch = int(global_batch or batch_size)
+        self.offset = int(offset)
 
     def force_foreground(self, index: int) -> bool:
-        """Sample `index` of a batch must contain foreground: the last third of the batch."""
-        return not index < round(self.batch_size * (1 - self.oversample_foreground))
+        """Sample `index` must contain foreground: it lies in the last third of the *global* batch."""
+        return not self.offset + index < round(self.global_batch * (1 - self.oversample_foreground))
 
     def _lower_corner(self, case: CaseData, rng: np.random.Generator, force_fg: bool) -> list[int]:
         shape = case.data.shape[1:]
@@ -137,11 +141,15 @@ class BatchStream(torch.utils.data.IterableDataset):
 def make_batch_iterator(cases: Sequence[CaseData], patch_size: Sequence[int], batch_size: int, seed: int = 0,
                         rank: int = 0, num_workers: int = 0, augment: bool = True,
                         params: AugmentationParams | None = None,
-                        oversample_foreground: float = FOREGROUND_OVERSAMPLING) -> Iterator[dict]:
-    """An endless iterator of augmented batches; workers are DataLoader processes when num_workers > 0."""
+                        oversample_foreground: float = FOREGROUND_OVERSAMPLING, global_batch: int | None = None,
+                        offset: int = 0) -> Iterator[dict]:
+    """An endless iterator of augmented batches; workers are DataLoader processes when num_workers > 0.
+
+    Under DDP pass the global batch size and this rank's `offset` into it, so foreground
+    oversampling keeps its share of the global batch however it is split."""
     params = params or AugmentationParams()
     first = initial_patch_size(patch_size, params) if augment else tuple(int(p) for p in patch_size)
-    sampler = PatchSampler(cases, first, batch_size, oversample_foreground)
+    sampler = PatchSampler(cases, first, batch_size, oversample_foreground, global_batch, offset)
     stream = BatchStream(sampler, build_transforms(patch_size, params, augment), seed, rank)
     if num_workers <= 0:
         return iter(stream)

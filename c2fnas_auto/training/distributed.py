@@ -37,10 +37,16 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
-def split_batch(global_batch: int, info: DistInfo) -> int:
-    """This rank's share of the global batch (earlier ranks take the remainder), at least 1."""
+def split_batch(global_batch: int, info: DistInfo) -> tuple[int, int]:
+    """(size, offset) of this rank's share of the global batch; earlier ranks take the remainder.
+
+    Every rank gets at least one sample, so a global batch smaller than the world size
+    grows to one sample per rank."""
     base, rest = divmod(global_batch, info.world_size)
-    return max(1, base + (1 if info.rank < rest else 0))
+    if base == 0:
+        return 1, info.rank
+    size = base + (1 if info.rank < rest else 0)
+    return size, info.rank * base + min(info.rank, rest)
 
 
 def barrier(info: DistInfo) -> None:

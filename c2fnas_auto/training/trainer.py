@@ -152,7 +152,7 @@ class Trainer:
             self.ctx.network = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.batch_size = int(self.options.batch_size or self.plans.batch_size)
-        self.rank_batch = split_batch(self.batch_size, self.dist)
+        self.rank_batch, self.rank_offset = split_batch(self.batch_size, self.dist)
         self._ready = True
 
     def _resume(self) -> None:
@@ -214,11 +214,13 @@ class Trainer:
             data_seed = opts.seed + 7919 * self.start_epoch
             train_cases = load_cases(self.preprocessed_dir, self.train_ids)
             val_cases = load_cases(self.preprocessed_dir, self.val_ids)
+            share = dict(global_batch=self.batch_size, offset=self.rank_offset, rank=self.dist.rank)
             train_batches = make_batch_iterator(train_cases, self.patch_size, self.rank_batch, seed=data_seed,
-                                                rank=self.dist.rank, num_workers=opts.num_workers,
-                                                augment=opts.augment)
+                                                num_workers=opts.num_workers, augment=opts.augment, **share)
             val_batches = make_batch_iterator(val_cases, self.patch_size, self.rank_batch, seed=data_seed + 1,
-                                              rank=self.dist.rank, num_workers=0, augment=False)
+                                              num_workers=0, augment=False, **share)
+            if self.start_epoch < opts.epochs and self.is_main:
+                self._clear_validation()
             for epoch in range(self.start_epoch, opts.epochs):
                 self._epoch(epoch, train_batches, val_batches)
             if self.start_epoch >= opts.epochs:
@@ -258,6 +260,15 @@ class Trainer:
             self.save(LATEST, epoch + 1)
         if self.is_main:
             self.log.write(self.fold_dir)
+
+    def _clear_validation(self) -> None:
+        """Exports of an earlier run would be reused by the resumable validation: drop them once
+        the weights change."""
+        folder = self.fold_dir / "validation"
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_file():
+                    p.unlink()
 
     def _final_validation(self) -> dict:
         from c2fnas_auto.training.validation import final_validation

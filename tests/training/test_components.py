@@ -147,3 +147,17 @@ def test_training_log_ema_best_and_files(tmp_path):
     assert len(metrics["epochs"]) == 3
     again = TrainingLog.from_state_dict(log.state_dict())
     assert again.best_ema == log.best_ema and not math.isinf(again.best_ema)
+
+
+def test_split_batch_covers_the_global_batch_and_keeps_oversampling():
+    from c2fnas_auto.training.distributed import DistInfo, split_batch
+
+    case = _case()
+    for world, batch in [(2, 2), (2, 5), (3, 7)]:
+        shares = [split_batch(batch, DistInfo(rank=r, world_size=world)) for r in range(world)]
+        assert sum(s for s, _ in shares) == batch
+        assert [o for _, o in shares] == [sum(s for s, _ in shares[:r]) for r in range(world)]
+        forced = [PatchSampler([case], (4, 4, 4), s, global_batch=batch, offset=o).force_foreground(i)
+                  for s, o in shares for i in range(s)]
+        assert forced == [PatchSampler([case], (4, 4, 4), batch).force_foreground(i) for i in range(batch)]
+        assert any(forced)
