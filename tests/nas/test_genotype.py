@@ -8,7 +8,7 @@ from c2fnas_auto.nas.genotype import OPS, Genotype, reference_genotype
 
 REPO = Path(__file__).resolve().parents[2]
 REF_LEVELS = [1, 1, 2, 2, 3, 4, 3, 3, 2, 1, 1, 1]
-REF_OPS = ["2d", "p3d", "3d", "3d", "3d", "2d", "3d", "3d", "p3d", "3d", "2d", "3d"]
+REF_OPS = ["2d", "p3d", "3d", "3d", "3d", "3d", "2d", "3d", "p3d", "3d", "2d", "3d"]
 
 
 def test_reference_genotype_matches_design_and_shipped_file():
