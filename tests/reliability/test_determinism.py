@@ -98,18 +98,22 @@ print(json.dumps(out))
 """
 
 
-def _search_decisions(folder: Path, seed: int, hash_seed: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _SEARCH_SCRIPT, str(folder), str(seed)],
-                          env=cli_env(None, {"PYTHONHASHSEED": str(hash_seed)}), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _search_decisions(runs: list[tuple[Path, int, int]]) -> list[dict]:
+    """Run (folder, seed, PYTHONHASHSEED) searches as parallel processes; their decisions."""
+    procs = [subprocess.Popen([sys.executable, "-c", _SEARCH_SCRIPT, str(folder), str(seed)],
+                              env=cli_env(None, {"PYTHONHASHSEED": str(hash_seed)}), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for folder, seed, hash_seed in runs]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
 
 
 def test_search_decisions_identical_for_the_same_seed(tmp_path):
-    a = _search_decisions(tmp_path / "a", seed=3, hash_seed=1)
-    b = _search_decisions(tmp_path / "b", seed=3, hash_seed=2)
-    c = _search_decisions(tmp_path / "c", seed=4, hash_seed=1)
+    a, b, c = _search_decisions([(tmp_path / "a", 3, 1), (tmp_path / "b", 3, 2), (tmp_path / "c", 4, 1)])
     assert len(a["records"]) >= 8 and a["winner"] is not None
     assert a == b
     assert [r["levels"] for r in a["records"]] != [r["levels"] for r in c["records"]], "the seed has no effect"

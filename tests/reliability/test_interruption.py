@@ -122,3 +122,40 @@ def test_finish_helper_reports_output(tmp_path):
         kill_when(proc, lambda: False, timeout=120)
     res = finish(proc)
     assert res.returncode == 2 and "missing.json" in res.stderr
+
+
+def _plant_truncated_checkpoint(task) -> tuple[Path, list]:
+    import torch
+
+    from c2fnas_auto.paths import fold_dir
+
+    path = fold_dir(task.task_name, 0) / "checkpoint_latest.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"network_weights": {"w": torch.zeros(64, 64)}, "epoch": 3}, path)
+    truncate_file(path, 0.5)
+    return path, ["train", [task.task_name, 0, "--continue", "--epochs", 1, "--iters-per-epoch", 1,
+                            "--device", "cpu", "--num-workers", 0, "--no-progress"]]
+
+
+def _plant_truncated_search_state(task) -> tuple[Path, list]:
+    path = task.preprocessed_dir / "search" / "state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"task_name": "' + task.task_name + '", "settings": {"coarse_candidates": 2, "coa')
+    return path, ["search", ["-t", task.task_name, "--continue", "--coarse-candidates", 1, "--coarse-epochs", 1,
+                             "--fine-epochs", 0, "--generations", 1, "--iters-per-epoch", 1, "--device", "cpu",
+                             "--no-progress"]]
+
+
+@pytest.mark.parametrize("plant", [_plant_truncated_checkpoint, _plant_truncated_search_state],
+                         ids=["train_checkpoint", "search_state"])
+def test_truncated_resume_file_is_detected_not_read(copy_task, plant):
+    """--continue meeting a half-written checkpoint/state of an old run stops with one line naming it."""
+    from c2fnas_auto.utils.testing import call_cli
+
+    from .helpers import assert_user_error
+
+    path, (name, args) = plant(copy_task)
+    digest = path.read_bytes()
+    res = call_cli(name, args, cli_env(copy_task.root))
+    assert_user_error(res, [path.name], r"cannot read|not valid JSON|truncat|corrupt")
+    assert path.read_bytes() == digest
