@@ -88,7 +88,6 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
                         verify: bool = True, preprocess: bool = True, progress: bool | None = None) -> Plans:
     """Fingerprint, plan and preprocess one task; returns the plans written to plans.json."""
     from c2fnas_auto.paths import preprocessed_dir
-    from c2fnas_auto.planning.planner import refit_plans
     from c2fnas_auto.preprocessing.preprocessor import preprocess_dataset
 
     chosen = resolve_genotype(genotype, genotype_from)
