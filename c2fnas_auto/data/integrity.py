@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from c2fnas_auto.data.dataset import Case, Dataset
-from c2fnas_auto.data.image_io import Geometry, count_nonfinite, read_segmentation, read_volume
+from c2fnas_auto.data.image_io import Geometry, check_complete, count_nonfinite, read_segmentation, read_volume
 from c2fnas_auto.errors import InputError
 
 GRID_RTOL = 1e-3
@@ -50,6 +50,7 @@ def _check_image_files(case: Case, exp: _Expect) -> tuple[tuple[int, ...], Geome
     geometry: Geometry | None = None
     first = case.image_files[0]
     for f in case.image_files:
+        check_complete(f, thorough=True)
         arr, geo = read_volume(f)
         if arr.ndim == 4:
             if exp.layout == "nnunet":
@@ -77,6 +78,7 @@ def _check_image_files(case: Case, exp: _Expect) -> tuple[tuple[int, ...], Geome
 def _check_label(label_file: Path, shape: tuple[int, ...], geometry: Geometry, image: Path, exp: _Expect) -> None:
     if not label_file.is_file():
         raise InputError(f"{label_file}: label file not found")
+    check_complete(label_file, thorough=True)
     seg, geo = read_segmentation(label_file)
     if seg.shape != shape:
         raise InputError(f"{label_file}: label shape {seg.shape} differs from image {image.name} shape {shape}")

@@ -101,6 +101,11 @@ def test_unreadable_and_truncated_name_the_file(tmp_path):
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(InputError, match=r"trunc\.nii\.gz: truncated"):
         read_image([trunc])
+    cut_trailer = tmp_path / "cut.nii.gz"  # only the 8-byte gzip trailer missing
+    cut_trailer.write_bytes(good.read_bytes()[:-8])
+    with pytest.raises(InputError, match=r"cut\.nii\.gz: truncated or corrupt file"):
+        read_image([cut_trailer])
+    check_complete(good, thorough=True)
     raw = tmp_path / "raw.nii"
     raw.write_bytes(gzip.decompress(good.read_bytes())[:-100])
     with pytest.raises(InputError, match=r"raw\.nii: truncated file"):

@@ -75,6 +75,16 @@ def test_truncated_label_found_with_workers(task):
     _fails(t, f, "truncated", num_workers=2)
 
 
+def test_corrupt_gzip_stream(task):
+    """A flipped byte inside the compressed data: ITK would read garbage without a word."""
+    t = task()
+    f = t / "imagesTr" / "syn_002.nii.gz"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    _fails(t, f, "truncated or corrupt file")
+
+
 def test_unreadable_image(task):
     t = task()
     f = t / "imagesTr" / "syn_000.nii.gz"
