@@ -267,3 +267,18 @@ def test_evaluate_rejects_missing_prediction_folder(trained_task, tmp_path):
     call_and_check_nothing_written(tmp_path, "evaluate", ["-ref", ref, "-pred", missing], [str(missing)],
                                    r"not found|does not exist|no such", env=trained_task.env,
                                    also_watch=(trained_task.root,))
+
+
+@pytest.mark.parametrize("name,args,var", [
+    ("plan_and_preprocess", ["-t", BROKEN_ID, "--no-progress"], "C2FNAS_raw"),
+    ("plan_and_preprocess", ["-t", BROKEN_ID, "--no-progress"], "C2FNAS_preprocessed"),
+    ("train", [BROKEN_ID, 0, *TRAIN_ARGS], "C2FNAS_preprocessed"),
+    ("search", ["-t", BROKEN_ID, *SEARCH_ARGS], "C2FNAS_preprocessed"),
+    ("predict", ["-i", "in", "-o", "out", "-t", BROKEN_ID, "--device", "cpu"], "C2FNAS_results"),
+], ids=["plan-raw", "plan-preprocessed", "train", "search", "predict"])
+def test_missing_root_variable_is_named(raw_root, name, args, var):
+    (raw_root / "in").mkdir()
+    env = cli_env(raw_root)
+    del env[var]
+    args = [raw_root / a if a in ("in", "out") else a for a in args]
+    call_and_check_nothing_written(raw_root, name, args, [var], r"not set", env=env)

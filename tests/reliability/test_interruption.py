@@ -61,6 +61,8 @@ def test_killed_preprocessing_resumes_and_repairs_leftovers(tmp_path):
     truncate_file(half_npy, 0.5)                                            # half an array, no properties
     stale = data / f"{todo[-1]}{TMP_MARKER}oldrun.npy"
     stale.write_bytes(b"\x93NUMPY garbage")                                  # a temporary never renamed
+    for name in ("plans.json", "fingerprint.json"):
+        truncate_file(data.parent / name, 0.5)                              # half-written task files
     kept_state = {p: p.stat().st_mtime_ns for c in kept for p in case_paths(data, c)}
 
     require_ok(run_cli("plan_and_preprocess", args, env))
