@@ -122,3 +122,12 @@ def test_missing_fold_and_postprocessing_applied(copy_task, tmp_path):
     assert predict_folder(inp, tmp_path / "raw", model_folder=model, device="cpu", tta=False, progress=False,
                           postprocessing=False) == []
     assert load_json(tmp_path / "raw" / "prediction_info.json")["postprocessing"] is None
+    # export in worker processes gives the same files as in-process export
+    assert predict_folder(inp, tmp_path / "np2", model_folder=model, device="cpu", tta=False, progress=False,
+                          num_export_workers=2) == []
+    from c2fnas_auto.data.image_io import read_segmentation
+
+    for case in ("syn_008", "syn_009"):
+        a, _ = read_segmentation(tmp_path / "pp" / f"{case}.nii.gz")
+        b, _ = read_segmentation(tmp_path / "np2" / f"{case}.nii.gz")
+        assert np.array_equal(a, b)
