@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -180,34 +180,51 @@ def predict_folder(input_folder: str | os.PathLike, output_folder: str | os.Path
     atomic_write_json(output_folder / "prediction_info.json", {
         "model_folder": str(folder), "folds": fold_list, "checkpoint": checkpoint, "tta": tta,
         "step_size": step_size, "postprocessing": pp, "input_folder": str(input_folder)})
+    todo = [(c, output_folder / f"{c.case_id}{file_ending}") for c in cases]
+    if continue_:
+        todo = [(c, f) for c, f in todo if not f.is_file()]
     failures: list[tuple[str, str]] = []
+
+    def fail(case_id: str, exc: BaseException, what: str = "failed") -> None:
+        failures.append((case_id, _one_line(exc)))
+        tqdm.write(f"case {case_id}: {what}: {_one_line(exc)}", file=sys.stderr)
+
+    def load(case: Any) -> tuple:
+        return preprocess_case(case.image_files, plans, case_id=case.case_id)
+
     pool = ProcessPoolExecutor(max_workers=num_export_workers) if num_export_workers > 1 else None
     pending: list[tuple[str, Future]] = []
-    bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
+    # the next case is read and preprocessed in a thread while the network runs on this one
+    loader = ThreadPoolExecutor(max_workers=1)
+    next_job = loader.submit(load, todo[0][0]) if todo else None
     try:
-        for case in bar:
-            out_file = output_folder / f"{case.case_id}{file_ending}"
-            if continue_ and out_file.is_file():
-                continue
+        for i, (case, out_file) in enumerate(tqdm(todo, desc="predict", unit="case", disable=not progress)):
+            job = next_job
+            next_job = loader.submit(load, todo[i + 1][0]) if i + 1 < len(todo) else None
             try:
-                data, _, properties = preprocess_case(case.image_files, plans)
+                data, _, properties = job.result()
                 probs = predict_probabilities(models, data, plans, dev, tta, step_size, tile_batch_size).numpy()
+                del data
                 if pool is None:
                     _export_job(probs, properties, plans, out_file, save_probabilities, pp)
-                else:
-                    pending.append((case.case_id, pool.submit(_export_job, probs, properties, plans, out_file,
-                                                              save_probabilities, pp)))
+                    continue
+                pending.append((case.case_id, pool.submit(_export_job, probs, properties, plans, out_file,
+                                                          save_probabilities, pp)))
+                while len(pending) > 2 * num_export_workers:  # bound the probabilities held in memory
+                    cid, fut = pending.pop(0)
+                    try:
+                        fut.result()
+                    except Exception as exc:
+                        fail(cid, exc, "export failed")
             except Exception as exc:  # one bad case must not stop the others
-                failures.append((case.case_id, _one_line(exc)))
-                tqdm.write(f"case {case.case_id}: failed: {_one_line(exc)}", file=sys.stderr)
+                fail(case.case_id, exc)
         for case_id, fut in pending:
             try:
                 fut.result()
             except Exception as exc:
-                failures.append((case_id, _one_line(exc)))
-                tqdm.write(f"case {case_id}: export failed: {_one_line(exc)}", file=sys.stderr)
+                fail(case_id, exc, "export failed")
     finally:
-        bar.close()
+        loader.shutdown(wait=True, cancel_futures=True)
         if pool is not None:
             pool.shutdown()
     return failures

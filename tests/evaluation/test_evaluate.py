@@ -83,3 +83,17 @@ def test_cli(tmp_path, capsys):
     rc = main(["-ref", str(tmp_path / "nowhere"), "-pred", str(tmp_path / "pred"), "--labels", "1"])
     assert rc == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_cli_labels_from_task(copy_task, tmp_path, capsys):
+    from c2fnas_auto.cli.evaluate import main
+
+    ref = copy_task.raw_dir / "labelsTs"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in ref.glob("*.nii.gz"):
+        (pred / f.name).write_bytes(f.read_bytes())
+    assert main(["-ref", str(ref), "-pred", str(pred), "-t", "98", "-o", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert {m["name"] for m in s["mean"].values()} == {k for k, v in copy_task.plans.labels.items() if v != 0}
+    assert s["foreground_mean"]["Dice"] == pytest.approx(1.0) and s["foreground_mean"]["NSD"] == pytest.approx(1.0)
