@@ -12,6 +12,7 @@ complete data block (and an intact gzip stream) before they are trusted.
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,13 +126,19 @@ class ImageInfo:
         return int(self.size[3]) if self.dimension == 4 else 1
 
 
-def _sitk_reason(exc: Exception) -> str:
-    """The useful last line of a SimpleITK exception (drop source-file noise)."""
+def _sitk_reason(exc: Exception, path: Path) -> str:
+    """The useful last line of a SimpleITK exception (without source-file noise or the path)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "ERROR" in ln:
-            return ln.split("ERROR:", 1)[-1].strip()
-    return lines[-1] if lines else type(exc).__name__
+    reason = next((ln.split("ERROR:", 1)[-1].strip() for ln in reversed(lines) if "ERROR" in ln),
+                  lines[-1] if lines else type(exc).__name__)
+    reason = re.sub(r"\w*ImageIO\(0x[0-9a-fA-F]+\):\s*", "", reason)
+    return _without_path(reason, path)
+
+
+def _without_path(text: str, path: Path) -> str:
+    """Messages start with the path already; drop its repetitions inside library errors."""
+    text = text.replace(f' for "{path}"', "").replace(f"File {path}", "file")
+    return text.replace(f'"{path}"', "the file").replace(str(path), "the file")
 
 
 def _require_file(path: Path) -> None:
@@ -187,7 +194,7 @@ def check_complete(path: str | Path, thorough: bool = False) -> None:
         offset = int(getattr(nii.dataobj, "offset", 0))
         expected = offset + int(np.prod(nii.header.get_data_shape())) * nii.header.get_data_dtype().itemsize
     except Exception as exc:  # nibabel's own errors vary by failure
-        raise InputError(f"{path}: unreadable NIfTI header ({exc})") from None
+        raise InputError(f"{path}: unreadable NIfTI header ({_without_path(str(exc), path)})") from None
     if ending == ".nii":
         actual = path.stat().st_size
     else:
@@ -231,7 +238,8 @@ def read_image_info(path: str | Path) -> ImageInfo:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read image ({_sitk_reason(exc)})") from None
+        check_complete(path, thorough=True)  # a more precise message for damaged NIfTI
+        raise InputError(f"{path}: cannot read image ({_sitk_reason(exc, path)})") from None
     dim = reader.GetDimension()
     geometry = None
     if dim == 3:
@@ -251,7 +259,7 @@ def _read_sitk(path: Path) -> sitk.Image:
     except RuntimeError as exc:
         img = _read_nifti_with_nibabel(path) if file_ending(path) in (".nii", ".nii.gz") else None
         if img is None:
-            raise InputError(f"{path}: cannot read image ({_sitk_reason(exc)})") from None
+            raise InputError(f"{path}: cannot read image ({_sitk_reason(exc, path)})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: vector/RGB pixels are not supported (one scalar per voxel expected)")
     return img

@@ -13,11 +13,12 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
 
 from c2fnas_auto.data.dataset import Case, Dataset
-from c2fnas_auto.data.image_io import Geometry, check_complete, count_nonfinite, read_segmentation, read_volume
+from c2fnas_auto.data.image_io import check_complete, count_nonfinite, read_image_info, read_segmentation, read_volume
 from c2fnas_auto.errors import InputError
 
 GRID_RTOL = 1e-3
@@ -39,66 +40,83 @@ class _Expect:
         return ", ".join(f"{c}: {n}" for c, n in self.channel_names.items())
 
 
-def _check_image_files(case: Case, exp: _Expect) -> tuple[tuple[int, ...], Geometry, Path]:
-    """Read every channel; return (shape zyx, geometry, first file). Raises InputError."""
+def _describe_4d(exp: _Expect, f: Path, dimension: int, channels: int, shape: tuple[int, ...]) -> None:
+    """Dimensionality and channel-count rules for one image file (header facts only)."""
+    if dimension not in (3, 4):
+        raise InputError(f"{f}: image is {dimension}D with size {shape}, expected a 3D volume")
+    if dimension == 4:
+        if exp.layout == "nnunet":
+            raise InputError(f"{f}: image is 4D {shape}; the nnU-Net layout expects one 3D file per channel")
+        if channels != exp.num_channels:
+            raise InputError(f"{f}: 4D image has {channels} channels, dataset.json modality declares "
+                             f"{exp.num_channels} ({exp.describe_channels()})")
+    elif exp.layout == "msd" and exp.num_channels > 1:
+        raise InputError(f"{f}: image is 3D (1 channel) but dataset.json modality declares {exp.num_channels} "
+                         f"({exp.describe_channels()}); missing modality")
+
+
+def _check_structure(case: Case, exp: _Expect, needs_label: bool) -> None:
+    """Headers only: files present, 3D/4D rules, channel and label grids agree. Fast."""
     for c, f in enumerate(case.image_files):
         if not f.is_file():
             if exp.layout == "nnunet":
                 raise InputError(f"{f}: missing channel {c:04d} ({exp.channel_names.get(c, '?')}) of case {case.case_id}")
             raise InputError(f"{f}: image file not found")
-    shape: tuple[int, ...] | None = None
-    geometry: Geometry | None = None
     first = case.image_files[0]
+    ref = None
+    for f in case.image_files:
+        info = read_image_info(f)
+        _describe_4d(exp, f, info.dimension, info.num_channels, info.size)
+        if ref is None:
+            ref = info
+        elif info.shape_zyx != ref.shape_zyx:
+            raise InputError(f"{f}: channel shape {info.shape_zyx} differs from {first.name} {ref.shape_zyx}")
+        elif (problem := ref.geometry.matches(info.geometry, GRID_RTOL)) is not None:
+            raise InputError(f"{f}: channel grid differs from {first.name}: {problem}")
+    assert ref is not None and ref.geometry is not None
+    label = case.label_file
+    if label is None:
+        if needs_label:
+            raise InputError(f"{first}: training case {case.case_id} has no label file")
+        return
+    if not label.is_file():
+        raise InputError(f"{label}: label file not found")
+    info = read_image_info(label)
+    if info.dimension != 3:
+        raise InputError(f"{label}: segmentation is {info.dimension}D with size {info.size}, expected a 3D label map")
+    if info.shape_zyx != ref.shape_zyx:
+        raise InputError(f"{label}: label shape {info.shape_zyx} differs from image {first.name} shape {ref.shape_zyx}")
+    if (problem := ref.geometry.matches(info.geometry, GRID_RTOL)) is not None:
+        raise InputError(f"{label}: label grid differs from image {first.name}: {problem}")
+
+
+def _check_voxels(case: Case, exp: _Expect) -> None:
+    """Full read: complete and intact files, finite intensities, declared label values."""
     for f in case.image_files:
         check_complete(f, thorough=True)
-        arr, geo = read_volume(f)
-        if arr.ndim == 4:
-            if exp.layout == "nnunet":
-                raise InputError(f"{f}: image is 4D {arr.shape}; the nnU-Net layout expects one 3D file per channel")
-            if arr.shape[0] != exp.num_channels:
-                raise InputError(f"{f}: 4D image has {arr.shape[0]} channels, dataset.json modality declares "
-                                 f"{exp.num_channels} ({exp.describe_channels()})")
-        elif exp.layout == "msd" and exp.num_channels > 1:
-            raise InputError(f"{f}: image is 3D (1 channel) but dataset.json modality declares {exp.num_channels} "
-                             f"({exp.describe_channels()}); missing modality")
+        arr, _ = read_volume(f)
         bad = count_nonfinite(f, arr)
         if bad:
             raise InputError(f"{f}: image contains {bad} NaN/inf voxel(s)")
-        spatial = tuple(arr.shape[-3:])
-        if shape is None:
-            shape, geometry = spatial, geo
-        elif spatial != shape:
-            raise InputError(f"{f}: channel shape {spatial} differs from {first.name} {shape}")
-        elif (problem := geometry.matches(geo, GRID_RTOL)) is not None:  # type: ignore[union-attr]
-            raise InputError(f"{f}: channel grid differs from {first.name}: {problem}")
-    assert shape is not None and geometry is not None
-    return shape, geometry, first
+    if case.label_file is not None:
+        check_complete(case.label_file, thorough=True)
+        seg, _ = read_segmentation(case.label_file)
+        undeclared = sorted(set(np.unique(seg).tolist()) - set(exp.label_values))
+        if undeclared:
+            raise InputError(f"{case.label_file}: label values {undeclared} are not declared in dataset.json labels "
+                             f"{list(exp.label_values)}")
 
 
-def _check_label(label_file: Path, shape: tuple[int, ...], geometry: Geometry, image: Path, exp: _Expect) -> None:
-    if not label_file.is_file():
-        raise InputError(f"{label_file}: label file not found")
-    check_complete(label_file, thorough=True)
-    seg, geo = read_segmentation(label_file)
-    if seg.shape != shape:
-        raise InputError(f"{label_file}: label shape {seg.shape} differs from image {image.name} shape {shape}")
-    if (problem := geometry.matches(geo, GRID_RTOL)) is not None:
-        raise InputError(f"{label_file}: label grid differs from image {image.name}: {problem}")
-    undeclared = sorted(set(np.unique(seg).tolist()) - set(exp.label_values))
-    if undeclared:
-        raise InputError(f"{label_file}: label values {undeclared} are not declared in dataset.json labels "
-                         f"{list(exp.label_values)}")
+def _check_case(job: tuple[str, Case, _Expect, bool]) -> str | None:
+    """One stage ('structure' or 'voxels') of one case; the problem as a message, or None.
 
-
-def _check_case(job: tuple[Case, _Expect, bool]) -> str | None:
-    """One case; the problem as a message, or None. Runs in worker processes."""
-    case, exp, needs_label = job
+    Runs in worker processes, hence a plain function returning a string."""
+    stage, case, exp, needs_label = job
     try:
-        shape, geometry, first = _check_image_files(case, exp)
-        if case.label_file is not None:
-            _check_label(case.label_file, shape, geometry, first, exp)
-        elif needs_label:
-            raise InputError(f"{first}: training case {case.case_id} has no label file")
+        if stage == "structure":
+            _check_structure(case, exp, needs_label)
+        else:
+            _check_voxels(case, exp)
     except InputError as exc:
         return str(exc)
     return None
@@ -123,9 +141,9 @@ def _check_listing(dataset: Dataset) -> None:
                              f"{len(case.image_files)} image files")
 
 
-def _first_problem(jobs: list, num_workers: int, show: bool) -> str | None:
+def _first_problem(jobs: list, num_workers: int, show: bool, desc: str) -> str | None:
     """Check cases in order (in a process pool when asked); stop at the first problem."""
-    bar = dict(total=len(jobs), desc="verify dataset", unit="case", disable=not show)
+    bar = dict(total=len(jobs), desc=desc, unit="case", disable=not show)
     if num_workers <= 1 or len(jobs) <= 1:
         return next((p for p in tqdm(map(_check_case, jobs), **bar) if p is not None), None)
     pool = ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)))
@@ -144,14 +162,16 @@ def verify_dataset(dataset: Dataset, num_workers: int = 1, check_test: bool = Tr
     multi-modal with the declared channel count), NaN/inf voxels, image/label grids
     that differ (shape, spacing, origin, direction beyond GRID_RTOL) and label values
     not declared in dataset.json. Test images are checked too (labels when present).
+    A header pass over all cases runs before the voxel pass.
     """
     _check_listing(dataset)
     exp = _Expect(layout=dataset.layout, channel_names=dict(dataset.channel_names),
                   label_values=tuple(sorted(dataset.labels.values())))
-    jobs = [(c, exp, True) for c in dataset.training]
-    if check_test:
-        jobs += [(c, exp, False) for c in dataset.test]
+    cases = [(c, True) for c in dataset.training] + ([(c, False) for c in dataset.test] if check_test else [])
     show = sys.stderr.isatty() if progress is None else progress
-    problem = _first_problem(jobs, num_workers, show)
-    if problem is not None:
-        raise InputError(problem)
+    # Headers of every case first (seconds), so a structural problem in the last case is
+    # not found only after reading all the voxels before it.
+    for stage, desc, workers in (("structure", "verify headers", 1), ("voxels", "verify voxels", num_workers)):
+        problem = _first_problem([(stage, c, exp, needs) for c, needs in cases], workers, show, desc)
+        if problem is not None:
+            raise InputError(problem)

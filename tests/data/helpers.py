@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from c2fnas_auto.data.synthetic import make_synthetic_task
@@ -19,17 +17,17 @@ def tiny_task(root: Path, layout: str = "msd", channels: int = 1, modality: str 
                                channels=channels, modality=modality, progress=False, **args)
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 def rewrite(path: Path, array_fn=None, spacing=None, origin=None, direction=None) -> None:
     """Re-save an image with its array and/or geometry changed (test setup only)."""
     img = sitk.ReadImage(str(path))
     arr = sitk.GetArrayFromImage(img)
     new = sitk.GetImageFromArray(array_fn(arr) if array_fn else arr, isVector=False)
-    new.CopyInformation(img) if new.GetSize() == img.GetSize() else None
+    if new.GetSize() == img.GetSize():
+        new.CopyInformation(img)
+    elif new.GetDimension() == img.GetDimension() == 3:  # cropped: keep the placement
+        new.SetSpacing(img.GetSpacing())
+        new.SetOrigin(img.GetOrigin())
+        new.SetDirection(img.GetDirection())
     if spacing is not None:
         new.SetSpacing(spacing)
     if origin is not None:
@@ -37,7 +35,3 @@ def rewrite(path: Path, array_fn=None, spacing=None, origin=None, direction=None
     if direction is not None:
         new.SetDirection(direction)
     sitk.WriteImage(new, str(path))
-
-
-def as_float(arr: np.ndarray) -> np.ndarray:
-    return arr.astype(np.float32)
