@@ -258,3 +258,18 @@ def test_inputs_not_modified(task):
     before = {p: p.read_bytes() for p in t.rglob("*") if p.is_file()}
     verify_dataset(load_dataset(t), progress=False)
     assert {p: p.read_bytes() for p in t.rglob("*") if p.is_file()} == before
+
+
+def test_structural_problem_reported_before_voxel_problem(task):
+    """The header pass covers all cases before any voxels are read."""
+    t = task()
+    rewrite(t / "imagesTr" / "syn_000.nii.gz", array_fn=lambda a: np.full(a.shape, np.inf, np.float32))
+    rewrite(t / "labelsTs" / "syn_003.nii.gz", origin=(5.0, 5.0, 5.0))
+    _fails(t, t / "labelsTs" / "syn_003.nii.gz", "label grid differs", "origin")
+
+
+def test_4d_label(task):
+    t = task()
+    label = t / "labelsTr" / "syn_001.nii.gz"
+    rewrite(label, array_fn=lambda a: np.stack([a, a]))
+    _fails(t, label, "segmentation is 4D")
