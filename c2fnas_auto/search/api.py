@@ -22,7 +22,7 @@ from c2fnas_auto.search.distributed import DistContext, init_distributed
 from c2fnas_auto.search.evolution import coarse_evolution, fine_evolution
 from c2fnas_auto.search.report import plot_progress, write_report
 from c2fnas_auto.search.runner import CandidateRunner, Evaluate
-from c2fnas_auto.search.state import CandidateRecord, SearchState, open_state
+from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError, open_state
 from c2fnas_auto.utils.io import _jsonable
 
 SEARCH_DIR = "search"
@@ -103,12 +103,13 @@ def default_topologies() -> Topologies:
 class _Progress:
     """tqdm over candidates plus one printed line per newly finished candidate."""
 
-    def __init__(self, enabled: bool, dist: DistContext) -> None:
-        self.enabled = enabled and dist.is_main
+    def __init__(self, bars: bool, dist: DistContext, lines: bool = True) -> None:
+        self.bars = bars and dist.is_main
+        self.lines = lines and dist.is_main
         self.bar = None
 
     def start(self, total: int, desc: str) -> None:
-        if not self.enabled:
+        if not self.bars:
             return
         from tqdm import tqdm
 
@@ -116,11 +117,9 @@ class _Progress:
         self.bar = tqdm(total=total, desc=desc, unit="cand", file=sys.stderr, dynamic_ncols=True)
 
     def record(self, r: CandidateRecord, replayed: bool) -> None:
-        if not self.enabled:
-            return
         if self.bar is not None and r.status == "done" and self.bar.n < self.bar.total:
             self.bar.update(1)
-        if replayed:
+        if replayed or not self.lines:
             return
         score = "-" if r.score is None else f"{r.score:.4f}"
         gflops = "-" if r.flops is None else f"{r.flops / 1e9:.1f}"
@@ -162,10 +161,20 @@ def _cluster(state: SearchState, topo: Topologies, settings: SearchSettings) -> 
     return clustering
 
 
+def _replay_only(p: Any) -> dict[str, Any]:
+    raise SearchStateError(f"search state is marked finished but has no record for {p}; use --overwrite")
+
+
 def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hooks: SearchHooks,
                 resume: bool = False, overwrite: bool = False, dist: DistContext | None = None,
-                progress: bool = True, topologies: Topologies | None = None) -> SearchState:
-    """Clustering -> coarse evolution -> supernet -> fine evolution, state after every candidate."""
+                progress: bool = True, topologies: Topologies | None = None, lines: bool = True,
+                plans_info: dict[str, Any] | None = None) -> SearchState:
+    """Clustering -> coarse evolution -> supernet -> fine evolution, state after every candidate.
+
+    `plans_info` (patch, batch, network, memory budget the candidates are trained at) is
+    stored with a new state; resuming an unfinished state under different plans refuses,
+    because its scores would no longer compare.
+    """
     settings.validate()
     if resume and overwrite:
         raise C2FNASError("--continue and --overwrite contradict each other: choose one")
@@ -185,12 +194,19 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     if "error" in payload:
         raise C2FNASError(payload["error"])
     state = SearchState.from_dict(payload, state_path)
+    info = json.loads(json.dumps(_jsonable(plans_info or {})))
+    if not state.plans:
+        state.plans = info
+    elif info and not state.finished and info != state.plans:
+        changed = sorted(k for k in set(info) | set(state.plans) if info.get(k) != state.plans.get(k))
+        raise SearchStateError(f"{state_path}: the plans changed since this search started ({', '.join(changed)}); "
+                               "use --overwrite to search again under the new plans")
 
     def save() -> None:
         if dist.is_main:
             state.save(state_path)
 
-    bar = _Progress(progress, dist)
+    bar = _Progress(progress, dist, lines)
     clustering = _cluster(state, topo, settings)
     save()
 
@@ -207,17 +223,22 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
                           f"{coarse.records[-1].reason if coarse.records else 'none proposed'})")
     levels = list(coarse.best.levels)
 
-    # ---- supernet (rank 0 trains, the others load its checkpoint)
-    if dist.is_main:
-        supernet, info = hooks.train_supernet(levels)
-        state.supernet = {"levels": levels, **{k: v for k, v in info.items() if k != "loaded"}}
-        save()
-    dist.barrier()
-    if not dist.is_main:
-        supernet, _ = hooks.train_supernet(levels)
+    # ---- supernet (rank 0 trains, the others load its checkpoint); a finished search only
+    # replays its records, so it needs no supernet (its plans may have been refitted since)
+    if state.finished:
+        fine_evaluate: Evaluate = _replay_only
+    else:
+        if dist.is_main:
+            supernet, sinfo = hooks.train_supernet(levels)
+            state.supernet = {"levels": levels, **{k: v for k, v in sinfo.items() if k != "loaded"}}
+            save()
+        dist.barrier()
+        if not dist.is_main:
+            supernet, _ = hooks.train_supernet(levels)
+        fine_evaluate = hooks.fine_evaluator(supernet)
 
     # ---- fine stage
-    runner_f = CandidateRunner(state, "fine", hooks.fine_evaluator(supernet), save, dist, bar.record)
+    runner_f = CandidateRunner(state, "fine", fine_evaluate, save, dist, bar.record)
     bar.start(settings.population + (settings.generations - 1) * (settings.population - max(1, settings.population // 2)),
               "fine")
     fine = fine_evolution(levels, topo.op_choices, runner_f.run, population=settings.population,
@@ -254,7 +275,7 @@ def _rank_device(device: str | None, dist: DistContext):
 
 
 def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device: Any,
-               search_dir: Path) -> SearchHooks:
+               search_dir: Path, progress: bool = True) -> SearchHooks:
     """Coarse: `fit` from scratch + `score_cases`; fine: supernet with shared weights."""
     from c2fnas_auto.search.coarse import TrainingContext, make_coarse_evaluator
     from c2fnas_auto.search.fine import make_fine_evaluator, train_supernet
@@ -269,11 +290,10 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
                           iters_per_epoch=settings.iters_per_epoch)
     return SearchHooks(
         coarse_evaluate=make_coarse_evaluator(ctx, settings.coarse_epochs),
-        train_supernet=lambda levels: train_supernet(levels, ctx, settings.fine_epochs, search_dir / SUPERNET_FILE),
+        train_supernet=lambda levels: train_supernet(levels, ctx, settings.fine_epochs, search_dir / SUPERNET_FILE,
+                                                     progress=progress),
         fine_evaluator=lambda supernet: make_fine_evaluator(supernet, ctx, settings.max_gflops),
-        describe={"device": str(device), "patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
-                  "gpu_memory_gb": float(plans.gpu_memory_gb), "network": plans.network,
-                  "fold": settings.fold, "num_train_cases": len(train_ids), "num_val_cases": len(val_ids)})
+        describe={"device": str(device), "fold": settings.fold, "num_train_cases": len(train_ids), "num_val_cases": len(val_ids)})
 
 
 def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
@@ -284,12 +304,12 @@ def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
     provenance = {
         "source": "c2fnas_search",
         "source_task": state.task_name,
-        "gpu_memory_gb": float(plans.gpu_memory_gb),
+        "gpu_memory_gb": state.plans.get("gpu_memory_gb", float(plans.gpu_memory_gb)),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fine_score": w.get("fine_score"),
         "coarse_score": w.get("coarse_score"),
-        "searched_patch_size": list(plans.patch_size),
-        "searched_batch_size": int(plans.batch_size),
+        "searched_patch_size": state.plans.get("patch_size", list(plans.patch_size)),
+        "searched_batch_size": state.plans.get("batch_size", int(plans.batch_size)),
         "settings": settings.to_dict(),
     }
     return Genotype(levels=w["levels"], ops=w["ops"], provenance=provenance).validate()
@@ -332,9 +352,11 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     dist = init_distributed("cuda" if (device or "").startswith("cuda") else "cpu")
     try:
         dev = _rank_device(device, dist)
-        hooks = real_hooks(plans, pre, settings, dev, search_dir)
+        hooks = real_hooks(plans, pre, settings, dev, search_dir, progress=progress and dist.is_main)
+        plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
+                      "network": plans.network, "gpu_memory_gb": float(plans.gpu_memory_gb)}
         state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,
-                            progress=progress)
+                            progress=progress, plans_info=plans_info)
         if dist.is_main:
             genotype = winner_genotype(state, plans, settings)
             new_plans, how = write_into_plans(plans_path, genotype)

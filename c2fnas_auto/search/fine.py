@@ -19,7 +19,8 @@ from c2fnas_auto.search.coarse import TrainingContext
 from c2fnas_auto.search.runner import Evaluate, Proposal
 
 
-def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, checkpoint: Path) -> tuple[Any, dict]:
+def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, checkpoint: Path,
+                   progress: bool = True) -> tuple[Any, dict]:
     """Build the supernet and train it, or load the finished weights from `checkpoint`.
 
     Returns (supernet, info) where info has epochs, seconds and losses. A checkpoint
@@ -47,7 +48,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     sampler = supernet.sampling_forward(seed=ctx.seed)  # one uniform op per cell per step, seeded
     losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                  iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
-                 forward_fn=sampler, progress=True) if epochs > 0 else []
+                 forward_fn=sampler, progress=progress) if epochs > 0 else []
     seconds = time.perf_counter() - t0
     state_dict = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
     atomic_torch_save({"levels": list(levels), "epochs": epochs, "seconds": seconds,

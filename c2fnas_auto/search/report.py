@@ -79,6 +79,7 @@ def build_report(state: SearchState, default_settings: dict[str, Any],
         "finished": state.finished,
         "winner": state.winner,
         "settings": state.settings,
+        "searched_at": state.plans,
         "counts": {
             "coarse_proposed": len(state.coarse),
             "coarse_trained": sum(r.status == "done" for r in state.coarse),
@@ -115,6 +116,7 @@ def plot_progress(state: SearchState, out_png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ok = [r for r in state.coarse if r.score is not None]
@@ -127,6 +129,8 @@ def plot_progress(state: SearchState, out_png: Path) -> None:
     if skipped:
         ax1.scatter([r.index for r in skipped], [0.0] * len(skipped), marker="x", c="grey", label="skipped (memory)")
         ax1.legend(loc="best", fontsize=8)
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_xlabel("coarse candidate")
     ax1.set_ylabel("validation foreground Dice")
     ax1.set_title("coarse stage (topologies)")

@@ -67,6 +67,7 @@ class SearchState:
     coarse: list[CandidateRecord] = field(default_factory=list)
     fine: list[CandidateRecord] = field(default_factory=list)
     clusters: dict[str, Any] = field(default_factory=dict)
+    plans: dict[str, Any] = field(default_factory=dict)  # patch/batch/network the candidates ran at
     supernet: dict[str, Any] = field(default_factory=dict)
     fine_generations: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"clustering": 0.0, "coarse": 0.0,
@@ -93,7 +94,7 @@ class SearchState:
             return cls(task_name=d["task_name"], settings=d["settings"],
                        coarse=[CandidateRecord.from_dict(r) for r in d.get("coarse", [])],
                        fine=[CandidateRecord.from_dict(r) for r in d.get("fine", [])],
-                       clusters=d.get("clusters", {}), supernet=d.get("supernet", {}),
+                       clusters=d.get("clusters", {}), plans=d.get("plans", {}), supernet=d.get("supernet", {}),
                        fine_generations=d.get("fine_generations", []),
                        stage_seconds=d.get("stage_seconds", {}), finished=bool(d.get("finished", False)),
                        winner=d.get("winner"), version=d["version"])

@@ -91,7 +91,7 @@ def test_resume_after_crash_never_reevaluates(tmp_path, stage):
     # a finished search resumed again evaluates nothing
     idle = FakeHooks()
     _search(tmp_path, idle, resume=True)
-    assert idle.coarse_calls == [] and idle.fine_calls == []
+    assert idle.coarse_calls == [] and idle.fine_calls == [] and idle.supernet_trainings == 0
 
 
 def test_all_skipped_is_a_clear_error(tmp_path):
@@ -110,3 +110,16 @@ def test_memory_skips_are_recorded(tmp_path):
     skipped = [r for r in state.coarse if r.status == "skipped"]
     assert all(max(r.levels) == 4 and r.score is None for r in skipped)
     assert max(state.winner["levels"]) < 4
+
+
+def test_resume_under_changed_plans_refuses_until_finished(tmp_path):
+    with pytest.raises(Boom):
+        _search(tmp_path, FakeHooks(fail_after_coarse=3), plans_info={"patch_size": [8, 8, 8], "batch_size": 2})
+    with pytest.raises(C2FNASError, match="plans changed since this search started"):
+        _search(tmp_path, FakeHooks(), resume=True, plans_info={"patch_size": [8, 8, 16], "batch_size": 2})
+    state = _search(tmp_path, FakeHooks(), resume=True, plans_info={"patch_size": [8, 8, 8], "batch_size": 2})
+    assert state.finished and state.plans["patch_size"] == [8, 8, 8]
+    # a finished search was refitted into the plans afterwards: replaying it is fine and needs no supernet
+    idle = FakeHooks()
+    again = _search(tmp_path, idle, resume=True, plans_info={"patch_size": [8, 8, 16], "batch_size": 4})
+    assert again.winner == state.winner and idle.supernet_trainings == 0 and idle.coarse_calls == []
