@@ -23,7 +23,6 @@ from c2fnas_auto.search.evolution import coarse_evolution, fine_evolution
 from c2fnas_auto.search.report import plot_progress, write_report
 from c2fnas_auto.search.runner import CandidateRunner, Evaluate
 from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError, open_state
-from c2fnas_auto.utils.io import _jsonable
 
 SEARCH_DIR = "search"
 STATE_FILE = "state.json"
@@ -69,7 +68,7 @@ class SearchSettings:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(_jsonable(asdict(self))))
+        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass
@@ -194,7 +193,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     if "error" in payload:
         raise C2FNASError(payload["error"])
     state = SearchState.from_dict(payload, state_path)
-    info = json.loads(json.dumps(_jsonable(plans_info or {})))
+    info = json.loads(json.dumps(plans_info or {}))  # same JSON types as the stored copy
     if not state.plans:
         state.plans = info
     elif info and not state.finished and info != state.plans:
@@ -239,8 +238,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
 
     # ---- fine stage
     runner_f = CandidateRunner(state, "fine", fine_evaluate, save, dist, bar.record)
-    bar.start(settings.population + (settings.generations - 1) * (settings.population - max(1, settings.population // 2)),
-              "fine")
+    p = settings.population
+    bar.start(p + (settings.generations - 1) * (p - max(1, p // 2)), "fine")
     fine = fine_evolution(levels, topo.op_choices, runner_f.run, population=settings.population,
                           generations=settings.generations, seed=settings.seed + 1,
                           start_ops=[settings.coarse_op] * topo.num_cells)
@@ -293,7 +292,8 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
         train_supernet=lambda levels: train_supernet(levels, ctx, settings.fine_epochs, search_dir / SUPERNET_FILE,
                                                      progress=progress),
         fine_evaluator=lambda supernet: make_fine_evaluator(supernet, ctx, settings.max_gflops),
-        describe={"device": str(device), "fold": settings.fold, "num_train_cases": len(train_ids), "num_val_cases": len(val_ids)})
+        describe={"device": str(device), "fold": settings.fold, "num_train_cases": len(train_ids),
+                  "num_val_cases": len(val_ids)})
 
 
 def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
