@@ -105,7 +105,7 @@ def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
 
 def test_sigkill_loses_at_most_the_epochs_since_the_last_checkpoint(copy_task):
     fold = _fold_dir(copy_task)
-    cmd = [sys.executable, "-m", "c2fnas_auto.cli.train", "98", "0", "--epochs", "6", "--iters-per-epoch", "2",
+    cmd = [sys.executable, "-m", "c2fnas_auto.cli.train", "98", "0", "--epochs", "8", "--iters-per-epoch", "2",
            "--checkpoint-every", "2", "--no-final-validation", *FAST]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -131,8 +131,8 @@ def test_sigkill_loses_at_most_the_epochs_since_the_last_checkpoint(copy_task):
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from checkpoint_latest.pth at epoch {ckpt['epoch']}" in rerun.stdout
     epochs = json.loads((fold / "metrics.json").read_text())["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 7))
-    assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == 6
+    assert [e["epoch"] for e in epochs] == list(range(1, 9))
+    assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == 8
     assert not [p for p in fold.iterdir() if ".tmp-" in p.name]
 
 
@@ -181,3 +181,11 @@ def test_fit_and_score_cases(copy_task):
     scores = score_cases(net, plans, copy_task.preprocessed_dir, val_ids[:1], "cpu", forward_fn=forward)
     assert calls and set(scores["per_case"]) == set(val_ids[:1])
     assert 0.0 <= scores["mean_fg_dice"] <= 1.0
+
+
+def test_continue_without_checkpoint_starts_clean(copy_task):
+    opts = TrainerOptions(epochs=2, iters_per_epoch=1, device="cpu", continue_training=True, progress=False)
+    trainer = Trainer(copy_task.task_name, 0, opts)  # full folder name works as well as the id
+    trainer.setup()
+    assert trainer.start_epoch == 0
+    assert any("starting from scratch" in line for line in trainer.log.lines)
