@@ -72,14 +72,20 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         torch.manual_seed(ctx.seed)  # same initial weights' generator state for every candidate
         network = build_network(genotype, ctx.plans.network_config())
-        losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
-                     iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed, progress=False)
-        t1 = time.perf_counter()
-        scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
-        t2 = time.perf_counter()
-        del network
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
+        try:
+            losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+                         iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed, progress=False)
+            t1 = time.perf_counter()
+            scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
+            t2 = time.perf_counter()
+        except torch.cuda.OutOfMemoryError:  # the cost model underestimated: record it, go on
+            return {**out, "status": "skipped", "score": None, "seconds": time.perf_counter() - t0,
+                    "reason": "CUDA out of memory during training (the estimate was "
+                              f"{cost.training_bytes / GIB:.2f} GiB)"}
+        finally:
+            del network
+            if torch.device(ctx.device).type == "cuda":
+                torch.cuda.empty_cache()
         return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0,
                 "train_seconds": t1 - t0, "score_seconds": t2 - t1, "train_iterations": epochs * ctx.iters_per_epoch,
                 "final_loss": float(losses[-1]) if losses else None}

@@ -114,3 +114,15 @@ def test_over_memory_candidate_is_not_trained(copy_task, monkeypatch):
                           device="cpu", seed=0, iters_per_epoch=1)
     ans = make_coarse_evaluator(ctx, epochs=1)(Proposal(levels=(1,) * 12, ops=("3d",) * 12))
     assert ans["status"] == "skipped" and "budget" in ans["reason"] and ans["training_bytes"] > 0
+
+
+def test_cli_user_errors_are_one_line(copy_task, capsys):
+    assert main(TINY + ["--clusters", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--clusters 0" in err
+    with pytest.raises(SystemExit) as exc:
+        main(TINY + ["--continue", "--overwrite"])
+    assert exc.value.code == 2
+    (copy_task.preprocessed_dir / "plans.json").unlink()
+    assert main(TINY) == 2
+    assert "c2fnas_plan_and_preprocess -t 98" in capsys.readouterr().err
