@@ -7,7 +7,6 @@ Runnable as `python -m c2fnas_auto.cli.train` so torchrun can launch it:
 from __future__ import annotations
 
 import argparse
-import sys
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 

@@ -8,10 +8,8 @@ and runs the final validation.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,8 +23,7 @@ from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
 from c2fnas_auto.training.logger import TrainingLog
-from c2fnas_auto.training.loop import EpochStats, StepContext, run_epoch, run_validation
-from c2fnas_auto.training.loop import per_class_pseudo_dice
+from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
 from c2fnas_auto.training.splits import fold_case_ids
@@ -161,9 +158,15 @@ class Trainer:
             self.say(f"--continue: no {latest.name} in {self.fold_dir}; starting from scratch")
             return
         ckpt = load_checkpoint(latest, map_location=self.device)
-        if ckpt.get("genotype") != self.genotype.to_dict():
-            raise InputError(f"{latest}: was trained with a different genotype than the one requested now")
-        self.network.load_state_dict(ckpt["network_weights"])
+        saved = ckpt.get("genotype") or {}
+        if (saved.get("levels"), saved.get("ops")) != (list(self.genotype.levels), list(self.genotype.ops)):
+            raise InputError(f"{latest}: was trained with a different genotype than the one requested now "
+                             f"(start without --continue to retrain)")
+        try:
+            self.network.load_state_dict(ckpt["network_weights"])
+        except RuntimeError as exc:
+            raise InputError(f"{latest}: weights do not fit the network of the current plans "
+                             f"({str(exc).splitlines()[0]})") from None
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if ckpt.get("grad_scaler_state") and self.ctx.amp:  # empty when saved without AMP (CPU)
             self.ctx.scaler.load_state_dict(ckpt["grad_scaler_state"])
@@ -173,14 +176,11 @@ class Trainer:
         self.say(f"--continue: resumed from {latest.name} at epoch {self.start_epoch}")
 
     # ------------------------------------------------------------ checkpoints
-    def _unwrapped(self) -> nn.Module:
-        return self.network
-
     def save(self, name: str, epoch: int) -> None:
         if not self.is_main:
             return
         plans = self.run_plans.to_dict()
-        save_checkpoint(self.fold_dir / name, network_state=self._unwrapped().state_dict(),
+        save_checkpoint(self.fold_dir / name, network_state=self.network.state_dict(),
                         optimizer_state=self.optimizer.state_dict(), scaler_state=self.ctx.scaler.state_dict(),
                         epoch=epoch, log_state=self.log.state_dict(), plans=plans,
                         genotype=self.genotype.to_dict(), network_config=self.network_config.to_dict(),
