@@ -23,6 +23,7 @@ from c2fnas_auto.search.evolution import coarse_evolution, fine_evolution
 from c2fnas_auto.search.report import plot_progress, write_report
 from c2fnas_auto.search.runner import CandidateRunner, Evaluate
 from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError, open_state
+from c2fnas_auto.utils.io import remove_stale_temporaries
 
 SEARCH_DIR = "search"
 STATE_FILE = "state.json"
@@ -184,6 +185,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     payload: dict[str, Any] | None = None
     if dist.is_main:
         try:
+            remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
             if overwrite and not resume:
                 (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             payload = open_state(state_path, task_name, settings.to_dict(), resume, overwrite).to_dict()
