@@ -87,7 +87,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny", reps=2,
-        pp_cases=4, pp_shape=(16, 32, 32), pp_spacing=(3.0, 1.0, 1.0), pp_workers=1,
+        pp_cases=6, pp_shape=(16, 32, 32), pp_spacing=(3.0, 1.0, 1.0), pp_workers=1,
         sw_volume=(32, 48, 48), sw_patch=(16, 32, 32), sw_base_channels=4,
         ts_patch=(16, 32, 32), ts_batch=2, ts_base_channels=4, ts_steps=1,
         dp_batches=2,

@@ -3,9 +3,11 @@
 Two memory figures, because tools differ in how they use processes:
 - `max_rss_bytes`: the largest resident set of any single process of the run
   (`os.wait4`'s rusage of that child, which covers its waited-for descendants);
-- `peak_tree_rss_bytes`: the largest *sum* of resident sets over the whole process
-  tree, sampled from /proc every `interval` seconds (Linux only; None elsewhere).
-  Worker pools (``-np N``) show up here and not in the first figure.
+- `peak_tree_rss_bytes`: the largest *sum* of proportional set sizes (PSS: pages
+  shared by k processes count 1/k to each, so forked workers sharing torch's pages are
+  not counted k times) over the whole process tree, sampled from /proc every
+  `interval` seconds (Linux only; None elsewhere; plain RSS where smaps_rollup is
+  missing). Worker pools (``-np N``) show up here and not in the first figure.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def _rss(pid: int) -> int:
+    """PSS of one process in bytes (RSS if the kernel has no smaps_rollup; 0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
     try:
         with open(f"/proc/{pid}/statm", "rb") as fh:
             return int(fh.read().split()[1]) * PAGE
@@ -55,7 +65,7 @@ def _rss(pid: int) -> int:
 
 
 def tree_rss(root: int) -> int:
-    """Summed RSS of `root` and all its descendants right now."""
+    """Summed PSS of `root` and all its descendants right now."""
     kids = _children_map()
     total, stack = 0, [root]
     while stack:

@@ -109,6 +109,10 @@ class Workspace:
                 raise RowSkipped("nnunetv2 not installed (`pip install -e .[bench]`)")
             task = self.pp_task()
             pre = self.sub("prepared_nnunet")
+            done = pre / task.name / "nnUNetPlans_3d_fullres"
+            if done.is_dir() and len(list(done.glob("*.pkl"))) == self.profile.pp_cases:
+                self._prepared["nnunet"] = pre / task.name  # kept from an earlier run with the same --workdir
+                return self._prepared["nnunet"]
             n = str(self.profile.pp_workers)
             res = run_measured(nnunet_cmd("nnUNetv2_plan_and_preprocess") +
                                ["-d", str(PP_TASK_ID), "-c", "3d_fullres", "-np", n, "-npfp", n],

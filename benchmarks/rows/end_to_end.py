@@ -24,11 +24,14 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     mean = summary.get("mean", {})
     dice = {k: v.get("Dice") for k, v in mean.items()}
     organ = dice.get("1")
-    shown = ", ".join(f"label {k} Dice {v:.3f}" for k, v in sorted(dice.items()) if v is not None)
+    from c2fnas_auto.data.synthetic import LABELS
+
+    names = {str(v): k for k, v in LABELS.items()}
+    shown = ", ".join(f"{names.get(k, 'label ' + k)} Dice {v:.3f}" for k, v in sorted(dice.items()) if v is not None)
     demo_cmd = "c2fnas_demo " + " ".join(a for a in args if a != str(work)).replace("--workdir ", "--workdir DIR ")
     return RowResult(
         row=ROW, title=TITLE,
-        note=(f"`{demo_cmd}`" + ("" if not profile.demo_args else " (shortened schedule for --quick; "
+        note=(f"`{demo_cmd}`" + ("" if not profile.demo_args else f" (shortened schedule for --{profile.name}; "
                                   "--full runs the demo's defaults)") + f"; peak RSS {res.max_rss_bytes / 1e9:.2f} GB"),
         summary=Summary(ours=f"{fmt_seconds(res.seconds)}, {shown}", peer="-", ratio=None,
                         goal=f"organ Dice >= {ORGAN_DICE_GOAL} within the demo's CPU budget",

@@ -54,7 +54,7 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"{profile.pp_cases} cases {'x'.join(map(str, profile.pp_shape))} voxels, spacing "
-              f"{'x'.join(map(str, profile.pp_spacing))} mm, -np {profile.pp_workers}; memory = peak summed RSS "
+              f"{'x'.join(map(str, profile.pp_spacing))} mm, -np {profile.pp_workers}; memory = peak summed PSS "
               f"of the process tree (ours {fmt_bytes(mem['ours']['peak_tree_rss_bytes'])}, nnU-Net "
               f"{fmt_bytes(mem['nnunet']['peak_tree_rss_bytes'])})"),
         summary=Summary(ours=f"{fmt_seconds(t_ours)}, {fmt_bytes(mem['ours']['peak_tree_rss_bytes'])}",

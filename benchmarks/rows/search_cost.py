@@ -63,17 +63,29 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     out = searched(ws)
     rep = out["report"]
     proj = rep.get("projection_for_default_budget", {})
-    per_cand = proj.get("seconds_per_coarse_candidate")
+    counts, secs = rep.get("counts", {}), rep.get("compute_seconds", {})
+    trained = counts.get("coarse_trained") or 0
+    per_cand = secs.get("coarse", 0.0) / trained if trained else proj.get("seconds_per_coarse_candidate")
     per_sup_iter = proj.get("seconds_per_supernet_iteration")
-    default_iters = _default_iters()
-    per_sup_epoch = per_sup_iter * default_iters if per_sup_iter is not None else None
+    defaults = _default_settings()
+    per_sup_epoch = per_sup_iter * defaults["iters_per_epoch"] if per_sup_iter is not None else None
+    per_iter = proj.get("seconds_per_coarse_iteration")
+    per_default_cand = (per_iter * defaults["coarse_epochs"] * defaults["iters_per_epoch"]
+                        + proj.get("seconds_per_coarse_scoring", 0.0)) if per_iter is not None else None
     hours = proj.get("projected_total_hours")
     device = "GPU" if torch.cuda.is_available() else "CPU"
     plans = load_json(out["plans_file"], "plans")
-    ours = (f"{per_cand:.1f} s/coarse candidate ({rep['settings'].get('coarse_epochs')} x "
-            f"{rep['settings'].get('iters_per_epoch')} iters), "
-            + (f"{per_sup_epoch:.1f} s/supernet epoch of {default_iters} iters; " if per_sup_epoch else "")
-            + (f"default budget projected {hours:.1f} {device}-hours" if hours is not None else "no projection"))
+    st = rep.get("settings", {})
+    parts = []
+    if per_cand is not None:
+        parts.append(f"{per_cand:.1f} s per coarse candidate here ({st.get('coarse_epochs')} x "
+                     f"{st.get('iters_per_epoch')} iters + scoring)")
+    if per_default_cand is not None:
+        parts.append(f"{per_default_cand / 60:.0f} min per candidate at the default schedule")
+    if per_sup_epoch is not None:
+        parts.append(f"{per_sup_epoch:.0f} s per supernet epoch of {defaults['iters_per_epoch']} iters")
+    parts.append(f"default budget projected {hours:.1f} {device}-hours" if hours is not None else "no projection")
+    ours = "; ".join(parts)
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"measured on {device}, plans patch {'x'.join(map(str, plans['patch_size']))}, base width "
@@ -84,11 +96,14 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
                         met=(hours <= GPU_DAY_HOURS) if (hours is not None and device == "GPU") else None),
         details={"projection": proj, "compute_seconds": rep.get("compute_seconds"),
                  "wall_seconds": out["seconds"], "settings": rep.get("settings"), "device": device,
-                 "seconds_per_supernet_epoch": per_sup_epoch},
+                 "seconds_per_supernet_epoch": per_sup_epoch, "seconds_per_coarse_candidate": per_cand,
+                 "seconds_per_default_coarse_candidate": per_default_cand, "default_settings": defaults},
     )
 
 
-def _default_iters() -> int:
+def _default_settings() -> dict:
+    from dataclasses import asdict
+
     from c2fnas_auto.search.api import SearchSettings
 
-    return int(SearchSettings().iters_per_epoch)
+    return asdict(SearchSettings())
