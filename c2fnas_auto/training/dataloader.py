@@ -71,11 +71,13 @@ class PatchSampler:
 
     def __init__(self, cases: Sequence[CaseData], patch_size: Sequence[int], batch_size: int,
                  oversample_foreground: float = FOREGROUND_OVERSAMPLING, global_batch: int | None = None,
-                 offset: int = 0):
+                 offset: int = 0, final_patch_size: Sequence[int] | None = None):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
+        # the network patch that the augmentation cuts from the centre of `patch_size`
+        self.final_patch_size = tuple(int(p) for p in (final_patch_size or patch_size))
         self.batch_size = int(batch_size)
         self.oversample_foreground = oversample_foreground
         # under DDP this sampler draws samples offset..offset+batch_size of the global batch
@@ -88,7 +90,8 @@ class PatchSampler:
 
     def _lower_corner(self, case: CaseData, rng: np.random.Generator, force_fg: bool) -> list[int]:
         shape = case.data.shape[1:]
-        need = [max(0, p - s) for p, s in zip(self.patch_size, shape)]
+        # pad by at least (initial - final) so the centred final patch can reach every border
+        need = [max(p - f, p - s, 0) for p, f, s in zip(self.patch_size, self.final_patch_size, shape)]
         lb = [-(n // 2) for n in need]
         ub = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need, self.patch_size)]
         classes = [c for c, loc in case.class_locations.items() if c > 0 and len(loc)]
@@ -149,7 +152,7 @@ def make_batch_iterator(cases: Sequence[CaseData], patch_size: Sequence[int], ba
     oversampling keeps its share of the global batch however it is split."""
     params = params or AugmentationParams()
     first = initial_patch_size(patch_size, params) if augment else tuple(int(p) for p in patch_size)
-    sampler = PatchSampler(cases, first, batch_size, oversample_foreground, global_batch, offset)
+    sampler = PatchSampler(cases, first, batch_size, oversample_foreground, global_batch, offset, patch_size)
     stream = BatchStream(sampler, build_transforms(patch_size, params, augment), seed, rank)
     if num_workers <= 0:
         return iter(stream)

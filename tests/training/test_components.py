@@ -161,3 +161,15 @@ def test_split_batch_covers_the_global_batch_and_keeps_oversampling():
                   for s, o in shares for i in range(s)]
         assert forced == [PatchSampler([case], (4, 4, 4), batch).force_foreground(i) for i in range(batch)]
         assert any(forced)
+
+
+def test_final_patch_reaches_every_border_of_the_case():
+    case = _case(shape=(12, 20, 20))
+    first, final = (12, 30, 30), (12, 8, 8)  # initial patch larger than the case, final one smaller
+    sampler = PatchSampler([case], first, batch_size=1, oversample_foreground=0.0, final_patch_size=final)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(200):
+        lower = sampler._lower_corner(case, rng, force_fg=False)
+        starts.add(lower[1] + (first[1] - final[1]) // 2)  # where the centre crop starts in the case
+    assert min(starts) == 0 and max(starts) == 20 - 8

@@ -189,3 +189,25 @@ def test_continue_without_checkpoint_starts_clean(copy_task):
     trainer.setup()
     assert trainer.start_epoch == 0
     assert any("starting from scratch" in line for line in trainer.log.lines)
+
+
+def test_fit_with_deep_supervision(copy_task):
+    import dataclasses
+
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.training.api import fit
+
+    torch.set_num_threads(1)
+    plans = copy_task.plans
+    config = dataclasses.replace(plans.network_config(), deep_supervision=True)
+    net = build_network(plans.genotype, config)
+    net.train()
+    outputs = net(torch.zeros(1, config.in_channels, *SMALL_PATCH))
+    assert isinstance(outputs, list) and len(outputs) > 1
+    before = {n: p.detach().clone() for n, p in net.named_parameters() if "ds_head" in n}
+    assert before
+    losses = fit(net, plans, copy_task.preprocessed_dir, fold_case_ids(copy_task.preprocessed_dir, 0)[0], epochs=1,
+                 iters_per_epoch=2, device="cpu", batch_size=2, patch_size=SMALL_PATCH)
+    assert np.isfinite(losses[0])
+    after = dict(net.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)  # the auxiliary heads learn
