@@ -35,18 +35,28 @@ def _met(v: bool | None) -> str:
     return "n/a" if v is None else ("yes" if v else "no")
 
 
+def _load_text(load: dict | None) -> str:
+    if not load or not load.get("start") or not load.get("end"):
+        return ""
+    return (f" Load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end "
+            f"(other jobs on the machine add noise; ratios of alternated runs are the figures to read).")
+
+
 def render(results: dict[str, Any], results_name: str = "") -> str:
     m = results["machine"]
     gpu = m.get("gpu")
     lines = [
         f"Run `{results['command']}` on {results['date']} ({results['profile']} profile, "
-        f"{results['total_seconds']:.0f} s in all). Results file: `{results_name}`.",
+        f"{results['total_seconds']:.0f} s in all). Results file: `{results_name}`."
+        + (" Some rows come from earlier `--only` runs that day; each row's command and date are in the file."
+           if len({r.get("command") for r in results["rows"]}) > 1 else ""),
         "",
         f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m.get('memory_gb')} GB RAM, torch {m['torch']} "
         f"({m['torch_threads']} threads), "
         + (f"GPU {gpu['name']} ({gpu['memory_gb']} GB)." if gpu else "**no GPU** (GPU figures not measured)."),
         f"Peers: nnunetv2 {m['versions'].get('nnunetv2') or 'not installed'}, "
-        f"monai {m['versions'].get('monai') or 'not installed'}; c2fnas-auto commit {m.get('git_commit')}.",
+        f"monai {m['versions'].get('monai') or 'not installed'}; c2fnas-auto commit {m.get('git_commit')}."
+        + _load_text(results.get("load_average")),
         "",
         "| Row | Ours | Peer / reference | Ratio (ours/peer) | Goal | Met | Notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import os
 import shlex
 import sys
 import tempfile
@@ -78,6 +79,13 @@ def run_row(name: str, ws: Workspace) -> RowResult:
     return result
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def merge_rows(out: Path, rows: list[dict], profile: str) -> list[dict]:
     """With --only, keep the other rows of the same day's results file (same machine and
     profile), so one row can be re-measured without redoing the rest; rows keep the
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.timezone.utc)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     t_start = time.perf_counter()
+    load_start = _loadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="c2fnas-bench-") as tmp:
         ws = Workspace(root=(args.workdir or Path(tmp)).resolve(), profile=profile)
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": info,
         "total_seconds": round(time.perf_counter() - t_start, 1),
+        # other jobs on a shared machine: 1/5/15-minute load averages when the run started and ended
+        "load_average": {"start": load_start, "end": _loadavg()},
         "rows": rows,
     }
     atomic_write_json(out, results)
