@@ -12,6 +12,7 @@ repeat each other and a run is reproducible for a seed.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -131,7 +132,10 @@ class BatchStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         s = stream_seed(self.seed, self.rank, info.id if info is not None else 0)
         rng = np.random.default_rng(s)
-        np.random.seed(s)  # batchgenerators draws from the global numpy generator
+        # batchgenerators draws from both global generators (numpy's and, e.g. for the noise
+        # variance, Python's `random`): seed both or two runs with one seed differ.
+        np.random.seed(s)
+        random.seed(s)
         while True:
             batch = self.sampler.sample(rng)
             keys = batch.pop("keys")
