@@ -281,4 +281,19 @@ class Trainer:
         fg = summary.get("foreground_mean", {})
         self.say(f"final validation: foreground mean Dice {fg.get('Dice')}, NSD {fg.get('NSD')} "
                  f"({self.fold_dir / 'validation' / 'summary.json'})")
+        self._decide_postprocessing(raw_dir)
         return summary
+
+    def _decide_postprocessing(self, raw_dir: Path) -> None:
+        """Per-fold largest-component decision, so predicting with this fold alone applies it;
+        `c2fnas_evaluate --determine-postprocessing` decides over all folds once they exist."""
+        from c2fnas_auto.inference.postprocessing import determine_postprocessing
+        from c2fnas_auto.training.validation import reference_label_folder
+
+        ref = reference_label_folder(raw_dir, self.val_ids)
+        decision = determine_postprocessing(self.fold_dir.parent, ref, self.run_plans.labels,
+                                            folds=[self.fold_dir.name[len("fold_"):]],
+                                            out_file=self.fold_dir / "postprocessing.json",
+                                            progress=self.options.progress)
+        self.say(f"postprocessing: keep the largest component for labels {decision['largest_component_labels']} "
+                 f"(Dice before {decision['dice_before']}, after {decision['dice_after']})")
