@@ -32,7 +32,16 @@ class Clustering:
 
 def distance_matrix(topologies: Sequence[Topology],
                     distance: Callable[[Topology, Topology], float]) -> np.ndarray:
-    """Symmetric matrix of pairwise distances (the function is called once per pair)."""
+    """Symmetric matrix of pairwise distances (the function is called once per pair).
+
+    The default topology distance (L1 between level sequences) is computed in one numpy
+    broadcast: calling it a million times in Python took ~6 s of a demo search.
+    """
+    from c2fnas_auto.nas.topology import topology_distance
+
+    if distance is topology_distance and topologies:
+        arr = np.asarray(topologies, dtype=np.int64)
+        return np.abs(arr[:, None, :] - arr[None, :, :]).sum(axis=-1).astype(np.float64)
     n = len(topologies)
     d = np.zeros((n, n), dtype=np.float64)
     for i in range(n):
