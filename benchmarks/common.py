@@ -52,7 +52,8 @@ class Profile:
     """Sizes for one run. `tiny` exists for the smoke test; `quick` fits 15 min on 2 cores."""
 
     name: str
-    reps: int
+    reps: int           # alternated pairs for the subprocess rows (1)
+    fast_reps: int      # alternated pairs for the in-process rows (2-4): cheap, so more of them
     # row 1: plan + preprocess
     pp_cases: int
     pp_shape: tuple[int, int, int]
@@ -86,7 +87,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
-        name="tiny", reps=2,
+        name="tiny", reps=2, fast_reps=2,
         pp_cases=6, pp_shape=(16, 32, 32), pp_spacing=(3.0, 1.0, 1.0), pp_workers=1,
         sw_volume=(32, 48, 48), sw_patch=(16, 32, 32), sw_base_channels=4,
         ts_patch=(16, 32, 32), ts_batch=2, ts_base_channels=4, ts_steps=1,
@@ -97,7 +98,7 @@ PROFILES: dict[str, Profile] = {
         demo_args=("--epochs", "1", "--iters-per-epoch", "2", "--skip-search"),
     ),
     "quick": Profile(
-        name="quick", reps=3,
+        name="quick", reps=3, fast_reps=5,
         pp_cases=10, pp_shape=(40, 64, 64), pp_spacing=(3.0, 0.8, 0.8), pp_workers=2,
         sw_volume=(64, 96, 96), sw_patch=(32, 48, 48), sw_base_channels=8,
         ts_patch=(32, 64, 64), ts_batch=2, ts_base_channels=32, ts_steps=1,
@@ -108,7 +109,7 @@ PROFILES: dict[str, Profile] = {
         demo_args=("--epochs", "4", "--iters-per-epoch", "10"),
     ),
     "full": Profile(
-        name="full", reps=5,
+        name="full", reps=5, fast_reps=7,
         pp_cases=20, pp_shape=(64, 96, 96), pp_spacing=(3.0, 0.8, 0.8), pp_workers=2,
         sw_volume=(128, 160, 160), sw_patch=(64, 64, 64), sw_base_channels=16,
         ts_patch=(64, 96, 96), ts_batch=2, ts_base_channels=32, ts_steps=3,

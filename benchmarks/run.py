@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Side-by-side benchmarks of c2fnas-auto vs nnU-Net v2 and MONAI")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--quick", action="store_const", const="quick", dest="profile",
-                   help="small sizes, 3 repetitions: under 15 minutes on 2 CPU cores")
+                   help="small sizes, 3-5 repetitions: under 15 minutes on 2 CPU cores")
     g.add_argument("--full", action="store_const", const="full", dest="profile",
-                   help="the issue's sizes (20 cases of 64x96x96, 1x1x128x160x160 volume), 5 repetitions")
+                   help="the issue's sizes (20 cases of 64x96x96, 1x1x128x160x160 volume), 5-7 repetitions")
     g.add_argument("--tiny", action="store_const", const="tiny", dest="profile",
                    help="toy sizes for the smoke test only: the numbers mean nothing")
     p.add_argument("--only", nargs="+", choices=sorted(ROWS), metavar="ROW",

@@ -59,7 +59,7 @@ def run(ws, profile: Profile) -> RowResult:
     next(peer_it)
     n = profile.dp_batches
     p_ours, p_peer = alternate(lambda i: patches_per_second(ours_it, n, batch),
-                               lambda i: patches_per_second(peer_it, n, batch), profile.reps)
+                               lambda i: patches_per_second(peer_it, n, batch), profile.fast_reps)
     mo, mp = median(p_ours), median(p_peer)
     r = ratio(mo, mp)
     return RowResult(

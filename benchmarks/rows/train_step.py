@@ -91,7 +91,7 @@ def run(ws, profile: Profile) -> RowResult:
     s_ours.step()  # warm-up: first-call allocations
     s_peer.step()
     t_ours, t_peer = alternate(lambda i: s_ours.seconds_per_step(profile.ts_steps),
-                               lambda i: s_peer.seconds_per_step(profile.ts_steps), profile.reps)
+                               lambda i: s_peer.seconds_per_step(profile.ts_steps), profile.fast_reps)
     mo, mp = median(t_ours), median(t_peer)
     r = ratio(mo, mp)
     fr = ratio(figures["ours"]["flops_counted"], figures["nnunet"]["flops_counted"])
