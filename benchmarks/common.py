@@ -132,6 +132,14 @@ def ratio(ours: float | None, peer: float | None) -> float | None:
     return float(ours) / float(peer)
 
 
+def paired_ratio(ours: list[float], peer: list[float]) -> float | None:
+    """Median over repetitions of ours_i / peer_i. The two halves of a pair ran back to
+    back, so a load spike from another job mostly cancels inside a pair, whereas it
+    would shift the median of one side only."""
+    rs = [a / b for a, b in zip(ours, peer) if b]
+    return median(rs)
+
+
 def alternate(ours: Callable[[int], float], peer: Callable[[int], float], reps: int) -> tuple[list[float], list[float]]:
     """Call ours and the peer in turn, swapping who goes first every repetition, so that
     slow drifts of a shared machine (another job starting, thermal state, caches) hit

@@ -12,8 +12,10 @@ from typing import Any
 
 from c2fnas_auto.utils.io import atomic_write_text, load_json
 
-BEGIN = "<!-- BEGIN GENERATED: python -m benchmarks.run -->"
-END = "<!-- END GENERATED -->"
+def markers(profile: str) -> tuple[str, str]:
+    """One generated section per profile, so a --full run does not replace the --quick table."""
+    return (f"<!-- BEGIN GENERATED {profile}: python -m benchmarks.run --{profile} -->",
+            f"<!-- END GENERATED {profile} -->")
 
 REPRODUCE = {
     "preprocess": "python -m benchmarks.run --quick --only preprocess",
@@ -73,13 +75,14 @@ def render(results: dict[str, Any], results_name: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_doc(doc: Path, section: str) -> None:
-    """Replace the generated section of `doc` (or append one) atomically."""
+def update_doc(doc: Path, section: str, profile: str) -> None:
+    """Replace the profile's generated section of `doc` (or append one) atomically."""
+    begin, end = markers(profile)
     text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n\n"
-    block = f"{BEGIN}\n{section}{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+    block = f"{begin}\n{section}{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", type=Path)
     p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "documentation" / "benchmarks.md")
     args = p.parse_args(argv)
-    update_doc(args.doc, render(load_json(args.results, "benchmark results"), args.results.name))
+    results = load_json(args.results, "benchmark results")
+    update_doc(args.doc, render(results, args.results.name), results["profile"])
     print(f"updated {args.doc}")
     return 0
 

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out, results)
     print(f"results: {out}")
     if not args.no_doc:
-        update_doc(args.doc, render(results, out.name))
+        update_doc(args.doc, render(results, out.name), profile.name)
         print(f"table: {args.doc}")
     return 0
 

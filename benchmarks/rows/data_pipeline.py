@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import time
 
-from benchmarks.common import Profile, RowResult, Summary, alternate, median, ratio, require_module, require_our
+from benchmarks.common import (Profile, RowResult, Summary, alternate, median, paired_ratio,
+                               require_module, require_our)
 
 ROW = "data_pipeline"
 TITLE = "4. Data pipeline"
@@ -61,7 +62,7 @@ def run(ws, profile: Profile) -> RowResult:
     p_ours, p_peer = alternate(lambda i: patches_per_second(ours_it, n, batch),
                                lambda i: patches_per_second(peer_it, n, batch), profile.fast_reps)
     mo, mp = median(p_ours), median(p_peer)
-    r = ratio(mo, mp)
+    r = paired_ratio(p_ours, p_peer)
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"patch {'x'.join(map(str, patch))}, batch {batch}, {n} batches per repetition, full default "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import shutil
 
-from benchmarks.common import Profile, RowResult, Summary, alternate, fmt_bytes, fmt_seconds, median, ratio, require_module
+from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_bytes, fmt_seconds, median,
+                               paired_ratio, ratio, require_module)
 from benchmarks.procs import run_measured, tail
 from benchmarks.workspace import PP_TASK_ID, Workspace, nnunet_cmd, python_cmd
 
@@ -65,7 +66,7 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     mem = {side: {k: median([r[k] for r in figures[side] if r[k] is not None])
                   for k in ("max_rss_bytes", "peak_tree_rss_bytes")} for side in ("ours", "nnunet")}
     t_ours, t_peer = median(ours), median(peer)
-    r = ratio(t_ours, t_peer)
+    r = paired_ratio(ours, peer)
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"{profile.pp_cases} cases {'x'.join(map(str, profile.pp_shape))} voxels, spacing "

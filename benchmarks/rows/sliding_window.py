@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import Profile, RowResult, Summary, alternate, fmt_seconds, median, ratio, require_module, require_our, timed
+from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_seconds, median, paired_ratio,
+                               require_module, require_our, timed)
 
 ROW = "sliding_window"
 TITLE = "2. Sliding-window inference"
@@ -76,7 +77,7 @@ def run(ws, profile: Profile) -> RowResult:
     diff = float((outputs["ours"] - outputs["monai"]).abs().max())
     scale = float(outputs["monai"].abs().max())
     mo, mp = median(t_ours), median(t_peer)
-    r = ratio(mo, mp)
+    r = paired_ratio(t_ours, t_peer)
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"volume 1x1x{'x'.join(map(str, profile.sw_volume))}, roi {'x'.join(map(str, roi))}, reference "

@@ -16,7 +16,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Profile, RowResult, Summary, alternate, fmt_count, fmt_seconds, median, ratio, require_module, require_our
+from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_count, fmt_seconds, median,
+                               paired_ratio, ratio, require_module, require_our)
 
 ROW = "train_step"
 TITLE = "3. Training step"
@@ -93,7 +94,7 @@ def run(ws, profile: Profile) -> RowResult:
     t_ours, t_peer = alternate(lambda i: s_ours.seconds_per_step(profile.ts_steps),
                                lambda i: s_peer.seconds_per_step(profile.ts_steps), profile.fast_reps)
     mo, mp = median(t_ours), median(t_peer)
-    r = ratio(mo, mp)
+    r = paired_ratio(t_ours, t_peer)
     fr = ratio(figures["ours"]["flops_counted"], figures["nnunet"]["flops_counted"])
     nn_cfg = nnunet_configuration(nn_task)
     return RowResult(
