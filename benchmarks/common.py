@@ -99,7 +99,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick", reps=3, fast_reps=5,
-        pp_cases=10, pp_shape=(40, 64, 64), pp_spacing=(3.0, 0.8, 0.8), pp_workers=2,
+        pp_cases=20, pp_shape=(64, 96, 96), pp_spacing=(3.0, 0.8, 0.8), pp_workers=2,
         sw_volume=(64, 96, 96), sw_patch=(32, 48, 48), sw_base_channels=8,
         ts_patch=(32, 64, 64), ts_batch=2, ts_base_channels=32, ts_steps=1,
         dp_batches=8,
