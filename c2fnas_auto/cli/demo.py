@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     t0 = _step("1/6 synthetic CT task")
-    task_dir = work / "raw" / f"Task{TASK_ID:03d}_{TASK_NAME}"
-    if not (task_dir / "dataset.json").is_file():
+    existing = sorted((work / "raw").glob(f"Task*{TASK_ID}_{TASK_NAME}/dataset.json"))
+    task_dir = existing[0].parent if existing else None
+    if task_dir is None:
         task_dir = make_synthetic_task(work / "raw", task_id=TASK_ID, name=TASK_NAME, num_train=16, num_test=4,
                                        shape=(32, 64, 64), spacing=(3.0, 1.0, 1.0), seed=args.seed)
     print(f"{task_dir}  ({time.perf_counter() - t0:.0f} s)")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_search:
         t0 = _step("3/6 tiny coarse-to-fine search")
-        _check(search_cli.main([str(TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
+        _check(search_cli.main(["-t", str(TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
                                 "--coarse-epochs", "1", "--fine-epochs", "1", "--generations", "2",
                                 "--iters-per-epoch", "8", "--device", args.device, "--seed", str(args.seed),
                                 "--continue"]), "search")
