@@ -112,7 +112,7 @@ PROFILES: dict[str, Profile] = {
         name="full", reps=5, fast_reps=7,
         pp_cases=20, pp_shape=(64, 96, 96), pp_spacing=(3.0, 0.8, 0.8), pp_workers=2,
         sw_volume=(128, 160, 160), sw_patch=(64, 64, 64), sw_base_channels=16,
-        ts_patch=(64, 96, 96), ts_batch=2, ts_base_channels=32, ts_steps=3,
+        ts_patch=(64, 96, 96), ts_batch=2, ts_base_channels=32, ts_steps=1,
         dp_batches=25,
         mem_patches=((32, 64, 64), (64, 96, 96), (64, 128, 128)), mem_base_channels=32, mem_batch=2,
         search_cases=16, search_shape=(32, 64, 64), search_base_channels=8, search_iters=12,
