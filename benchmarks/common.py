@@ -106,7 +106,7 @@ PROFILES: dict[str, Profile] = {
         mem_patches=((32, 32, 32), (32, 64, 64), (48, 96, 96)), mem_base_channels=16, mem_batch=2,
         search_cases=10, search_shape=(24, 48, 48), search_base_channels=4, search_iters=6,
         quality_random=8, quality_epochs=2,
-        demo_args=("--epochs", "4", "--iters-per-epoch", "10"),
+        demo_args=(),
     ),
     "full": Profile(
         name="full", reps=5, fast_reps=7,

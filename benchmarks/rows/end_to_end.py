@@ -3,7 +3,7 @@ predict -> evaluate): wall time and the test cases' Dice, exactly as a user runs
 
 from __future__ import annotations
 
-from benchmarks.common import Profile, RowResult, Summary, fmt_seconds, require_our
+from benchmarks.common import Profile, RowResult, Summary, fmt_bytes, fmt_seconds, require_our
 from benchmarks.procs import run_measured, tail
 from benchmarks.workspace import Workspace, python_cmd
 from c2fnas_auto.utils.io import load_json
@@ -32,9 +32,10 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"`{demo_cmd}`" + ("" if not profile.demo_args else f" (shortened schedule for --{profile.name}; "
-                                  "--full runs the demo's defaults)") + f"; peak RSS {res.max_rss_bytes / 1e9:.2f} GB"),
+                                  "--full runs the demo's defaults)") + f"; peak memory {fmt_bytes(res.peak_tree_rss_bytes)} (summed PSS of the process tree)"),
         summary=Summary(ours=f"{fmt_seconds(res.seconds)}, {shown}", peer="-", ratio=None,
                         goal=f"organ Dice >= {ORGAN_DICE_GOAL} within the demo's CPU budget",
                         met=None if organ is None else organ >= ORGAN_DICE_GOAL),
-        details={"seconds": res.seconds, "dice": dice, "max_rss_bytes": res.max_rss_bytes, "args": args},
+        details={"seconds": res.seconds, "dice": dice, "max_rss_bytes": res.max_rss_bytes,
+                 "peak_tree_pss_bytes": res.peak_tree_rss_bytes, "args": args},
     )
