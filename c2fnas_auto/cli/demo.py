@@ -98,31 +98,37 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = _step("6/6 evaluate")
     from c2fnas_auto.planning.plans import Plans
-    from c2fnas_auto.paths import preprocessed_dir
+    from c2fnas_auto.paths import preprocessed_dir, results_dir
 
     plans = Plans.load(preprocessed_dir(task_dir.name) / "plans.json")
     summary = evaluate_folders(task_dir / "labelsTs", pred_dir, plans.labels, work / "test_summary.json")
     _print_table(summary, plans.labels)
-    _pictures(work, task_dir, pred_dir)
+    slice_png = _pictures(work, task_dir, pred_dir)
+    fold_dir = results_dir(task_dir.name, plans.plans_name) / "fold_0"
+    search_dir = preprocessed_dir(task_dir.name) / "search"
+    print("\npictures:")
+    for png in (fold_dir / "progress.png", search_dir / "search_progress.png", search_dir / "genotype.png", slice_png):
+        if png is not None and png.is_file():
+            print(f"  {png}")
     print(f"\nDone in {time.perf_counter() - t_start:.0f} s. Results under {work}")
     return 0
+
+
+def _fmt(value) -> str:
+    """Dice cell: NaN / None (class absent from both masks) prints as n/a."""
+    return f"{value:12.3f}" if isinstance(value, (int, float)) and value == value else f"{'n/a':>12}"
 
 
 def _print_table(summary: dict, labels: dict[str, int]) -> None:
     names = {int(v): k for k, v in labels.items() if int(v) != 0}
     print(f"{'case':<24}" + "".join(f"{names[v]:>12}" for v in sorted(names)))
     for case in summary["per_case"]:
-        cid = Path(str(case.get("case_id", case.get("prediction_file", "?")))).name
-        row = ""
-        for v in sorted(names):
-            d = case["metrics"][str(v)]["Dice"]
-            row += f"{d:12.3f}" if d == d else f"{'n/a':>12}"
-        print(f"{cid:<24}{row}")
-    row = "".join(f"{summary['mean'][str(v)]['Dice']:12.3f}" for v in sorted(names))
-    print(f"{'mean Dice':<24}{row}")
+        row = "".join(_fmt(case["metrics"].get(str(v), {}).get("Dice")) for v in sorted(names))
+        print(f"{case['case_id']:<24}{row}")
+    print(f"{'mean Dice':<24}" + "".join(_fmt(summary["mean"][str(v)]["Dice"]) for v in sorted(names)))
 
 
-def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> None:
+def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> Path | None:
     """A slice of image / truth / prediction for the first test case."""
     import matplotlib
 
@@ -135,7 +141,7 @@ def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> None:
 
     preds = sorted(pred_dir.glob("*.nii.gz"))
     if not preds:
-        return
+        return None
     case = preds[0].name[: -len(".nii.gz")]
     img_files = sorted((task_dir / "imagesTs").glob(f"{case}*.nii.gz"))
     img, _ = read_image(img_files[:1])
@@ -152,7 +158,7 @@ def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> None:
     with atomic_path(work / "prediction_slice.png") as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    print(f"pictures: {work / 'prediction_slice.png'}")
+    return work / "prediction_slice.png"
 
 
 if __name__ == "__main__":
