@@ -140,6 +140,21 @@ def _one_line(exc: BaseException) -> str:
         text[0] if text else type(exc).__name__)
 
 
+def _finished(out_file: Path) -> bool:
+    """An existing output counts as done only if it is complete: our writes are atomic, but a
+    file left by another tool or a crashed copy may be cut short and must be predicted again."""
+    from c2fnas_auto.data.image_io import check_complete
+
+    if not out_file.is_file():
+        return False
+    try:
+        check_complete(out_file)
+    except InputError:
+        tqdm.write(f"{out_file}: incomplete output from an earlier run, predicting it again", file=sys.stderr)
+        return False
+    return True
+
+
 def predict_folder(input_folder: str | os.PathLike, output_folder: str | os.PathLike, task: str | int | None = None,
                    model_folder: str | os.PathLike | None = None, folds: Sequence[str | int] | None = None,
                    checkpoint: str = "final", device: str | torch.device | None = None, tta: bool = True,
@@ -182,7 +197,7 @@ def predict_folder(input_folder: str | os.PathLike, output_folder: str | os.Path
         "step_size": step_size, "postprocessing": pp, "input_folder": str(input_folder)})
     todo = [(c, output_folder / f"{c.case_id}{file_ending}") for c in cases]
     if continue_:
-        todo = [(c, f) for c, f in todo if not f.is_file()]
+        todo = [(c, f) for c, f in todo if not _finished(f)]
     failures: list[tuple[str, str]] = []
 
     def fail(case_id: str, exc: BaseException, what: str = "failed") -> None:
