@@ -218,9 +218,9 @@ def _genotype_from_dict(d: Any, source: str):
     if not isinstance(d, dict):
         raise PlansError(f"{source}: genotype must be an object with levels and ops")
     try:
-        return Genotype.from_dict(d)
+        return Genotype.from_dict(d, source=f"{source}: genotype")
     except C2FNASError as exc:
-        raise PlansError(f"{source}: genotype: {exc}") from None
+        raise PlansError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise PlansError(f"{source}: genotype malformed ({exc})") from None
 
