@@ -121,10 +121,15 @@ def plot_progress(state: SearchState, out_png: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ok = [r for r in state.coarse if r.score is not None]
     if ok:
-        sc = ax1.scatter([r.index for r in ok], [r.score for r in ok], c=[r.cluster or 0 for r in ok],
-                         cmap="tab20", s=22, edgecolors="k", linewidths=0.3)
-        if len({r.cluster for r in ok}) > 1:
-            fig.colorbar(sc, ax=ax1, label="cluster")
+        clusters = [r.cluster or 0 for r in ok]
+        n = max(clusters) + 1  # one discrete colour per cluster id, not a continuous scale
+        sc = ax1.scatter([r.index for r in ok], [r.score for r in ok], c=clusters,
+                         cmap=matplotlib.colormaps["tab20"].resampled(n), vmin=-0.5, vmax=n - 0.5, s=22, edgecolors="k",
+                         linewidths=0.3)
+        if len(set(clusters)) > 1:
+            bar = fig.colorbar(sc, ax=ax1, label="cluster")
+            bar.locator = MaxNLocator(integer=True)
+            bar.update_ticks()
     skipped = [r for r in state.coarse if r.status == "skipped"]
     if skipped:
         ax1.scatter([r.index for r in skipped], [0.0] * len(skipped), marker="x", c="grey", label="skipped (memory)")
