@@ -110,7 +110,7 @@ def load_fold(model_folder: Path, fold: str | int, checkpoint: str, device: torc
 
 def predict_probabilities(models: Sequence[FoldModel], data: np.ndarray | torch.Tensor, plans: Any,
                           device: torch.device, tta: bool = True, step_size: float = 0.5,
-                          tile_batch_size: int = 1) -> torch.Tensor:
+                          tile_batch_size: int = 2) -> torch.Tensor:
     """Mean over folds of the softmax of each fold's sliding-window logits, (K, z, y, x) on the CPU."""
     total: torch.Tensor | None = None
     for m in models:
@@ -160,7 +160,7 @@ def predict_folder(input_folder: str | os.PathLike, output_folder: str | os.Path
                    checkpoint: str = "final", device: str | torch.device | None = None, tta: bool = True,
                    step_size: float = 0.5, save_probabilities: bool = False, continue_: bool = False,
                    num_export_workers: int = 1, postprocessing: bool = True, file_ending: str = ".nii.gz",
-                   plans_name: str = "C2FNASPlans", tile_batch_size: int = 1,
+                   plans_name: str = "C2FNASPlans", tile_batch_size: int = 2,
                    progress: bool = True) -> list[tuple[str, str]]:
     """Predict every case of `input_folder` into `output_folder`; returns [(case_id, error)]."""
     from c2fnas_auto.data.dataset import cases_from_folder
