@@ -49,6 +49,16 @@ class TrainingContext:
     def cost_fields(self, cost) -> dict[str, Any]:
         return {"params": int(cost.params), "flops": float(cost.flops), "training_bytes": float(cost.training_bytes)}
 
+    def screen(self, p: Proposal, max_gflops: float | None = None) -> tuple[Any, dict[str, Any], str]:
+        """Genotype, cost fields and a skip reason ('' when it may be evaluated): the checks
+        both stages make before spending any training or scoring on a candidate."""
+        genotype = self.genotype(p)
+        cost = self.cost(genotype)
+        reason = self.over_memory(cost)
+        if not reason and max_gflops is not None and cost.flops / 1e9 > max_gflops:
+            reason = f"{cost.flops / 1e9:.1f} GFLOPs > --max-gflops {max_gflops}"
+        return genotype, self.cost_fields(cost), reason
+
     def over_memory(self, cost) -> str:
         """A reason string when the candidate does not fit the plans' GPU memory, else ''."""
         if cost.training_bytes > self.memory_budget_bytes:
@@ -64,10 +74,7 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
 
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
-        genotype = ctx.genotype(p)
-        cost = ctx.cost(genotype)
-        out = ctx.cost_fields(cost)
-        reason = ctx.over_memory(cost)
+        genotype, out, reason = ctx.screen(p)
         if reason:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         torch.manual_seed(ctx.seed)  # same initial weights' generator state for every candidate

@@ -62,12 +62,7 @@ def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float |
 
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
-        genotype = ctx.genotype(p)
-        cost = ctx.cost(genotype)
-        out = ctx.cost_fields(cost)
-        reason = ctx.over_memory(cost)
-        if not reason and max_gflops is not None and cost.flops / 1e9 > max_gflops:
-            reason = f"{cost.flops / 1e9:.1f} GFLOPs > --max-gflops {max_gflops}"
+        _, out, reason = ctx.screen(p, max_gflops)
         if reason:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         ops = list(p.ops)
