@@ -272,25 +272,23 @@ class Trainer:
                     p.unlink()
 
     def _final_validation(self) -> dict:
-        from c2fnas_auto.training.validation import final_validation
+        from c2fnas_auto.training.validation import final_validation, reference_label_folder
 
-        raw_dir = paths.resolve_task(self.task_name)
+        ref = reference_label_folder(paths.resolve_task(self.task_name), self.val_ids)
         self.say(f"final validation of {len(self.val_ids)} cases -> {self.fold_dir / 'validation'}")
-        summary = final_validation(self.network, self.run_plans, self.preprocessed_dir, raw_dir, self.val_ids,
+        summary = final_validation(self.network, self.run_plans, self.preprocessed_dir, ref, self.val_ids,
                                    self.fold_dir / "validation", self.device, progress=self.options.progress)
         fg = summary.get("foreground_mean", {})
         self.say(f"final validation: foreground mean Dice {fg.get('Dice')}, NSD {fg.get('NSD')} "
                  f"({self.fold_dir / 'validation' / 'summary.json'})")
-        self._decide_postprocessing(raw_dir)
+        self._decide_postprocessing(ref)
         return summary
 
-    def _decide_postprocessing(self, raw_dir: Path) -> None:
+    def _decide_postprocessing(self, ref: Path) -> None:
         """Per-fold largest-component decision, so predicting with this fold alone applies it;
         `c2fnas_evaluate --determine-postprocessing` decides over all folds once they exist."""
         from c2fnas_auto.inference.postprocessing import determine_postprocessing
-        from c2fnas_auto.training.validation import reference_label_folder
 
-        ref = reference_label_folder(raw_dir, self.val_ids)
         decision = determine_postprocessing(self.fold_dir.parent, ref, self.run_plans.labels,
                                             folds=[self.fold_dir.name[len("fold_"):]],
                                             out_file=self.fold_dir / "postprocessing.json",

@@ -55,11 +55,12 @@ def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_i
     return written
 
 
-def final_validation(network: nn.Module, plans, preprocessed_dir: Path, raw_task_dir: Path,
+def final_validation(network: nn.Module, plans, preprocessed_dir: Path, reference_folder: Path,
                      case_ids: Sequence[str], out_dir: Path, device: torch.device, progress: bool = True) -> dict:
-    """Predict and export every validation case, then write `out_dir/summary.json`; returns the summary."""
+    """Predict and export every validation case, then write `out_dir/summary.json` scored against
+    `reference_folder` (see `reference_label_folder`); returns the summary."""
     from c2fnas_auto.evaluation.evaluate import evaluate_folders
 
     predict_and_export(network, plans, Path(preprocessed_dir), case_ids, Path(out_dir), device, progress=progress)
-    ref = reference_label_folder(Path(raw_task_dir), case_ids)
-    return evaluate_folders(ref, out_dir, plans.labels, Path(out_dir) / "summary.json", progress=progress)
+    return evaluate_folders(Path(reference_folder), out_dir, plans.labels, Path(out_dir) / "summary.json",
+                            progress=progress)
