@@ -117,3 +117,15 @@ def results_dir(task_name: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
 def fold_dir(task_name: str, fold: int | str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
     """results_dir/fold_<k> (fold_all for the 'all' fold)."""
     return results_dir(task_name, plans_name) / f"fold_{fold}"
+
+
+def experiment_name(plans_name: str, genotype_id: str) -> str:
+    """'<plans_name>__<genotype short id>': one results folder per trained experiment, as
+    nnU-Net's Trainer__Plans__configuration, so another genotype never overwrites a fold."""
+    return f"{plans_name}__{genotype_id}"
+
+
+def search_results_dir(task_name: str) -> Path:
+    """C2FNAS_results/<task_name>/search: the search's state, report, supernet and winner.
+    Results, not preprocessed data: deleting regenerable preprocessed data keeps the search."""
+    return results_root() / task_name / "search"

@@ -7,6 +7,7 @@ same object travels from the search to training and prediction unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -101,6 +102,12 @@ class Genotype:
 
     def ops_string(self) -> str:
         return ",".join(self.ops)
+
+    def short_id(self) -> str:
+        """8 hex digits naming levels + ops (not provenance): results folders of different
+        genotypes never collide, and the same genotype always finds its own folder."""
+        key = f"{self.topology_string()}|{self.ops_string()}".encode("utf-8")
+        return hashlib.sha1(key).hexdigest()[:8]
 
     def with_ops(self, ops: Sequence[str]) -> "Genotype":
         return Genotype(list(self.levels), list(ops), self.num_levels, self.num_cells, dict(self.provenance))
