@@ -152,6 +152,10 @@ class Predictor:
         folders = [Path(f) for f in model_folders]
         if not folders:
             raise InputError("no model folder given")
+        resolved = [f.resolve() for f in folders]
+        twice = sorted({str(f) for f in folders if resolved.count(f.resolve()) > 1})
+        if twice:
+            raise InputError(f"{twice[0]}: model folder given twice (its folds would weigh double)")
         checkpoint_file_name(checkpoint)
         dev = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
         groups, fold_lists = [], []

@@ -193,6 +193,8 @@ def test_ensemble_of_experiments(copy_task):
     b = _write_folds(copy_task, folds=(0,), genotype=other)
     both = Predictor([a, b], device="cpu", tta=False, progress=False)
     assert len(both.models) == 3 and both.info()["folds"] == [["0", "1"], ["0"]]
+    with pytest.raises(InputError, match="given twice"):
+        Predictor([a, b, a / "."], device="cpu")
     data = torch.randn(1, 24, 40, 40)
     parts = [Predictor(f, device="cpu", tta=False, progress=False).predict_probabilities(data) for f in (a, b)]
     assert torch.allclose(both.predict_probabilities(data), (2 * parts[0] + parts[1]) / 3, atol=1e-5)
