@@ -56,9 +56,9 @@ def plot_genotype(genotype: Genotype, out_png: str | os.PathLike, title_extra: s
             ax.annotate("", xy=(b - 0.2, y), xytext=(a + 0.2, y), zorder=1,
                         arrowprops=dict(arrowstyle="->", color="0.55", ls="--"))
         else:  # the cell two back on the same level: an arc over the cell in between
-            ax.annotate("", xy=(b - 0.1, y - 0.15), xytext=(a + 0.1, y - 0.15), zorder=1,
-                        arrowprops=dict(arrowstyle="->", color="#8172b2", ls=":",
-                                        connectionstyle="arc3,rad=0.5"))
+            ax.annotate("", xy=(b, y), xytext=(a, y), zorder=1,
+                        arrowprops=dict(arrowstyle="->", color="#8172b2", ls=":", lw=1.5, shrinkA=9, shrinkB=9,
+                                        connectionstyle="arc3,rad=0.35"))
     ax.scatter([0], [1], s=260, marker="s", color="0.75", edgecolor="k", zorder=2)
     ax.text(0, 1 - 0.38, "stem", ha="center", va="top", fontsize=8)
     for i, (lv, op) in enumerate(zip(genotype.levels, genotype.ops)):
