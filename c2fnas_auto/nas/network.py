@@ -33,10 +33,15 @@ class CellNetwork(nn.Module):
             self.head_fuse = ConvBlock(plan.head.fuse)
             self.head_expand = ConvBlock(plan.head.expand)
             self.head_classifier = ConvBlock(plan.head.classifier)
-            # tensors a later cell or the head reads again (the previous cell's output is always kept)
-            self._kept = {c.main_from for c in plan.cells} | {c.second_from for c in plan.cells
-                                                               if c.second_from is not None}
-            self._kept |= set(plan.head.concat_from)
+            # tensor number -> index of the last cell that reads it (len(cells): the head), so
+            # inference can drop a tensor once it is read for the last time
+            self._last_read: dict[int, int] = {}
+            for c in plan.cells:
+                for k in (c.main_from, c.second_from):
+                    if k is not None:
+                        self._last_read[k] = c.index
+            for k in plan.head.concat_from:
+                self._last_read[k] = len(plan.cells)
         else:
             self.cells = nn.ModuleList([Cell(c) for c in plan.cells])  # type: ignore[arg-type]
             self.head_reduce = ConvBlock(plan.head.reduce)
@@ -81,7 +86,7 @@ class CellNetwork(nn.Module):
             p = cell.plan
             other = kept[p.second_from] if p.second_from is not None else None
             h = cell(kept[p.main_from], other, ops[i])
-            kept = {k: v for k, v in kept.items() if k in self._kept}
+            kept = {k: v for k, v in kept.items() if self._last_read.get(k, -1) > i}
             kept[i + 1] = h
             if want_ds and cell.ds_head is not None:
                 ds_outputs.append(cell.ds_head(h))
