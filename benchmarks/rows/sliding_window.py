@@ -28,10 +28,10 @@ def reference_network(in_channels: int, num_classes: int, base_channels: int, de
     from c2fnas_auto.nas.config import NetworkConfig
     from c2fnas_auto.nas.genotype import reference_genotype
     from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.planning.planner import level_channels_for
 
-    widths = tuple(min(base_channels * 2 ** (i + 1), 512) for i in range(4))
     config = NetworkConfig(in_channels=in_channels, num_classes=num_classes, stem_channels=base_channels,
-                           level_channels=widths, deep_supervision=deep_supervision)
+                           level_channels=level_channels_for(base_channels), deep_supervision=deep_supervision)
     return reference_genotype(), config, build_network(reference_genotype(), config)
 
 
