@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.paths import PLANS_FILE  # noqa: F401 (also imported from here by older callers)
 from c2fnas_auto.planning.fingerprint import FINGERPRINT_VERSION, compute_fingerprint
 from c2fnas_auto.planning.genotype_source import genotype_of_task, previous_genotype
 from c2fnas_auto.planning.planner import plan_experiment
-from c2fnas_auto.paths import PLANS_FILE
 from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 FINGERPRINT_FILE = "fingerprint.json"
-__all__ = ["PLANS_FILE", "plan_and_preprocess", "resolve_genotype"]  # PLANS_FILE: re-exported for callers
 
 
 def load_task(task: str | int, verify: bool = True, num_workers: int = 1, progress: bool | None = None):
