@@ -132,12 +132,12 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
                   for k in ("max_rss_bytes", "peak_tree_rss_bytes")} for side in ("ours", "nnunet")}
     t_ours, t_peer = median(ours), median(peer)
     r = paired_ratio(ours, peer)
-    spacing = "x".join(map(str, task.spacing)) + (f" (each axis x U(1-{task.jitter:g}, 1+{task.jitter:g}) per case: "
-                                                  f"every case resampled)" if task.jitter else "")
+    spacing = "x".join(map(str, task.spacing)) + " mm" + (
+        f" (each axis x U(1-{task.jitter:g}, 1+{task.jitter:g}) per case: every case resampled)" if task.jitter else "")
     return RowResult(
         row=ROW, title=TITLE,
-        note=(f"case set '{cs.name}': {task.cases} cases {'x'.join(map(str, task.shape))} voxels, spacing {spacing} "
-              f"mm, -np {profile.pp_workers}, {reps} alternated pairs; memory = peak summed PSS "
+        note=(f"case set '{cs.name}': {task.cases} cases {'x'.join(map(str, task.shape))} voxels, spacing {spacing}"
+              f", -np {profile.pp_workers}, {reps} alternated pairs; memory = peak summed PSS "
               f"of the process tree (ours {fmt_bytes(mem['ours']['peak_tree_rss_bytes'])}, nnU-Net "
               f"{fmt_bytes(mem['nnunet']['peak_tree_rss_bytes'])})"),
         summary=Summary(ours=f"{fmt_seconds(t_ours)}, {fmt_bytes(mem['ours']['peak_tree_rss_bytes'])}",
