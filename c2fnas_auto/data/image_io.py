@@ -33,6 +33,7 @@ from c2fnas_auto.utils.io import atomic_path
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 NIFTI_ENDINGS = (".nii", ".nii.gz")
+ORTHONORMAL_ATOL = 1e-6  # direction-cosine change below which the nibabel fallback changed nothing
 
 log = logging.getLogger(__name__)
 _warned_skewed: set[str] = set()  # files already reported in this process (warn once per case)
@@ -295,10 +296,11 @@ def _read_sitk(path: Path) -> tuple[sitk.Image, np.ndarray | None]:
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _read_nifti_with_nibabel(path: Path) -> tuple[sitk.Image, np.ndarray] | None:
+def _read_nifti_with_nibabel(path: Path) -> tuple[sitk.Image, np.ndarray | None] | None:
     """Fallback for NIfTI files ITK refuses (e.g. a slightly non-orthonormal sform, seen in
     some MSD releases): take nibabel's affine, orthonormalise it and convert RAS -> LPS.
-    Returns the image on the orthonormal grid and the file's own affine (RAS)."""
+    Returns the image on the orthonormal grid and the file's own affine (RAS) when it had to
+    be changed (else None)."""
     try:
         import nibabel as nib
 
@@ -316,7 +318,11 @@ def _read_nifti_with_nibabel(path: Path) -> tuple[sitk.Image, np.ndarray] | None
     u, _, vt = np.linalg.svd(cols / spacing)
     direction = u @ vt
     origin = _RAS_TO_LPS @ affine[:3, 3]
-    _warn_skew_once(path, cols, spacing, direction, data.shape[:3])
+    cosine, mm = skew_change(cols, spacing, direction, data.shape[:3])
+    if cosine > ORTHONORMAL_ATOL:
+        _warn_skew_once(path, cosine, mm)
+    else:  # ITK refused it for another reason: nothing was changed, nothing to keep
+        affine = None
     # nibabel indexes (i, j, k[, t]); SimpleITK arrays are (z, y, x) = (k, j, i).
     arr = np.ascontiguousarray(np.transpose(data, tuple(reversed(range(data.ndim)))))
     if data.ndim == 3:
@@ -342,12 +348,11 @@ def skew_change(cols: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
     return cosine, float(np.linalg.norm(shift, axis=0).max())
 
 
-def _warn_skew_once(path: Path, cols, spacing, direction, shape) -> None:
+def _warn_skew_once(path: Path, cosine: float, mm: float) -> None:
     key = str(Path(path).resolve())
     if key in _warned_skewed:
         return
     _warned_skewed.add(key)
-    cosine, mm = skew_change(cols, spacing, direction, shape)
     log.warning("%s: direction cosines are not orthonormal; processing on the nearest orthonormal grid "
                 "(largest cosine change %.2g, voxels move by up to %.3g mm); predictions keep the file's "
                 "own affine", path, cosine, mm)

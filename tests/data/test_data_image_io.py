@@ -154,7 +154,8 @@ def test_nibabel_fallback_agrees_with_sitk(shared_data):
     from c2fnas_auto.data.image_io import _read_nifti_with_nibabel
 
     ref = sitk.ReadImage(str(shared_data / "example_ct_sm.nii.gz"))
-    alt, _ = _read_nifti_with_nibabel(shared_data / "example_ct_sm.nii.gz")
+    alt, kept = _read_nifti_with_nibabel(shared_data / "example_ct_sm.nii.gz")
+    assert kept is None  # orthonormal already: nothing changed, no affine to carry
     assert np.array_equal(sitk.GetArrayFromImage(alt), sitk.GetArrayFromImage(ref))
     g1, g2 = Geometry.from_sitk(ref), Geometry.from_sitk(alt)
     assert np.allclose(g1.origin, g2.origin, atol=1e-4) and np.allclose(g1.direction, g2.direction, atol=1e-6)
@@ -225,3 +226,17 @@ def test_skewed_input_prediction_keeps_the_original_affine(tmp_path):
 def test_geometry_rejects_a_malformed_affine():
     with pytest.raises(ValueError, match="16 values"):
         Geometry((1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), original_affine=(1.0, 2.0))
+
+
+def test_fallback_on_an_orthonormal_file_changes_and_warns_nothing(tmp_path, caplog):
+    """Only a real change is reported (ITK may refuse a file for other reasons)."""
+    import logging
+
+    from c2fnas_auto.data.image_io import _read_nifti_with_nibabel
+
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), str(tmp_path / "ok.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="c2fnas_auto.data.image_io"):
+        img, kept = _read_nifti_with_nibabel(tmp_path / "ok.nii.gz")
+    assert kept is None and "orthonormal" not in caplog.text
+    assert Geometry.from_sitk(img).spacing == pytest.approx((0.8, 0.8, 2.5))
