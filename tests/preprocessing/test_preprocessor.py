@@ -292,3 +292,18 @@ def test_skewed_input_exported_with_its_own_affine(tiny_task, tmp_path):
     export_prediction(probs, props, tiny_task.plans, tmp_path / "out" / "skewed.nii.gz")
     written = nib.load(str(tmp_path / "out" / "skewed.nii.gz"))
     assert written.shape == img.shape and np.allclose(written.affine, affine, atol=1e-5)
+
+
+def test_unreadable_settings_and_case_list_are_rewritten(copy_task):
+    """A half-written settings file means unknown settings: redo everything; a broken case
+    list is simply written again from dataset.json."""
+    from c2fnas_auto.preprocessing.preprocessor import SETTINGS_FILE, preprocess_dataset
+    from c2fnas_auto.preprocessing.storage import CASES_FILE, dataset_case_ids
+
+    data = copy_task.preprocessed_dir / "data"
+    (data / SETTINGS_FILE).write_text('{"target_spac')
+    (data / CASES_FILE).write_text("[")
+    counts = preprocess_dataset(copy_task.task_name, copy_task.plans, num_workers=1)
+    assert counts == {"processed": 8, "skipped": 0}
+    assert json.loads((data / SETTINGS_FILE).read_text())["preprocessing_version"] >= 2
+    assert len(dataset_case_ids(copy_task.preprocessed_dir)) == 8
