@@ -43,8 +43,9 @@ def test_defined_once(name):
     assert len(places) <= 1, places
 
 
-def test_benchmark_network_widths_come_from_the_planner():
+def test_benchmark_network_widths_come_from_the_planner(monkeypatch):
     """benchmarks build 'the reference network at base width b' with the planner's width rule."""
+    monkeypatch.syspath_prepend(str(PACKAGE.parent))  # `pytest` without `python -m`: repo root for benchmarks
     from benchmarks.rows.sliding_window import reference_network
     from c2fnas_auto.planning.planner import level_channels_for
 
