@@ -18,6 +18,8 @@ RAW_ENV = "C2FNAS_raw"
 PREPROCESSED_ENV = "C2FNAS_preprocessed"
 RESULTS_ENV = "C2FNAS_results"
 DEFAULT_PLANS_NAME = "C2FNASPlans"
+PLANS_FILE = "plans.json"  # in preprocessed_dir(task): the single source of truth of a task
+SEARCH_GENOTYPE_FILE = "genotype.json"  # the search's winner (with provenance) in search_results_dir(task)
 
 # Task07_Pancreas, Task007_X (MSD / nnU-Net v1) and Dataset007_X (nnU-Net v2).
 _TASK_FOLDER = re.compile(r"^(Task|Dataset)(\d+)_(.+)$")

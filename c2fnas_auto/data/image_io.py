@@ -7,13 +7,20 @@ the channel axis and the geometry is that of the first three axes.
 
 SimpleITK silently zero-fills truncated NIfTI files, so NIfTI inputs are checked for a
 complete data block (and an intact gzip stream) before they are trusted.
+
+NIfTI files with slightly skewed direction cosines (ITK refuses them) are read with
+nibabel and processed on the nearest orthonormal grid; a warning says so once per file
+with the size of the change, and the file's own affine travels in
+`Geometry.original_affine`, so a prediction is written back with the input's header.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +32,11 @@ from c2fnas_auto.errors import InputError
 from c2fnas_auto.utils.io import atomic_path
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+NIFTI_ENDINGS = (".nii", ".nii.gz")
+ORTHONORMAL_ATOL = 1e-6  # direction-cosine change below which the nibabel fallback changed nothing
+
+log = logging.getLogger(__name__)
+_warned_skewed: set[str] = set()  # files already reported in this process (warn once per case)
 
 
 def file_ending(path: str | Path) -> str:
@@ -49,6 +61,10 @@ class Geometry:
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # 9 values, row-major 3x3
+    # A NIfTI input's own 4x4 affine (nibabel's RAS, row-major) when it was not orthonormal:
+    # spacing/origin/direction above are the nearest orthonormal grid used for processing,
+    # this is what a prediction is written back with. None for every ordinary image.
+    original_affine: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
@@ -57,6 +73,11 @@ class Geometry:
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise ValueError(f"Geometry needs 3 spacings, 3 origin values and 9 direction values, got "
                              f"{len(self.spacing)}, {len(self.origin)}, {len(self.direction)}")
+        if self.original_affine is not None:
+            affine = tuple(float(v) for v in np.ravel(self.original_affine))
+            if len(affine) != 16:
+                raise ValueError(f"Geometry.original_affine needs 16 values (4x4), got {len(affine)}")
+            object.__setattr__(self, "original_affine", affine)
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
@@ -64,11 +85,15 @@ class Geometry:
         return tuple(reversed(self.spacing))  # type: ignore[return-value]
 
     def to_dict(self) -> dict:
-        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+        out = {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+        if self.original_affine is not None:
+            out["original_affine"] = list(self.original_affine)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Geometry":
-        return cls(spacing=d["spacing"], origin=d["origin"], direction=d["direction"])
+        return cls(spacing=d["spacing"], origin=d["origin"], direction=d["direction"],
+                   original_affine=d.get("original_affine"))
 
     @classmethod
     def from_sitk(cls, img: sitk.Image) -> "Geometry":
@@ -251,23 +276,31 @@ def read_image_info(path: str | Path) -> ImageInfo:
                      pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()))
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path) -> tuple[sitk.Image, np.ndarray | None]:
+    """The image, and the file's own affine when the nibabel fallback had to change it."""
     _require_file(path)
     check_complete(path)
+    affine = None
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        img = _read_nifti_with_nibabel(path) if file_ending(path) in (".nii", ".nii.gz") else None
-        if img is None:
+        fallback = _read_nifti_with_nibabel(path) if file_ending(path) in NIFTI_ENDINGS else None
+        if fallback is None:
             raise InputError(f"{path}: cannot read image ({_sitk_reason(exc, path)})") from None
+        img, affine = fallback
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: vector/RGB pixels are not supported (one scalar per voxel expected)")
-    return img
+    return img, affine
 
 
-def _read_nifti_with_nibabel(path: Path) -> sitk.Image | None:
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _read_nifti_with_nibabel(path: Path) -> tuple[sitk.Image, np.ndarray | None] | None:
     """Fallback for NIfTI files ITK refuses (e.g. a slightly non-orthonormal sform, seen in
-    some MSD releases): take nibabel's affine, orthonormalise it and convert RAS -> LPS."""
+    some MSD releases): take nibabel's affine, orthonormalise it and convert RAS -> LPS.
+    Returns the image on the orthonormal grid and the file's own affine (RAS) when it had to
+    be changed (else None)."""
     try:
         import nibabel as nib
 
@@ -278,25 +311,51 @@ def _read_nifti_with_nibabel(path: Path) -> sitk.Image | None:
         return None
     if data.ndim not in (3, 4):
         return None
-    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-    cols = ras_to_lps @ affine[:3, :3]
+    cols = _RAS_TO_LPS @ affine[:3, :3]
     spacing = np.linalg.norm(cols, axis=0)
     if np.any(spacing <= 0):
         return None
     u, _, vt = np.linalg.svd(cols / spacing)
     direction = u @ vt
-    origin = ras_to_lps @ affine[:3, 3]
+    origin = _RAS_TO_LPS @ affine[:3, 3]
+    cosine, mm = skew_change(cols, spacing, direction, data.shape[:3])
+    if cosine > ORTHONORMAL_ATOL:
+        _warn_skew_once(path, cosine, mm)
+    else:  # ITK refused it for another reason: nothing was changed, nothing to keep
+        affine = None
     # nibabel indexes (i, j, k[, t]); SimpleITK arrays are (z, y, x) = (k, j, i).
     arr = np.ascontiguousarray(np.transpose(data, tuple(reversed(range(data.ndim)))))
     if data.ndim == 3:
-        return Geometry(tuple(spacing), tuple(origin), tuple(direction.ravel())).apply_to(sitk.GetImageFromArray(arr))
+        img = Geometry(tuple(spacing), tuple(origin), tuple(direction.ravel())).apply_to(sitk.GetImageFromArray(arr))
+        return img, affine
     img = sitk.GetImageFromArray(arr, isVector=False)
     d4 = np.eye(4)
     d4[:3, :3] = direction
     img.SetSpacing((*spacing, 1.0))
     img.SetOrigin((*origin, 0.0))
     img.SetDirection(tuple(d4.ravel()))
-    return img
+    return img, affine
+
+
+def skew_change(cols: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
+                shape: Sequence[int]) -> tuple[float, float]:
+    """(largest direction-cosine change, largest shift in mm of a corner voxel) between the
+    file's grid and its orthonormalised version: how much processing moves the image."""
+    cosine = float(np.abs(cols / spacing - direction).max())
+    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)], dtype=np.float64)
+    shift = (cols - direction * spacing) @ corners.T
+    return cosine, float(np.linalg.norm(shift, axis=0).max())
+
+
+def _warn_skew_once(path: Path, cosine: float, mm: float) -> None:
+    key = str(Path(path).resolve())
+    if key in _warned_skewed:
+        return
+    _warned_skewed.add(key)
+    log.warning("%s: direction cosines are not orthonormal; processing on the nearest orthonormal grid "
+                "(largest cosine change %.2g, voxels move by up to %.3g mm); predictions keep the file's "
+                "own affine", path, cosine, mm)
 
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
@@ -305,11 +364,14 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     Other dimensionalities raise InputError (the integrity check's 'not 3D' message).
     """
     path = Path(path)
-    img = _read_sitk(path)
+    img, affine = _read_sitk(path)
     dim = img.GetDimension()
     if dim not in (3, 4):
         raise InputError(f"{path}: image is {dim}D with size {img.GetSize()}, expected a 3D volume")
-    return sitk.GetArrayFromImage(img), Geometry.from_sitk(img)
+    geometry = Geometry.from_sitk(img)
+    if affine is not None:
+        geometry = dataclasses.replace(geometry, original_affine=tuple(affine.ravel()))
+    return sitk.GetArrayFromImage(img), geometry
 
 
 def read_image(files: Sequence[str | Path] | str | Path) -> tuple[np.ndarray, Geometry]:
@@ -368,7 +430,11 @@ def _write(img: sitk.Image, out_file: Path) -> None:
 
 
 def write_segmentation(array: np.ndarray, geometry: Geometry, out_file: str | Path) -> None:
-    """Write a (z, y, x) label map atomically with exactly `geometry` (uint8 when it fits)."""
+    """Write a (z, y, x) label map atomically with exactly `geometry` (uint8 when it fits).
+
+    A geometry carrying an `original_affine` (a skewed NIfTI input) is written as NIfTI with
+    that affine as its sform, so the prediction has the input's header, and the orthonormal
+    grid as its qform, so ITK-based tools (which refuse skewed sforms) can still read it."""
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"write_segmentation expects a (z, y, x) array, got shape {array.shape}")
@@ -376,7 +442,25 @@ def write_segmentation(array: np.ndarray, geometry: Geometry, out_file: str | Pa
         array = array.astype(np.uint8, copy=False)
     else:
         array = array.astype(np.int16, copy=False)
-    _write(geometry.apply_to(sitk.GetImageFromArray(array)), Path(out_file))
+    out_file = Path(out_file)
+    if geometry.original_affine is not None and file_ending(out_file) in NIFTI_ENDINGS:
+        _write_nifti_with_affine(array, geometry, out_file)
+        return
+    _write(geometry.apply_to(sitk.GetImageFromArray(array)), out_file)
+
+
+def _write_nifti_with_affine(array: np.ndarray, geometry: Geometry, out_file: Path) -> None:
+    import nibabel as nib
+
+    affine = np.asarray(geometry.original_affine, dtype=np.float64).reshape(4, 4)
+    ortho = np.eye(4)
+    ortho[:3, :3] = _RAS_TO_LPS @ (np.asarray(geometry.direction).reshape(3, 3) * np.asarray(geometry.spacing))
+    ortho[:3, 3] = _RAS_TO_LPS @ np.asarray(geometry.origin)
+    nii = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine)
+    nii.set_sform(affine, code=1)
+    nii.set_qform(ortho, code=1)
+    with atomic_path(out_file, suffix=file_ending(out_file)) as tmp:
+        nib.save(nii, str(tmp))
 
 
 def write_image(array: np.ndarray, geometry: Geometry, out_file: str | Path) -> None:

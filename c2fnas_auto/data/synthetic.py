@@ -51,6 +51,7 @@ class SyntheticSpec:
     layout: str
     modality: str
     channels: int
+    spacing_jitter: float = 0.0  # each case's spacing: spacing * (1 + U(-j, j)) per axis
 
     def folder_name(self) -> str:
         return f"Task{self.task_id:02d}_{self.name}" if self.layout == "msd" else f"Dataset{self.task_id:03d}_{self.name}"
@@ -78,12 +79,23 @@ def _validate(spec: SyntheticSpec) -> None:
         raise InputError(f"spacing {spec.spacing}: need three positive values (z y x, mm)")
     if spec.channels < 1:
         raise InputError(f"channels {spec.channels}: need at least 1")
+    if not 0.0 <= spec.spacing_jitter < 1.0:
+        raise InputError(f"spacing jitter {spec.spacing_jitter}: expected 0 <= jitter < 1")
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: tuple[int, int, int]) -> np.ndarray:
     """Low-frequency random field with unit std (shape variation, bias)."""
     field = resize(rng.normal(size=coarse), shape, order=3, mode="edge", anti_aliasing=False)
     return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def _case_spacing(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[float, float, float]:
+    """The spec's spacing, or with a jitter a per-case draw (no draw without one, so tasks
+    made without jitter stay identical to earlier versions)."""
+    if not spec.spacing_jitter:
+        return spec.spacing
+    factors = rng.uniform(1.0 - spec.spacing_jitter, 1.0 + spec.spacing_jitter, size=3)
+    return tuple(float(round(s * f, 4)) for s, f in zip(spec.spacing, factors))  # type: ignore[return-value]
 
 
 def _case_geometry(rng: np.random.Generator, index: int, spacing_zyx: tuple[float, float, float]) -> Geometry:
@@ -166,6 +178,8 @@ def _case_arrays(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndar
 
 def _dataset_json(spec: SyntheticSpec, train_ids: list[str], test_ids: list[str]) -> dict:
     provenance = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+    if not spec.spacing_jitter:  # tasks made before the option existed still match their dataset.json
+        del provenance["spacing_jitter"]
     description = "Synthetic CT-like organ + lesion task made by c2fnas_make_synthetic_task"
     if spec.layout == "nnunet":
         return {"name": spec.name, "description": description, "channel_names": spec.channel_names(),
@@ -195,17 +209,21 @@ def make_synthetic_task(raw_root: str | Path, task_id: int = 98, name: str = "Sy
                         num_test: int = 4, shape: tuple[int, int, int] = (32, 64, 64),
                         spacing: tuple[float, float, float] = (3.0, 1.0, 1.0), seed: int = 0,
                         layout: Literal["msd", "nnunet"] = "msd", modality: Literal["CT", "MR"] = "CT",
-                        channels: int = 1, overwrite: bool = False, progress: bool | None = None) -> Path:
+                        channels: int = 1, overwrite: bool = False, progress: bool | None = None,
+                        spacing_jitter: float = 0.0) -> Path:
     """Write a synthetic task into `raw_root` and return its folder.
 
     Shape and spacing are numpy (z, y, x) order; the default spacing is anisotropic with
-    z as the coarse axis. Test cases get reference labels in `labelsTs/`. Rerunning with
+    z as the coarse axis. With `spacing_jitter` j > 0 each case gets its own spacing, every
+    axis scaled by a factor drawn from [1 - j, 1 + j] (real datasets mix slice thicknesses,
+    so preprocessing has to resample). Test cases get reference labels in `labelsTs/`. Rerunning with
     the same arguments returns the existing folder; different arguments on an existing
     folder need `overwrite=True`. The folder appears atomically (built aside, renamed).
     """
     spec = SyntheticSpec(task_id=int(task_id), name=str(name), num_train=int(num_train), num_test=int(num_test),
                          shape=tuple(int(v) for v in shape), spacing=tuple(float(v) for v in spacing),
-                         seed=int(seed), layout=str(layout), modality=str(modality), channels=int(channels))
+                         seed=int(seed), layout=str(layout), modality=str(modality), channels=int(channels),
+                         spacing_jitter=float(spacing_jitter))
     _validate(spec)
     raw_root = Path(raw_root)
     target = raw_root / spec.folder_name()
@@ -228,7 +246,7 @@ def make_synthetic_task(raw_root: str | Path, task_id: int = 98, name: str = "Sy
         jobs = [("Tr", i, cid) for i, cid in enumerate(train_ids)] + [("Ts", i, cid) for i, cid in enumerate(test_ids)]
         for split, i, cid in tqdm(jobs, desc=f"synthetic {target.name}", disable=not show, unit="case"):
             rng = np.random.default_rng([spec.seed, 0 if split == "Tr" else 1, i])
-            geometry = _case_geometry(rng, i, spec.spacing)
+            geometry = _case_geometry(rng, i, _case_spacing(rng, spec))
             image, label = _case_arrays(rng, spec)
             _write_case(build, split, cid, image, label, geometry, spec.layout)
         atomic_write_json(build / "dataset.json", meta)

@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from c2fnas_auto.data.image_io import IMAGE_ENDINGS
 from c2fnas_auto.errors import InputError
 from c2fnas_auto.evaluation.metrics import confusion, dice_from_confusion, normalized_surface_dice
 from c2fnas_auto.utils.io import atomic_write_json
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 GEOMETRY_TOL = 1e-4
 
 

@@ -24,7 +24,7 @@ PROBABILITY_ORDER = 1  # linear: no overshoot of probabilities, cheaper than cub
 
 def probabilities_to_original(probabilities: np.ndarray | torch.Tensor, properties: dict, plans: Any) -> np.ndarray:
     """(K, z, y, x) preprocessed-space probabilities -> (K, *shape_original) float32."""
-    from c2fnas_auto.preprocessing.resampling import resample_to_shape
+    from c2fnas_auto.preprocessing.resampling import case_low_res_axis, resample_to_shape
 
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().to("cpu", torch.float32).numpy()
@@ -34,7 +34,8 @@ def probabilities_to_original(probabilities: np.ndarray | torch.Tensor, properti
     crop_shape = [int(s) for s in properties["shape_after_crop"]]
     target = [crop_shape[a] for a in fwd]  # cropped shape in preprocessed (transposed) order
     if list(probs.shape[1:]) != target:
-        probs = np.asarray(resample_to_shape(probs, target, False, plans.resampling, 0,
+        probs = np.asarray(resample_to_shape(probs, target, False, plans.resampling,
+                                             case_low_res_axis(properties, plans.resampling),
                                              order=PROBABILITY_ORDER), dtype=np.float32)
     probs = probs.transpose([0] + [a + 1 for a in bwd])
     shape_original = [int(s) for s in properties["shape_original"]]
@@ -50,7 +51,8 @@ def geometry_from_properties(properties: dict):
     from c2fnas_auto.data.image_io import Geometry
 
     return Geometry.from_dict({"spacing": properties["sitk_spacing"], "origin": properties["sitk_origin"],
-                               "direction": properties["sitk_direction"]})
+                               "direction": properties["sitk_direction"],
+                               "original_affine": properties.get("nifti_affine")})
 
 
 def labels_from_probabilities(probabilities: np.ndarray, postprocessing: dict | None = None) -> np.ndarray:
@@ -83,7 +85,9 @@ def export_prediction(probabilities: np.ndarray | torch.Tensor, properties: dict
 
 def _strip_image_ending(path: Path) -> str:
     name = path.name
-    for ending in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"):
+    from c2fnas_auto.data.image_io import IMAGE_ENDINGS
+
+    for ending in IMAGE_ENDINGS:
         if name.endswith(ending):
             return name[: -len(ending)]
     return path.stem

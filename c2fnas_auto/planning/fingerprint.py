@@ -8,22 +8,17 @@ bounded on large datasets. Saved as `fingerprint.json` in the preprocessed folde
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from c2fnas_auto.planning.parallel import parallel_map
 from c2fnas_auto.preprocessing.cropping import bbox_of_mask, nonzero_mask
+from c2fnas_auto.utils.parallel import parallel_map
+from c2fnas_auto.utils.seeds import case_seed
 
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10000
-
-
-def case_seed(case_id: str, base: int = 0) -> int:
-    """A stable per-case seed (Python's hash() is salted per process)."""
-    return (zlib.crc32(case_id.encode("utf-8")) + base) % (2 ** 32)
 
 
 def fingerprint_case(case) -> dict[str, Any]:

@@ -71,9 +71,7 @@ def markdown_table(gpu_memory_gb: float = 8.0, base_channels: int = 32) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for task in MSD_TASKS:
         p = plan_msd(task, gpu_memory_gb, base_channels)
-        td = [1, 1, 1]
-        for s in p.network["strides"]:
-            td = [a * b for a, b in zip(td, s)]
+        td = p.network.total_downsampling()
         rows.append(f"| {task.name} | {', '.join(task.channels)} | {fmt(task.median_shape)} @ "
                     f"{fmt(task.median_spacing)} | {fmt(p.target_spacing)} | {p.transpose_forward} | {fmt(td)} | "
                     f"{fmt(p.patch_size)} | {p.batch_size} | {p.estimated_memory_gb:.2f} | "

@@ -3,7 +3,8 @@
 Order matters for data safety: the dataset is loaded and verified before anything
 is written; then fingerprint.json, plans.json and the preprocessed cases. A rerun
 reuses a fingerprint of the same cases, keeps a genotype written by a search
-(unless a new one is given) and skips finished cases.
+(unless a new one is given; see planning.genotype_source for where it is looked for)
+and skips finished cases.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from c2fnas_auto.errors import C2FNASError, InputError, PlansError
+from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.paths import PLANS_FILE  # noqa: F401 (also imported from here by older callers)
 from c2fnas_auto.planning.fingerprint import FINGERPRINT_VERSION, compute_fingerprint
+from c2fnas_auto.planning.genotype_source import genotype_of_task, previous_genotype
 from c2fnas_auto.planning.planner import plan_experiment
 from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 FINGERPRINT_FILE = "fingerprint.json"
-PLANS_FILE = "plans.json"
 
 
 def load_task(task: str | int, verify: bool = True, num_workers: int = 1, progress: bool | None = None):
@@ -41,7 +43,8 @@ def task_folder_name(dataset) -> str:
 
 
 def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = None):
-    """A Genotype from an object, a genotype/plans file path, or another task's preprocessed plans."""
+    """A Genotype from an object, a genotype/plans file path, or another task (its plans, else its
+    search's winner file: planning.genotype_source)."""
     from c2fnas_auto.nas.genotype import Genotype
 
     if genotype is not None and genotype_from is not None:
@@ -49,12 +52,9 @@ def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = Non
     if genotype is not None:
         return genotype if isinstance(genotype, Genotype) else Genotype.load(Path(genotype))
     if genotype_from is not None:
-        from c2fnas_auto.paths import preprocessed_dir, task_name_from_id
+        from c2fnas_auto.paths import task_name_from_id
 
-        source = preprocessed_dir(task_name_from_id(genotype_from)) / PLANS_FILE
-        if not source.is_file():
-            raise PlansError(f"{source}: no plans for task {genotype_from} (plan that task first)")
-        return Genotype.load(source)
+        return genotype_of_task(task_name_from_id(genotype_from)).genotype
     return None
 
 
@@ -73,16 +73,6 @@ def _reusable_fingerprint(path: Path, dataset) -> dict[str, Any] | None:
     return fp
 
 
-def _previous_genotype(path: Path):
-    """The genotype of an existing valid plans file (e.g. written by a search), else None."""
-    if not path.is_file():
-        return None
-    try:
-        return Plans.load(path).genotype
-    except C2FNASError:
-        return None
-
-
 def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channels: int = 32,
                         num_workers: int = 1, genotype: Any = None, genotype_from: str | int | None = None,
                         verify: bool = True, preprocess: bool = True, progress: bool | None = None) -> Plans:
@@ -93,6 +83,10 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
     chosen = resolve_genotype(genotype, genotype_from)
     dataset = load_task(task, verify=verify, num_workers=num_workers, progress=progress)
     out = preprocessed_dir(task_folder_name(dataset))
+    plans_path = out / PLANS_FILE
+    if chosen is None:  # before anything is written: an unreadable plans file stops here
+        found = previous_genotype(task_folder_name(dataset), plans_path)
+        chosen = found.genotype if found is not None else None
 
     fp_path = out / FINGERPRINT_FILE
     fingerprint = _reusable_fingerprint(fp_path, dataset)
@@ -100,9 +94,6 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
         fingerprint = compute_fingerprint(dataset, num_workers=num_workers, progress=progress)
         atomic_write_json(fp_path, fingerprint)
 
-    plans_path = out / PLANS_FILE
-    if chosen is None:
-        chosen = _previous_genotype(plans_path)
     plans = plan_experiment(fingerprint, dataset, gpu_memory_gb=gpu_memory_gb, base_channels=base_channels,
                             genotype=chosen)
     plans.save(plans_path)

@@ -9,6 +9,7 @@ training memory stays within `gpu_memory_gb`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,7 +17,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from c2fnas_auto.errors import PlansError
-from c2fnas_auto.planning.plans import DEFAULT_PLANS_NAME, Plans, default_resampling, total_downsampling
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.paths import DEFAULT_PLANS_NAME
+from c2fnas_auto.planning.plans import Plans, default_resampling
 
 ANISOTROPY_THRESHOLD = 3.0
 NUM_LEVELS = 4
@@ -72,12 +75,13 @@ def compute_strides(spacing: Sequence[float], patch: Sequence[int], num_levels: 
     return strides
 
 
-def _round_patch(patch: Sequence[int], spacing: Sequence[float]) -> tuple[list[int], list[list[int]]]:
+def _round_patch(patch: Sequence[int], spacing: Sequence[float],
+                 make_network: Callable[[list[list[int]]], NetworkConfig]) -> tuple[list[int], list[list[int]]]:
     """Round a patch up to a multiple of its own total downsampling (strides depend on the patch)."""
     patch = [int(p) for p in patch]
     for _ in range(8):
         strides = compute_strides(spacing, patch)
-        td = total_downsampling(strides)
+        td = make_network(strides).total_downsampling()
         rounded = [int(math.ceil(p / d) * d) for p, d in zip(patch, td)]
         if rounded == patch:
             return patch, strides
@@ -92,12 +96,11 @@ def level_channels_for(base_channels: int, num_levels: int = NUM_LEVELS) -> tupl
     return tuple(min(base_channels * 2 ** (i + 1), MAX_LEVEL_CHANNELS) for i in range(num_levels))
 
 
-def _network_dict(num_channels: int, num_classes: int, base_channels: int, strides) -> dict[str, Any]:
-    from c2fnas_auto.nas.config import NetworkConfig
-
+def network_for(num_channels: int, num_classes: int, base_channels: int, strides) -> NetworkConfig:
+    """The planned network: widths from `base_channels`, the given per-level strides."""
     return NetworkConfig(in_channels=num_channels, num_classes=num_classes, stem_channels=base_channels,
                          level_channels=level_channels_for(base_channels),
-                         strides=tuple(tuple(s) for s in strides), through_plane_axis=0).to_dict()
+                         strides=tuple(tuple(s) for s in strides), through_plane_axis=0)
 
 
 # ----------------------------------------------------------------- fitting
@@ -107,11 +110,8 @@ def _default_cost_fn() -> CostFn:
     return estimate_cost
 
 
-def _training_bytes(cost_fn: CostFn, genotype, network: dict[str, Any], patch, batch: int) -> float:
-    from c2fnas_auto.nas.config import NetworkConfig
-
-    config = NetworkConfig.from_dict(network)
-    return float(cost_fn(genotype, config, tuple(int(p) for p in patch), batch_size=int(batch)).training_bytes)
+def _training_bytes(cost_fn: CostFn, genotype, network: NetworkConfig, patch, batch: int) -> float:
+    return float(cost_fn(genotype, network, tuple(int(p) for p in patch), batch_size=int(batch)).training_bytes)
 
 
 def initial_patch(median_shape: Sequence[int], spacing: Sequence[float],
@@ -124,7 +124,7 @@ def initial_patch(median_shape: Sequence[int], spacing: Sequence[float],
 
 
 def fit_patch_and_batch(median_shape: Sequence[int], spacing: Sequence[float], dataset_voxels: int,
-                        genotype, make_network: Callable[[list[list[int]]], dict[str, Any]],
+                        genotype, make_network: Callable[[list[list[int]]], NetworkConfig],
                         gpu_memory_gb: float, cost_fn: CostFn | None = None) -> dict[str, Any]:
     """Largest patch (shaped like the median case) and then batch that fit the memory budget.
 
@@ -135,13 +135,13 @@ def fit_patch_and_batch(median_shape: Sequence[int], spacing: Sequence[float], d
     cost_fn = cost_fn or _default_cost_fn()
     budget = float(gpu_memory_gb) * GIB
     median = [max(1, int(m)) for m in median_shape]
-    patch, strides = _round_patch(initial_patch(median, spacing), spacing)
+    patch, strides = _round_patch(initial_patch(median, spacing), spacing, make_network)
     while True:
         network = make_network(strides)
         need = _training_bytes(cost_fn, genotype, network, patch, 2)
         if need <= budget:
             break
-        td = total_downsampling(strides)
+        td = network.total_downsampling()
         candidates = []
         for a in range(3):
             step = td[a] if patch[a] > td[a] else patch[a] // 2
@@ -153,7 +153,7 @@ def fit_patch_and_batch(median_shape: Sequence[int], spacing: Sequence[float], d
                              f"batch 2 needs {need / GIB:.2f} GB (raise --gpu-memory-gb or lower --base-channels)")
         _, _, axis, step = max(candidates)
         patch[axis] -= step
-        patch, strides = _round_patch(patch, spacing)
+        patch, strides = _round_patch(patch, spacing, make_network)
 
     cap = max(2, int(BATCH_DATASET_FRACTION * dataset_voxels / float(np.prod(patch))))
     batch = 2
@@ -221,7 +221,7 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
 
     fit = fit_patch_and_batch(
         median_shape, target_t, dataset_voxels, genotype,
-        lambda strides: _network_dict(len(channel_names), len(labels), base_channels, strides),
+        lambda strides: network_for(len(channel_names), len(labels), base_channels, strides),
         gpu_memory_gb, cost_fn)
 
     plans = Plans(
@@ -233,7 +233,7 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
         network=fit["network"], genotype=genotype,
         patch_size=fit["patch_size"], batch_size=int(fit["batch_size"]),
         gpu_memory_gb=float(gpu_memory_gb), estimated_memory_gb=round(fit["training_bytes"] / GIB, 4),
-        base_channels=base_channels, plans_name=DEFAULT_PLANS_NAME,
+        plans_name=DEFAULT_PLANS_NAME,
         original_median_spacing=[float(median_spacing[a]) for a in forward],
         median_shape=median_shape, num_training_cases=int(len(spacings)), dataset_voxels=dataset_voxels)
     plans.validate()
@@ -249,12 +249,8 @@ def refit_plans(plans: Plans, genotype, gpu_memory_gb: float | None = None, cost
     budget = float(gpu_memory_gb if gpu_memory_gb is not None else plans.gpu_memory_gb)
     median_shape = plans.median_shape or list(plans.patch_size)
     dataset_voxels = plans.dataset_voxels or int(np.prod(median_shape)) * max(plans.num_training_cases, 1)
-    net = dict(plans.network)
-
-    def make_network(strides):
-        d = dict(net)
-        d["strides"] = [list(s) for s in strides]
-        return d
+    def make_network(strides) -> NetworkConfig:
+        return dataclasses.replace(plans.network, strides=tuple(tuple(s) for s in strides))
 
     fit = fit_patch_and_batch(median_shape, plans.target_spacing, dataset_voxels, genotype, make_network,
                               budget, cost_fn)

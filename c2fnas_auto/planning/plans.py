@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError, InputError, PlansError
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.paths import DEFAULT_PLANS_NAME
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 SCHEMA_VERSION = 1
-DEFAULT_PLANS_NAME = "C2FNASPlans"
 NORMALIZATION_SCHEMES = ("CT", "zscore")
 
 
@@ -46,13 +47,12 @@ class Plans:
     transpose_backward: list[int]
     normalization: list[dict[str, Any]]
     resampling: dict[str, Any]
-    network: dict[str, Any]
+    network: NetworkConfig
     genotype: Any  # c2fnas_auto.nas.genotype.Genotype
     patch_size: list[int]
     batch_size: int
     gpu_memory_gb: float
     estimated_memory_gb: float
-    base_channels: int
     plans_name: str = DEFAULT_PLANS_NAME
     schema_version: int = SCHEMA_VERSION
     # informative (not needed to run, useful to read and to refit)
@@ -66,11 +66,12 @@ class Plans:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "genotype":
+            if f.name in ("genotype", "network"):
                 value = value.to_dict() if hasattr(value, "to_dict") else value
             elif f.name == "channel_names":
                 value = {str(k): v for k, v in value.items()}
             out[f.name] = copy.deepcopy(value)
+        out["base_channels"] = self.base_channels  # for readers; derived, checked on load
         return out
 
     @classmethod
@@ -93,6 +94,11 @@ class Plans:
         except (AttributeError, TypeError, ValueError) as exc:
             raise PlansError(f"{source}: channel_names / labels malformed ({exc})") from None
         kwargs["genotype"] = _genotype_from_dict(kwargs["genotype"], source)
+        kwargs["network"] = _network_from_dict(kwargs["network"], source)
+        stated = d.get("base_channels", kwargs["network"].stem_channels)
+        if stated != kwargs["network"].stem_channels:
+            raise PlansError(f"{source}: base_channels {stated!r} disagrees with network.stem_channels "
+                             f"{kwargs['network'].stem_channels} (base_channels is derived from it: edit the network)")
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
@@ -116,11 +122,14 @@ class Plans:
         return Plans.from_dict(self.to_dict(), source=self.task_name)
 
     # ----------------------------------------------------------- network
-    def network_config(self):
-        """The NetworkConfig stored in `network` (nas.config), ready for build_network."""
-        from c2fnas_auto.nas.config import NetworkConfig
+    def network_config(self) -> NetworkConfig:
+        """The NetworkConfig in `network`, ready for build_network (kept for older callers)."""
+        return self.network
 
-        return NetworkConfig.from_dict(self.network)
+    @property
+    def base_channels(self) -> int:
+        """The stem width; the level widths follow from it (planner.level_channels_for)."""
+        return self.network.stem_channels
 
     @property
     def num_channels(self) -> int:
@@ -128,11 +137,11 @@ class Plans:
 
     @property
     def through_plane_axis(self) -> int:
-        return int(self.network.get("through_plane_axis", 0))
+        return self.network.through_plane_axis
 
     @property
     def strides(self) -> list[list[int]]:
-        return [list(s) for s in self.network.get("strides", [])]
+        return [list(s) for s in self.network.strides]
 
     # --------------------------------------------------------- validation
     def validate(self) -> None:
@@ -175,21 +184,17 @@ class Plans:
                f"patch_size must be 3 positive integers, got {self.patch_size}")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
                f"batch_size must be a positive integer, got {self.batch_size}")
-        _check(isinstance(self.base_channels, int) and self.base_channels >= 1,
-               f"base_channels must be a positive integer, got {self.base_channels}")
         _check(isinstance(self.gpu_memory_gb, (int, float)) and self.gpu_memory_gb > 0,
                f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
-        _check(isinstance(self.network, dict), "network must be a NetworkConfig dictionary")
-        for key in ("in_channels", "num_classes", "strides", "through_plane_axis"):
-            _check(key in self.network, f"network.{key} missing")
-        _check(self.network["in_channels"] == self.num_channels,
-               f"network.in_channels {self.network['in_channels']} != {self.num_channels} channels")
-        _check(self.network["num_classes"] == self.num_classes,
-               f"network.num_classes {self.network['num_classes']} != num_classes {self.num_classes}")
-        strides = self.network["strides"]
-        _check(isinstance(strides, list) and all(_is_vec(s, int) and all(v in (1, 2) for v in s) for s in strides),
+        _check(isinstance(self.network, NetworkConfig), "network must be a NetworkConfig")
+        _check(self.network.in_channels == self.num_channels,
+               f"network.in_channels {self.network.in_channels} != {self.num_channels} channels")
+        _check(self.network.num_classes == self.num_classes,
+               f"network.num_classes {self.network.num_classes} != num_classes {self.num_classes}")
+        strides = self.strides
+        _check(all(v in (1, 2) for s in strides for v in s),
                f"network.strides must be a list of [z, y, x] steps of 1 or 2, got {strides}")
-        total = total_downsampling(strides)
+        total = list(self.network.total_downsampling())
         for axis in range(3):
             _check(self.patch_size[axis] % total[axis] == 0,
                    f"patch_size {self.patch_size} is not divisible by the network's total downsampling {total}")
@@ -202,12 +207,15 @@ class Plans:
             raise PlansError("genotype missing or not a Genotype")
 
 
-def total_downsampling(strides: list[list[int]]) -> list[int]:
-    """Product of the per-level strides per axis: the factor a patch must be divisible by."""
-    total = [1, 1, 1]
-    for s in strides:
-        total = [t * int(v) for t, v in zip(total, s)]
-    return total
+def _network_from_dict(d: Any, source: str) -> NetworkConfig:
+    if isinstance(d, NetworkConfig):
+        return d
+    try:
+        return NetworkConfig.from_dict(d)
+    except C2FNASError as exc:
+        raise PlansError(f"{source}: network: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise PlansError(f"{source}: network malformed ({exc})") from None
 
 
 def _genotype_from_dict(d: Any, source: str):

@@ -15,17 +15,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from c2fnas_auto.errors import InputError
-from c2fnas_auto.planning.fingerprint import case_seed
-from c2fnas_auto.planning.parallel import parallel_map
 from c2fnas_auto.preprocessing.cropping import crop_to_nonzero
 from c2fnas_auto.preprocessing.normalization import normalize
-from c2fnas_auto.preprocessing.resampling import compute_new_shape, resample_to_shape
-from c2fnas_auto.preprocessing.storage import case_paths, data_dir, is_case_finished
+from c2fnas_auto.preprocessing.resampling import compute_new_shape, resample_to_shape, separate_axis
+from c2fnas_auto.preprocessing.storage import CASES_FILE, case_paths, data_dir, is_case_finished, list_cases
 from c2fnas_auto.utils.io import (atomic_save_npy, atomic_write_json, atomic_write_text, load_json,
                                   remove_stale_temporaries)
+from c2fnas_auto.utils.parallel import parallel_map
+from c2fnas_auto.utils.seeds import case_seed
 
 MAX_LOCATIONS_PER_CLASS = 10000
 SETTINGS_FILE = "preprocessing_settings.json"
+# Bumped when the code computes different arrays from the same plans (2: per-case
+# separate-axis resampling), so arrays made by older code are redone, never reused.
+PREPROCESSING_VERSION = 2
 
 
 def _transpose(array: np.ndarray, forward: Sequence[int]) -> np.ndarray:
@@ -76,15 +79,16 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
     seg = _transpose(seg, forward) if seg is not None else None
     spacing_t = [spacing_original[a] for a in forward]
     new_shape = compute_new_shape(data.shape[1:], spacing_t, plans.target_spacing)
+    axis = separate_axis(spacing_t, plans.target_spacing, float(plans.resampling.get("anisotropy_threshold", 3.0)))
 
-    data = resample_to_shape(data, new_shape, False, plans.resampling, low_res_axis=0)
+    data = resample_to_shape(data, new_shape, False, plans.resampling, low_res_axis=axis)
     if seg is not None:
-        seg = resample_to_shape(seg, new_shape, True, plans.resampling, low_res_axis=0)
+        seg = resample_to_shape(seg, new_shape, True, plans.resampling, low_res_axis=axis)
     needs_mask = any(n.get("use_nonzero_mask") for n in plans.normalization)
     mask_r = None
     if needs_mask:
         mask_t = _transpose(mask[None].astype(np.int8), forward)
-        mask_r = resample_to_shape(mask_t, new_shape, True, plans.resampling, low_res_axis=0)[0] > 0
+        mask_r = resample_to_shape(mask_t, new_shape, True, plans.resampling, low_res_axis=axis)[0] > 0
     data = normalize(data, plans.normalization, mask_r)
 
     properties = {
@@ -92,12 +96,17 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
         "sitk_spacing": list(geometry.spacing),
         "sitk_origin": list(geometry.origin),
         "sitk_direction": list(geometry.direction),
+        # a skewed NIfTI input's own affine (data.image_io.Geometry.original_affine): export
+        # writes the prediction with it; None for ordinary inputs
+        "nifti_affine": None if geometry.original_affine is None else list(geometry.original_affine),
         "shape_original": shape_original,
         "spacing_original": spacing_original,
         "crop_bbox": bbox,
         "shape_after_crop": shape_after_crop,
         "shape_after_resampling": [int(n) for n in data.shape[1:]],
         "spacing_after_resampling": [float(s) for s in plans.target_spacing],
+        # preprocessed order; None = all axes together. Export goes back the same way.
+        "resampling_low_res_axis": axis,
         "has_segmentation": seg is not None,
         "class_locations": (sample_class_locations(seg[0], plans.num_classes, case_seed(case_id))
                             if seg is not None else {}),
@@ -107,7 +116,7 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
 
 def _relevant_settings(plans) -> dict[str, Any]:
     """The plans fields that determine the preprocessed arrays (others may change freely)."""
-    return {"target_spacing": list(plans.target_spacing), "transpose_forward": list(plans.transpose_forward),
+    return {"preprocessing_version": PREPROCESSING_VERSION, "target_spacing": list(plans.target_spacing), "transpose_forward": list(plans.transpose_forward),
             "normalization": plans.normalization, "resampling": plans.resampling,
             "channel_names": {str(k): v for k, v in plans.channel_names.items()},
             "labels": dict(plans.labels)}
@@ -144,21 +153,33 @@ def preprocess_dataset(task_name: str, plans, num_workers: int = 1, dataset=None
 
     settings_path = folder / SETTINGS_FILE
     settings = _relevant_settings(plans)
-    previous = None
-    if settings_path.is_file():
-        try:
-            previous = load_json(settings_path)
-        except InputError:
-            previous = None
+    previous = _read_json_or_none(settings_path)
+    own = {c.case_id for c in dataset.training}
+    for case_id in set(list_cases(folder)) - own:  # removed from dataset.json: never listed, trained or split
+        for path in case_paths(folder, case_id):
+            path.unlink(missing_ok=True)
     if previous != _jsonable_roundtrip(settings):
-        for case in dataset.training:  # stale arrays: unmark, then redo
-            case_paths(folder, case.case_id)[2].unlink(missing_ok=True)
+        for case_id in own:  # stale arrays: unmark, then redo
+            case_paths(folder, case_id)[2].unlink(missing_ok=True)
         atomic_write_json(settings_path, settings)
+    manifest = {"training": [c.case_id for c in dataset.training]}
+    if _read_json_or_none(folder / CASES_FILE) != manifest:
+        atomic_write_json(folder / CASES_FILE, manifest)
 
     todo = [c for c in dataset.training if not is_case_finished(folder, c.case_id)]
     parallel_map(_preprocess_and_save, [(c, plans, folder) for c in todo], num_workers,
                  desc="preprocess", progress=progress)
     return {"processed": len(todo), "skipped": len(dataset.training) - len(todo)}
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or unreadable (then it is rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_json(path)
+    except InputError:
+        return None
 
 
 def _jsonable_roundtrip(obj: Any) -> Any:

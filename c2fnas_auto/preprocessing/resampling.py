@@ -3,10 +3,12 @@
 Images use a cubic spline. Segmentations are resampled one label at a time as a
 soft one-hot map with linear interpolation, and each voxel takes the label with the
 highest value: unlike nearest neighbour this keeps boundaries smooth, and unlike
-cubic it cannot invent labels. On anisotropic data (`settings["anisotropic"]` and a
-`low_res_axis` given) the in-plane axes are interpolated with the configured order
-and the low-resolution axis with `out_of_plane_order` (nearest by default), because
-interpolating across thick slices smears structures.
+cubic it cannot invent labels. When a `low_res_axis` is given, the in-plane axes are
+interpolated with the configured order and the low-resolution axis with
+`out_of_plane_order` (nearest by default), because interpolating across thick slices
+smears structures. Whether to do so is decided per case (`separate_axis`), from the
+case's own spacing and the target spacing: one dataset can mix thin- and thick-slice
+cases (MSD Liver: 0.7 to 5 mm), so a dataset-wide decision would be wrong for some.
 
 Export passes soft probabilities with `is_seg=False`; pass `order=1` for them so
 the values stay in [0, 1] (a cubic spline can overshoot). Any order is correct for
@@ -24,6 +26,33 @@ from skimage.transform import resize
 def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
     """Shape after resampling `shape` from `spacing` to `new_spacing` (each axis at least 1)."""
     return [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing)]
+
+
+def separate_axis(spacing: Sequence[float], target_spacing: Sequence[float],
+                  threshold: float = 3.0) -> int | None:
+    """The axis to resample on its own for one case, or None for plain 3D resampling.
+
+    The case's own spacing decides first: if its largest/smallest spacing exceeds
+    `threshold`, its coarsest axis. Otherwise the target spacing, the same way (an
+    isotropic case going to a thick-slice grid). An axis tie (two equally coarse axes)
+    means no single through-plane axis: None.
+    """
+    for sp in (spacing, target_spacing):
+        sp = [float(v) for v in sp]
+        if max(sp) / min(sp) > threshold:
+            coarse = [a for a, v in enumerate(sp) if v == max(sp)]
+            return coarse[0] if len(coarse) == 1 else None
+    return None
+
+
+def case_low_res_axis(properties: dict[str, Any], settings: dict[str, Any]) -> int | None:
+    """The separate axis a preprocessed case was resampled with (preprocessed order), so
+    export goes back the same way. Cases preprocessed before the per-case decision carry
+    no record: for them, the old dataset-wide rule (axis 0 when the plans say anisotropic)."""
+    if "resampling_low_res_axis" in properties:
+        axis = properties["resampling_low_res_axis"]
+        return None if axis is None else int(axis)
+    return 0 if settings.get("anisotropic") else None
 
 
 def _resize(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
@@ -58,14 +87,15 @@ def resample_to_shape(array: np.ndarray, new_shape: Sequence[int], is_seg: bool,
                       low_res_axis: int | None = None, order: int | None = None) -> np.ndarray:
     """Resample (C, z, y, x) `array` to spatial `new_shape`.
 
-    `settings` is `plans.resampling`; `low_res_axis` (the array's through-plane axis,
-    0 in preprocessed space) switches to separable resampling when the settings say the
-    data are anisotropic. `order` overrides the spline order for this call (images only).
+    `settings` is `plans.resampling`; `low_res_axis` (the array's through-plane axis for
+    this case, from `separate_axis` / `case_low_res_axis`) switches to separable
+    resampling; None resamples all axes together. `order` overrides the spline order
+    for this call (images only).
     Images come back float32, segmentations with the smallest signed integer type.
     """
     if array.ndim != 4:
         raise ValueError(f"resample_to_shape expects (C, z, y, x), got shape {array.shape}")
-    aniso_axis = low_res_axis if settings.get("anisotropic") else None
+    aniso_axis = low_res_axis
     oop = int(settings.get("out_of_plane_order", 0))
     if is_seg:
         return np.stack([_resample_labels(a, new_shape, int(settings.get("seg_order", 1)), aniso_axis, oop)

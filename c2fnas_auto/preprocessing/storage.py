@@ -3,20 +3,24 @@
 `data/<case>.npy` (float32 (C, z, y, x)), `data/<case>_seg.npy` (int8 (1, z, y, x))
 and `data/<case>.json` (properties). The properties file is written last, so a case
 counts as finished only when it exists, parses, and its arrays are there: a killed
-worker leaves at most an unfinished case that the next run redoes.
+worker leaves at most an unfinished case that the next run redoes. `data/dataset_cases.json`
+names the dataset's training cases at the last preprocessing run: only those may be
+listed for splits and training (`list_dataset_cases`), never a leftover of a case since
+removed from dataset.json.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from c2fnas_auto.errors import InputError
 
 DATA_SUBDIR = "data"
+CASES_FILE = "dataset_cases.json"
 
 
 def data_dir(preprocessed_dir: str | Path) -> Path:
@@ -47,13 +51,39 @@ def is_case_finished(folder: Path, case_id: str) -> bool:
     return seg.is_file() or not props.get("has_segmentation", False)
 
 
-def list_cases(preprocessed_dir: str | Path) -> list[str]:
-    """Sorted ids of the finished cases."""
+def list_cases(preprocessed_dir: str | Path, case_ids: Iterable[str] | None = None) -> list[str]:
+    """Sorted ids of the finished cases in the folder; with `case_ids`, only those among them.
+
+    Without `case_ids` this lists whatever the folder holds, including cases since removed
+    from dataset.json: splits and training use `list_dataset_cases` instead."""
     folder = data_dir(preprocessed_dir)
     if not folder.is_dir():
         return []
-    ids = [p.name[: -len(".json")] for p in folder.glob("*.json") if ".tmp-" not in p.name]
-    return sorted(i for i in ids if is_case_finished(folder, i))
+    if case_ids is None:
+        ids = [p.name[: -len(".json")] for p in folder.glob("*.json") if ".tmp-" not in p.name]
+    else:
+        ids = list(case_ids)
+    return sorted(i for i in set(ids) if is_case_finished(folder, i))
+
+
+def dataset_case_ids(preprocessed_dir: str | Path) -> list[str]:
+    """The training case ids of dataset.json, as recorded by the last preprocessing run."""
+    path = data_dir(preprocessed_dir) / CASES_FILE
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))["training"]
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing: this folder was preprocessed by an older version or not at all "
+                         f"(rerun c2fnas_plan_and_preprocess)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: unreadable case list ({exc}); rerun c2fnas_plan_and_preprocess") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InputError(f"{path}: 'training' must be a list of case ids; rerun c2fnas_plan_and_preprocess")
+    return ids
+
+
+def list_dataset_cases(preprocessed_dir: str | Path) -> list[str]:
+    """Sorted ids of the finished cases that belong to the dataset (what splits and training use)."""
+    return list_cases(preprocessed_dir, dataset_case_ids(preprocessed_dir))
 
 
 def load_case(preprocessed_dir: str | Path, case_id: str, mmap: bool = True

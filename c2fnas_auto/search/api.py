@@ -356,7 +356,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
         dev = _rank_device(device, dist)
         hooks = real_hooks(plans, pre, settings, dev, search_dir, progress=progress and dist.is_main)
         plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
-                      "network": plans.network, "gpu_memory_gb": float(plans.gpu_memory_gb)}
+                      "network": plans.network.to_dict(), "gpu_memory_gb": float(plans.gpu_memory_gb)}
         state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,
                             progress=progress, plans_info=plans_info)
         if dist.is_main:

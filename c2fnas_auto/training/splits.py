@@ -18,9 +18,10 @@ SPLITS_FILE = "splits_final.json"
 
 
 def _finished_cases(preprocessed_dir: Path) -> list[str]:
-    from c2fnas_auto.preprocessing.storage import list_cases
+    """The dataset's own finished cases (never leftovers of cases removed from dataset.json)."""
+    from c2fnas_auto.preprocessing.storage import list_dataset_cases
 
-    return sorted(list_cases(preprocessed_dir))
+    return list_dataset_cases(preprocessed_dir)
 
 
 def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> list[dict]:
@@ -48,6 +49,12 @@ def get_splits(preprocessed_dir: str | Path, num_folds: int = 5, seed: int = 123
     splits = load_json(path, "splits file")
     if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s and "val" in s for s in splits):
         raise InputError(f"{path}: expected a list of {{'train': [...], 'val': [...]}} folds")
+    from c2fnas_auto.preprocessing.storage import dataset_case_ids
+
+    foreign = sorted({c for s in splits for c in [*s["train"], *s["val"]]} - set(dataset_case_ids(preprocessed_dir)))
+    if foreign:
+        raise InputError(f"{path}: names {len(foreign)} case(s) not in the dataset ({', '.join(foreign[:3])}); "
+                         f"delete the file to draw splits from the dataset's own cases")
     return splits
 
 

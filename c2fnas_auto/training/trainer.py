@@ -18,6 +18,7 @@ from torch import nn
 
 from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.paths import PLANS_FILE
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
 from c2fnas_auto.inference.experiments import experiment_dir
 from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
@@ -31,8 +32,6 @@ from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
 from c2fnas_auto.training.splits import fold_case_ids
 from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.io import remove_stale_temporaries
-
-PLANS_FILE = "plans.json"
 
 
 def default_num_workers() -> int:

@@ -154,7 +154,8 @@ def test_nibabel_fallback_agrees_with_sitk(shared_data):
     from c2fnas_auto.data.image_io import _read_nifti_with_nibabel
 
     ref = sitk.ReadImage(str(shared_data / "example_ct_sm.nii.gz"))
-    alt = _read_nifti_with_nibabel(shared_data / "example_ct_sm.nii.gz")
+    alt, kept = _read_nifti_with_nibabel(shared_data / "example_ct_sm.nii.gz")
+    assert kept is None  # orthonormal already: nothing changed, no affine to carry
     assert np.array_equal(sitk.GetArrayFromImage(alt), sitk.GetArrayFromImage(ref))
     g1, g2 = Geometry.from_sitk(ref), Geometry.from_sitk(alt)
     assert np.allclose(g1.origin, g2.origin, atol=1e-4) and np.allclose(g1.direction, g2.direction, atol=1e-6)
@@ -164,3 +165,78 @@ def test_nibabel_fallback_agrees_with_sitk(shared_data):
 def test_file_ending_helpers():
     assert file_ending("a/b.c.nii.gz") == ".nii.gz" and strip_ending("a/b.c.nii.gz") == "b.c"
     assert file_ending(Path("x.NRRD")) == ".nrrd" and strip_ending("x.mha") == "x"
+
+
+def _skewed_nifti(path, skew=0.05):
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    affine[0, 1] = skew
+    affine[:3, 3] = [5.0, -3.0, 7.0]
+    img = nib.Nifti1Image((np.arange(5 * 6 * 7).reshape(5, 6, 7) % 3).astype(np.uint8), affine)
+    img.set_qform(None, code=0)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+    return affine
+
+
+def test_skewed_header_warned_once_with_the_size_of_the_change(tmp_path, caplog):
+    """B7: the orthonormalisation used to be silent."""
+    import logging
+
+    path = tmp_path / "skew_warn.nii.gz"
+    _skewed_nifti(path)
+    with caplog.at_level(logging.WARNING, logger="c2fnas_auto.data.image_io"):
+        read_image([path])
+        read_segmentation(path)  # the same case read again (integrity, fingerprint, preprocessing)
+    records = [r for r in caplog.records if "orthonormal" in r.getMessage()]
+    assert len(records) == 1
+    msg = records[0].getMessage()
+    assert str(path) in msg and "cosine change 0.025" in msg and "mm" in msg
+
+
+def test_skew_change_figures():
+    from c2fnas_auto.data.image_io import skew_change
+
+    cols = np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    spacing = np.linalg.norm(cols, axis=0)
+    cosine, mm = skew_change(cols, spacing, cols / spacing, (4, 4, 4))
+    assert cosine == 0.0 and mm == 0.0  # nothing changed, nothing moves
+    cosine, mm = skew_change(cols, spacing, np.eye(3), (4, 4, 4))
+    assert cosine == pytest.approx(0.1 / np.sqrt(1.01)) and mm > 0.25
+
+
+def test_skewed_input_prediction_keeps_the_original_affine(tmp_path):
+    """B7: a label map written with the geometry of a skewed input carries the input's affine
+    (as sform) and stays readable by ITK (orthonormal qform)."""
+    path = tmp_path / "skew_in.nii.gz"
+    affine = _skewed_nifti(path)
+    arr, geo = read_segmentation(path)
+    assert geo.original_affine is not None and Geometry.from_dict(geo.to_dict()) == geo
+    out = tmp_path / "pred.nii.gz"
+    write_segmentation(arr, geo, out)
+    written = nib.load(str(out))
+    assert np.allclose(written.affine, affine, atol=1e-6) and int(written.header["sform_code"]) == 1
+    assert np.array_equal(np.asarray(written.dataobj), np.asarray(nib.load(str(path)).dataobj))
+    back, back_geo = read_segmentation(out)  # ITK reads it (qform), no fallback needed
+    assert np.array_equal(back, arr) and back_geo.matches(geo) is None
+    # other formats cannot hold a skewed affine: the orthonormal grid, as before
+    write_segmentation(arr, geo, tmp_path / "pred.nrrd")
+    assert Geometry.from_sitk(sitk.ReadImage(str(tmp_path / "pred.nrrd"))).matches(geo) is None
+
+
+def test_geometry_rejects_a_malformed_affine():
+    with pytest.raises(ValueError, match="16 values"):
+        Geometry((1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), original_affine=(1.0, 2.0))
+
+
+def test_fallback_on_an_orthonormal_file_changes_and_warns_nothing(tmp_path, caplog):
+    """Only a real change is reported (ITK may refuse a file for other reasons)."""
+    import logging
+
+    from c2fnas_auto.data.image_io import _read_nifti_with_nibabel
+
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), str(tmp_path / "ok.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="c2fnas_auto.data.image_io"):
+        img, kept = _read_nifti_with_nibabel(tmp_path / "ok.nii.gz")
+    assert kept is None and "orthonormal" not in caplog.text
+    assert Geometry.from_sitk(img).spacing == pytest.approx((0.8, 0.8, 2.5))

@@ -83,6 +83,7 @@ def test_rerun_and_overwrite(small, tmp_path):
     (dict(layout="bids"), "layout 'bids'"), (dict(modality="PET"), "modality 'PET'"),
     (dict(num_train=0), "need >= 1 training case"), (dict(shape=(4, 20, 20)), "shape"),
     (dict(spacing=(0.0, 1.0, 1.0)), "spacing"), (dict(name="a b"), "name 'a b'"),
+    (dict(spacing_jitter=1.0), "spacing jitter"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     args = {**SMALL, **kwargs}
@@ -102,3 +103,15 @@ def test_cli(tmp_path, capsys):
     assert np.allclose(read_image(ds.training[0].image_files)[1].spacing_zyx, (2.5, 0.8, 0.8))  # float32 in NIfTI
     rc = cli_main(["--raw", str(tmp_path / "ü raw"), "--task-id", "12", "--layout", "nnunet", "--no-progress"])
     assert rc == 2 and "folder exists" in capsys.readouterr().err
+
+
+def test_spacing_jitter_gives_each_case_its_own_spacing(small, tmp_path):
+    """Real datasets mix slice thicknesses: with a jitter the cases must be resampled."""
+    folder = make_synthetic_task(tmp_path, seed=3, spacing=(3.0, 0.8, 0.8), spacing_jitter=0.25, **SMALL)
+    spacings = np.array([g.spacing_zyx for _, _, g in _all_voxels(folder)])
+    assert len({tuple(s) for s in spacings}) == len(spacings)
+    assert np.all(spacings >= np.array([3.0, 0.8, 0.8]) * 0.75) and np.all(spacings <= np.array([3.0, 0.8, 0.8]) * 1.25)
+    assert json.loads((folder / "dataset.json").read_text())["synthetic"]["spacing_jitter"] == 0.25
+    # without a jitter nothing changes: no key in dataset.json, one spacing for all
+    assert "spacing_jitter" not in json.loads((small / "dataset.json").read_text())["synthetic"]
+    assert len({g.spacing for _, _, g in _all_voxels(small)}) == 1

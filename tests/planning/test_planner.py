@@ -13,7 +13,6 @@ from c2fnas_auto.planning.fingerprint import synthetic_fingerprint
 from c2fnas_auto.planning.msd_reference import MSD_TASKS, plan_msd
 from c2fnas_auto.planning.planner import (GIB, compute_strides, normalization_for, plan_experiment, refit_plans,
                                           target_spacing_from, transposition_for)
-from c2fnas_auto.planning.plans import total_downsampling
 
 LABELS = {"background": 0, "organ": 1}
 
@@ -47,10 +46,10 @@ def test_transposition_puts_coarse_axis_first():
     assert plans.target_spacing == pytest.approx([4.0, 0.8, 0.75])
     assert plans.median_shape == [40, 200, 180]
     assert plans.resampling["anisotropic"] is True
-    assert plans.network["through_plane_axis"] == 0
+    assert plans.network.through_plane_axis == 0
     # the coarse (through-plane) axis waits for the in-plane axes before it is downsampled
-    assert plans.network["strides"][0] == [1, 2, 2]
-    assert total_downsampling(plans.network["strides"])[0] < total_downsampling(plans.network["strides"])[1]
+    assert plans.strides[0] == [1, 2, 2]
+    assert plans.network.total_downsampling()[0] < plans.network.total_downsampling()[1]
 
 
 def test_strides_rules():
@@ -59,7 +58,7 @@ def test_strides_rules():
     assert compute_strides([5.0, 0.8, 0.8], [32, 256, 256]) == [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
     # a short axis stops at ~4 voxels
     s = compute_strides([1, 1, 1], [16, 128, 128])
-    assert total_downsampling(s) == [4, 16, 16]
+    assert NetworkConfig(1, 2, strides=s).total_downsampling() == (4, 16, 16)
 
 
 def test_patch_and_batch_respect_budget_and_grow():
@@ -67,7 +66,7 @@ def test_patch_and_batch_respect_budget_and_grow():
     sizes = []
     for budget in (1.0, 3.0, 8.0):
         plans = plan_experiment(fp, None, gpu_memory_gb=budget, base_channels=16)
-        config = NetworkConfig.from_dict(plans.network)
+        config = plans.network
         real = estimate_cost(plans.genotype, config, plans.patch_size, batch_size=plans.batch_size)
         assert real.training_bytes <= budget * GIB
         assert plans.estimated_memory_gb == pytest.approx(real.training_bytes / GIB, abs=1e-3)
@@ -90,10 +89,10 @@ def test_batch_cap_and_budget_too_small():
 def test_base_channels_scale_widths():
     fp = _fp([[1.0, 1.0, 1.0]] * 4, [[64, 64, 64]] * 4)
     narrow = plan_experiment(fp, None, gpu_memory_gb=8.0, base_channels=8)
-    assert narrow.network["stem_channels"] == 8
-    assert narrow.network["level_channels"] == [16, 32, 64, 128]
+    assert narrow.network.stem_channels == narrow.base_channels == 8
+    assert narrow.network.level_channels == (16, 32, 64, 128)
     wide = plan_experiment(fp, None, gpu_memory_gb=8.0, base_channels=64)
-    assert wide.network["level_channels"] == [128, 256, 512, 512]
+    assert wide.network.level_channels == (128, 256, 512, 512)
 
 
 def test_normalization_schemes_from_fingerprint():
@@ -134,7 +133,7 @@ def test_all_ten_msd_tasks_plan(task):
     anisotropic = max(task.median_spacing) / min(task.median_spacing) > 3
     assert plans.resampling["anisotropic"] == anisotropic
     if anisotropic:
-        assert plans.network["strides"][0][0] == 1
+        assert plans.strides[0][0] == 1
     # every patch covers a sizeable part of the median image (not collapsed to a sliver); 24, not 32:
     # the c2fnas cell style's full-resolution head leaves HepaticVessel 24 of its 49 slices at 8 GB
     assert all(p >= min(24, m) for p, m in zip(plans.patch_size, plans.median_shape))

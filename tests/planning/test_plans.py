@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -27,7 +28,7 @@ def test_round_trip(plans, tmp_path):
     assert loaded.channel_names == {0: "CT"}
     assert loaded.genotype.levels == plans.genotype.levels
     config = loaded.network_config()
-    assert [list(s) for s in config.strides] == plans.network["strides"]
+    assert config is loaded.network and config == plans.network
     assert all(p % d == 0 for p, d in zip(loaded.patch_size, config.total_downsampling()))
 
 
@@ -80,3 +81,43 @@ def test_load_errors_name_the_file(plans, tmp_path):
     badgeno.write_text(json.dumps(d))
     with pytest.raises(PlansError, match="badgeno.json"):
         Plans.load(badgeno)
+
+
+def test_network_is_one_typed_field(plans, tmp_path):
+    from c2fnas_auto.nas.config import NetworkConfig
+
+    path = tmp_path / "plans.json"
+    plans.save(path)
+    loaded = Plans.load(path)
+    assert isinstance(loaded.network, NetworkConfig)
+    assert loaded.network_config() is loaded.network  # the method older callers use still works
+    assert json.loads(path.read_text())["network"] == loaded.network.to_dict()
+    assert loaded.base_channels == loaded.network.stem_channels == 8
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda d: d["network"].update(stem_channels=0), "network: stem_channels"),
+    (lambda d: d["network"].update(colour="red"), "unknown network config key"),
+    (lambda d: d.update(network=[1, 2]), "network"),
+    (lambda d: d["network"].update(level_channels=5), "network malformed"),
+    (lambda d: d.update(base_channels=16), "base_channels 16 disagrees"),
+])
+def test_bad_network_names_the_file(plans, tmp_path, edit, words):
+    d = plans.to_dict()
+    edit(d)
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(PlansError, match=words) as info:
+        Plans.load(path)
+    assert "net.json" in str(info.value)
+
+
+def test_validate_rejects_a_network_that_is_not_a_config(plans):
+    bad = plans.copy()
+    bad.network = bad.network.to_dict()
+    with pytest.raises(PlansError, match="NetworkConfig"):
+        bad.validate()
+    other = plans.copy()
+    other.network = dataclasses.replace(other.network, num_classes=7)
+    with pytest.raises(PlansError, match="network.num_classes"):
+        other.validate()

@@ -45,7 +45,7 @@ def test_anisotropic_resampling_uses_nearest_out_of_plane():
     out = resample_to_shape(img, (8, 8, 8), False, default_resampling(True), low_res_axis=0)
     # nearest along z: only the copies of slice 1 are 10, no values in between
     assert set(np.round(np.unique(out), 4)) == {0.0, 10.0}
-    iso = resample_to_shape(img, (8, 8, 8), False, default_resampling(False), low_res_axis=0)
+    iso = resample_to_shape(img, (8, 8, 8), False, default_resampling(True), low_res_axis=None)
     assert len(np.unique(np.round(iso, 4))) > 2
     probs = np.random.default_rng(0).random((2, 4, 8, 8)).astype(np.float32)
     linear = resample_to_shape(probs, (9, 15, 15), False, default_resampling(False), order=1)
@@ -70,3 +70,27 @@ def test_normalization_schemes():
     assert np.all(z[~mask] == 0)
     z2 = normalize(mr, [{"scheme": "zscore", "use_nonzero_mask": False}], mask)[0]
     assert z2.mean() == pytest.approx(0, abs=1e-4) and z2[~mask].min() < 0
+
+
+@pytest.mark.parametrize("spacing,target,axis", [
+    ([5.0, 0.7, 0.7], [1.5, 0.7, 0.7], 0),    # thick-slice case: its own coarse axis
+    ([0.7, 0.7, 5.0], [0.7, 0.7, 0.7], 2),    # ... wherever that axis lies
+    ([0.7, 0.7, 0.7], [1.5, 0.7, 0.7], None),  # thin case to a moderately coarse target: 3D
+    ([0.7, 0.7, 0.7], [0.7, 2.0, 0.7], None),
+    ([1.0, 1.0, 1.0], [4.0, 1.0, 1.0], 0),    # isotropic case to a thick-slice grid: the target's axis
+    ([4.0, 4.0, 1.0], [1.0, 1.0, 1.0], None),  # two equally coarse axes: no single through-plane axis
+    ([3.0, 1.0, 1.0], [3.0, 1.0, 1.0], None),  # ratio exactly 3 is not above the threshold
+])
+def test_separate_axis_is_decided_from_the_case(spacing, target, axis):
+    from c2fnas_auto.preprocessing.resampling import separate_axis
+
+    assert separate_axis(spacing, target, 3.0) == axis
+
+
+def test_case_low_res_axis_reads_the_record_and_falls_back_for_old_cases():
+    from c2fnas_auto.preprocessing.resampling import case_low_res_axis
+
+    assert case_low_res_axis({"resampling_low_res_axis": 2}, default_resampling(False)) == 2
+    assert case_low_res_axis({"resampling_low_res_axis": None}, default_resampling(True)) is None
+    assert case_low_res_axis({}, default_resampling(True)) == 0  # preprocessed before the per-case record
+    assert case_low_res_axis({}, default_resampling(False)) is None
