@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="c2fnas_train", description=(
         "Train the network of the plans' genotype on one cross-validation fold. Results go to "
         "$C2FNAS_results/<task>/<plans>/fold_<k>/. Several GPUs: torchrun --nproc_per_node=N "
-        "-m c2fnas_auto.cli.train TASK FOLD ..."))
+        "-m c2fnas_auto.cli.train TASK FOLD ... On SIGTERM or SIGUSR1 the running iteration finishes, "
+        "checkpoint_latest.pth is written and the exit code is 75; --continue resumes."))
     p.add_argument("task", help="task id (7, 007) or preprocessed folder name (Task07_Pancreas)")
     p.add_argument("fold", help="fold 0-4 (as many folds as cases when there are fewer than 5) or 'all'")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"number of epochs (default {d.epochs})")
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    from c2fnas_auto.training.signals import PREEMPTED_EXIT_CODE, TrainingStopped
     from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
 
     args = build_parser().parse_args(argv)
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
         continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress)
     trainer = Trainer(args.task, args.fold, options)
-    trainer.run()
+    try:
+        trainer.run()
+    except TrainingStopped:  # SIGTERM / SIGUSR1: checkpoint written, resume with --continue
+        return PREEMPTED_EXIT_CODE
     if trainer.is_main:
         print(f"results in {trainer.fold_dir}", flush=True)
     return 0
