@@ -98,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = _step("6/6 evaluate")
     from c2fnas_auto.planning.plans import Plans
-    from c2fnas_auto.paths import preprocessed_dir, results_dir
+    from c2fnas_auto.inference.experiments import experiment_dir
+    from c2fnas_auto.paths import preprocessed_dir
 
     plans = Plans.load(preprocessed_dir(task_dir.name) / "plans.json")
     summary = evaluate_folders(task_dir / "labelsTs", pred_dir, plans.labels, work / "test_summary.json")
     _print_table(summary, plans.labels)
     slice_png = _pictures(work, task_dir, pred_dir)
-    fold_dir = results_dir(task_dir.name, plans.plans_name) / "fold_0"
+    fold_dir = experiment_dir(task_dir.name, plans.plans_name, plans.genotype) / "fold_0"
     search_dir = preprocessed_dir(task_dir.name) / "search"
     print("\npictures:")
     for png in (fold_dir / "progress.png", search_dir / "search_progress.png", search_dir / "genotype.png", slice_png):

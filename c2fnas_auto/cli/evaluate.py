@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("-o", dest="out", help="summary file (default PRED/summary.json)")
     p.add_argument("-np", dest="num_workers", type=int, default=1)
+    p.add_argument("--missing-as-zero", action="store_true",
+                   help="a reference case without a prediction scores Dice 0 / NSD 0 and is listed "
+                        "(default: it is an error, so a failed prediction cannot raise the mean)")
     p.add_argument("--determine-postprocessing", metavar="RESULTS_DIR",
                    help="decide largest-component postprocessing from RESULTS_DIR/fold_*/validation "
                         "against -ref (default: the task's labelsTr) and write RESULTS_DIR/postprocessing.json")
@@ -80,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         labels = labels_from_references(args.ref)
     out = Path(args.out) if args.out else Path(args.pred) / "summary.json"
     summary = evaluate_folders(args.ref, args.pred, labels, out, nsd_tolerance_mm=args.nsd_tolerance,
-                               num_workers=args.num_workers)
+                               num_workers=args.num_workers, missing_as_zero=args.missing_as_zero)
     print(f"{'label':<20} {'Dice':>7} {'NSD':>7}  cases")
     for key, m in summary["mean"].items():
         print(f"{m['name'] + ' (' + key + ')':<20} {_fmt(m['Dice']):>7} {_fmt(m['NSD']):>7}  {m['n_cases']}")
     fg = summary["foreground_mean"]
     print(f"{'foreground mean':<20} {_fmt(fg['Dice']):>7} {_fmt(fg['NSD']):>7}")
+    if summary["missing_predictions"]:
+        print(f"counted as Dice 0 (no prediction): {', '.join(summary['missing_predictions'])}")
     print(f"written {out}")
     return 0
 

@@ -13,10 +13,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", dest="input", required=True, help="input folder (MSD 4D files or nnU-Net CASE_0000 files)")
     p.add_argument("-o", dest="output", required=True, help="output folder (not inside the input folder)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("-t", dest="task", help="task id or name (uses C2FNAS_results/<task>/<plans>)")
-    src.add_argument("-m", dest="model_folder", help="results folder holding fold_k/ subfolders")
-    p.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to ensemble (default: every trained fold)")
+    src.add_argument("-t", dest="task", help="task id or name: uses the plans genotype's experiment "
+                     "C2FNAS_results/<task>/<plans>__<genotype id> (see --experiment, --genotype)")
+    src.add_argument("-m", dest="model_folders", nargs="+", metavar="FOLDER",
+                     help="experiment folder(s) holding fold_k/ subfolders; several = ensemble of experiments")
+    p.add_argument("-f", dest="folds", nargs="+", default=None,
+                   help="folds to ensemble (default: every trained fold; 'all' = the fold trained on all cases)")
     p.add_argument("-p", dest="plans_name", default="C2FNASPlans", help="plans name (default C2FNASPlans)")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--experiment", default=None, metavar="NAME",
+                      help="with -t: the experiment folder to use instead of the plans genotype's")
+    pick.add_argument("--genotype", default=None, metavar="FILE",
+                      help="with -t: the experiment trained with this genotype (JSON or plans file)")
     p.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
@@ -34,15 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from c2fnas_auto.inference.predictor import predict_folder
+    from c2fnas_auto.errors import InputError
+    from c2fnas_auto.inference.experiments import find_experiment
+    from c2fnas_auto.inference.predictor import Predictor
 
-    failures = predict_folder(args.input, args.output, task=args.task, model_folder=args.model_folder,
-                              folds=args.folds, checkpoint=args.checkpoint, device=args.device,
-                              tta=not args.disable_tta, step_size=args.step_size,
-                              save_probabilities=args.save_probabilities, continue_=args.continue_,
-                              num_export_workers=args.num_export_workers,
-                              postprocessing=not args.no_postprocessing, file_ending=args.file_ending,
-                              plans_name=args.plans_name, tile_batch_size=args.tile_batch_size)
+    if args.task is None and (args.experiment or args.genotype):
+        raise InputError("--experiment and --genotype choose among a task's experiments: use them with -t")
+    if args.task is not None:
+        genotype = None
+        if args.genotype:
+            from c2fnas_auto.nas.genotype import Genotype
+
+            genotype = Genotype.load(args.genotype).validate()
+        folders = [find_experiment(args.task, args.plans_name, genotype=genotype, experiment=args.experiment)]
+    else:
+        folders = args.model_folders
+    predictor = Predictor(folders, folds=args.folds, device=args.device, step_size=args.step_size,
+                          tta=not args.disable_tta, tile_batch_size=args.tile_batch_size, checkpoint=args.checkpoint,
+                          postprocessing=not args.no_postprocessing)
+    failures = predictor.predict_files(args.input, args.output, save_probabilities=args.save_probabilities,
+                                       continue_=args.continue_, num_export_workers=args.num_export_workers,
+                                       file_ending=args.file_ending)
     if failures:
         print(f"{len(failures)} case(s) failed: {', '.join(c for c, _ in failures)}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -108,10 +108,35 @@ def _evaluate_star(args: tuple) -> dict:
     return evaluate_case(*args)
 
 
+def missing_case_result(case_id: str, ref_file: Path, labels: dict[str, int]) -> dict:
+    """A reference case without a prediction, counted as a failure: Dice 0 and NSD 0 for every
+    label the reference holds (NaN for labels it lacks: an empty prediction would be right there)."""
+    from c2fnas_auto.data.image_io import read_segmentation
+
+    ref, ref_geo = read_segmentation(ref_file)
+    voxel_mm3 = float(np.prod(ref_geo.spacing))
+    metrics: dict[str, dict] = {}
+    for name, value in labels.items():
+        if int(value) == 0:
+            continue
+        n_ref = int((ref == int(value)).sum())
+        score = 0.0 if n_ref else float("nan")
+        metrics[str(value)] = {"name": name, "Dice": score, "NSD": score, "tp": 0, "fp": 0, "fn": n_ref,
+                               "n_ref": n_ref, "n_pred": 0, "tp_mm3": 0.0, "fp_mm3": 0.0, "fn_mm3": n_ref * voxel_mm3}
+    return {"case_id": case_id, "reference_file": str(ref_file), "prediction_file": None, "missing": True,
+            "metrics": metrics}
+
+
 def evaluate_folders(ref_folder: str | os.PathLike, pred_folder: str | os.PathLike, labels: dict[str, int],
                      out_json: str | os.PathLike | None, nsd_tolerance_mm: float = 2.0,
-                     num_workers: int = 1, progress: bool = True) -> dict:
-    """Score every prediction in `pred_folder` against the file of the same name in `ref_folder`."""
+                     num_workers: int = 1, progress: bool = True, case_ids: Sequence[str] | None = None,
+                     missing_as_zero: bool = False) -> dict:
+    """Score every expected case against the file of the same name in `ref_folder`.
+
+    Expected: `case_ids`, or every reference in `ref_folder`. An expected case without a
+    prediction is an error naming the missing cases (a mean over the predicted cases only would
+    hide failures), unless `missing_as_zero`: then it scores Dice 0 / NSD 0 and is listed
+    under `missing_predictions`."""
     ref_folder, pred_folder = Path(ref_folder), Path(pred_folder)
     for folder, what in ((ref_folder, "reference"), (pred_folder, "prediction")):
         if not folder.is_dir():
@@ -122,21 +147,31 @@ def evaluate_folders(ref_folder: str | os.PathLike, pred_folder: str | os.PathLi
         raise InputError("no foreground labels given to evaluate")
     refs = segmentation_files(ref_folder)
     preds = segmentation_files(pred_folder)
-    if not preds:
+    if not preds and not missing_as_zero:
         raise InputError(f"{pred_folder}: no segmentation files ({', '.join(IMAGE_ENDINGS)}) found")
-    missing = [c for c in preds if c not in refs]
-    if missing:
-        raise InputError(f"{ref_folder}: no reference for prediction(s) {', '.join(missing[:5])}")
-    jobs = [(refs[c], preds[c], labels, nsd_tolerance_mm) for c in preds]
+    expected = list(case_ids) if case_ids is not None else list(refs)
+    no_ref = [c for c in expected if c not in refs]
+    if no_ref:
+        raise InputError(f"{ref_folder}: no reference for case(s) {', '.join(no_ref[:5])}")
+    extra = [c for c in preds if c not in refs]
+    if extra:
+        raise InputError(f"{ref_folder}: no reference for prediction(s) {', '.join(extra[:5])}")
+    missing = [c for c in expected if c not in preds]
+    if missing and not missing_as_zero:
+        raise InputError(f"{pred_folder}: no prediction for {len(missing)} reference case(s): "
+                         f"{', '.join(missing)} (pass --missing-as-zero to count them as Dice 0)")
+    scored = [c for c in expected if c in preds] if case_ids is not None else list(preds)
+    jobs = [(refs[c], preds[c], labels, nsd_tolerance_mm) for c in scored]
     bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
             per_case = list(tqdm(pool.map(_evaluate_star, jobs), **bar))
     else:
         per_case = [evaluate_case(*j) for j in tqdm(jobs, **bar)]
+    per_case += [missing_case_result(c, refs[c], labels) for c in missing]
     summary = {"reference_folder": str(ref_folder), "prediction_folder": str(pred_folder),
                "labels": {k: int(v) for k, v in labels.items()}, "nsd_tolerance_mm": float(nsd_tolerance_mm),
-               **summarize(per_case, labels), "per_case": per_case}
+               "missing_predictions": missing, **summarize(per_case, labels), "per_case": per_case}
     if out_json is not None:
         atomic_write_json(out_json, summary)
     return summary

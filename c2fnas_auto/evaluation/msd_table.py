@@ -1,9 +1,10 @@
 """Collect every task's cross-validation summaries into one Decathlon-style table.
 
-Walks `C2FNAS_results/<task>/<plans>/fold_k/validation/summary.json`, pools the per-case
+Walks `C2FNAS_results/<task>/<experiment>/fold_k/validation/summary.json` (an experiment
+is `<plans>__<genotype id>`: each genotype trained on a task gets its own row), pools the per-case
 metrics of the trained folds (so the mean is over all validated cases, as a 5-fold
 cross-validation reports it) and lays out one row per task with one column per class,
-like the MSD table of the C2FNAS paper. Folds without a summary are listed as missing.
+like the MSD table of the C2FNAS paper. Folders without fold_* (the search's) are skipped. Folds without a summary are listed as missing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ClassResult:
 @dataclass
 class TaskResult:
     task: str
-    plans: str
+    experiment: str
     trained_folds: list[int]
     missing_folds: list[int]
     classes: list[ClassResult] = field(default_factory=list)
@@ -55,11 +56,11 @@ def _nanmean(values: list[float]) -> tuple[float, int]:
 
 
 def collect_task(task_dir: Path, plans_dir: Path, num_folds: int = 5) -> TaskResult:
-    """Pool the per-case metrics of every fold of one task/plans that has a validation summary."""
+    """Pool the per-case metrics of every fold of one experiment that has a validation summary."""
     found = {int(m.group(1)): p for p in plans_dir.iterdir() if p.is_dir() and (m := _FOLD.match(p.name))}
     folds = sorted(set(range(num_folds)) | set(found))
     trained = [f for f in folds if f in found and (found[f] / "validation" / "summary.json").is_file()]
-    result = TaskResult(task=task_dir.name, plans=plans_dir.name, trained_folds=trained,
+    result = TaskResult(task=task_dir.name, experiment=plans_dir.name, trained_folds=trained,
                         missing_folds=[f for f in folds if f not in trained])
     per_label: dict[int, dict] = {}
     for f in trained:
@@ -78,7 +79,7 @@ def collect_task(task_dir: Path, plans_dir: Path, num_folds: int = 5) -> TaskRes
 
 
 def collect_results(results_root: str | os.PathLike, num_folds: int = 5) -> list[TaskResult]:
-    """One TaskResult per `<task>/<plans>` folder that holds at least one `fold_*` folder."""
+    """One TaskResult per `<task>/<experiment>` folder that holds at least one `fold_*` folder."""
     root = Path(results_root)
     out = []
     for task_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
@@ -97,7 +98,7 @@ def render_markdown(results: list[TaskResult], with_nsd: bool = True) -> str:
     if not results:
         return "No trained folds found.\n"
     width = max(len(r.classes) for r in results)
-    head = ["Task", "Plans", "Folds"] + [f"Class {i + 1}" for i in range(width)] + ["Mean"]
+    head = ["Task", "Experiment", "Folds"] + [f"Class {i + 1}" for i in range(width)] + ["Mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         folds = f"{len(r.trained_folds)}/{len(r.trained_folds) + len(r.missing_folds)}"
@@ -111,7 +112,7 @@ def render_markdown(results: list[TaskResult], with_nsd: bool = True) -> str:
             cells.append(text)
         cells += [""] * (width - len(r.classes))
         mean = _cell(r.mean_dice) + (f" / {_cell(r.mean_nsd)}" if with_nsd else "")
-        lines.append("| " + " | ".join([r.task, r.plans, folds, *cells, mean]) + " |")
+        lines.append("| " + " | ".join([r.task, r.experiment, folds, *cells, mean]) + " |")
     note = "\nValues: Dice" + (" / NSD" if with_nsd else "") + " in percent, pooled over the validated cases of " \
            "the trained folds (5-fold cross-validation, not the MSD test set).\n"
     return "\n".join(lines) + "\n" + note

@@ -53,6 +53,12 @@ def geometry_from_properties(properties: dict):
                                "direction": properties["sitk_direction"]})
 
 
+def labels_from_probabilities(probabilities: np.ndarray, postprocessing: dict | None = None) -> np.ndarray:
+    """Argmax over the class axis of (K, z, y, x) probabilities, then the postprocessing decision."""
+    seg = np.argmax(probabilities, axis=0).astype(np.uint8 if probabilities.shape[0] <= 256 else np.int16)
+    return apply_postprocessing(seg, postprocessing)
+
+
 def export_prediction(probabilities: np.ndarray | torch.Tensor, properties: dict, plans: Any,
                       out_file: str | os.PathLike, save_probabilities: bool = False,
                       postprocessing: dict | None = None) -> np.ndarray:
@@ -64,8 +70,7 @@ def export_prediction(probabilities: np.ndarray | torch.Tensor, properties: dict
     from c2fnas_auto.data.image_io import write_segmentation
 
     full = probabilities_to_original(probabilities, properties, plans)
-    seg = np.argmax(full, axis=0).astype(np.uint8 if full.shape[0] <= 256 else np.int16)
-    seg = apply_postprocessing(seg, postprocessing)
+    seg = labels_from_probabilities(full, postprocessing)
     out_file = Path(out_file)
     write_segmentation(seg, geometry_from_properties(properties), out_file)
     if save_probabilities:

@@ -47,13 +47,17 @@ def sample_class_locations(seg: np.ndarray, num_classes: int, seed: int,
 
 
 def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | Path | None = None,
-                    case_id: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """(data float32 (C, z, y, x), seg int8 (1, z, y, x) or None, properties) in preprocessed space."""
+                    case_id: str | None = None, image: tuple[np.ndarray, Any] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(data float32 (C, z, y, x), seg int8 (1, z, y, x) or None, properties) in preprocessed space.
+
+    `image` = (array (C, z, y, x), Geometry) already in memory (`Predictor.predict_array`); then
+    `image_files` only names the case in messages."""
     from c2fnas_auto.data.image_io import read_image, read_segmentation, strip_ending
 
     image_files = [Path(f) for f in image_files]
     case_id = case_id or strip_ending(image_files[0]).removesuffix("_0000")
-    data, geometry = read_image(image_files)
+    data, geometry = image if image is not None else read_image(image_files)
     if data.shape[0] != plans.num_channels:
         raise InputError(f"{image_files[0]}: {data.shape[0]} channel(s), the plans expect {plans.num_channels}")
     seg = None

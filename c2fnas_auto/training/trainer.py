@@ -1,6 +1,7 @@
 """The nnU-Net-style training run of one fold: loop, checkpoints, logs, resume, final validation.
 
-Results go to `C2FNAS_results/<task>/<plans_name>/fold_<k>/`. Under torchrun every rank
+Results go to `C2FNAS_results/<task>/<plans_name>__<genotype id>/fold_<k>/`: one folder per
+experiment, so training another genotype (`--genotype`) never touches the plans genotype's folds. Under torchrun every rank
 trains on its share of the global batch with its own data seed; rank 0 alone writes files
 and runs the final validation.
 """
@@ -18,7 +19,8 @@ from torch import nn
 from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
-from c2fnas_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
+from c2fnas_auto.inference.experiments import experiment_dir
+from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
@@ -96,15 +98,18 @@ class Trainer:
         plans_file = self.preprocessed_dir / PLANS_FILE
         self.plans = Plans.load(plans_file)
         self.genotype = self._genotype(plans_file)
-        self.fold_dir = paths.fold_dir(self.task_name, self.fold, self.plans.plans_name)
+        self.experiment_dir = experiment_dir(self.task_name, self.plans.plans_name, self.genotype)
+        self.fold_dir = self.experiment_dir / f"fold_{self.fold}"
         self.patch_size = tuple(int(p) for p in (self.options.patch_size or self.plans.patch_size))
         self.network_config = self.plans.network_config()
         self.network_config.check_patch(self.patch_size)
+        self.device = resolve_device(self.options.device)
+        if self.options.genotype_file:
+            self._check_memory()
         # the plans as trained: overrides applied, stored in checkpoints and used for validation
         self.run_plans = self.plans.copy()
         self.run_plans.genotype = self.genotype
         self.run_plans.patch_size = list(self.patch_size)
-        self.device = resolve_device(self.options.device)
         self.dist = DistInfo()
         self.start_epoch = 0
         self.log = TrainingLog()
@@ -118,6 +123,25 @@ class Trainer:
         if self.plans.genotype is None:
             raise InputError(f"{plans_file}: the plans hold no genotype; run c2fnas_search or pass --genotype FILE")
         return self.plans.genotype
+
+    def _check_memory(self) -> None:
+        """The plans fitted patch and batch to their memory budget for the plans genotype; another
+        genotype may need more. Over budget: stop on a GPU (it would run out of memory), warn on CPU."""
+        from c2fnas_auto.nas.cost import estimate_cost
+
+        batch = int(self.options.batch_size or self.plans.batch_size)
+        cost = estimate_cost(self.genotype, self.network_config, list(self.patch_size), batch_size=batch,
+                             amp=self.device.type == "cuda")
+        need, budget = cost.training_bytes / 2 ** 30, float(self.plans.gpu_memory_gb)
+        if need <= budget:
+            return
+        text = (f"genotype {self.options.genotype_file}: estimated training memory {need:.2f} GiB at patch "
+                f"{list(self.patch_size)}, batch {batch} exceeds the plans' budget of {budget:g} GiB; pass a smaller "
+                "--patch-size or --batch-size, or replan with it (c2fnas_plan_and_preprocess -t TASK "
+                "--genotype FILE) so patch and batch are fitted to it")
+        if self.device.type == "cuda":
+            raise InputError(text)
+        print(f"warning: {text} (training on {self.device}, going on)", flush=True)
 
     # ------------------------------------------------------------------ setup
     @property

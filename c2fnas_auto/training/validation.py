@@ -17,9 +17,6 @@ from tqdm import tqdm
 
 from c2fnas_auto.errors import InputError
 
-MIRROR_AXES = (0, 1, 2)
-
-
 def reference_label_folder(raw_task_dir: Path, case_ids: Sequence[str]) -> Path:
     """The raw folder holding the label files of `case_ids` (labelsTr)."""
     from c2fnas_auto.data.dataset import load_dataset
@@ -33,24 +30,22 @@ def reference_label_folder(raw_task_dir: Path, case_ids: Sequence[str]) -> Path:
     return folders.pop()
 
 
-@torch.no_grad()
 def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_ids: Sequence[str], out_dir: Path,
                        device: torch.device, step_size: float = 0.5, progress: bool = True) -> list[Path]:
-    """Sliding window (Gaussian, mirroring) -> softmax -> export to `out_dir/<case>.nii.gz`."""
-    from c2fnas_auto.inference.export import export_prediction
-    from c2fnas_auto.inference.sliding_window import sliding_window_predict
+    """The inference Predictor (Gaussian sliding window, mirroring) on each preprocessed case ->
+    `out_dir/<case>.nii.gz` in the original geometry; cases already exported are kept."""
+    from c2fnas_auto.inference.predictor import Predictor
     from c2fnas_auto.preprocessing.storage import load_case
 
+    predictor = Predictor.from_networks([network], plans, device=device, step_size=step_size, tta=True,
+                                        progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for cid in tqdm(list(case_ids), desc="final validation", unit="case", disable=not progress):
         out_file = out_dir / f"{cid}.nii.gz"
         if not out_file.is_file():
             data, _, props = load_case(preprocessed_dir, cid, mmap=False)
-            logits = sliding_window_predict(network, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
-                                            tuple(plans.patch_size), plans.num_classes, step_size=step_size,
-                                            gaussian=True, mirror_axes=MIRROR_AXES, device=device)
-            export_prediction(torch.softmax(logits, 0).numpy(), props, plans, out_file)
+            predictor.predict_preprocessed(np.ascontiguousarray(data, dtype=np.float32), props, out_file)
         written.append(out_file)
     return written
 
@@ -58,9 +53,9 @@ def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_i
 def final_validation(network: nn.Module, plans, preprocessed_dir: Path, reference_folder: Path,
                      case_ids: Sequence[str], out_dir: Path, device: torch.device, progress: bool = True) -> dict:
     """Predict and export every validation case, then write `out_dir/summary.json` scored against
-    `reference_folder` (see `reference_label_folder`); returns the summary."""
+    `reference_folder` (see `reference_label_folder`) for exactly `case_ids`; returns the summary."""
     from c2fnas_auto.evaluation.evaluate import evaluate_folders
 
     predict_and_export(network, plans, Path(preprocessed_dir), case_ids, Path(out_dir), device, progress=progress)
     return evaluate_folders(Path(reference_folder), out_dir, plans.labels, Path(out_dir) / "summary.json",
-                            progress=progress)
+                            progress=progress, case_ids=list(case_ids))

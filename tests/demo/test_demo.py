@@ -32,4 +32,8 @@ def test_demo_runs_end_to_end_and_prints_a_dice_table(tmp_path, capsys):
     task = next((work / "raw").glob("Task*_SyntheticDemo"))
     plans = json.loads((work / "preprocessed" / task.name / "plans.json").read_text())
     assert plans["genotype"]["provenance"].get("source_task") == task.name  # the search wrote its winner
-    assert (work / "results" / task.name / plans["plans_name"] / "fold_0" / "progress.png").is_file()
+    from c2fnas_auto.nas.genotype import Genotype
+    from c2fnas_auto.paths import experiment_name
+
+    experiment = experiment_name(plans["plans_name"], Genotype.from_dict(plans["genotype"]).short_id())
+    assert (work / "results" / task.name / experiment / "fold_0" / "progress.png").is_file()

@@ -97,3 +97,33 @@ def test_cli_labels_from_task(copy_task, tmp_path, capsys):
     s = json.loads((tmp_path / "s.json").read_text())
     assert {m["name"] for m in s["mean"].values()} == {k for k, v in copy_task.plans.labels.items() if v != 0}
     assert s["foreground_mean"]["Dice"] == pytest.approx(1.0) and s["foreground_mean"]["NSD"] == pytest.approx(1.0)
+
+
+def test_missing_prediction_is_an_error_unless_counted_as_zero(tmp_path, capsys):
+    """A failed prediction must not raise the mean: it stops the evaluation, or scores 0 when asked."""
+    from c2fnas_auto.cli.evaluate import main
+
+    _cases(tmp_path)
+    full = evaluate_folders(tmp_path / "ref", tmp_path / "pred", LABELS, None, progress=False)
+    assert full["missing_predictions"] == []
+    (tmp_path / "pred" / "b.nii.gz").unlink()  # case b failed to predict
+    with pytest.raises(InputError, match=r"no prediction for 1 reference case\(s\): b"):
+        evaluate_folders(tmp_path / "ref", tmp_path / "pred", LABELS, None, progress=False)
+    s = evaluate_folders(tmp_path / "ref", tmp_path / "pred", LABELS, None, progress=False, missing_as_zero=True)
+    assert s["missing_predictions"] == ["b"]
+    by_case = {c["case_id"]: c for c in s["per_case"]}
+    assert by_case["b"]["missing"] and by_case["b"]["metrics"]["1"]["Dice"] == 0.0
+    assert by_case["b"]["metrics"]["1"]["NSD"] == 0.0 and by_case["b"]["metrics"]["2"]["Dice"] == 0.0
+    a1 = by_case["a"]["metrics"]["1"]["Dice"]
+    assert s["mean"]["1"]["Dice"] == pytest.approx(a1 / 2)  # the failure pulls the mean down
+    assert s["mean"]["2"]["Dice"] == 0.0  # label 2 is only in case b
+    # only the listed cases are expected when case_ids is given (final validation of one fold)
+    only_a = evaluate_folders(tmp_path / "ref", tmp_path / "pred", LABELS, None, progress=False, case_ids=["a"])
+    assert [c["case_id"] for c in only_a["per_case"]] == ["a"]
+    # the CLI: exit 2 with one line naming the case, or the flag and the case listed
+    assert main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "--labels", "1", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no prediction for 1 reference case(s): b" in err and len(err.strip().splitlines()) == 1
+    assert main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "--labels", "1", "2",
+                 "--missing-as-zero"]) == 0
+    assert "counted as Dice 0 (no prediction): b" in capsys.readouterr().out

@@ -90,3 +90,29 @@ def test_tta_and_step_size_change_result_only_slightly():
         p0, p1 = torch.softmax(base, 0), torch.softmax(other, 0)
         assert (p0 - p1).abs().mean() < 0.05
         assert (base.argmax(0) == other.argmax(0)).float().mean() > 0.97
+
+
+class PatchColumn(nn.Module):
+    """Logits = the x position inside the tile (0..patch-1): overlapping tiles disagree, so the
+    blend shows which weighting was used."""
+
+    def forward(self, x):
+        col = torch.arange(x.shape[-1], dtype=torch.float32)
+        return col.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+@pytest.mark.parametrize("gaussian", [True, False])
+def test_overlap_blend_follows_the_weighting(gaussian):
+    """Tiles start at x = 0 and 8 (patch 16, step 0.5). With the Gaussian (sigma = patch / 8) a
+    voxel in the overlap leans to the tile whose centre is nearer; without it, a plain mean."""
+    y = sliding_window_predict(PatchColumn(), torch.zeros(1, 8, 8, 24), (8, 8, 16), 1, step_size=0.5,
+                               mirror_axes=None, gaussian=gaussian)[0, 0, 0].numpy()
+    sigma = 16 / 8
+    expected = []
+    for x in range(24):
+        positions = [x - s for s in (0, 8) if 0 <= x - s < 16]
+        w = [np.exp(-0.5 * ((p - 7.5) / sigma) ** 2) if gaussian else 1.0 for p in positions]
+        expected.append(sum(wi * p for wi, p in zip(w, positions)) / sum(w))
+    assert np.allclose(y, expected, atol=1e-4)
+    plain_mean_at_12 = (12 + 4) / 2  # tile 0 sees x=12 at position 12, tile 8 at position 4
+    assert (abs(y[12] - plain_mean_at_12) > 1) == gaussian

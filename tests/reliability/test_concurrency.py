@@ -22,7 +22,7 @@ TRAIN_ARGS = ["--epochs", 1, "--iters-per-epoch", 2, "--val-iters", 1, "--device
 
 @pytest.mark.slow
 def test_two_folds_in_parallel_share_one_splits_file(copy_task, tmp_path):
-    from c2fnas_auto.paths import fold_dir as fold_path
+    from c2fnas_auto.inference.experiments import experiment_dir
     from c2fnas_auto.training.splits import SPLITS_FILE, get_splits
 
     pre = copy_task.preprocessed_dir
@@ -43,6 +43,6 @@ def test_two_folds_in_parallel_share_one_splits_file(copy_task, tmp_path):
     assert splits == expected
     assert file_digest(pre / "plans.json") == plans_digest, "training changed plans.json"
     for fold in (0, 1):
-        fold_dir = fold_path(copy_task.task_name, fold)
+        fold_dir = experiment_dir(copy_task.task_name, copy_task.plans.plans_name, copy_task.plans.genotype) / f"fold_{fold}"
         assert (fold_dir / "checkpoint_final.pth").is_file(), sorted(p.name for p in fold_dir.iterdir())
     assert not stale_temporaries(copy_task.root)

@@ -129,9 +129,9 @@ def test_finish_helper_reports_output(tmp_path):
 def _plant_truncated_checkpoint(task) -> tuple[Path, list]:
     import torch
 
-    from c2fnas_auto.paths import fold_dir
+    from c2fnas_auto.inference.experiments import experiment_dir
 
-    path = fold_dir(task.task_name, 0) / "checkpoint_latest.pth"
+    path = experiment_dir(task.task_name, task.plans.plans_name, task.plans.genotype) / "fold_0" / "checkpoint_latest.pth"
     path.parent.mkdir(parents=True)
     torch.save({"network_weights": {"w": torch.zeros(64, 64)}, "epoch": 3}, path)
     truncate_file(path, 0.5)

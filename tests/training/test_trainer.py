@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from c2fnas_auto.cli.train import main as train_main
-from c2fnas_auto.training.checkpoint import load_checkpoint
+from c2fnas_auto.nas.checkpoint import load_checkpoint
 from c2fnas_auto.training.schedule import poly_lr
 from c2fnas_auto.training.splits import SPLITS_FILE, fold_case_ids, get_splits, make_splits
 from c2fnas_auto.training.trainer import Trainer, TrainerOptions
@@ -24,8 +24,15 @@ FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-ite
         "--patch-size", *map(str, SMALL_PATCH)]
 
 
-def _fold_dir(task, fold=0):
-    return task.results_root / task.task_name / task.plans.plans_name / f"fold_{fold}"
+def _fold_dir(task, fold=0, genotype=None):
+    """C2FNAS_results/<task>/<plans>__<genotype id>/fold_k: one folder per experiment."""
+    gid = (genotype or task.plans.genotype).short_id()
+    return task.results_root / task.task_name / f"{task.plans.plans_name}__{gid}" / f"fold_{fold}"
+
+
+def _other_genotype(task):
+    ops = ["3d" if op != "3d" else "2d" for op in task.plans.genotype.ops]
+    return task.plans.genotype.with_ops(ops)
 
 
 def _env():
@@ -211,3 +218,43 @@ def test_fit_with_deep_supervision(copy_task):
     assert np.isfinite(losses[0])
     after = dict(net.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)  # the auxiliary heads learn
+
+
+def test_override_genotype_gets_its_own_experiment_folder(copy_task):
+    """--genotype must not overwrite the plans genotype's fold (checkpoints, validation exports)."""
+    torch.set_num_threads(1)
+    assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", *FAST]) == 0
+    plans_fold = _fold_dir(copy_task)
+    before = {p.name: p.read_bytes() for p in sorted(plans_fold.rglob("*")) if p.is_file()}
+    assert "checkpoint_final.pth" in before and any(n.endswith(".nii.gz") for n in before)
+    other = _other_genotype(copy_task)
+    other.save(copy_task.root / "other.json")
+    assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", "--genotype",
+                       str(copy_task.root / "other.json"), *FAST]) == 0
+    other_fold = _fold_dir(copy_task, genotype=other)
+    assert other_fold != plans_fold and (other_fold / "checkpoint_final.pth").is_file()
+    assert load_checkpoint(other_fold / "checkpoint_final.pth")["genotype"]["ops"] == list(other.ops)
+    assert {p.name: p.read_bytes() for p in sorted(plans_fold.rglob("*")) if p.is_file()} == before
+
+
+def test_override_genotype_memory_is_estimated_again(copy_task, capsys):
+    """An override genotype over the plans' memory budget: a warning on CPU, a one-line stop on a GPU."""
+    from c2fnas_auto.errors import InputError
+    from c2fnas_auto.planning.plans import Plans
+
+    plans_file = copy_task.preprocessed_dir / "plans.json"
+    plans = Plans.load(plans_file)
+    plans.gpu_memory_gb = 1e-4
+    plans.save(plans_file)
+    _other_genotype(copy_task).save(copy_task.root / "other.json")
+    opts = TrainerOptions(epochs=1, iters_per_epoch=1, device="cpu", patch_size=SMALL_PATCH, progress=False,
+                          genotype_file=str(copy_task.root / "other.json"))
+    trainer = Trainer("98", 0, opts)
+    out = capsys.readouterr().out
+    assert "warning:" in out and "exceeds the plans' budget" in out and "--patch-size" in out
+    trainer.device = torch.device("cuda")  # the check only reads the device type
+    with pytest.raises(InputError, match="exceeds the plans' budget of 0.0001 GiB"):
+        trainer._check_memory()
+    # the plans genotype itself is not re-estimated (the planner fitted patch and batch to it)
+    Trainer("98", 0, TrainerOptions(epochs=1, iters_per_epoch=1, device="cpu", progress=False))
+    assert "warning" not in capsys.readouterr().out
