@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"write checkpoint_latest.pth every N epochs (default {d.checkpoint_every})")
     p.add_argument("--no-final-validation", action="store_true",
                    help="skip the sliding-window validation of the fold's cases at the end")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="keep the final validation's softmax (validation/<case>.npz): "
+                        "c2fnas_find_best_configuration scores ensembles from it (nnU-Net's --npz)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
 
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, patch_size=tuple(args.patch_size) if args.patch_size else None,
         device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
-        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress)
+        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
+        save_probabilities=args.save_probabilities)
     trainer = Trainer(args.task, args.fold, options)
     try:
         trainer.run()

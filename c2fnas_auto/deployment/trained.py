@@ -31,27 +31,30 @@ class TrainedFold:
                 "task": getattr(self.plans, "task_name", "")}
 
 
-def experiment_folder(task: str | int | None, model_folder: str | None, plans_name: str) -> Path:
-    from c2fnas_auto.inference.predictor import resolve_model_folder
+def experiment_folder(task: str | int | None, model_folder: str | None, plans_name: str,
+                      experiment: str | None = None) -> Path:
+    """`-m FOLDER` as given, else the task's experiment (`--experiment NAME`, default the plans genotype's)."""
+    from c2fnas_auto.inference.experiments import find_experiment
 
-    return resolve_model_folder(task, model_folder, plans_name)
-
-
-def trained_folds(experiment_dir: Path, checkpoint: str) -> list[str]:
-    from c2fnas_auto.inference.predictor import available_folds
-
-    return available_folds(experiment_dir, checkpoint)
+    if model_folder is not None:
+        folder = Path(model_folder)
+        if not folder.is_dir():
+            raise DeploymentError(f"{folder}: experiment folder not found")
+        return folder
+    return find_experiment(task, plans_name, experiment=experiment)
 
 
 def load_trained_fold(experiment_dir: Path, fold: str | None, checkpoint: str) -> TrainedFold:
-    """`fold` None: the single trained fold, else 'all' when trained, else the first one."""
+    """`fold` None: 'all' when trained, else the first trained fold."""
+    from c2fnas_auto.inference.experiments import available_folds
     from c2fnas_auto.inference.predictor import load_fold
 
-    folds = trained_folds(experiment_dir, checkpoint)
+    folds = available_folds(experiment_dir, checkpoint)
     if not folds:
         raise DeploymentError(f"{experiment_dir}: no fold has checkpoint_{checkpoint}.pth")
     if fold is None:
         fold = "all" if "all" in folds else folds[0]
-    model, plans = load_fold(experiment_dir, str(fold), checkpoint, torch.device("cpu"))
+    model = load_fold(experiment_dir, str(fold), checkpoint, torch.device("cpu"))
+    plans = model.plans
     genotype = plans.genotype.to_dict() if plans.genotype is not None else {}
     return TrainedFold(experiment_dir, str(fold), model.checkpoint_file, model.network.eval(), plans, genotype)

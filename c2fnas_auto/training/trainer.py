@@ -53,6 +53,7 @@ class TrainerOptions:
     seed: int = 0
     checkpoint_every: int = 5
     final_validation: bool = True
+    save_probabilities: bool = False  # keep the final validation's softmax (<case>.npz) for ensembles
     continue_training: bool = False
     genotype_file: str | None = None
     progress: bool = True
@@ -319,7 +320,8 @@ class Trainer:
         ref = reference_label_folder(paths.resolve_task(self.task_name), self.val_ids)
         self.say(f"final validation of {len(self.val_ids)} cases -> {self.fold_dir / 'validation'}")
         summary = final_validation(self.network, self.run_plans, self.preprocessed_dir, ref, self.val_ids,
-                                   self.fold_dir / "validation", self.device, progress=self.options.progress)
+                                   self.fold_dir / "validation", self.device, progress=self.options.progress,
+                                   save_probabilities=self.options.save_probabilities)
         fg = summary.get("foreground_mean", {})
         self.say(f"final validation: foreground mean Dice {fg.get('Dice')}, NSD {fg.get('NSD')} "
                  f"({self.fold_dir / 'validation' / 'summary.json'})")

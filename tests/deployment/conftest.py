@@ -22,7 +22,8 @@ class TrainedTask:
     root: Path
     task_name: str
     raw_dir: Path
-    experiment_dir: Path
+    experiment_dir: Path  # the plans genotype's experiment
+    other_dir: Path  # the same folds trained with another genotype
     plans: object
 
 
@@ -31,7 +32,7 @@ def train_fold(task: str, fold: int, genotype_file: str | None = None, final_val
 
     opts = TrainerOptions(epochs=1, iters_per_epoch=2, val_iters=1, batch_size=2, device="cpu", seed=fold,
                           patch_size=SMALL_PATCH, final_validation=final_validation, progress=False,
-                          genotype_file=genotype_file)
+                          genotype_file=genotype_file, save_probabilities=True)
     trainer = Trainer(task, fold, opts)
     trainer.run()
     return trainer.fold_dir.parent
@@ -51,14 +52,23 @@ def trained_task(tiny_task, tmp_path_factory) -> TrainedTask:
     half = len(cases) // 2
     splits = [{"train": cases[half:], "val": cases[:half]}, {"train": cases[:half], "val": cases[half:]}]
     (pre / "splits_final.json").write_text(json.dumps(splits))
+    from c2fnas_auto.nas.genotype import Genotype
+
+    g = tiny_task.plans.genotype
+    other = Genotype(list(g.levels), ["3d" if op != "3d" else "2d" for op in g.ops],
+                     provenance={"source": "deployment tests: the plans genotype with other ops"})
+    other_file = root / "other_genotype.json"
+    other.save(other_file)
     _set_roots(root)
     try:
-        exp = None
+        exp = other_dir = None
         for fold in (0, 1):
             exp = train_fold("98", fold)
+            other_dir = train_fold("98", fold, genotype_file=str(other_file))
     finally:
         _set_roots(tiny_task.root)
-    return TrainedTask(root, tiny_task.task_name, root / "raw" / tiny_task.task_name, exp, tiny_task.plans)
+    return TrainedTask(root, tiny_task.task_name, root / "raw" / tiny_task.task_name, exp, other_dir,
+                       tiny_task.plans)
 
 
 @pytest.fixture

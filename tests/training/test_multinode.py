@@ -18,7 +18,8 @@ import sys
 
 import pytest
 
-from c2fnas_auto.training.checkpoint import load_checkpoint
+from c2fnas_auto.nas.checkpoint import load_checkpoint
+from c2fnas_auto.paths import experiment_name
 
 ARGS = ["98", "0", "--epochs", "2", "--iters-per-epoch", "2", "--checkpoint-every", "1", "--no-final-validation",
         "--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress",
@@ -64,7 +65,7 @@ def _run_two_nodes(results, timeout=400):
 
 
 def _final(results, task):
-    fold = results / task.task_name / task.plans.plans_name / "fold_0"
+    fold = results / task.task_name / experiment_name(task.plans.plans_name, task.plans.genotype.short_id()) / "fold_0"
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
     epochs = json.loads((fold / "metrics.json").read_text())["epochs"]
     return ckpt, epochs, (fold / "training_log.txt").read_text()

@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from c2fnas_auto.training.checkpoint import load_checkpoint
+from c2fnas_auto.nas.checkpoint import load_checkpoint
+from c2fnas_auto.paths import experiment_name
 from c2fnas_auto.training.distributed import DistInfo
 from c2fnas_auto.training.signals import PREEMPTED_EXIT_CODE, StopFlag, TrainingStopped, stop_checked
 
@@ -45,7 +46,9 @@ def _env():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_to_a_real_training_run(copy_task, tmp_path, sig):
-    fold = copy_task.results_root / copy_task.task_name / copy_task.plans.plans_name / "fold_0"
+    plans = copy_task.plans
+    fold = (copy_task.results_root / copy_task.task_name
+            / experiment_name(plans.plans_name, plans.genotype.short_id()) / "fold_0")
     cmd = [sys.executable, "-m", "c2fnas_auto.cli.train", "98", "0", "--iters-per-epoch", "3",
            "--checkpoint-every", "1000", *FAST]
     log = open(tmp_path / "train.out", "w+")
