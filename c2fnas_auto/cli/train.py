@@ -17,9 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainerOptions()
     p = argparse.ArgumentParser(prog="c2fnas_train", description=(
         "Train the network of the plans' genotype on one cross-validation fold. Results go to "
-        "$C2FNAS_results/<task>/<plans>/fold_<k>/. Several GPUs: torchrun --nproc_per_node=N "
-        "-m c2fnas_auto.cli.train TASK FOLD ... On SIGTERM or SIGUSR1 the running iteration finishes, "
-        "checkpoint_latest.pth is written and the exit code is 75; --continue resumes."))
+        "$C2FNAS_results/<task>/<plans>__<genotype id>/fold_<k>/ (one folder per genotype). Several GPUs: "
+        "torchrun --nproc_per_node=N -m c2fnas_auto.cli.train TASK FOLD ... On SIGTERM or SIGUSR1 the running "
+        "iteration finishes, checkpoint_latest.pth is written and the exit code is 75; --continue resumes."))
     p.add_argument("task", help="task id (7, 007) or preprocessed folder name (Task07_Pancreas)")
     p.add_argument("fold", help="fold 0-4 (as many folds as cases when there are fewer than 5) or 'all'")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"number of epochs (default {d.epochs})")
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None,
                    help=f"augmentation worker processes, 0 = in-process (default {default_num_workers()})")
     p.add_argument("--genotype", default=None, metavar="FILE",
-                   help="genotype JSON (or a plans file holding one) instead of the plans' genotype")
+                   help="genotype JSON (or a plans file holding one) instead of the plans' genotype; trains "
+                   "into that genotype's own experiment folder, its memory checked against the plans' budget")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from checkpoint_latest.pth (clean start if there is none)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from c2fnas_auto.errors import InputError
+from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.utils.io import atomic_torch_save
 
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
@@ -90,8 +90,8 @@ def trained_network(path: Path, map_location="cpu") -> TrainedNetwork:
         genotype = (Genotype.from_dict(genotype) if isinstance(genotype, dict) else genotype).validate()
         config = ckpt["network_config"]
         config = NetworkConfig.from_dict(config) if isinstance(config, dict) else config
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable genotype or network config ({exc})") from None
+    except C2FNASError as exc:  # the genotype / config errors do not know the file
+        raise InputError(f"{path}: {exc}") from None
     network = build_network(genotype, config)
     try:
         network.load_state_dict(ckpt["network_weights"])

@@ -20,21 +20,23 @@ def _summary(cases):
 
 def test_collect_and_render(tmp_path, capsys):
     root = tmp_path / "results"
-    plans = root / "Task03_Liver" / "C2FNASPlans"
+    plans = root / "Task03_Liver" / "C2FNASPlans__0123abcd"
     atomic_write_json(plans / "fold_0" / "validation" / "summary.json", _summary([(0.9, 0.5), (0.8, float("nan"))]))
     atomic_write_json(plans / "fold_2" / "validation" / "summary.json", _summary([(1.0, 0.7)]))
     (plans / "fold_1").mkdir()  # started, not validated yet
-    atomic_write_json(root / "Task09_Spleen" / "C2FNASPlans" / "fold_0" / "validation" / "summary.json",
+    atomic_write_json(root / "Task09_Spleen" / "C2FNASPlans__0123abcd" / "fold_0" / "validation" / "summary.json",
                       {"per_case": [{"metrics": {"1": {"name": "spleen", "Dice": 0.95, "NSD": 0.97}}}]})
+    atomic_write_json(root / "Task03_Liver" / "search" / "report.json", {})  # no folds: not an experiment
     results = collect_results(root)
     liver, spleen = results
+    assert liver.experiment == "C2FNASPlans__0123abcd"
     assert liver.trained_folds == [0, 2] and liver.missing_folds == [1, 3, 4]
     c1, c2 = liver.classes
     assert c1.dice == pytest.approx(0.9) and c1.n_cases == 3
     assert c2.dice == pytest.approx(0.6) and c2.n_cases == 2  # NaN case excluded
     assert liver.mean_dice == pytest.approx(0.75)
     md = render_markdown(results)
-    assert "| Task03_Liver | C2FNASPlans | 2/5 (missing 1,3,4) | liver: 90.00 / 90.00 | tumour: 60.00 / 30.00 |" in md
+    assert "| Task03_Liver | C2FNASPlans__0123abcd | 2/5 (missing 1,3,4) | liver: 90.00 / 90.00 | tumour: 60.00 / 30.00 |" in md
     assert "spleen: 95.00 / 97.00 |  | 95.00 / 97.00" in md
 
     from c2fnas_auto.cli.msd_table import main

@@ -273,3 +273,39 @@ def test_missing_fold_and_bad_settings(copy_task, tmp_path):
         Predictor(tmp_path / "nowhere", device="cpu")
     with pytest.raises(InputError, match="input folder not found"):
         Predictor(model, device="cpu").predict_files(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_unusable_checkpoints_are_named(copy_task):
+    """A checkpoint without the network's identity, with a broken genotype or with weights of
+    another network is refused with one line naming the file."""
+    from c2fnas_auto.nas.checkpoint import load_checkpoint
+
+    model = _write_folds(copy_task, folds=(0,))
+    ckpt_file = model / "fold_0" / "checkpoint_final.pth"
+    good = load_checkpoint(ckpt_file)
+    for change, message in ((lambda c: c.pop("genotype"), "checkpoint lacks genotype"),
+                            (lambda c: c.update(genotype={"levels": [1]}), "genotype: missing key 'ops'"),
+                            (lambda c: c.update(network_config={}), "network config is missing"),
+                            (lambda c: c["network_weights"].popitem(), "weights do not fit the stored network")):
+        broken = {**good, "network_weights": dict(good["network_weights"])}
+        change(broken)
+        torch.save(broken, ckpt_file)
+        with pytest.raises(InputError, match=f"checkpoint_final.pth: .*{message}"):
+            Predictor(model, device="cpu")
+
+
+def test_task_lookup_without_raw_data_or_plans(copy_task, monkeypatch):
+    """A machine holding results only: the task is found in the results root, and without
+    plans.json the single experiment of the plans name is used."""
+    from c2fnas_auto.inference.experiments import find_experiment
+
+    model = _write_folds(copy_task, folds=(0,))
+    monkeypatch.delenv("C2FNAS_raw")
+    monkeypatch.delenv("C2FNAS_preprocessed")
+    assert find_experiment(98) == model
+    assert find_experiment(copy_task.task_name) == model
+    with pytest.raises(InputError, match="no single results folder for task 97"):
+        find_experiment(97)
+    _write_folds(copy_task, folds=(0,), genotype=_other_genotype(copy_task.plans))
+    with pytest.raises(InputError, match="2 experiments of plans C2FNASPlans and no plans.json"):
+        find_experiment(98)
