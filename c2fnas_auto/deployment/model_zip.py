@@ -276,7 +276,6 @@ def install_model_zip(zip_file: Path, results_root: Path, overwrite: bool = Fals
     results_root = Path(results_root)
     results_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".c2fnas-install-", dir=results_root))
-    old_copies: list[Path] = []
     try:
         manifest, folders = extract_checked(Path(zip_file), tmp)
         task_dir = results_root / manifest["task"]
@@ -285,12 +284,27 @@ def install_model_zip(zip_file: Path, results_root: Path, overwrite: bool = Fals
         if existing and not overwrite:
             raise DeploymentError(f"{existing[0]}: already installed (pass --overwrite to replace it)")
         task_dir.mkdir(parents=True, exist_ok=True)
-        for src, dst in zip(folders, targets):
-            if dst.exists():
-                old = tmp / f"replaced-{dst.name}"
-                dst.rename(old)
-                old_copies.append(old)
-            src.rename(dst)
+        _move_into_place(folders, targets, tmp)
         return targets
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(folders: Sequence[Path], targets: Sequence[Path], tmp: Path) -> None:
+    """Rename every extracted experiment onto its target; on failure undo the renames done so far."""
+    done: list[tuple[Path, Path, Path | None]] = []
+    try:
+        for src, dst in zip(folders, targets):
+            old = None
+            if dst.exists():
+                old = tmp / f"replaced-{dst.name}"
+                dst.rename(old)
+            src.rename(dst)
+            done.append((src, dst, old))
+    except OSError as exc:
+        for src, dst, old in reversed(done):
+            dst.rename(src)
+            if old is not None:
+                old.rename(dst)
+        raise DeploymentError(f"{targets[0].parent}: cannot move the model into place ({exc}); "
+                              "nothing installed") from None

@@ -2,8 +2,8 @@
 
 Layout (MONAI's bundle convention): `configs/metadata.json` (inputs, labels, the spacing and
 intensity normalization the plans expect), `configs/inference.json` (load -> spacing ->
-normalization -> sliding window -> softmax -> invert -> argmax -> save), `models/model.ts`
-(TorchScript, checked against PyTorch at export) and `docs/README.md`.
+normalization -> sliding window -> softmax -> invert -> argmax -> save), `configs/logging.conf`,
+`models/model.ts` (TorchScript, checked against PyTorch at export) and `docs/README.md`.
 
 MONAI reads images in (x, y, z) order while our networks expect the plans' transposed
 (z, y, x) order, so the TorchScript model of a bundle permutes axes inside itself; every
@@ -179,6 +179,31 @@ and no largest-component postprocessing.
 """
 
 
+# Python logging.config.fileConfig format: monai.bundle reads configs/logging.conf when present
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=console
+
+[formatters]
+keys=plain
+
+[logger_root]
+level=INFO
+handlers=console
+
+[handler_console]
+class=StreamHandler
+level=INFO
+formatter=plain
+args=(sys.stdout,)
+
+[formatter_plain]
+format=%(asctime)s %(levelname)s %(name)s: %(message)s
+"""
+
+
 def write_bundle(network: nn.Module, plans, genotype: dict, source: dict, out_dir: Path) -> ExportCheck:
     """Write the bundle folder `out_dir` (which must not exist); returns the TorchScript check."""
     out_dir = Path(out_dir)
@@ -195,6 +220,7 @@ def write_bundle(network: nn.Module, plans, genotype: dict, source: dict, out_di
         atomic_write_json(tmp / "configs" / "inference.json", config)
         atomic_write_json(tmp / "configs" / "metadata.json", metadata(plans, genotype, source, check))
         atomic_write_text(tmp / "docs" / "README.md", readme(plans, check))
+        atomic_write_text(tmp / "configs" / "logging.conf", LOGGING_CONF)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

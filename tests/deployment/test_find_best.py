@@ -65,6 +65,12 @@ def test_find_best_without_saved_probabilities_ranks_the_experiments_and_says_wh
     decision = json.loads((results / trained.task_name / BEST_FILE).read_text())
     assert len(decision["candidates"]) == 2
     assert len(decision["ensembles_skipped"]) == 1 and "--save-probabilities" in decision["ensembles_skipped"][0]
+    # a results-only machine (no raw task): experiments are still ranked, ensembles cannot be scored
+    os.environ["C2FNAS_raw"] = str(tmp_path / "no_raw")
+    (tmp_path / "no_raw").mkdir()
+    assert find_best_main(["-t", trained.task_name, "--no-progress"]) == 0
+    decision = json.loads((results / trained.task_name / BEST_FILE).read_text())
+    assert len(decision["candidates"]) == 2 and "no reference labels" in decision["ensembles_skipped"][0]
     assert find_best_main(["-t", "98", "--experiments", "nope"]) == 2
     assert "no validated experiment named nope" in capsys.readouterr().err
     assert find_best_main(["-t", "98", "--max-ensemble", "0"]) == 2

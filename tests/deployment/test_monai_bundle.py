@@ -22,7 +22,8 @@ def test_bundle_loads_and_predicts_a_case(trained, tmp_path, capsys):
 
     bundle = tmp_path / "bundle"
     assert export_main(["-t", "98", "--format", "monai-bundle", "-o", str(bundle), "-f", "0"]) == 0
-    for rel in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md"):
+    for rel in ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "models/model.ts",
+                "docs/README.md"):
         assert (bundle / rel).is_file(), rel
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     plans = trained.plans
