@@ -87,3 +87,33 @@ def test_signal_to_a_real_training_run(copy_task, tmp_path, sig):
     epochs = json.loads((fold / "metrics.json").read_text())["epochs"]
     assert [e["epoch"] for e in epochs] == list(range(1, done + 2))
     assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == done + 1
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_iteration(copy_task, tmp_path):
+    """SLURM signals the launcher; torchrun forwards SIGTERM to its workers, which agree on the stop."""
+    plans = copy_task.plans
+    fold = (copy_task.results_root / copy_task.task_name
+            / experiment_name(plans.plans_name, plans.genotype.short_id()) / "fold_0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "c2fnas_auto.cli.train", "98", "0", "--epochs", "200", "--iters-per-epoch", "3",
+           "--checkpoint-every", "1000", *FAST]
+    log = open(tmp_path / "torchrun.out", "w+")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (fold / "metrics.json").is_file():
+            time.sleep(0.1)
+        assert proc.poll() is None, "training ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log.seek(0)
+    out = log.read()
+    assert rc != 0  # torchrun reports its own signal, not the workers' 75
+    assert "SIGTERM received" in out, out[-3000:]
+    ckpt = load_checkpoint(fold / "checkpoint_latest.pth")
+    assert ckpt["epoch"] == len(json.loads((fold / "metrics.json").read_text())["epochs"]) >= 1
+    assert not (fold / "checkpoint_final.pth").exists()
