@@ -44,10 +44,13 @@ class Candidate:
 
 
 def fold_summaries(experiment_dir: Path) -> dict[str, dict]:
-    """fold name -> that fold's validation summary, for every fold that has one."""
+    """fold name -> that fold's validation summary, for every cross-validation fold that has one
+    (not `fold_all`: it validates on its own training cases)."""
     out = {}
     for fold_dir in sorted(Path(experiment_dir).glob("fold_*")):
         f = fold_dir / "validation" / "summary.json"
+        if fold_dir.name == "fold_all":
+            continue
         if f.is_file():
             out[fold_dir.name[len("fold_"):]] = load_json(f, "validation summary")
     return out

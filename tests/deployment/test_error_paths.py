@@ -93,3 +93,10 @@ def test_a_failed_bundle_export_leaves_no_folder(trained, tmp_path, monkeypatch)
     with pytest.raises(DeploymentError, match="export check failed"):
         monai_bundle.write_bundle(fold.network, fold.plans, fold.genotype, fold.source(), tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fold_all_is_not_cross_validation(tmp_path):
+    for fold in ("0", "all"):
+        (tmp_path / f"fold_{fold}" / "validation").mkdir(parents=True)
+        (tmp_path / f"fold_{fold}" / "validation" / "summary.json").write_text('{"per_case": []}')
+    assert list(selection.fold_summaries(tmp_path)) == ["0"]
