@@ -44,40 +44,57 @@ def _env():
     return env
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_signal_to_a_real_training_run(copy_task, tmp_path, sig):
-    plans = copy_task.plans
-    fold = (copy_task.results_root / copy_task.task_name
-            / experiment_name(plans.plans_name, plans.genotype.short_id()) / "fold_0")
-    cmd = [sys.executable, "-m", "c2fnas_auto.cli.train", "98", "0", "--iters-per-epoch", "3",
-           "--checkpoint-every", "1000", *FAST]
-    log = open(tmp_path / "train.out", "w+")
-    proc = subprocess.Popen(cmd + ["--epochs", "200"], env=_env(), stdout=log, stderr=subprocess.STDOUT)
+def _fold(task):
+    plans = task.plans
+    return task.results_root / task.task_name / experiment_name(plans.plans_name, plans.genotype.short_id()) / "fold_0"
+
+
+def _logged_epochs(fold) -> int:
     try:
-        deadline = time.time() + 180
-        logged = 0
-        while time.time() < deadline and proc.poll() is None and logged < 1:
-            try:
-                logged = len(json.loads((fold / "metrics.json").read_text())["epochs"])
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before the signal"
-        proc.send_signal(sig)
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    log.seek(0)
-    out = log.read()
-    assert rc == PREEMPTED_EXIT_CODE, out[-2000:]
-    assert f"{signal.Signals(sig).name} received" in out
-    ckpt = load_checkpoint(fold / "checkpoint_latest.pth")  # --checkpoint-every 1000: only the stop wrote it
-    done = len(json.loads((fold / "metrics.json").read_text())["epochs"])
-    assert ckpt["epoch"] == done >= 1
+        return len(json.loads((fold / "metrics.json").read_text())["epochs"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def _signal_after_first_epoch(cmd, fold, sig, log_file) -> tuple[int, str]:
+    """Start `cmd`, send `sig` once an epoch is logged, wait; returns (exit code, output)."""
+    with open(log_file, "w+") as log:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and proc.poll() is None and _logged_epochs(fold) < 1:
+                time.sleep(0.05)
+            assert proc.poll() is None, "training ended before the signal"
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        return rc, log.read()
+
+
+def _check_stopped(fold) -> int:
+    """checkpoint_latest holds every logged epoch (--checkpoint-every 1000: only the stop wrote it)."""
+    done = _logged_epochs(fold)
+    assert load_checkpoint(fold / "checkpoint_latest.pth")["epoch"] == done >= 1
     assert not (fold / "checkpoint_final.pth").exists()
     assert not [p for p in fold.iterdir() if ".tmp-" in p.name]
+    return done
+
+
+TRAIN = ["-m", "c2fnas_auto.cli.train", "98", "0", "--iters-per-epoch", "3", "--checkpoint-every", "1000", *FAST]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_to_a_real_training_run(copy_task, tmp_path, sig):
+    fold = _fold(copy_task)
+    cmd = [sys.executable, *TRAIN]
+    rc, out = _signal_after_first_epoch(cmd + ["--epochs", "200"], fold, sig, tmp_path / "train.out")
+    assert rc == PREEMPTED_EXIT_CODE, out[-2000:]
+    assert f"{signal.Signals(sig).name} received" in out
+    done = _check_stopped(fold)
     if sig == signal.SIGTERM:
         return
     rerun = subprocess.run(cmd + ["--epochs", str(done + 1), "--continue"], env=_env(), capture_output=True,
@@ -91,29 +108,10 @@ def test_signal_to_a_real_training_run(copy_task, tmp_path, sig):
 
 def test_sigterm_to_torchrun_stops_every_rank_at_one_iteration(copy_task, tmp_path):
     """SLURM signals the launcher; torchrun forwards SIGTERM to its workers, which agree on the stop."""
-    plans = copy_task.plans
-    fold = (copy_task.results_root / copy_task.task_name
-            / experiment_name(plans.plans_name, plans.genotype.short_id()) / "fold_0")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "c2fnas_auto.cli.train", "98", "0", "--epochs", "200", "--iters-per-epoch", "3",
-           "--checkpoint-every", "1000", *FAST]
-    log = open(tmp_path / "torchrun.out", "w+")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and not (fold / "metrics.json").is_file():
-            time.sleep(0.1)
-        assert proc.poll() is None, "training ended before the signal"
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    log.seek(0)
-    out = log.read()
+    fold = _fold(copy_task)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *TRAIN,
+           "--epochs", "200"]
+    rc, out = _signal_after_first_epoch(cmd, fold, signal.SIGTERM, tmp_path / "torchrun.out")
     assert rc != 0  # torchrun reports its own signal, not the workers' 75
     assert "SIGTERM received" in out, out[-3000:]
-    ckpt = load_checkpoint(fold / "checkpoint_latest.pth")
-    assert ckpt["epoch"] == len(json.loads((fold / "metrics.json").read_text())["epochs"]) >= 1
-    assert not (fold / "checkpoint_final.pth").exists()
+    _check_stopped(fold)
