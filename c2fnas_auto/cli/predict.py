@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 
@@ -16,13 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-t", dest="task", help="task id or name: uses the plans genotype's experiment "
                      "C2FNAS_results/<task>/<plans>__<genotype id> (see --experiment, --genotype)")
     src.add_argument("-m", dest="model_folders", nargs="+", metavar="FOLDER",
-                     help="experiment folder(s) holding fold_k/ subfolders; several = ensemble of experiments")
+                     help="experiment folder(s) holding fold_k/ subfolders, or model .zip files from "
+                          "c2fnas_export_model (used without installing); several = ensemble of experiments")
     p.add_argument("-f", dest="folds", nargs="+", default=None,
                    help="folds to ensemble (default: every trained fold; 'all' = the fold trained on all cases)")
     p.add_argument("-p", dest="plans_name", default="C2FNASPlans", help="plans name (default C2FNASPlans)")
     pick = p.add_mutually_exclusive_group()
-    pick.add_argument("--experiment", default=None, metavar="NAME",
-                      help="with -t: the experiment folder to use instead of the plans genotype's")
+    pick.add_argument("--experiment", nargs="+", default=None, metavar="NAME",
+                      help="with -t: the experiment folder(s) to use instead of the plans genotype's; "
+                           "several = ensemble of experiments (see c2fnas_find_best_configuration)")
     pick.add_argument("--genotype", default=None, metavar="FILE",
                       help="with -t: the experiment trained with this genotype (JSON or plans file)")
     p.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
@@ -34,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", dest="num_export_workers", type=int, default=1, help="export worker processes")
     p.add_argument("--no-postprocessing", action="store_true", help="ignore postprocessing.json")
     p.add_argument("--file-ending", default=".nii.gz")
+    p.add_argument("--num-parts", type=int, default=1,
+                   help="split the cases over this many jobs (cluster array jobs; default 1)")
+    p.add_argument("--part-id", type=int, default=0,
+                   help="which part this job predicts, 0..num-parts-1 (every num-parts-th case in name order)")
     p.add_argument("--tile-batch-size", type=int, default=2,
                    help="sliding-window tiles per forward pass (default 2: on a CPU, PyTorch runs single-sample 3D convolutions through a much slower kernel)")
     return p
@@ -54,15 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             from c2fnas_auto.nas.genotype import Genotype
 
             genotype = Genotype.load(args.genotype).validate()
-        folders = [find_experiment(args.task, args.plans_name, genotype=genotype, experiment=args.experiment)]
+        names = args.experiment or [None]
+        folders = [find_experiment(args.task, args.plans_name, genotype=genotype, experiment=n) for n in names]
     else:
         folders = args.model_folders
-    predictor = Predictor(folders, folds=args.folds, device=args.device, step_size=args.step_size,
-                          tta=not args.disable_tta, tile_batch_size=args.tile_batch_size, checkpoint=args.checkpoint,
-                          postprocessing=not args.no_postprocessing)
-    failures = predictor.predict_files(args.input, args.output, save_probabilities=args.save_probabilities,
-                                       continue_=args.continue_, num_export_workers=args.num_export_workers,
-                                       file_ending=args.file_ending)
+    with ExitStack() as stack:
+        from c2fnas_auto.deployment.model_zip import expand_model_zips
+
+        folders = expand_model_zips(folders, stack)  # a model .zip is read from a temporary folder
+        predictor = Predictor(folders, folds=args.folds, device=args.device, step_size=args.step_size,
+                              tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
+                              checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing)
+        failures = predictor.predict_files(args.input, args.output, save_probabilities=args.save_probabilities,
+                                           continue_=args.continue_, num_export_workers=args.num_export_workers,
+                                           file_ending=args.file_ending, num_parts=args.num_parts,
+                                           part_id=args.part_id)
     if failures:
         print(f"{len(failures)} case(s) failed: {', '.join(c for c, _ in failures)}", file=sys.stderr)
         return 1

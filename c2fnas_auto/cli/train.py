@@ -17,8 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainerOptions()
     p = argparse.ArgumentParser(prog="c2fnas_train", description=(
         "Train the network of the plans' genotype on one cross-validation fold. Results go to "
-        "$C2FNAS_results/<task>/<plans>__<genotype id>/fold_<k>/ (one folder per genotype). Several GPUs: torchrun --nproc_per_node=N "
-        "-m c2fnas_auto.cli.train TASK FOLD ..."))
+        "$C2FNAS_results/<task>/<plans>__<genotype id>/fold_<k>/ (one folder per genotype). Several GPUs: "
+        "torchrun --nproc_per_node=N -m c2fnas_auto.cli.train TASK FOLD ... On SIGTERM or SIGUSR1 the running "
+        "iteration finishes, checkpoint_latest.pth is written and the exit code is 75; --continue resumes."))
     p.add_argument("task", help="task id (7, 007) or preprocessed folder name (Task07_Pancreas)")
     p.add_argument("fold", help="fold 0-4 (as many folds as cases when there are fewer than 5) or 'all'")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"number of epochs (default {d.epochs})")
@@ -43,12 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"write checkpoint_latest.pth every N epochs (default {d.checkpoint_every})")
     p.add_argument("--no-final-validation", action="store_true",
                    help="skip the sliding-window validation of the fold's cases at the end")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="keep the final validation's softmax (validation/<case>.npz): "
+                        "c2fnas_find_best_configuration scores ensembles from it (nnU-Net's --npz)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    from c2fnas_auto.training.signals import PREEMPTED_EXIT_CODE, TrainingStopped
     from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
 
     args = build_parser().parse_args(argv)
@@ -57,9 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, patch_size=tuple(args.patch_size) if args.patch_size else None,
         device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
-        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress)
+        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
+        save_probabilities=args.save_probabilities)
     trainer = Trainer(args.task, args.fold, options)
-    trainer.run()
+    try:
+        trainer.run()
+    except TrainingStopped:  # SIGTERM / SIGUSR1: checkpoint written, resume with --continue
+        return PREEMPTED_EXIT_CODE
     if trainer.is_main:
         print(f"results in {trainer.fold_dir}", flush=True)
     return 0

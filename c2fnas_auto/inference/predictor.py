@@ -270,11 +270,16 @@ class Predictor:
     # --------------------------------------------------------- many cases
     def predict_files(self, inputs: str | os.PathLike | Sequence[Any], output_folder: str | os.PathLike,
                       save_probabilities: bool = False, continue_: bool = False, num_export_workers: int = 1,
-                      file_ending: str = ".nii.gz") -> list[tuple[str, str]]:
+                      file_ending: str = ".nii.gz", num_parts: int = 1, part_id: int = 0) -> list[tuple[str, str]]:
         """Predict a folder (MSD 4D files or nnU-Net CASE_0000 files), or a list of cases
         (`data.dataset.Case`, or per case a list of channel files, or one file per case), into
-        `output_folder/<case><file_ending>`. Returns [(case_id, one-line error)] of failed cases."""
+        `output_folder/<case><file_ending>`. Returns [(case_id, one-line error)] of failed cases.
+        `num_parts`/`part_id`: this job predicts every num_parts-th case starting at part_id
+        (of the cases in name order), so N jobs on a cluster share one folder without overlap."""
+        if num_parts < 1 or not 0 <= part_id < num_parts:
+            raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
         cases, input_folder = self._cases(inputs, file_ending)
+        cases = sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
         output_folder = Path(output_folder)
         if input_folder is not None:
             inp, out = input_folder.resolve(), output_folder.resolve()

@@ -29,6 +29,7 @@ from c2fnas_auto.training.logger import TrainingLog
 from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
+from c2fnas_auto.training.signals import StopFlag, TrainingStopped, stop_checked
 from c2fnas_auto.training.splits import fold_case_ids
 from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.io import remove_stale_temporaries
@@ -51,6 +52,7 @@ class TrainerOptions:
     seed: int = 0
     checkpoint_every: int = 5
     final_validation: bool = True
+    save_probabilities: bool = False  # keep the final validation's softmax (<case>.npz) for ensembles
     continue_training: bool = False
     genotype_file: str | None = None
     progress: bool = True
@@ -245,8 +247,15 @@ class Trainer:
                                               num_workers=0, augment=False, **share)
             if self.start_epoch < opts.epochs and self.is_main:
                 self._clear_validation()
-            for epoch in range(self.start_epoch, opts.epochs):
-                self._epoch(epoch, train_batches, val_batches)
+            stop = StopFlag().install()
+            train_batches = stop_checked(train_batches, stop, self.dist, self.device)
+            try:
+                for epoch in range(self.start_epoch, opts.epochs):
+                    self._epoch(epoch, train_batches, val_batches)
+            except TrainingStopped as exc:
+                self._stopped(epoch, exc)
+            finally:
+                stop.restore()
             if self.start_epoch >= opts.epochs:
                 self.say(f"training already finished ({self.start_epoch} epochs)")
             self.save(FINAL, opts.epochs)
@@ -285,6 +294,16 @@ class Trainer:
         if self.is_main:
             self.log.write(self.fold_dir)
 
+    def _stopped(self, epoch: int, exc: TrainingStopped) -> None:
+        """A stop signal mid-epoch: keep the weights so far in checkpoint_latest (the epoch is
+        run again from its start on --continue) and hand the stop on to the caller."""
+        self.save(LATEST, epoch)
+        self.say(f"{exc.signal_name} received: stopped during epoch {epoch + 1}, wrote {LATEST}; "
+                 f"resume with --continue")
+        if self.is_main:
+            self.log.write(self.fold_dir)
+        raise exc
+
     def _clear_validation(self) -> None:
         """Exports of an earlier run would be reused by the resumable validation: drop them once
         the weights change."""
@@ -300,7 +319,8 @@ class Trainer:
         ref = reference_label_folder(paths.resolve_task(self.task_name), self.val_ids)
         self.say(f"final validation of {len(self.val_ids)} cases -> {self.fold_dir / 'validation'}")
         summary = final_validation(self.network, self.run_plans, self.preprocessed_dir, ref, self.val_ids,
-                                   self.fold_dir / "validation", self.device, progress=self.options.progress)
+                                   self.fold_dir / "validation", self.device, progress=self.options.progress,
+                                   save_probabilities=self.options.save_probabilities)
         fg = summary.get("foreground_mean", {})
         self.say(f"final validation: foreground mean Dice {fg.get('Dice')}, NSD {fg.get('NSD')} "
                  f"({self.fold_dir / 'validation' / 'summary.json'})")

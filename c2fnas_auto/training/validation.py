@@ -31,9 +31,11 @@ def reference_label_folder(raw_task_dir: Path, case_ids: Sequence[str]) -> Path:
 
 
 def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_ids: Sequence[str], out_dir: Path,
-                       device: torch.device, step_size: float = 0.5, progress: bool = True) -> list[Path]:
+                       device: torch.device, step_size: float = 0.5, progress: bool = True,
+                       save_probabilities: bool = False) -> list[Path]:
     """The inference Predictor (Gaussian sliding window, mirroring) on each preprocessed case ->
-    `out_dir/<case>.nii.gz` in the original geometry; cases already exported are kept."""
+    `out_dir/<case>.nii.gz` in the original geometry; cases already exported are kept.
+    `save_probabilities` also keeps `<case>.npz` (the softmax that ensembles are scored from)."""
     from c2fnas_auto.inference.predictor import Predictor
     from c2fnas_auto.preprocessing.storage import load_case
 
@@ -43,19 +45,22 @@ def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_i
     written = []
     for cid in tqdm(list(case_ids), desc="final validation", unit="case", disable=not progress):
         out_file = out_dir / f"{cid}.nii.gz"
-        if not out_file.is_file():
+        if not out_file.is_file() or (save_probabilities and not (out_dir / f"{cid}.npz").is_file()):
             data, _, props = load_case(preprocessed_dir, cid, mmap=False)
-            predictor.predict_preprocessed(np.ascontiguousarray(data, dtype=np.float32), props, out_file)
+            predictor.predict_preprocessed(np.ascontiguousarray(data, dtype=np.float32), props, out_file,
+                                           save_probabilities=save_probabilities)
         written.append(out_file)
     return written
 
 
 def final_validation(network: nn.Module, plans, preprocessed_dir: Path, reference_folder: Path,
-                     case_ids: Sequence[str], out_dir: Path, device: torch.device, progress: bool = True) -> dict:
+                     case_ids: Sequence[str], out_dir: Path, device: torch.device, progress: bool = True,
+                     save_probabilities: bool = False) -> dict:
     """Predict and export every validation case, then write `out_dir/summary.json` scored against
     `reference_folder` (see `reference_label_folder`) for exactly `case_ids`; returns the summary."""
     from c2fnas_auto.evaluation.evaluate import evaluate_folders
 
-    predict_and_export(network, plans, Path(preprocessed_dir), case_ids, Path(out_dir), device, progress=progress)
+    predict_and_export(network, plans, Path(preprocessed_dir), case_ids, Path(out_dir), device, progress=progress,
+                       save_probabilities=save_probabilities)
     return evaluate_folders(Path(reference_folder), out_dir, plans.labels, Path(out_dir) / "summary.json",
                             progress=progress, case_ids=list(case_ids))

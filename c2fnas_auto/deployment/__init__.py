@@ -1,0 +1,1 @@
+"""Sharing and deploying trained models: model zips, TorchScript / ONNX export, MONAI bundles."""

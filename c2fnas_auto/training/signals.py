@@ -1,0 +1,80 @@
+"""Stopping a training run cleanly when a cluster scheduler asks (SIGTERM, SIGUSR1).
+
+SLURM sends SIGTERM before it preempts or cancels a job, and `--signal=USR1@SECONDS` sends
+SIGUSR1 ahead of the time limit. Either signal only sets a flag here; the trainer sees it
+before it starts the next training iteration (the running one finishes), writes
+checkpoint_latest.pth atomically and exits with `PREEMPTED_EXIT_CODE`, so a job script can
+tell "stopped on request, resume me" apart from success and from a crash. `--continue`
+resumes from that checkpoint.
+
+Under torchrun every rank checks the flag each iteration and the ranks agree (a max over
+ranks), so all of them stop at the same iteration and no collective is left waiting.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPTED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: "temporary failure, try again"
+
+
+class TrainingStopped(Exception):
+    """Raised between iterations once a stop signal arrived; `signal_name` names it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+
+
+class StopFlag:
+    """Remembers the first stop signal; `install()` / `restore()` bracket a training run."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> "StopFlag":
+        """Catch the stop signals (only the main thread may; elsewhere this is a no-op)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.received is None:
+            self.received = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+
+def agreed_stop(flag: StopFlag, dist_info, device: torch.device) -> bool:
+    """True on every rank as soon as any rank received a stop signal (one tiny all-reduce on the
+    training device: NCCL cannot reduce CPU tensors)."""
+    local = flag.received is not None
+    if not dist_info.enabled:
+        return local
+    t = torch.tensor([1.0 if local else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def stop_checked(batches: Iterator[dict], flag: StopFlag, dist_info, device: torch.device) -> Iterator[dict]:
+    """Pass batches through; raise TrainingStopped instead of handing out the next one after a
+    stop signal, i.e. once the iteration that was running when it came has finished."""
+    while True:
+        if agreed_stop(flag, dist_info, device):
+            raise TrainingStopped(flag.name or "a stop signal on another rank")
+        yield next(batches)
