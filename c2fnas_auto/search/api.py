@@ -203,6 +203,25 @@ def standalone_sample(records: Sequence[CandidateRecord], n: int) -> list[Candid
     return [done[round(i * (len(done) - 1) / (n - 1))] for i in range(n)]
 
 
+class _Saver:
+    """Writes state.json (main worker only): at once when called, at most every
+    `interval` seconds through `soon()` after each candidate. The trial files are already
+    the durable record; a state.json a few seconds old after a hard kill is rebuilt on resume."""
+
+    def __init__(self, state: SearchState, path: Path, main: bool, interval: float = 2.0) -> None:
+        self.state, self.path, self.main, self.interval = state, path, main, interval
+        self.last = 0.0
+
+    def __call__(self) -> None:
+        if self.main:
+            self.state.save(self.path)
+            self.last = time.monotonic()
+
+    def soon(self) -> None:
+        if time.monotonic() - self.last >= self.interval:
+            self()
+
+
 def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSettings, resume: bool,
           overwrite: bool, join: bool) -> dict[str, Any]:
     """The state to work on as a dict (or {"error": ...}); the main worker clears an
@@ -283,9 +302,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     _check_same(state, "plans", plans_info or {}, "plans", state_path)
     _check_same(state, "heldout", heldout or {}, "held-out set", state_path)
 
-    def save() -> None:
-        if main:
-            state.save(state_path)
+    save = _Saver(state, state_path, main)
 
     if state.finished:  # replay: nothing is trained or scored again
         if main:
@@ -307,7 +324,13 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         if settings.standalone_sample and hooks.standalone_evaluate is not None:
             sample = standalone_sample(state.fine, settings.standalone_sample)
             runner = CandidateRunner(store, "standalone", "s", hooks.standalone_evaluate, dist.rank, bar.record,
-                                     save, stop.check)
+                                     None, stop.check)
+
+            def standalone_finished() -> None:
+                state.standalone = runner.partial()
+                save.soon()
+
+            runner.on_finish = standalone_finished
             bar.start(len(sample), "stand-alone")
             runner.run([Proposal(levels=tuple(r.levels), ops=tuple(r.ops), epochs=rungs.epochs(rungs.top),
                                  generation=r.index) for r in sample])
@@ -324,6 +347,9 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         if main:
             _write_outputs(search_dir, state, hooks)
         return state
+    except BaseException:
+        save()  # the in-memory state holds every candidate finished so far (stop signal, crash)
+        raise
     finally:
         bar.close()
         store.stop()
@@ -331,7 +357,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
 
 def _coarse_stage(store: TrialStore, state: SearchState, settings: SearchSettings, rungs: Rungs, hooks: SearchHooks,
                   topo: Topologies, clustering: Clustering, dist: DistContext, bar: _Progress, stop: StopFlag,
-                  save: Callable[[], None], main: bool) -> tuple[list[int], CandidateRecord]:
+                  save: _Saver, main: bool) -> tuple[list[int], CandidateRecord]:
     t0 = time.perf_counter()
 
     def propose(n: int, view: CoarseView) -> dict[str, Any] | None:
@@ -350,7 +376,7 @@ def _coarse_stage(store: TrialStore, state: SearchState, settings: SearchSetting
             from c2fnas_auto.search.asha import read_view
 
             state.coarse = coarse_records(read_view(store))
-            save()
+            save.soon()
 
     bar.start(sum(settings.coarse_candidates // settings.eta ** r for r in range(rungs.count)), "coarse")
     view = run_coarse(store, rungs, settings.coarse_candidates, propose, timed(hooks.coarse_evaluate, dist.rank),
@@ -370,7 +396,7 @@ def _coarse_stage(store: TrialStore, state: SearchState, settings: SearchSetting
 
 
 def _supernet(store: TrialStore, state: SearchState, hooks: SearchHooks, levels: list[int],
-              save: Callable[[], None], main: bool, stop: StopFlag) -> Any:
+              save: _Saver, main: bool, stop: StopFlag) -> Any:
     """The main worker trains (or loads) the supernet; the others wait for it, then load it."""
     if main:
         supernet, info = hooks.train_supernet(levels)
@@ -388,12 +414,12 @@ def _supernet(store: TrialStore, state: SearchState, hooks: SearchHooks, levels:
 
 def _fine_stage(store: TrialStore, state: SearchState, settings: SearchSettings, topo: Topologies,
                 evaluate: Evaluate, levels: list[int], dist: DistContext, bar: _Progress, stop: StopFlag,
-                save: Callable[[], None]) -> CandidateRecord:
+                save: _Saver) -> CandidateRecord:
     runner = CandidateRunner(store, "fine", "f", evaluate, dist.rank, bar.record, None, stop.check)
 
     def on_finish() -> None:
-        state.fine = list(runner.records)
-        save()
+        state.fine = runner.partial()
+        save.soon()
 
     runner.on_finish = on_finish
     p = settings.population

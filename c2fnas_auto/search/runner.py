@@ -91,6 +91,7 @@ class CandidateRunner:
         self.check_stop = check_stop
         self.records: list[CandidateRecord] = []
         self.evaluations = 0  # evaluate() calls made by this process
+        self._batch: dict[int, Job] = {}
 
     def job_id(self, index: int) -> str:
         return f"{self.prefix}{index:05d}"
@@ -104,6 +105,7 @@ class CandidateRunner:
             if p.key() not in known and p.key() not in first:
                 first[p.key()] = start + i
                 jobs[start + i] = Job(self.job_id(start + i), p.payload())
+        self._batch = jobs
         mine: set[str] = set()
 
         def evaluate(job: Job) -> dict[str, Any]:
@@ -116,6 +118,7 @@ class CandidateRunner:
                 self.on_finish()
 
         results = self.store.run_batch(list(jobs.values()), evaluate, finished, self.check_stop)
+        self._batch = {}
         out = []
         for i, p in enumerate(proposals):
             index = start + i
@@ -139,6 +142,13 @@ class CandidateRunner:
             if self.on_record:
                 self.on_record(rec, replayed)
         return out
+
+    def partial(self) -> list[CandidateRecord]:
+        """The records so far plus every result of the running batch already published
+        (what the state shows after each candidate)."""
+        done = [record_from_result(i, self.stage, res) for i, job in sorted(self._batch.items())
+                if (res := self.store.result(job.id)) is not None and i >= len(self.records)]
+        return list(self.records) + done
 
     def _reuse(self, index: int, src: CandidateRecord, p: Proposal) -> CandidateRecord:
         return CandidateRecord(index=index, stage=self.stage, levels=list(p.levels), ops=list(p.ops),

@@ -58,6 +58,7 @@ class TrialStore:
         self.options = options or WorkerOptions()
         self.host = socket.gethostname()
         self._stop = threading.Event()
+        self._cache: dict[Path, dict[str, Any]] = {}  # claim and result files never change once written
         self._thread: threading.Thread | None = None
         for sub in (CLAIMS, RESULTS, WORKERS, MARKS):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
@@ -113,14 +114,19 @@ class TrialStore:
     def _result_file(self, job_id: str) -> Path:
         return self.folder / RESULTS / f"{job_id}.json"
 
+    def _load(self, path: Path, what: str) -> dict[str, Any]:
+        if path not in self._cache:
+            self._cache[path] = load_json(path, what)
+        return self._cache[path]
+
     def result(self, job_id: str) -> dict[str, Any] | None:
         path = self._result_file(job_id)
-        return load_json(path, "trial result") if path.is_file() else None
+        return self._load(path, "trial result") if path.is_file() else None
 
     def results(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         out = {}
         for p in sorted((self.folder / RESULTS).glob(f"{prefix}*.json")):
-            out[p.stem] = load_json(p, "trial result")
+            out[p.stem] = self._load(p, "trial result")
         return out
 
     def claims(self, prefix: str = "") -> dict[str, tuple[int, dict[str, Any]]]:
@@ -130,7 +136,7 @@ class TrialStore:
             m = _CLAIM.match(p.name)
             if m and int(m["attempt"]) >= latest.get(m["job"], -1):
                 latest[m["job"]] = int(m["attempt"])
-        return {job: (a, load_json(self.folder / CLAIMS / f"{job}.a{a}.json", "trial claim"))
+        return {job: (a, self._load(self.folder / CLAIMS / f"{job}.a{a}.json", "trial claim"))
                 for job, a in sorted(latest.items())}
 
     def running(self, claims: dict[str, tuple[int, dict[str, Any]]], done: set[str]) -> set[str]:
