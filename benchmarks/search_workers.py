@@ -7,7 +7,8 @@ trial folder, workers as separate processes (the first is the main worker, the o
 `join`):
 
 - 1, 2, 3 and 4 workers started together (the joiners as soon as the main worker has opened
-  the search; python start-up under load delays them by seconds): coarse wall time,
+  the search; every worker's first candidate waits until all have announced themselves, so
+  python start-up under load does not count): coarse wall time,
   utilisation = busy seconds / (workers x coarse wall), the same counting each worker from its
   own first claim, and, from the same job durations, a *simulated* synchronous
   baseline (rounds of `workers` jobs, each round waits for its slowest, as the old
@@ -48,10 +49,19 @@ def worker(out: Path, opts: dict[str, Any]) -> None:
     from c2fnas_auto.search.trials import WorkerOptions
 
     unit = float(opts["unit"])
+    expect = int(opts.get("expect", 1))
+    started = []
 
     def coarse(p):
-        time.sleep(job_seconds(p.levels, p.epochs or 1, unit))
-        return {"score": random.Random(repr(p.key())).random() + 0.1 * (p.epochs or 1) ** 0.5}
+        if not started:  # start the clock together: wait until the expected workers have announced themselves
+            deadline = time.monotonic() + 300
+            while len(list((out / "search" / "trials" / "workers").glob("*.json"))) < expect and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            started.append(True)
+        seconds = job_seconds(p.levels, p.epochs or 1, unit)
+        time.sleep(seconds)
+        return {"score": random.Random(repr(p.key())).random() + 0.1 * (p.epochs or 1) ** 0.5, "seconds": seconds}
 
     hooks = SearchHooks(coarse_evaluate=coarse, train_supernet=lambda levels: ({}, {"epochs": 0, "seconds": 0.0}),
                         fine_evaluator=lambda net: (lambda p: {"score": 0.5}))
@@ -79,22 +89,22 @@ def _coarse_stats(out: Path, workers: int) -> dict[str, Any]:
     store = TrialStore(out / "search" / "trials")
     results = store.results("c")
     claims = {name: c for name, (_, c) in store.claims("c").items()}
-    first_claims = [json.loads(p.read_text())["claimed_at"] for p in (store.folder / "claims").glob("c*.a0.json")]
-    start, end = min(first_claims), max(r["finished_at"] for r in results.values())
+    # a job started at finished_at - seconds (seconds = its sleep, start-up waiting excluded)
+    first_start: dict[str, float] = {}
+    for r in results.values():
+        t = r["finished_at"] - r["answer"]["seconds"]
+        first_start[r["worker"]] = min(first_start.get(r["worker"], t), t)
+    start, end = min(first_start.values()), max(r["finished_at"] for r in results.values())
     busy = sum(r["answer"]["seconds"] for r in results.values())
     per_worker: dict[str, int] = {}
     for r in results.values():
         per_worker[r["worker"]] = per_worker.get(r["worker"], 0) + 1
-    first_claim: dict[str, float] = {}
-    for p in (store.folder / "claims").glob("c*.json"):
-        c = json.loads(p.read_text())
-        first_claim[c["worker"]] = min(first_claim.get(c["worker"], c["claimed_at"]), c["claimed_at"])
-    # each worker counted from its own first claim: process start-up (seconds here) is not idling
-    available = sum(end - t for w, t in first_claim.items() if w in per_worker)
+    # each worker counted from its own first job: process start-up (seconds here) is not idling
+    available = sum(end - t for t in first_start.values())
     reruns = sorted(name for name, c in claims.items() if c["attempt"] > 0)
     return {"workers": workers, "jobs": len(results), "coarse_wall_s": round(end - start, 2),
             "busy_s": round(busy, 2), "utilisation": round(busy / (workers * (end - start)), 3),
-            "utilisation_from_first_claim": round(busy / available, 3),
+            "utilisation_from_first_job": round(busy / available, 3),
             "jobs_per_worker": sorted(per_worker.values(), reverse=True), "rerun_jobs": reruns,
             "durations": [r["answer"]["seconds"] for r in sorted(results.values(), key=lambda r: r["finished_at"])]}
 
@@ -106,9 +116,9 @@ def simulated_synchronous(durations: list[float], workers: int) -> float:
 
 def scenario_together(root: Path, n: int, unit: float) -> dict[str, Any]:
     out = root / f"together{n}"
-    procs = [_start(out, {"unit": unit})]
+    procs = [_start(out, {"unit": unit, "expect": n})]
     _wait_for(out / "search" / "state.json")
-    procs += [_start(out, {"unit": unit, "join": True}) for _ in range(n - 1)]
+    procs += [_start(out, {"unit": unit, "join": True, "expect": n}) for _ in range(n - 1)]
     for p in procs:
         _, err = p.communicate(timeout=900)
         if p.returncode != 0:
@@ -120,9 +130,9 @@ def scenario_together(root: Path, n: int, unit: float) -> dict[str, Any]:
 
 def scenario_killed(root: Path, unit: float) -> dict[str, Any]:
     out = root / "killed"
-    main = _start(out, {"unit": unit})
+    main = _start(out, {"unit": unit, "expect": 3})
     _wait_for(out / "search" / "state.json")
-    others = [_start(out, {"unit": unit, "join": True}) for _ in range(2)]
+    others = [_start(out, {"unit": unit, "join": True, "expect": 3}) for _ in range(2)]
     victim = others[0]
     claims = out / "search" / "trials" / "claims"
     deadline = time.monotonic() + 300
@@ -149,9 +159,9 @@ def scenario_killed(root: Path, unit: float) -> dict[str, Any]:
 
 def scenario_late(root: Path, unit: float, delay: float) -> dict[str, Any]:
     out = root / "late"
-    main = _start(out, {"unit": unit})
+    main = _start(out, {"unit": unit, "expect": 2})
     _wait_for(out / "search" / "state.json")
-    procs = [main, _start(out, {"unit": unit, "join": True})]
+    procs = [main, _start(out, {"unit": unit, "join": True, "expect": 2})]
     time.sleep(delay)
     late = _start(out, {"unit": unit, "join": True})
     procs.append(late)

@@ -232,6 +232,10 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
                 raise SearchStateError(f"{state_path}: no search to join (start it without --join first)")
             return open_state(state_path, task_name, settings.to_dict(), True, False).to_dict()
         remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
+        trials = search_dir / TRIALS_DIR / "results"
+        if not (resume or overwrite or state_path.exists()) and trials.is_dir() and any(trials.iterdir()):
+            raise SearchStateError(f"{trials.parent} holds results of an earlier search: use --continue to resume "
+                                   "it or --overwrite to start again")
         if overwrite and not resume:
             (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)

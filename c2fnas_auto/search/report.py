@@ -1,5 +1,5 @@
-"""report.json, search_progress.png and search_ranking.png: what the search found, what
-it cost, and whether its cheap scores rank candidates like the expensive ones.
+"""report.json, search_progress.png and search_ranking.png: what the search found, what it cost,
+and whether its cheap scores rank candidates like the expensive ones.
 
 All are derived from the state only, so they can be regenerated at any time and a
 resumed search reports the compute of all its runs (seconds are stored per candidate).

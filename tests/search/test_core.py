@@ -78,6 +78,9 @@ def test_existing_state_needs_continue_or_overwrite(tmp_path):
     _search(tmp_path, FakeHooks())
     with pytest.raises(C2FNASError, match="--continue"):
         _search(tmp_path, FakeHooks())
+    (tmp_path / "search" / "state.json").unlink()  # trial results without a state are not silently reused
+    with pytest.raises(C2FNASError, match="results of an earlier search"):
+        _search(tmp_path, FakeHooks())
     fake = FakeHooks()
     _search(tmp_path, fake, overwrite=True)
     assert len([c for c in fake.coarse_calls if c[1] == 0]) == 9, "overwrite starts from an empty trial folder"

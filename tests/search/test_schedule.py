@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -115,3 +116,45 @@ def test_claims_are_exclusive_and_orphans_are_retaken(tmp_path):
     assert b.result(job.id)["answer"]["score"] == 0.5
     assert not b.try_claim(job), "finished jobs are never claimed"
     b.stop()
+
+
+def test_liveness_missing_dead_foreign_and_removed_folder(tmp_path, monkeypatch):
+    import os
+
+    store = TrialStore(tmp_path / "t", "me", WorkerOptions(stale_seconds=60, poll_seconds=0.01)).start()
+    assert store.alive("me") and not store.alive("nobody"), "no heartbeat file: gone"
+    (tmp_path / "t" / "workers" / "ghost.json").write_text(json.dumps({"host": store.host, "pid": 2 ** 22 + 12345}))
+    assert not store.alive("ghost"), "same host, process gone: gone at once"
+    (tmp_path / "t" / "workers" / "other.json").write_text(json.dumps({"host": store.host, "pid": 1}))
+
+    def foreign(pid, sig):
+        raise PermissionError("another user's process")
+
+    monkeypatch.setattr(os, "kill", foreign)
+    assert store.alive("other"), "a process we may not signal exists: its heartbeat decides"
+    store.stop()
+    fast = TrialStore(tmp_path / "u", "x", WorkerOptions(stale_seconds=0.2, poll_seconds=0.01)).start()
+    import shutil
+
+    shutil.rmtree(tmp_path / "u")  # the folder is removed under a beating worker (another run's --overwrite)
+    fast._thread.join(timeout=5)
+    assert not fast._thread.is_alive(), "the heartbeat thread ends instead of raising"
+    fast.stop()
+
+
+def test_second_signal_kills_at_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "from c2fnas_auto.search.stop import StopFlag\n"
+            "flag = StopFlag().install()\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "assert flag.is_set and flag.signal_name == 'SIGUSR1'\n"
+            "print('first signal only set the flag', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(30)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "first signal only set the flag" in run.stdout, run.stderr
+    assert run.returncode == -signal.SIGTERM
