@@ -37,7 +37,8 @@ def prepared_search_task(ws: Workspace):
 
 def search_args(profile: Profile) -> list[str]:
     return ["-t", str(SEARCH_TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
-            "--coarse-epochs", "1", "--fine-epochs", "1", "--generations", "2",
+            "--min-epochs", "1", "--eta", "3", "--rungs", "2", "--standalone-sample", "1",
+            "--fine-epochs", "1", "--generations", "2",
             "--iters-per-epoch", str(profile.search_iters), "--device", "cpu", "--seed", "0", "--no-progress"]
 
 
@@ -51,7 +52,8 @@ def searched(ws: Workspace) -> dict:
         res = run_measured(cmd, ws.root / "logs" / "search.log", env=ws.ours_env(pre.parent, ws.sub("results_search")))
         if res.returncode != 0:
             raise RuntimeError(f"c2fnas_search exited {res.returncode}: {tail(res.log, 3)}")
-        ws._prepared[key] = {"seconds": res.seconds, "report": load_json(pre / "search" / "report.json", "search report"),
+        report = ws.sub("results_search") / pre.name / "search" / "report.json"  # paths.search_results_dir there
+        ws._prepared[key] = {"seconds": res.seconds, "report": load_json(report, "search report"),
                              "plans_file": pre / "plans.json", "command": "c2fnas_search " + " ".join(args)}
     return ws._prepared[key]
 
@@ -64,13 +66,14 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     rep = out["report"]
     proj = rep.get("projection_for_default_budget", {})
     counts, secs = rep.get("counts", {}), rep.get("compute_seconds", {})
-    trained = counts.get("coarse_trained") or 0
+    trained = counts.get("coarse_trained") or 0  # evaluations over all rungs
     per_cand = secs.get("coarse", 0.0) / trained if trained else proj.get("seconds_per_coarse_candidate")
     per_sup_iter = proj.get("seconds_per_supernet_iteration")
     defaults = _default_settings()
     per_sup_epoch = per_sup_iter * defaults["iters_per_epoch"] if per_sup_iter is not None else None
     per_iter = proj.get("seconds_per_coarse_iteration")
-    per_default_cand = (per_iter * defaults["coarse_epochs"] * defaults["iters_per_epoch"]
+    # one rung-0 candidate at the default schedule (min epochs); higher rungs train eta^r times longer
+    per_default_cand = (per_iter * defaults["min_epochs"] * defaults["iters_per_epoch"]
                         + proj.get("seconds_per_coarse_scoring", 0.0)) if per_iter is not None else None
     hours = proj.get("projected_total_hours")
     device = "GPU" if torch.cuda.is_available() else "CPU"
@@ -78,10 +81,10 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     st = rep.get("settings", {})
     parts = []
     if per_cand is not None:
-        parts.append(f"{per_cand:.1f} s per coarse candidate here ({st.get('coarse_epochs')} x "
-                     f"{st.get('iters_per_epoch')} iters + scoring)")
+        parts.append(f"{per_cand:.1f} s per coarse evaluation here (rungs of {st.get('min_epochs')} x "
+                     f"{st.get('eta')}^r epochs x {st.get('iters_per_epoch')} iters + scoring)")
     if per_default_cand is not None:
-        parts.append(f"{per_default_cand / 60:.0f} min per candidate at the default schedule")
+        parts.append(f"{per_default_cand / 60:.0f} min per rung-0 candidate at the default schedule")
     if per_sup_epoch is not None:
         parts.append(f"{per_sup_epoch:.0f} s per supernet epoch of {defaults['iters_per_epoch']} iters")
     parts.append(f"default budget projected {hours:.1f} {device}-hours" if hours is not None else "no projection")

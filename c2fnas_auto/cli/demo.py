@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_search:
         t0 = _step("3/6 tiny coarse-to-fine search")
         _check(search_cli.main(["-t", str(TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
-                                "--coarse-epochs", "1", "--fine-epochs", "1", "--generations", "2",
+                                "--min-epochs", "1", "--rungs", "2", "--standalone-sample", "1", "--fine-epochs", "1", "--generations", "2",
                                 "--iters-per-epoch", "8", "--device", args.device, "--seed", str(args.seed),
                                 "--continue"]), "search")
         print(f"({time.perf_counter() - t0:.0f} s)")
@@ -99,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = _step("6/6 evaluate")
     from c2fnas_auto.planning.plans import Plans
     from c2fnas_auto.inference.experiments import experiment_dir
-    from c2fnas_auto.paths import preprocessed_dir
+    from c2fnas_auto.paths import preprocessed_dir, search_results_dir
 
     plans = Plans.load(preprocessed_dir(task_dir.name) / "plans.json")
     summary = evaluate_folders(task_dir / "labelsTs", pred_dir, plans.labels, work / "test_summary.json")
     _print_table(summary, plans.labels)
     slice_png = _pictures(work, task_dir, pred_dir)
     fold_dir = experiment_dir(task_dir.name, plans.plans_name, plans.genotype) / "fold_0"
-    search_dir = preprocessed_dir(task_dir.name) / "search"
+    search_dir = search_results_dir(task_dir.name)
     print("\npictures:")
     for png in (fold_dir / "progress.png", search_dir / "search_progress.png", search_dir / "genotype.png", slice_png):
         if png is not None and png.is_file():

@@ -1,4 +1,4 @@
-"""Coarse stage, real evaluation: train one topology from scratch, score it on fold 0.
+"""Coarse stage, real evaluation: train one topology from scratch, score it on the selection cases.
 
 Candidates are built at the plans' network width and trained at the plans' patch and
 batch size (no shrunken proxy, DESIGN §5), all with the same seed so scores compare.
@@ -67,34 +67,42 @@ class TrainingContext:
         return ""
 
 
+def oom_answer(out: dict[str, Any], seconds: float, during: str) -> dict[str, Any]:
+    """A candidate that ran out of CUDA memory although the cost model let it through:
+    recorded as skipped (with the estimate), so the search goes on."""
+    return {**out, "status": "skipped", "score": None, "seconds": seconds,
+            "reason": f"CUDA out of memory during {during} (the estimate was "
+                      f"{out['training_bytes'] / GIB:.2f} GiB)"}
+
+
 def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
-    """`evaluate(proposal)`: cost check, then `fit` on fold 0 train and `score_cases` on fold 0 val."""
+    """`evaluate(proposal)`: cost check, then `fit` on the search's training cases for
+    `proposal.epochs` (default `epochs`) and `score_cases` on its selection cases."""
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.api import fit, score_cases
 
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
+        n_epochs = int(p.epochs) if p.epochs is not None else epochs
         genotype, out, reason = ctx.screen(p)
         if reason:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         torch.manual_seed(ctx.seed)  # same initial weights' generator state for every candidate
         network = build_network(genotype, ctx.plans.network_config())
         try:
-            losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+            losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=n_epochs,
                          iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed, progress=False)
             t1 = time.perf_counter()
             scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
             t2 = time.perf_counter()
         except torch.cuda.OutOfMemoryError:  # the cost model underestimated: record it, go on
-            return {**out, "status": "skipped", "score": None, "seconds": time.perf_counter() - t0,
-                    "reason": "CUDA out of memory during training (the estimate was "
-                              f"{cost.training_bytes / GIB:.2f} GiB)"}
+            return oom_answer(out, time.perf_counter() - t0, "training")
         finally:
             del network
             if torch.device(ctx.device).type == "cuda":
                 torch.cuda.empty_cache()
         return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0,
-                "train_seconds": t1 - t0, "score_seconds": t2 - t1, "train_iterations": epochs * ctx.iters_per_epoch,
+                "train_seconds": t1 - t0, "score_seconds": t2 - t1, "train_iterations": n_epochs * ctx.iters_per_epoch,
                 "final_loss": float(losses[-1]) if losses else None}
 
     return evaluate

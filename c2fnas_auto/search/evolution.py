@@ -1,15 +1,16 @@
 """The two evolutionary searches, independent of training.
 
-Both take `run_batch(proposals) -> records` (a `CandidateRunner.run`) and a seed, and
-draw every random decision from one `random.Random(seed)` in a fixed order. Given the
-same scores they make the same decisions, which is what makes replay-resume and
-`torchrun` ranks agree.
+Coarse: `propose_topology` draws one new rung-0 candidate at a time for the asynchronous
+schedule (`asha.py`), from the seed, its number and the scores finished so far. Fine:
+`fine_evolution` takes `run_batch(proposals) -> records` (a `CandidateRunner.run`) and
+draws every random decision from one `random.Random(seed)` in a fixed order; given the
+same scores it makes the same decisions, which is what makes replay-resume and several
+workers agree.
 """
 
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,12 +27,6 @@ def _best(records: Sequence[CandidateRecord]) -> CandidateRecord | None:
     if not ok:
         return None
     return max(ok, key=lambda r: (r.score, -r.index))
-
-
-@dataclass
-class CoarseResult:
-    records: list[CandidateRecord]
-    best: CandidateRecord | None
 
 
 def initial_topologies(clustering: Clustering, topologies: Sequence[Topology], population: int,
@@ -55,58 +50,35 @@ def initial_topologies(clustering: Clustering, topologies: Sequence[Topology], p
     return chosen
 
 
-def coarse_evolution(topologies: Sequence[Topology], clustering: Clustering,
-                     neighbours: Callable[[Topology], Sequence[Topology]], op: str, num_cells: int,
-                     run_batch: RunBatch, budget: int, population: int, tournament: int = 4,
-                     children_per_round: int = 4, seed: int = 0, max_proposals: int | None = None) -> CoarseResult:
-    """Regularized evolution (Real et al. 2019) over macro topologies, in rounds of
-    `children_per_round` children so a round can be spread over ranks.
+def propose_topology(n: int, topologies: Sequence[Topology], clustering: Clustering,
+                     neighbours: Callable[[Topology], Sequence[Topology]],
+                     history: Sequence[tuple[int, Topology, float | None]], population: int, tournament: int,
+                     seed: int, max_tries: int = 50) -> int | None:
+    """Index of the topology for coarse candidate n (asynchronous regularized evolution).
 
-    Each child is a one-step neighbour of a tournament winner; the oldest members leave
-    the population. `budget` counts trained candidates only: skipped (over memory) and
-    repeated topologies cost nothing and do not count, `max_proposals` bounds the loop.
-    """
-    rng = random.Random(seed)
+    `history` is (candidate, levels, rung-0 score or None) of every candidate proposed so
+    far. Candidates 0..population-1 are the cluster medoids (`initial_topologies`); later
+    ones are one-step neighbours of the tournament winner among the `population` youngest
+    scored candidates (the oldest leave), never a topology already proposed. Each draw uses
+    its own `Random((seed, n))`, so it depends only on the seed and on what was finished.
+    None when every topology has been proposed."""
+    used = {tuple(t) for _, t, _ in history}
+    if len(used) >= len(topologies):
+        return None
     index_of = {tuple(t): i for i, t in enumerate(topologies)}
-    ops = (op,) * num_cells
-    max_proposals = max_proposals or 20 * budget + 100
-    history: list[CandidateRecord] = []
-
-    def proposal(t: Topology, generation: int) -> Proposal:
-        return Proposal(levels=tuple(t), ops=ops, cluster=clustering.labels[index_of[tuple(t)]],
-                        generation=generation)
-
-    def trained() -> int:
-        return sum(r.status == "done" for r in history)
-
-    start = initial_topologies(clustering, topologies, population, rng)[:budget]
-    pop: deque[CandidateRecord] = deque()
-    generation = 0
-    batch = [proposal(topologies[i], generation) for i in start]
-    while batch:
-        records = run_batch(batch)
-        history.extend(records)
-        for r in records:
-            if r.ok:
-                pop.append(r)
-                while len(pop) > population:
-                    pop.popleft()
-        remaining = budget - trained()
-        if remaining <= 0 or len(history) >= max_proposals or len({r.key() for r in history}) >= len(topologies):
-            break
-        generation += 1
-        n = min(children_per_round, remaining)
-        batch = []
-        for _ in range(n):
-            if not pop:  # nothing trainable yet: explore at random
-                batch.append(proposal(topologies[rng.randrange(len(topologies))], generation))
-                continue
-            contestants = rng.sample(list(pop), min(tournament, len(pop)))
-            parent = max(contestants, key=lambda r: (r.score, -r.index))
-            options = list(neighbours(tuple(parent.levels)))
-            child = options[rng.randrange(len(options))] if options else tuple(parent.levels)
-            batch.append(proposal(child, generation))
-    return CoarseResult(records=history, best=_best(history))
+    initial = initial_topologies(clustering, topologies, population, random.Random(seed))
+    if n < len(initial) and tuple(topologies[initial[n]]) not in used:
+        return initial[n]
+    rng = random.Random(f"{seed}:{n}")
+    scored = sorted((c, t, s) for c, t, s in history if s is not None)[-population:]
+    for _ in range(max_tries if scored else 0):
+        contestants = rng.sample(scored, min(tournament, len(scored)))
+        parent = max(contestants, key=lambda x: (x[2], -x[0]))
+        options = [tuple(o) for o in neighbours(tuple(parent[1])) if tuple(o) not in used]
+        if options:
+            return index_of[options[rng.randrange(len(options))]]
+    free = [i for i, t in enumerate(topologies) if tuple(t) not in used]
+    return free[rng.randrange(len(free))]
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Training samples one op per cell uniformly at every step (memory of one path, SPOS
 style); the sampler's generator is seeded so a rerun trains the same paths. The
-trained weights go to `search/supernet.pth` atomically; a resumed search loads them
+trained weights go to `<search results>/supernet.pth` atomically; a resumed search loads them
 instead of training again. Op choices are then scored with the shared weights.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.coarse import TrainingContext
+from c2fnas_auto.search.coarse import TrainingContext, oom_answer
 from c2fnas_auto.search.runner import Evaluate, Proposal
 
 
@@ -46,9 +46,14 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
                           "losses": saved.get("losses", []), "loaded": True}
     t0 = time.perf_counter()
     sampler = supernet.sampling_forward(seed=ctx.seed)  # one uniform op per cell per step, seeded
-    losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
-                 iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
-                 forward_fn=sampler, progress=progress) if epochs > 0 else []
+    try:
+        losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+                     iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
+                     forward_fn=sampler, progress=progress) if epochs > 0 else []
+    except torch.cuda.OutOfMemoryError:  # no candidate to skip here: the stage cannot go on
+        raise C2FNASError(f"CUDA out of memory while training the supernet on levels {list(levels)} at patch "
+                          f"{list(ctx.plans.patch_size)} batch {ctx.plans.batch_size}; plan with a lower "
+                          "--gpu-memory-gb (smaller patch) and rerun the search with --continue") from None
     seconds = time.perf_counter() - t0
     state_dict = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
     atomic_torch_save({"levels": list(levels), "epochs": epochs, "seconds": seconds,
@@ -57,7 +62,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
 
 
 def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float | None = None) -> Evaluate:
-    """`evaluate(proposal)`: constraints from the cost model, then shared-weight Dice on fold 0 val."""
+    """`evaluate(proposal)`: constraints from the cost model, then shared-weight Dice on the selection cases."""
     from c2fnas_auto.training.api import score_cases
 
     def evaluate(p: Proposal) -> dict[str, Any]:
@@ -66,8 +71,13 @@ def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float |
         if reason:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         ops = list(p.ops)
-        scores = score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
-                             forward_fn=lambda net, x: net(x, ops))
+        try:
+            scores = score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
+                                 forward_fn=lambda net, x: net(x, ops))
+        except torch.cuda.OutOfMemoryError:  # this op choice needs more than the estimate: skip it
+            if torch.device(ctx.device).type == "cuda":
+                torch.cuda.empty_cache()
+            return oom_answer(out, time.perf_counter() - t0, "shared-weight scoring")
         return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0}
 
     return evaluate

@@ -1,7 +1,11 @@
-"""Answering a stage's proposals: replayed from the state, reused, skipped or evaluated.
+"""Answering a generational stage's proposals through the shared trial folder.
 
-This is the only place where `evaluate` is called, so "never re-train a finished
-candidate" is enforced here once for both stages and both execution modes.
+The fine stage (and the stand-alone check) proposes batches (`fine_evolution`); every
+worker runs the same deterministic evolution, so all propose the same batch. Proposal i
+of a stage becomes job `<prefix><i>`: whoever claims it evaluates it and publishes the
+result at once; a job with a stored result is answered from it (resume), and a stored
+result for another candidate means the folder belongs to other code or settings. A
+proposal repeating an earlier one of the stage is `reused` (nothing evaluated).
 """
 
 from __future__ import annotations
@@ -10,125 +14,146 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from c2fnas_auto.search.distributed import DistContext
-from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError
+from c2fnas_auto.search.state import CandidateRecord, SearchStateError
+from c2fnas_auto.search.trials import Job, TrialStore
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """What the evolution asks for: a topology with ops, plus where it came from."""
+    """What the evolution asks for: a topology with ops, plus where it came from and
+    (coarse rung, stand-alone check) how many epochs to train it."""
 
     levels: tuple[int, ...]
     ops: tuple[str, ...]
     cluster: int | None = None
     generation: int | None = None
+    rung: int | None = None
+    epochs: int | None = None
+    candidate: int | None = None
 
     def key(self) -> tuple:
         return tuple(self.levels), tuple(self.ops)
+
+    def payload(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "ops": list(self.ops), "cluster": self.cluster,
+                "generation": self.generation, "rung": self.rung, "epochs": self.epochs, "candidate": self.candidate}
+
+    @classmethod
+    def from_payload(cls, d: dict[str, Any]) -> "Proposal":
+        return cls(levels=tuple(d["levels"]), ops=tuple(d["ops"]), cluster=d.get("cluster"),
+                   generation=d.get("generation"), rung=d.get("rung"), epochs=d.get("epochs"),
+                   candidate=d.get("candidate"))
 
 
 Evaluate = Callable[[Proposal], dict[str, Any]]
 RESULT_FIELDS = ("status", "score", "params", "flops", "training_bytes", "seconds", "reason", "rank")
 
 
-class CandidateRunner:
-    """Turns batches of proposals into records, in proposal order.
+def timed(evaluate: Evaluate, rank: int = 0) -> Callable[[Job], dict[str, Any]]:
+    """Job -> answer with `seconds` and `rank` filled in."""
 
-    `evaluate(proposal)` returns a dict with `score` (None or `status="skipped"` with a
-    `reason` when a budget rules it out) and optionally params/flops/training_bytes/seconds.
-    `save()` is called after each new record (single process) or after each gathered batch
-    (torchrun), on rank 0 only. `on_record(record, replayed)` reports progress.
-    """
-
-    def __init__(self, state: SearchState, stage: str, evaluate: Evaluate, save: Callable[[], None],
-                 dist: DistContext | None = None,
-                 on_record: Callable[[CandidateRecord, bool], None] | None = None) -> None:
-        self.state = state
-        self.stage = stage
-        self.evaluate = evaluate
-        self.save = save
-        self.dist = dist or DistContext()
-        self.on_record = on_record
-        self.cursor = 0
-        self.evaluations = 0  # evaluate() calls made by this process in this run
-
-    @property
-    def records(self) -> list[CandidateRecord]:
-        return self.state.records(self.stage)
-
-    def run(self, proposals: Sequence[Proposal]) -> list[CandidateRecord]:
-        out: list[CandidateRecord] = []
-        fresh: list[Proposal] = []
-        for p in proposals:  # replay what the state already answers
-            if self.cursor + len(out) < len(self.records):
-                rec = self.records[self.cursor + len(out)]
-                if rec.key() != p.key():
-                    raise SearchStateError(
-                        f"search state {self.stage} candidate #{rec.index} is {rec.levels}/{rec.ops} but the replay "
-                        f"proposed {list(p.levels)}/{list(p.ops)}: the state was made by other code or settings; "
-                        "use --overwrite")
-                out.append(rec)
-                if self.on_record:
-                    self.on_record(rec, True)
-            else:
-                fresh = list(proposals[len(out):])
-                break
-        self.cursor += len(out)
-        if not fresh:
-            return out
-        known = {self._key(r): r for r in self.records}
-        todo: list[Proposal] = []
-        for p in fresh:
-            if p.key() not in known and p.key() not in {q.key() for q in todo}:
-                todo.append(p)
-        results: dict[tuple, dict[str, Any]] = {}
-        if self.dist.active:
-            answers = self.dist.map(self._timed_evaluate, todo)
-            results = {p.key(): a for p, a in zip(todo, answers)}
-        for p in fresh:
-            k = p.key()
-            if k in known:
-                rec = self._reuse(known[k], p)
-            else:
-                ans = results[k] if self.dist.active else self._timed_evaluate(p)
-                rec = self._record(p, ans)
-                known[k] = rec
-            self.records.append(rec)
-            self.cursor += 1
-            out.append(rec)
-            if not self.dist.active and self.dist.is_main:
-                self.save()
-            if self.on_record:
-                self.on_record(rec, False)
-        if self.dist.active and self.dist.is_main:
-            self.save()
-        return out
-
-    @staticmethod
-    def _key(r: CandidateRecord) -> tuple:
-        return tuple(r.levels), tuple(r.ops)
-
-    def _timed_evaluate(self, p: Proposal) -> dict[str, Any]:
+    def run(job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
-        ans = dict(self.evaluate(p))
-        self.evaluations += 1
+        ans = dict(evaluate(Proposal.from_payload(job.payload)))
         ans.setdefault("seconds", time.perf_counter() - t0)
-        ans.setdefault("rank", self.dist.rank)
+        ans.setdefault("rank", rank)
         return ans
 
-    def _record(self, p: Proposal, ans: dict[str, Any]) -> CandidateRecord:
-        skipped = ans.get("status") == "skipped" or ans.get("score") is None
-        score = None if skipped else float(ans["score"])
-        return CandidateRecord(index=len(self.records), stage=self.stage, levels=list(p.levels), ops=list(p.ops),
-                               status="skipped" if skipped else "done", score=score, cluster=p.cluster,
-                               generation=p.generation, params=ans.get("params"), flops=ans.get("flops"),
-                               training_bytes=ans.get("training_bytes"), seconds=float(ans.get("seconds", 0.0)),
-                               reason=str(ans.get("reason", "")), rank=int(ans.get("rank", 0)),
-                               extra={k: v for k, v in ans.items() if k not in RESULT_FIELDS})
+    return run
 
-    def _reuse(self, src: CandidateRecord, p: Proposal) -> CandidateRecord:
-        return CandidateRecord(index=len(self.records), stage=self.stage, levels=list(p.levels), ops=list(p.ops),
+
+def record_from_result(index: int, stage: str, result: dict[str, Any]) -> CandidateRecord:
+    """A stored trial result (payload + answer) as a state record."""
+    p, ans = result["payload"], result["answer"]
+    skipped = ans.get("status") == "skipped" or ans.get("score") is None
+    return CandidateRecord(index=index, stage=stage, levels=list(p["levels"]), ops=list(p["ops"]),
+                           status="skipped" if skipped else "done", score=None if skipped else float(ans["score"]),
+                           cluster=p.get("cluster"), generation=p.get("generation"), params=ans.get("params"),
+                           flops=ans.get("flops"), training_bytes=ans.get("training_bytes"),
+                           seconds=float(ans.get("seconds", 0.0)), reason=str(ans.get("reason", "")),
+                           rank=int(ans.get("rank", 0)), extra={k: v for k, v in ans.items() if k not in RESULT_FIELDS},
+                           candidate=p.get("candidate"), rung=p.get("rung"), epochs=p.get("epochs"),
+                           worker=str(result.get("worker", "")), finished_at=float(result.get("finished_at", 0.0)))
+
+
+class CandidateRunner:
+    """Turns batches of proposals into records, in proposal order (`records` grows)."""
+
+    def __init__(self, store: TrialStore, stage: str, prefix: str, evaluate: Evaluate, rank: int = 0,
+                 on_record: Callable[[CandidateRecord, bool], None] | None = None,
+                 on_finish: Callable[[], None] | None = None, check_stop: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.stage = stage
+        self.prefix = prefix
+        self.evaluate = timed(evaluate, rank)
+        self.on_record = on_record
+        self.on_finish = on_finish
+        self.check_stop = check_stop
+        self.records: list[CandidateRecord] = []
+        self.evaluations = 0  # evaluate() calls made by this process
+        self._batch: dict[int, Job] = {}
+
+    def job_id(self, index: int) -> str:
+        return f"{self.prefix}{index:05d}"
+
+    def run(self, proposals: Sequence[Proposal]) -> list[CandidateRecord]:
+        start = len(self.records)
+        known = {r.key(): r for r in self.records}
+        jobs: dict[int, Job] = {}
+        first: dict[tuple, int] = {}
+        for i, p in enumerate(proposals):
+            if p.key() not in known and p.key() not in first:
+                first[p.key()] = start + i
+                jobs[start + i] = Job(self.job_id(start + i), p.payload())
+        self._batch = jobs
+        mine: set[str] = set()
+
+        def evaluate(job: Job) -> dict[str, Any]:
+            self.evaluations += 1
+            return self.evaluate(job)
+
+        def finished(job: Job, _answer: dict[str, Any]) -> None:
+            mine.add(job.id)
+            if self.on_finish is not None:
+                self.on_finish()
+
+        results = self.store.run_batch(list(jobs.values()), evaluate, finished, self.check_stop)
+        self._batch = {}
+        out = []
+        for i, p in enumerate(proposals):
+            index = start + i
+            if index in jobs:
+                res = results[jobs[index].id]
+                stored = (tuple(res["payload"]["levels"]), tuple(res["payload"]["ops"]))
+                if stored != p.key():
+                    raise SearchStateError(
+                        f"{self.store.folder}: {self.stage} candidate #{index} is {list(stored[0])}/{list(stored[1])} "
+                        f"but the replay proposed {list(p.levels)}/{list(p.ops)}: the folder was made by other code "
+                        "or settings; use --overwrite")
+                rec = record_from_result(index, self.stage, res)
+                rec.generation = p.generation
+                known[p.key()] = rec
+                replayed = jobs[index].id not in mine
+            else:
+                rec = self._reuse(index, known[p.key()], p)  # an earlier proposal (this batch or before)
+                replayed = False
+            self.records.append(rec)
+            out.append(rec)
+            if self.on_record:
+                self.on_record(rec, replayed)
+        return out
+
+    def partial(self) -> list[CandidateRecord]:
+        """The records so far plus every result of the running batch already published
+        (what the state shows after each candidate)."""
+        done = [record_from_result(i, self.stage, res) for i, job in sorted(self._batch.items())
+                if (res := self.store.result(job.id)) is not None and i >= len(self.records)]
+        return list(self.records) + done
+
+    def _reuse(self, index: int, src: CandidateRecord, p: Proposal) -> CandidateRecord:
+        return CandidateRecord(index=index, stage=self.stage, levels=list(p.levels), ops=list(p.ops),
                                status="skipped" if src.status == "skipped" else "reused", score=src.score,
                                cluster=p.cluster, generation=p.generation, params=src.params, flops=src.flops,
                                training_bytes=src.training_bytes, seconds=0.0,
-                               reason=f"same as candidate #{src.index}", rank=src.rank, extra=dict(src.extra))
+                               reason=f"same as candidate #{src.index}", rank=src.rank, extra=dict(src.extra),
+                               epochs=src.epochs, worker=src.worker)

@@ -1,10 +1,12 @@
-"""The search state file: every proposed candidate, in proposal order, with its result.
+"""The search state file: settings, clustering, every finished candidate, the winner.
 
-Resuming works by *replay*: the search algorithms are deterministic functions of the
-seed and of the scores they receive, so a rerun proposes the same candidates in the same
-order; the i-th proposal of a stage is answered from the i-th stored record instead of
-being evaluated again. Nothing about the random generators needs to be pickled, and a
-record that does not match its replayed proposal shows the state belongs to other settings.
+The truth is the per-candidate files of `trials.py` (each written the moment its
+candidate finishes, by whichever worker ran it); `state.json` is the summary the main
+worker rebuilds from them after each of its candidates and at the end. Resuming reads
+the trial files: the coarse schedule decides from what is there (`asha.py`), the fine
+stage *replays* (its evolution is a deterministic function of the seed and the scores,
+so the i-th proposal is answered from the i-th stored result; a stored result for
+another candidate shows the folder belongs to other settings).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
-STATE_VERSION = 1
-STAGES = ("coarse", "fine")
+STATE_VERSION = 2
+STAGES = ("coarse", "fine", "standalone")
 
 
 class SearchStateError(C2FNASError):
@@ -44,6 +46,11 @@ class CandidateRecord:
     reason: str = ""
     rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # evaluator details (train/score seconds, loss)
+    candidate: int | None = None  # coarse: the candidate number (one per topology)
+    rung: int | None = None  # coarse: successive-halving rung
+    epochs: int | None = None  # training epochs of this evaluation (coarse rung, stand-alone)
+    worker: str = ""  # which worker ran it (host-pid-token)
+    finished_at: float = 0.0  # wall clock when its result was published
 
     def key(self) -> tuple:
         return tuple(self.levels), tuple(self.ops)
@@ -66,6 +73,9 @@ class SearchState:
     settings: dict[str, Any]
     coarse: list[CandidateRecord] = field(default_factory=list)
     fine: list[CandidateRecord] = field(default_factory=list)
+    standalone: list[CandidateRecord] = field(default_factory=list)
+    heldout: dict[str, Any] = field(default_factory=dict)  # heldout.HeldOut.to_dict(): never seen by the search
+    ranking: dict[str, Any] = field(default_factory=dict)  # Kendall taus (report.ranking_checks)
     clusters: dict[str, Any] = field(default_factory=dict)
     plans: dict[str, Any] = field(default_factory=dict)  # patch/batch/network the candidates ran at
     supernet: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +89,7 @@ class SearchState:
     def records(self, stage: str) -> list[CandidateRecord]:
         if stage not in STAGES:
             raise ValueError(stage)
-        return self.coarse if stage == "coarse" else self.fine
+        return {"coarse": self.coarse, "fine": self.fine, "standalone": self.standalone}[stage]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,11 +99,14 @@ class SearchState:
     def from_dict(cls, d: dict[str, Any], path: Path | str = "state.json") -> "SearchState":
         try:
             if d.get("version") != STATE_VERSION:
-                raise SearchStateError(f"{path}: state version {d.get('version')} is not {STATE_VERSION}; "
+                raise SearchStateError(f"{path}: state version {d.get('version')} is not {STATE_VERSION} (made before "
+                                       "the multi-fidelity search; its winner is in plans.json); "
                                        "rerun without --continue and with --overwrite")
             return cls(task_name=d["task_name"], settings=d["settings"],
                        coarse=[CandidateRecord.from_dict(r) for r in d.get("coarse", [])],
                        fine=[CandidateRecord.from_dict(r) for r in d.get("fine", [])],
+                       standalone=[CandidateRecord.from_dict(r) for r in d.get("standalone", [])],
+                       heldout=d.get("heldout", {}), ranking=d.get("ranking", {}),
                        clusters=d.get("clusters", {}), plans=d.get("plans", {}), supernet=d.get("supernet", {}),
                        fine_generations=d.get("fine_generations", []),
                        stage_seconds=d.get("stage_seconds", {}), finished=bool(d.get("finished", False)),

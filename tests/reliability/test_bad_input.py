@@ -205,7 +205,7 @@ PLANS_DAMAGE = {"not_json": _plans_not_json, "negative_patch": _plans_negative_p
                 "bad_genotype": _plans_bad_genotype}
 
 TRAIN_ARGS = ["--epochs", 1, "--iters-per-epoch", 1, "--device", "cpu", "--num-workers", 0, "--no-progress"]
-SEARCH_ARGS = ["--coarse-candidates", 1, "--coarse-epochs", 1, "--fine-epochs", 0, "--generations", 1,
+SEARCH_ARGS = ["--coarse-candidates", 1, "--min-epochs", 1, "--fine-epochs", 0, "--generations", 1,
                "--iters-per-epoch", 1, "--device", "cpu"]
 
 

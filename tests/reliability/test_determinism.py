@@ -88,7 +88,7 @@ hooks = SearchHooks(coarse_evaluate=coarse,
 topo = Topologies([tuple(t) for t in enumerate_topologies(8, 3)],
                   lambda t: [tuple(n) for n in topology_neighbours(t, 3)], topology_distance, 8)
 settings = SearchSettings(coarse_candidates=8, clusters=3, population=4, generations=3, fine_epochs=1,
-                          coarse_epochs=1, iters_per_epoch=1, children_per_round=2, tournament=2,
+                          min_epochs=1, eta=2, rungs=2, iters_per_epoch=1, tournament=2, standalone_sample=0,
                           seed=int(sys.argv[2]))
 state = search_core(Path(sys.argv[1]), "Task000_Fake", settings, hooks, progress=False, topologies=topo)
 keep = ("stage", "index", "levels", "ops", "status", "score", "cluster", "generation")

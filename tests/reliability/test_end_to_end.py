@@ -51,11 +51,13 @@ def test_search_in_path_with_space_and_non_ascii(trained_task, tmp_path):
     env = cli_env(root)
     plans = next((root / "preprocessed").iterdir()) / "plans.json"
     before = json.loads(plans.read_text())
-    require_ok(run_cli("search", ["-t", E2E_ID, "--coarse-candidates", 2, "--coarse-epochs", 1, "--clusters", 2,
+    require_ok(run_cli("search", ["-t", E2E_ID, "--coarse-candidates", 2, "--min-epochs", 1, "--clusters", 2,
                                   "--population", 2, "--fine-epochs", 1, "--generations", 1, "--iters-per-epoch", 1,
-                                  "--tournament", 1, "--children-per-round", 1, "--device", "cpu", "--no-progress"],
+                                  "--tournament", 1, "--rungs", 1, "--standalone-sample", 0, "--device", "cpu",
+                                  "--no-progress"],
                        env))
     after = json.loads(plans.read_text())
     assert after["genotype"]["provenance"].get("source") == "c2fnas_search", after["genotype"]
     assert before["genotype"]["provenance"] != after["genotype"]["provenance"]
-    assert (plans.parent / "search" / "state.json").is_file()
+    assert (root / "results" / plans.parent.name / "search" / "state.json").is_file()
+    assert (root / "results" / plans.parent.name / "search" / "genotype.json").is_file()

@@ -146,10 +146,10 @@ def _plant_truncated_checkpoint(task) -> tuple[Path, list]:
 
 
 def _plant_truncated_search_state(task) -> tuple[Path, list]:
-    path = task.preprocessed_dir / "search" / "state.json"
+    path = task.results_root / task.task_name / "search" / "state.json"  # paths.search_results_dir
     path.parent.mkdir(parents=True)
     path.write_text('{"task_name": "' + task.task_name + '", "settings": {"coarse_candidates": 2, "coa')
-    return path, ["search", ["-t", task.task_name, "--continue", "--coarse-candidates", 1, "--coarse-epochs", 1,
+    return path, ["search", ["-t", task.task_name, "--continue", "--coarse-candidates", 1, "--min-epochs", 1,
                              "--fine-epochs", 0, "--generations", 1, "--iters-per-epoch", 1, "--device", "cpu",
                              "--no-progress"]]
 

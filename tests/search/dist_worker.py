@@ -1,9 +1,11 @@
-"""Run by test_distributed under `torchrun --nproc_per_node 2`: a fake-evaluator search
-whose ranks share the candidates; each rank lists what it evaluated itself."""
+"""A fake-evaluator search worker for the multi-worker tests: run under torchrun (ranks
+share one search) or alone, optionally as a late `--join`er; each process writes what it
+evaluated itself to `<out>/worker-<pid>.json`."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,20 +15,31 @@ from fakes import FakeHooks  # noqa: E402
 
 from c2fnas_auto.search.api import SearchSettings, search_core  # noqa: E402
 from c2fnas_auto.search.distributed import init_distributed  # noqa: E402
+from c2fnas_auto.search.trials import WorkerOptions  # noqa: E402
 
 
 def main() -> None:
     out = Path(sys.argv[1])
     settings = SearchSettings(**json.loads(sys.argv[2]))
-    dist = init_distributed("cpu")
-    fake = FakeHooks()
+    opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    join = bool(opts.get("join"))
+    dist = init_distributed("cpu") if not join else None
+    fake = FakeHooks(sleep=float(opts.get("sleep", 0.0)))
+    calls = out / f"worker-{os.getpid()}.json"
+
+    def dump(state=None) -> None:
+        calls.write_text(json.dumps({"rank": dist.rank if dist else -1, "world": dist.world_size if dist else 0,
+                                     "coarse": [[list(map(list, k)), r] for k, r in fake.coarse_calls],
+                                     "fine": [list(map(list, k)) for k in fake.fine_calls],
+                                     "winner": state.winner if state else None}))
+
     try:
-        state = search_core(out / "search", "T", settings, fake.hooks(), dist=dist, progress=False)
+        state = search_core(out / "search", "T", settings, fake.hooks(), dist=dist, progress=False, join=join,
+                            workers=WorkerOptions(stale_seconds=2.0, poll_seconds=0.05), lines=False)
     finally:
-        dist.close()
-    (out / f"rank{dist.rank}.json").write_text(json.dumps({
-        "world": dist.world_size, "coarse": [list(map(list, k)) for k in fake.coarse_calls],
-        "fine": [list(map(list, k)) for k in fake.fine_calls], "winner": state.winner}))
+        if dist is not None:
+            dist.close()
+    dump(state)
 
 
 if __name__ == "__main__":

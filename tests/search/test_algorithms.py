@@ -10,10 +10,9 @@ import pytest
 from c2fnas_auto.nas.genotype import OPS, check_levels
 from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, topology_neighbours
 from c2fnas_auto.search.clustering import distance_matrix, k_medoids
-from c2fnas_auto.search.distributed import DistContext
-from c2fnas_auto.search.evolution import coarse_evolution, fine_evolution, initial_topologies
+from c2fnas_auto.search.evolution import fine_evolution, initial_topologies, propose_topology
 from c2fnas_auto.search.runner import CandidateRunner
-from c2fnas_auto.search.state import SearchState
+from c2fnas_auto.search.trials import TrialStore
 
 from .fakes import TARGET_LEVELS, TARGET_OPS, ops_score, topology_score
 
@@ -62,40 +61,49 @@ def test_mutations_stay_valid(space):
             assert sum(a != b for a, b in zip(n, t)) >= 1
 
 
-def _run_coarse(topologies, clustering, budget, seed, evaluate):
-    state = SearchState(task_name="t", settings={})
-    runner = CandidateRunner(state, "coarse", evaluate, save=lambda: None)
-    res = coarse_evolution(topologies, clustering, topology_neighbours, "3d", 12, runner.run, budget=budget,
-                           population=6, tournament=3, children_per_round=3, seed=seed)
-    return res, runner
+def _propose_all(topologies, clustering, n, seed, score=topology_score):
+    """Candidates 0..n-1 proposed one after another, each scored before the next."""
+    history = []
+    for c in range(n):
+        i = propose_topology(c, topologies, clustering, topology_neighbours, history, population=6, tournament=3,
+                             seed=seed)
+        history.append((c, tuple(topologies[i]), score(topologies[i])))
+    return history
 
 
-def test_coarse_evolution_is_seeded_and_improves(space):
+def test_asynchronous_evolution_is_seeded_and_improves(space):
     topologies, dist = space
     clustering = k_medoids(dist, 6, seed=0)
-    calls = []
+    a = _propose_all(topologies, clustering, 30, 5)
+    b = _propose_all(topologies, clustering, 30, 5)
+    c = _propose_all(topologies, clustering, 30, 6)
+    assert a == b, "same seed and scores -> same proposals"
+    assert [t for _, t, _ in a] != [t for _, t, _ in c]
+    assert len({t for _, t, _ in a}) == 30, "a topology is never proposed twice"
+    # the first `population` candidates are the cluster medoids, one per cluster
+    assert sorted(t for _, t, _ in a[:6]) == sorted(topologies[m] for m in clustering.medoids)
+    # later ones are one-step neighbours of an earlier candidate, and the search climbs
+    earlier = set()
+    for _, t, _ in a:
+        if earlier and len(earlier) >= 6:
+            assert any(t in {tuple(n) for n in topology_neighbours(e)} for e in earlier)
+        earlier.add(t)
+    assert max(s for _, _, s in a) > max(s for _, _, s in a[:6])
+    # unscored history (candidates still running) gives random fresh topologies, still distinct
+    pending = [(k, t, None) for k, t, _ in a[:8]]
+    i = propose_topology(8, topologies, clustering, topology_neighbours, pending, 6, 3, seed=5)
+    assert tuple(topologies[i]) not in {t for _, t, _ in pending}
 
-    def evaluate(p):
-        calls.append(p.key())
-        return {"score": topology_score(p.levels)}
 
-    a, ra = _run_coarse(topologies, clustering, 30, 5, evaluate)
-    b, _ = _run_coarse(topologies, clustering, 30, 5, evaluate)
-    c, _ = _run_coarse(topologies, clustering, 30, 6, evaluate)
-    keys = lambda r: [x.key() for x in r.records]  # noqa: E731
-    assert keys(a) == keys(b), "same seed -> same decisions"
-    assert keys(a) != keys(c)
-    trained = [r for r in a.records if r.status == "done"]
-    assert len(trained) == 30 == ra.evaluations, "budget counts trained candidates; duplicates are reused"
-    assert len(set(r.key() for r in trained)) == 30
-    assert all(r.ops == ["3d"] * 12 for r in a.records)
-    # the initial population is one medoid per cluster
-    first = [tuple(r.levels) for r in a.records[:6]]
-    assert sorted(first) == sorted(topologies[m] for m in clustering.medoids)
-    assert {r.cluster for r in a.records[:6]} == set(range(6))
-    # every child is a one-step neighbour of an earlier candidate and the search climbs
-    assert a.best.score == max(r.score for r in trained)
-    assert a.best.score > max(r.score for r in a.records[:6])
+def test_proposals_end_when_the_space_is_exhausted():
+    from c2fnas_auto.search.clustering import Clustering
+
+    tops = [(1, 1), (1, 2), (2, 2)]
+    clustering = Clustering(medoids=[0], labels=[0, 0, 0], cost=0.0)
+    history = [(k, t, 0.5) for k, t in enumerate(tops)]
+    assert propose_topology(3, tops, clustering, lambda t: [], history, 2, 2, seed=0) is None
+    # no neighbours left: a random unused topology
+    assert propose_topology(2, tops, clustering, lambda t: [], history[:2], 2, 2, seed=0) == 2
 
 
 def test_initial_population_fills_from_clusters(space):
@@ -107,27 +115,13 @@ def test_initial_population_fills_from_clusters(space):
     assert {clustering.labels[i] for i in chosen} == {0, 1, 2}
 
 
-def test_skipped_candidates_are_not_trained_and_not_counted(space):
-    topologies, dist = space
-    clustering = k_medoids(dist, 6, seed=0)
-
-    def evaluate(p):
-        if max(p.levels) >= 3:
-            return {"status": "skipped", "score": None, "reason": "over memory"}
-        return {"score": topology_score(p.levels)}
-
-    res, _ = _run_coarse(topologies, clustering, 8, 0, evaluate)
-    done = [r for r in res.records if r.status == "done"]
-    assert len(done) == 8
-    assert all(max(r.levels) <= 2 for r in done)
-    assert all(r.score is None for r in res.records if r.status == "skipped")
-    assert max(res.best.levels) <= 2
+def _runner(tmp_path, evaluate, name="store"):
+    return CandidateRunner(TrialStore(tmp_path / name).start(), "fine", "f", evaluate)
 
 
-def test_fine_evolution_seeded_and_finds_better_ops():
+def test_fine_evolution_seeded_and_finds_better_ops(tmp_path):
     def run(seed):
-        state = SearchState(task_name="t", settings={})
-        runner = CandidateRunner(state, "fine", lambda p: {"score": ops_score(p.ops)}, save=lambda: None)
+        runner = _runner(tmp_path, lambda p: {"score": ops_score(p.ops)}, f"s{seed}-{len(list(tmp_path.iterdir()))}")
         return fine_evolution(TARGET_LEVELS, OPS, runner.run, population=8, generations=6, seed=seed,
                               start_ops=["3d"] * 12), runner
 
@@ -143,36 +137,29 @@ def test_fine_evolution_seeded_and_finds_better_ops():
     assert ra.evaluations == 8 + 5 * 4
 
 
-def test_fine_constraint_skips():
-    state = SearchState(task_name="t", settings={})
-
+def test_fine_constraint_skips(tmp_path):
     def evaluate(p):
         if p.ops.count("3d") > 6:
             return {"status": "skipped", "score": None, "reason": "GFLOPs"}
         return {"score": ops_score(p.ops)}
 
-    runner = CandidateRunner(state, "fine", evaluate, save=lambda: None)
+    runner = _runner(tmp_path, evaluate)
     res = fine_evolution(TARGET_LEVELS, OPS, runner.run, population=6, generations=4, seed=0, start_ops=["3d"] * 12)
     assert res.records[0].status == "skipped"
     assert res.best.ops.count("3d") <= 6
 
 
-def test_runner_replays_and_rejects_foreign_state():
+def test_runner_replays_and_rejects_foreign_state(tmp_path):
     from c2fnas_auto.search.runner import Proposal
     from c2fnas_auto.search.state import SearchStateError
 
-    state = SearchState(task_name="t", settings={})
     n = []
     ev = lambda p: n.append(1) or {"score": 0.5}  # noqa: E731
-    props = [Proposal(levels=TARGET_LEVELS, ops=tuple(TARGET_OPS)), Proposal(levels=TARGET_LEVELS, ops=("3d",) * 12)]
-    CandidateRunner(state, "fine", ev, save=lambda: None).run(props)
-    assert len(n) == 2
-    again = CandidateRunner(state, "fine", ev, save=lambda: None)
-    assert [r.index for r in again.run(props)] == [0, 1] and len(n) == 2
+    props = [Proposal(levels=TARGET_LEVELS, ops=tuple(TARGET_OPS)), Proposal(levels=TARGET_LEVELS, ops=("3d",) * 12),
+             Proposal(levels=TARGET_LEVELS, ops=tuple(TARGET_OPS))]
+    recs = _runner(tmp_path, ev).run(props)
+    assert len(n) == 2 and [r.status for r in recs] == ["done", "done", "reused"]
+    again = _runner(tmp_path, ev)
+    assert [r.index for r in again.run(props)] == [0, 1, 2] and len(n) == 2, "answered from the stored results"
     with pytest.raises(SearchStateError, match="other code or settings"):
-        CandidateRunner(state, "fine", ev, save=lambda: None).run(props[::-1])
-
-
-def test_dist_context_single_process_map():
-    assert DistContext().map(lambda x: x * 2, [1, 2, 3]) == [2, 4, 6]
-
+        _runner(tmp_path, ev).run([props[1], props[0]])
