@@ -579,7 +579,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
             genotype = winner_genotype(state, plans, settings)
             genotype.save(search_dir / GENOTYPE_FILE)
             new_plans, how = write_into_plans(plans_path, genotype)
-            plot_genotype(genotype, search_dir / GENOTYPE_PNG,
+            plot_genotype(genotype, search_dir / GENOTYPE_PNG, cell_style=plans.network.cell_style,
                           title_extra=f"{task_name}: fine Dice {state.winner['fine_score']:.3f}")
             extra: dict[str, Any] = {"plans": {"file": str(plans_path), "refit": how,
                                                "patch_size": list(new_plans.patch_size),
