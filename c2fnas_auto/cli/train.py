@@ -12,6 +12,7 @@ from c2fnas_auto.cli._common import cli_entry, exit_with
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from c2fnas_auto.training.dataloader import AUGMENTATION_BACKENDS
     from c2fnas_auto.training.trainer import TrainerOptions, default_num_workers
 
     d = TrainerOptions()
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device (default: cuda when available, else cpu)")
     p.add_argument("--num-workers", type=int, default=None,
                    help=f"augmentation worker processes, 0 = in-process (default {default_num_workers()})")
+    p.add_argument("--augmentation", choices=AUGMENTATION_BACKENDS, default=None,
+                   help="augmentation backend: 'device' runs batched torch transforms on the training device "
+                        "after the copy, 'batchgenerators' runs them in the loader workers (default: device; "
+                        "see documentation/training.md)")
     p.add_argument("--genotype", default=None, metavar="FILE",
                    help="genotype JSON (or a plans file holding one) instead of the plans' genotype")
     p.add_argument("--continue", dest="continue_training", action="store_true",
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, patch_size=tuple(args.patch_size) if args.patch_size else None,
         device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
-        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress)
+        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
+        augmentation=args.augmentation)
     trainer = Trainer(args.task, args.fold, options)
     trainer.run()
     if trainer.is_main:

@@ -19,7 +19,8 @@ from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
 from c2fnas_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
-from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
+from c2fnas_auto.training.dataloader import (check_augmentation, default_augmentation, load_cases,
+                                             make_batch_iterator)
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
 from c2fnas_auto.training.logger import TrainingLog
@@ -54,6 +55,7 @@ class TrainerOptions:
     genotype_file: str | None = None
     progress: bool = True
     augment: bool = True
+    augmentation: str | None = None  # backend; None = default_augmentation(device), resolved by the Trainer
 
     def check(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
@@ -65,6 +67,8 @@ class TrainerOptions:
             raise InputError(f"--patch-size needs three positive sizes Z Y X (got {list(self.patch_size)})")
         if self.num_workers < 0:
             raise InputError(f"--num-workers must not be negative (got {self.num_workers})")
+        if self.augmentation is not None:
+            check_augmentation(self.augmentation)
 
 
 def resolve_task_name(task: str | int) -> str:
@@ -104,6 +108,9 @@ class Trainer:
         self.run_plans.genotype = self.genotype
         self.run_plans.patch_size = list(self.patch_size)
         self.device = resolve_device(self.options.device)
+        # resolved here so checkpoints and the log record the backend actually used
+        self.augmentation_default = self.options.augmentation is None
+        self.options.augmentation = self.options.augmentation or default_augmentation(self.device)
         self.dist = DistInfo()
         self.start_epoch = 0
         self.log = TrainingLog()
@@ -192,8 +199,12 @@ class Trainer:
         self.say(f"task {self.task_name}, fold {self.fold}: {len(self.train_ids)} training / "
                  f"{len(self.val_ids)} validation cases")
         self.say(f"genotype levels {self.genotype.topology_string()} ops {self.genotype.ops_string()}")
+        backend = self.options.augmentation
+        region = ("region cut per batch from the drawn transform" if backend == "device" else
+                  f"initial patch {list(initial_patch_size(self.patch_size, aug))}")
         self.say(f"patch {list(self.patch_size)}, batch {self.batch_size} ({self.rank_batch} per rank x "
-                 f"{self.dist.world_size}), initial patch {list(initial_patch_size(self.patch_size, aug))}, "
+                 f"{self.dist.world_size}), augmentation {backend}"
+                 f"{' (default on ' + self.device.type + ')' if self.augmentation_default else ''}, {region}, "
                  f"{'2D-style' if use_2d_augmentation(self.patch_size) else '3D'} spatial augmentation, "
                  f"deep supervision {'on' if self.network_config.deep_supervision else 'off'}")
         self.say(f"device {self.device}, AMP {'on' if self.ctx.amp else 'off'}, {self.options.epochs} epochs x "
@@ -215,7 +226,8 @@ class Trainer:
             data_seed = opts.seed + 7919 * self.start_epoch
             train_cases = load_cases(self.preprocessed_dir, self.train_ids)
             val_cases = load_cases(self.preprocessed_dir, self.val_ids)
-            share = dict(global_batch=self.batch_size, offset=self.rank_offset, rank=self.dist.rank)
+            share = dict(global_batch=self.batch_size, offset=self.rank_offset, rank=self.dist.rank,
+                         augmentation=opts.augmentation, device=self.device)
             train_batches = make_batch_iterator(train_cases, self.patch_size, self.rank_batch, seed=data_seed,
                                                 num_workers=opts.num_workers, augment=opts.augment, **share)
             val_batches = make_batch_iterator(val_cases, self.patch_size, self.rank_batch, seed=data_seed + 1,
