@@ -82,7 +82,8 @@ def make_task(work: Path, dry: bool):
                                num_workers=min(8, os.cpu_count() or 1), progress=False)
 
 
-def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, workers: int) -> dict:
+def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, workers: int,
+                   warmup: int = 3) -> dict:
     import torch
 
     from c2fnas_auto.nas.cost import estimate_cost
@@ -101,7 +102,7 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
     batches = make_batch_iterator(load_cases(pre_dir, train_ids), plans.patch_size, plans.batch_size, seed=0,
                                   num_workers=workers, augmentation=backend, device=device)
     cuda = device.type == "cuda"
-    for _ in range(3):  # warm-up: workers start, cuDNN picks its algorithms
+    for _ in range(warmup):  # warm-up: workers start, cuDNN picks its algorithms
         train_step(ctx, next(batches))
     if cuda:
         torch.cuda.synchronize()
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the script, measures nothing")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--iterations", type=int, default=None, help="timed iterations per backend (default 40; dry 3)")
+    p.add_argument("--iterations", type=int, default=None, help="timed iterations per backend (default 40; dry 2)")
     args = p.parse_args(argv)
     import torch
 
@@ -173,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out, result)
     print(f"task ready: patch {plans.patch_size}, batch {plans.batch_size} ({result['task']['seconds']:.0f} s)",
           flush=True)
-    iterations = args.iterations or (3 if args.dry_run else 40)
+    iterations = args.iterations or (2 if args.dry_run else 40)
     workers = 0 if args.dry_run else min(8, max(1, (os.cpu_count() or 2) - 2))
     result["training"] = []
     for backend in ("device", "batchgenerators"):
-        row = training_speed(plans, pre, backend, dev, iterations, workers)
+        row = training_speed(plans, pre, backend, dev, iterations, workers, warmup=1 if args.dry_run else 3)
         result["training"].append(row)
         atomic_write_json(args.out, result)
         print(f"{backend}: {row['iterations_per_second']:.2f} it/s, GPU util {row['gpu_utilisation_mean']}, "

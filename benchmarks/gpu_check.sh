@@ -15,5 +15,13 @@ stamp="$(date -u +%Y-%m-%dT%H%M)"
 flags=()
 if [[ "${DRY_RUN:-0}" == "1" ]]; then flags+=(--dry-run); stamp="$stamp-dry"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out_dir/gpu_check-$stamp-nvidia-smi.csv" 2>/dev/null || true
+set +e
 timeout "${GPU_CHECK_TIMEOUT:-570}" python -m benchmarks.gpu_check "${flags[@]}" --workdir "$work" \
     --out "$out_dir/gpu_check-$stamp.json" 2>&1 | tee "$out_dir/gpu_check-$stamp.log"
+rc=${PIPESTATUS[0]}
+set -e
+if [[ $rc -eq 124 ]]; then
+    echo "gpu_check: stopped after ${GPU_CHECK_TIMEOUT:-570} s; the parts measured so far are in $out_dir/gpu_check-$stamp.json" \
+        | tee -a "$out_dir/gpu_check-$stamp.log"
+fi
+exit $rc

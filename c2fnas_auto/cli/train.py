@@ -12,7 +12,7 @@ from c2fnas_auto.cli._common import cli_entry, exit_with
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from c2fnas_auto.training.dataloader import AUGMENTATION_BACKENDS
+    from c2fnas_auto.training.dataloader import AUGMENTATION_BACKENDS, FOREGROUND_CLASS_RULES
     from c2fnas_auto.training.trainer import TrainerOptions, default_num_workers
 
     d = TrainerOptions()
@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation backend: 'device' runs batched torch transforms on the training device "
                         "after the copy, 'batchgenerators' runs them in the loader workers (default: device; "
                         "see documentation/training.md)")
+    p.add_argument("--foreground-classes", choices=FOREGROUND_CLASS_RULES, default=d.foreground_classes,
+                   help="class a forced-foreground patch is centred on: 'uniform' over the case's classes "
+                        "(nnU-Net) or 'rarest' in the case (small lesions inside organs) "
+                        f"(default {d.foreground_classes})")
     p.add_argument("--genotype", default=None, metavar="FILE",
                    help="genotype JSON (or a plans file holding one) instead of the plans' genotype")
     p.add_argument("--continue", dest="continue_training", action="store_true",
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
         continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
-        augmentation=args.augmentation)
+        augmentation=args.augmentation, foreground_classes=args.foreground_classes)
     trainer = Trainer(args.task, args.fold, options)
     trainer.run()
     if trainer.is_main:

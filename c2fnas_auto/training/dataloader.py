@@ -32,6 +32,10 @@ from c2fnas_auto.training.augmentation import AugmentationParams, build_transfor
 from c2fnas_auto.training.device_augmentation import BatchDraw, DeviceAugmenter, draw_batch, region_size
 
 FOREGROUND_OVERSAMPLING = 0.33
+# how a forced-foreground sample picks its class: "uniform" over the classes the case holds
+# (nnU-Net's rule) or "rarest", the class with the fewest stored voxels in the case (the
+# stored lists are capped, so classes above the cap tie and are drawn uniformly)
+FOREGROUND_CLASS_RULES = ("uniform", "rarest")
 AUGMENTATION_BACKENDS = ("batchgenerators", "device")
 # on CPU tensors the device backend is also the faster one (benchmarks row 4); CUDA always uses it
 CPU_DEFAULT_AUGMENTATION = "device"
@@ -98,7 +102,7 @@ class PatchSampler:
 
     def __init__(self, cases: Sequence[CaseData], patch_size: Sequence[int], batch_size: int,
                  oversample_foreground: float = FOREGROUND_OVERSAMPLING, global_batch: int | None = None,
-                 offset: int = 0, final_patch_size: Sequence[int] | None = None):
+                 offset: int = 0, final_patch_size: Sequence[int] | None = None, foreground_classes: str = "uniform"):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         self.cases = list(cases)
@@ -110,6 +114,15 @@ class PatchSampler:
         # under DDP this sampler draws samples offset..offset+batch_size of the global batch
         self.global_batch = int(global_batch or batch_size)
         self.offset = int(offset)
+        if foreground_classes not in FOREGROUND_CLASS_RULES:
+            raise ValueError(f"foreground_classes must be one of {FOREGROUND_CLASS_RULES} (got {foreground_classes!r})")
+        self.foreground_classes = foreground_classes
+
+    def _pick_class(self, case: CaseData, classes: list[int], rng: np.random.Generator) -> int:
+        if self.foreground_classes == "rarest":
+            fewest = min(len(case.class_locations[c]) for c in classes)
+            classes = [c for c in classes if len(case.class_locations[c]) == fewest]
+        return classes[rng.integers(len(classes))]
 
     def force_foreground(self, index: int) -> bool:
         """Sample `index` must contain foreground: it lies in the last third of the *global* batch."""
@@ -125,7 +138,7 @@ class PatchSampler:
         ub = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need, size)]
         classes = [c for c, loc in case.class_locations.items() if c > 0 and len(loc)]
         if force_fg and classes:
-            c = classes[rng.integers(len(classes))]
+            c = self._pick_class(case, classes, rng)
             voxel = case.class_locations[c][rng.integers(len(case.class_locations[c]))]
             return [int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, size, lb, ub)]
         return [int(rng.integers(lo, hi + 1)) for lo, hi in zip(lb, ub)]
@@ -232,23 +245,27 @@ def make_batch_iterator(cases: Sequence[CaseData], patch_size: Sequence[int], ba
                         params: AugmentationParams | None = None,
                         oversample_foreground: float = FOREGROUND_OVERSAMPLING, global_batch: int | None = None,
                         offset: int = 0, augmentation: str = "batchgenerators",
-                        device: torch.device | str | None = None) -> Iterator[dict]:
+                        device: torch.device | str | None = None, foreground_classes: str = "uniform"
+                        ) -> Iterator[dict]:
     """An endless iterator of augmented batches; workers are DataLoader processes when num_workers > 0.
 
     `augmentation` picks the backend (module docstring); with "device" the batches come out
-    on `device` (default CPU). Under DDP pass the global batch size and this rank's `offset`
+    on `device` (default CPU); `foreground_classes` is PatchSampler's rule for the class of
+    a forced-foreground sample. Under DDP pass the global batch size and this rank's `offset`
     into it, so foreground oversampling keeps its share of the global batch however it is split."""
     params = params or AugmentationParams()
     patch = tuple(int(p) for p in patch_size)
     check_augmentation(augmentation)
     if augmentation == "device":
         dev = device if isinstance(device, torch.device) else torch.device(device or "cpu")
-        sampler = PatchSampler(cases, patch, batch_size, oversample_foreground, global_batch, offset, patch)
+        sampler = PatchSampler(cases, patch, batch_size, oversample_foreground, global_batch, offset, patch,
+                               foreground_classes)
         stream = DrawStream(sampler, params, augment, seed, rank)
         return DeviceBatches(_worker_iterator(stream, num_workers, pin=dev.type == "cuda"), DeviceAugmenter(patch),
                              dev)
     first = initial_patch_size(patch, params) if augment else patch
-    sampler = PatchSampler(cases, first, batch_size, oversample_foreground, global_batch, offset, patch)
+    sampler = PatchSampler(cases, first, batch_size, oversample_foreground, global_batch, offset, patch,
+                           foreground_classes)
     return _worker_iterator(BatchStream(sampler, build_transforms(patch, params, augment), seed, rank), num_workers)
 
 

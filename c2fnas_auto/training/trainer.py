@@ -19,8 +19,8 @@ from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
 from c2fnas_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
-from c2fnas_auto.training.dataloader import (check_augmentation, default_augmentation, load_cases,
-                                             make_batch_iterator)
+from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augmentation, default_augmentation,
+                                             load_cases, make_batch_iterator)
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
 from c2fnas_auto.training.logger import TrainingLog
@@ -56,6 +56,7 @@ class TrainerOptions:
     progress: bool = True
     augment: bool = True
     augmentation: str | None = None  # backend; None = default_augmentation(device), resolved by the Trainer
+    foreground_classes: str = "uniform"  # class rule of forced-foreground samples (dataloader)
 
     def check(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
@@ -69,6 +70,9 @@ class TrainerOptions:
             raise InputError(f"--num-workers must not be negative (got {self.num_workers})")
         if self.augmentation is not None:
             check_augmentation(self.augmentation)
+        if self.foreground_classes not in FOREGROUND_CLASS_RULES:
+            raise InputError(f"--foreground-classes must be one of {', '.join(FOREGROUND_CLASS_RULES)} "
+                             f"(got {self.foreground_classes!r})")
 
 
 def resolve_task_name(task: str | int) -> str:
@@ -229,7 +233,8 @@ class Trainer:
             share = dict(global_batch=self.batch_size, offset=self.rank_offset, rank=self.dist.rank,
                          augmentation=opts.augmentation, device=self.device)
             train_batches = make_batch_iterator(train_cases, self.patch_size, self.rank_batch, seed=data_seed,
-                                                num_workers=opts.num_workers, augment=opts.augment, **share)
+                                                num_workers=opts.num_workers, augment=opts.augment,
+                                                foreground_classes=opts.foreground_classes, **share)
             val_batches = make_batch_iterator(val_cases, self.patch_size, self.rank_batch, seed=data_seed + 1,
                                               num_workers=0, augment=False, **share)
             if self.start_epoch < opts.epochs and self.is_main:

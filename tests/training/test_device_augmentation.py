@@ -227,3 +227,24 @@ def test_fit_trains_with_either_backend(tmp_path):
         losses = api.fit(Tiny(), Plans(), tmp_path, ["c0", "c1"], epochs=1,
                          iters_per_epoch=2, device="cpu", augmentation=backend)
         assert len(losses) == 1 and np.isfinite(losses[0])
+
+
+def test_rarest_rule_centres_forced_samples_on_the_smallest_class():
+    from c2fnas_auto.training.dataloader import PatchSampler
+
+    case = _cases()[0]  # class 2 (8 voxels) lies inside class 1
+    rng = np.random.default_rng(0)
+    rare = PatchSampler([case], (2, 2, 2), 1, oversample_foreground=1.0, foreground_classes="rarest")
+    uniform = PatchSampler([case], (2, 2, 2), 1, oversample_foreground=1.0)
+    hits_rare = sum((rare.sample(rng)["seg"] == 2).any() for _ in range(40))
+    hits_uniform = sum((uniform.sample(rng)["seg"] == 2).any() for _ in range(40))
+    assert hits_rare == 40 and hits_uniform < 35
+    with pytest.raises(ValueError, match="foreground_classes"):
+        PatchSampler([case], (2, 2, 2), 1, foreground_classes="largest")
+
+
+def test_trainer_options_reject_an_unknown_foreground_rule():
+    from c2fnas_auto.training.trainer import TrainerOptions
+
+    with pytest.raises(InputError, match="--foreground-classes"):
+        TrainerOptions(foreground_classes="largest").check()
