@@ -29,6 +29,7 @@ from pathlib import Path
 
 TASK_ID = 97
 TASK_NAME = "PancreasSized"
+FINE_EPOCHS = 2  # supernet epochs of the short search
 
 
 class GpuSampler:
@@ -128,7 +129,7 @@ def short_search(work: Path, device: str, dry: bool) -> dict:
 
     iters = 4 if dry else 50
     args = [sys.executable, "-m", "c2fnas_auto.cli.search", "-t", str(TASK_ID), "--coarse-candidates", "2",
-            "--coarse-epochs", "1", "--clusters", "2", "--population", "2", "--fine-epochs", "2", "--generations",
+            "--coarse-epochs", "1", "--clusters", "2", "--population", "2", "--fine-epochs", str(FINE_EPOCHS), "--generations",
             "1", "--iters-per-epoch", str(iters), "--device", device, "--overwrite", "--no-progress"]
     t0 = time.perf_counter()
     rc = subprocess.run(args, env=os.environ.copy()).returncode
@@ -141,10 +142,10 @@ def short_search(work: Path, device: str, dry: bool) -> dict:
         return out
     report = load_json(report_file, "search report")
     secs = report.get("compute_seconds", {})
-    n_coarse = max(1, len(report.get("coarse", report.get("coarse_candidates", [])) or [None, None]))
-    out.update({"compute_seconds": secs, "projection": report.get("projection"),
+    n_coarse = max(1, int(report.get("counts", {}).get("coarse_trained", 2)))
+    out.update({"compute_seconds": secs, "projection": report.get("projection_for_default_budget"),
                 "seconds_per_coarse_candidate": secs.get("coarse", 0.0) / n_coarse,
-                "seconds_per_supernet_epoch": secs.get("supernet", 0.0) / 2})
+                "seconds_per_supernet_epoch": secs.get("supernet", 0.0) / FINE_EPOCHS})
     return out
 
 
