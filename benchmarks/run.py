@@ -33,6 +33,7 @@ ROWS = {
     "sliding_window": "benchmarks.rows.sliding_window",
     "train_step": "benchmarks.rows.train_step",
     "data_pipeline": "benchmarks.rows.data_pipeline",
+    "train_iterations": "benchmarks.rows.train_iterations",
     "memory": "benchmarks.rows.memory",
     "search_cost": "benchmarks.rows.search_cost",
     "search_quality": "benchmarks.rows.search_quality",

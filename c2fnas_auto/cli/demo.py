@@ -19,6 +19,12 @@ from c2fnas_auto.errors import C2FNASError
 
 TASK_ID = 98
 TASK_NAME = "SyntheticDemo"
+# Training patch of fold 0: an eighth of the case (the plans' patch is the whole 32x64x64
+# case), so an iteration costs about 1/7 and the schedule gets 4x the iterations in less
+# time; with forced-foreground patches centred on the rarest class (the lesion, 0.15 % of
+# the voxels, inside the organ) the lesion label is learned within the demo's budget.
+TRAIN_PATCH = (16, 32, 32)
+FOREGROUND_CLASSES = "rarest"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, search and training")
     p.add_argument("--epochs", type=int, default=12, help="training epochs of fold 0 (default 12)")
-    p.add_argument("--iters-per-epoch", type=int, default=25, help="iterations per training epoch (default 25)")
+    p.add_argument("--iters-per-epoch", type=int, default=100, help="iterations per training epoch (default 100)")
     p.add_argument("--skip-search", action="store_true", help="train the shipped reference genotype instead")
     return p
 
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = _step("4/6 train fold 0")
     _check(train_cli.main([str(TASK_ID), "0", "--epochs", str(args.epochs), "--iters-per-epoch",
                            str(args.iters_per_epoch), "--val-iters", "4", "--device", args.device,
+                           "--patch-size", *map(str, TRAIN_PATCH), "--foreground-classes", FOREGROUND_CLASSES,
                            "--seed", str(args.seed), "--num-workers", "0", "--continue"]), "train")
     print(f"({time.perf_counter() - t0:.0f} s)")
 

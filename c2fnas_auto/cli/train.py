@@ -12,6 +12,7 @@ from c2fnas_auto.cli._common import cli_entry, exit_with
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from c2fnas_auto.training.dataloader import AUGMENTATION_BACKENDS, FOREGROUND_CLASS_RULES
     from c2fnas_auto.training.trainer import TrainerOptions, default_num_workers
 
     d = TrainerOptions()
@@ -34,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device (default: cuda when available, else cpu)")
     p.add_argument("--num-workers", type=int, default=None,
                    help=f"augmentation worker processes, 0 = in-process (default {default_num_workers()})")
+    p.add_argument("--augmentation", choices=AUGMENTATION_BACKENDS, default=None,
+                   help="augmentation backend: 'device' runs batched torch transforms on the training device "
+                        "after the copy, 'batchgenerators' runs them in the loader workers (default: device; "
+                        "see documentation/training.md)")
+    p.add_argument("--foreground-classes", choices=FOREGROUND_CLASS_RULES, default=d.foreground_classes,
+                   help="class a forced-foreground patch is centred on: 'uniform' over the case's classes "
+                        "(nnU-Net) or 'rarest' in the case (small lesions inside organs) "
+                        f"(default {d.foreground_classes})")
     p.add_argument("--genotype", default=None, metavar="FILE",
                    help="genotype JSON (or a plans file holding one) instead of the plans' genotype; trains "
                    "into that genotype's own experiment folder, its memory checked against the plans' budget")
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
         continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
-        save_probabilities=args.save_probabilities)
+        save_probabilities=args.save_probabilities, augmentation=args.augmentation,
+        foreground_classes=args.foreground_classes)
     trainer = Trainer(args.task, args.fold, options)
     try:
         trainer.run()

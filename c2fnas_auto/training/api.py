@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
+from c2fnas_auto.training.dataloader import default_augmentation, load_cases, make_batch_iterator
 from c2fnas_auto.training.loop import StepContext, default_forward, run_epoch
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
@@ -29,14 +29,18 @@ def _device(device) -> torch.device:
 def fit(network: nn.Module, plans, preprocessed_dir: str | Path, train_ids: Sequence[str], epochs: int,
         iters_per_epoch: int, device, seed: int = 0, batch_size: int | None = None,
         patch_size: Sequence[int] | None = None, num_workers: int = 0, forward_fn=None, augment: bool = True,
-        progress: bool = False) -> list[float]:
-    """Train `network` in place (SGD + poly LR, Dice+CE, nnU-Net augmentation); mean loss per epoch."""
+        progress: bool = False, augmentation: str | None = None) -> list[float]:
+    """Train `network` in place (SGD + poly LR, Dice+CE, nnU-Net augmentation); mean loss per epoch.
+
+    `augmentation` is the backend ("batchgenerators" or "device"); None picks
+    `dataloader.default_augmentation(device)`, so callers such as the search get the default."""
     dev = _device(device)
     torch.manual_seed(seed)
     network.to(dev)
     cases = load_cases(preprocessed_dir, list(train_ids))
     batches = make_batch_iterator(cases, patch_size or plans.patch_size, batch_size or plans.batch_size,
-                                  seed=seed, num_workers=num_workers, augment=augment)
+                                  seed=seed, num_workers=num_workers, augment=augment,
+                                  augmentation=augmentation or default_augmentation(dev), device=dev)
     ctx = StepContext(network, build_optimizer(network), DeepSupervisionLoss(), dev,
                       forward_fn or default_forward)
     losses = []

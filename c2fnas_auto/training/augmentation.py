@@ -53,37 +53,45 @@ def use_2d_augmentation(patch_size: Sequence[int]) -> bool:
     return len(patch_size) == 3 and max(patch_size[1:]) / patch_size[0] > ANISOTROPY_RATIO
 
 
+# The initial patch covers rotation about each axis on its own and zoom-out up to this factor
+# (nnU-Net's sizing): the rare sample that combines large angles on all three axes with a
+# scale above it reads a few zeros at the corners of its source region instead of
+# transforming an 8x larger region for every sample.
+INITIAL_PATCH_SCALE = 1 / 0.85
+
+
+def _rotation(axis: int, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    m = np.eye(3)
+    i, j = [a for a in range(3) if a != axis]
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
 def _rotated_extent(shape: Sequence[int], max_angle: float) -> np.ndarray:
-    """Per-axis extent of a box of `shape` after any rotation up to `max_angle` about each axis."""
+    """Per-axis extent of a box of `shape` rotated by up to `max_angle` about any *one* axis."""
     dim = len(shape)
     half = np.asarray(shape, dtype=float) / 2
     corners = np.array(list(itertools.product(*[(-h, h) for h in half])))
-    angles = np.linspace(-max_angle, max_angle, 13)
+    angles = np.linspace(-min(max_angle, np.pi / 2), min(max_angle, np.pi / 2), 13)
     best = half.copy()
-    if dim == 2:
-        for a in angles:
-            c, s = np.cos(a), np.sin(a)
-            pts = corners @ np.array([[c, -s], [s, c]]).T
-            best = np.maximum(best, np.abs(pts).max(0))
-        return 2 * best
-    for ax, ay, az in itertools.product(angles, repeat=3):
-        rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-        ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-        rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-        pts = corners @ (rx @ ry @ rz).T
-        best = np.maximum(best, np.abs(pts).max(0))
+    mats = ([np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) for a in angles] if dim == 2 else
+            [_rotation(axis, a) for axis in range(3) for a in angles])
+    for m in mats:
+        best = np.maximum(best, np.abs(corners @ m.T).max(0))
     return 2 * best
 
 
 def initial_patch_size(patch_size: Sequence[int], params: AugmentationParams | None = None) -> tuple[int, ...]:
-    """Size of the region to load so the final patch stays covered after rotation and scaling.
+    """Size of the region the batchgenerators backend loads so rotation and scaling find image content.
 
-    batchgenerators multiplies sampling coordinates by the scale factor, so the largest
-    scale (zoom out) needs the largest source region.
+    Sized as nnU-Net sizes it (rotation about one axis at a time, angles capped at 90
+    degrees, zoom-out up to INITIAL_PATCH_SCALE); the device backend instead cuts exactly
+    the region each batch's drawn transforms read (`device_augmentation.region_size`).
     """
     params = params or AugmentationParams()
     patch = [int(p) for p in patch_size]
-    smax = max(params.scale)
+    smax = min(max(params.scale), INITIAL_PATCH_SCALE)
     if use_2d_augmentation(patch):
         inplane = _rotated_extent(patch[1:], params.rotation_2d) * smax
         return (patch[0],) + tuple(int(np.ceil(v)) for v in np.maximum(inplane, patch[1:]))

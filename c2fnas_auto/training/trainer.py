@@ -22,7 +22,8 @@ from c2fnas_auto.paths import PLANS_FILE
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
 from c2fnas_auto.inference.experiments import experiment_dir
 from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
-from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
+from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augmentation, default_augmentation,
+                                             load_cases, make_batch_iterator)
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
 from c2fnas_auto.training.logger import TrainingLog
@@ -57,6 +58,8 @@ class TrainerOptions:
     genotype_file: str | None = None
     progress: bool = True
     augment: bool = True
+    augmentation: str | None = None  # backend; None = default_augmentation(device), resolved by the Trainer
+    foreground_classes: str = "uniform"  # class rule of forced-foreground samples (dataloader)
 
     def check(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
@@ -68,6 +71,11 @@ class TrainerOptions:
             raise InputError(f"--patch-size needs three positive sizes Z Y X (got {list(self.patch_size)})")
         if self.num_workers < 0:
             raise InputError(f"--num-workers must not be negative (got {self.num_workers})")
+        if self.augmentation is not None:
+            check_augmentation(self.augmentation)
+        if self.foreground_classes not in FOREGROUND_CLASS_RULES:
+            raise InputError(f"--foreground-classes must be one of {', '.join(FOREGROUND_CLASS_RULES)} "
+                             f"(got {self.foreground_classes!r})")
 
 
 def resolve_task_name(task: str | int) -> str:
@@ -110,6 +118,9 @@ class Trainer:
         self.run_plans = self.plans.copy()
         self.run_plans.genotype = self.genotype
         self.run_plans.patch_size = list(self.patch_size)
+        # resolved here so checkpoints and the log record the backend actually used
+        self.augmentation_default = self.options.augmentation is None
+        self.options.augmentation = self.options.augmentation or default_augmentation(self.device)
         self.dist = DistInfo()
         self.start_epoch = 0
         self.log = TrainingLog()
@@ -217,8 +228,12 @@ class Trainer:
         self.say(f"task {self.task_name}, fold {self.fold}: {len(self.train_ids)} training / "
                  f"{len(self.val_ids)} validation cases")
         self.say(f"genotype levels {self.genotype.topology_string()} ops {self.genotype.ops_string()}")
+        backend = self.options.augmentation
+        region = ("region cut per batch from the drawn transform" if backend == "device" else
+                  f"initial patch {list(initial_patch_size(self.patch_size, aug))}")
         self.say(f"patch {list(self.patch_size)}, batch {self.batch_size} ({self.rank_batch} per rank x "
-                 f"{self.dist.world_size}), initial patch {list(initial_patch_size(self.patch_size, aug))}, "
+                 f"{self.dist.world_size}), augmentation {backend}"
+                 f"{' (default on ' + self.device.type + ')' if self.augmentation_default else ''}, {region}, "
                  f"{'2D-style' if use_2d_augmentation(self.patch_size) else '3D'} spatial augmentation, "
                  f"deep supervision {'on' if self.network_config.deep_supervision else 'off'}")
         self.say(f"device {self.device}, AMP {'on' if self.ctx.amp else 'off'}, {self.options.epochs} epochs x "
@@ -240,9 +255,11 @@ class Trainer:
             data_seed = opts.seed + 7919 * self.start_epoch
             train_cases = load_cases(self.preprocessed_dir, self.train_ids)
             val_cases = load_cases(self.preprocessed_dir, self.val_ids)
-            share = dict(global_batch=self.batch_size, offset=self.rank_offset, rank=self.dist.rank)
+            share = dict(global_batch=self.batch_size, offset=self.rank_offset, rank=self.dist.rank,
+                         augmentation=opts.augmentation, device=self.device)
             train_batches = make_batch_iterator(train_cases, self.patch_size, self.rank_batch, seed=data_seed,
-                                                num_workers=opts.num_workers, augment=opts.augment, **share)
+                                                num_workers=opts.num_workers, augment=opts.augment,
+                                                foreground_classes=opts.foreground_classes, **share)
             val_batches = make_batch_iterator(val_cases, self.patch_size, self.rank_batch, seed=data_seed + 1,
                                               num_workers=0, augment=False, **share)
             if self.start_epoch < opts.epochs and self.is_main:

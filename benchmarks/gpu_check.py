@@ -1,0 +1,198 @@
+"""python -m benchmarks.gpu_check [--dry-run] --workdir DIR --out FILE
+
+The measurements a GPU machine is for, in one run of under 10 minutes (run it through
+`benchmarks/gpu_check.sh`):
+
+1. a Pancreas-sized synthetic CT task (96x320x320 voxels at 2.5x0.8x0.8 mm, 8 cases),
+   planned at 8 GB;
+2. training iterations per second of the plans' network (loader workers + step, AMP) with
+   each augmentation backend, and the GPU utilisation sampled meanwhile (`nvidia-smi`);
+3. CUDA peak memory of those steps against the cost model's `training_bytes`;
+4. a short `c2fnas_search` and, from its report.json, the seconds per coarse candidate,
+   per coarse training iteration and per supernet epoch (the figures the projected
+   search cost is built from).
+
+`--dry-run` runs every part on the CPU at toy sizes, to check the script itself.
+Results are written (atomically) after each part, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+TASK_ID = 97
+TASK_NAME = "PancreasSized"
+FINE_EPOCHS = 2  # supernet epochs of the short search
+
+
+class GpuSampler:
+    """Polls `nvidia-smi` for utilisation (%) and memory (MiB) while a block runs."""
+
+    def __init__(self, period_s: float = 0.25):
+        self.period_s, self.samples, self._stop = period_s, [], threading.Event()
+        self.available = shutil.which("nvidia-smi") is not None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits", "-i", "0"],
+                                     capture_output=True, text=True, timeout=5).stdout.strip().split(",")
+                self.samples.append((float(out[0]), float(out[1])))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+            self._stop.wait(self.period_s)
+
+    def __enter__(self):
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.available:
+            self._thread.join(timeout=10)
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"gpu_utilisation_mean": None, "note": "nvidia-smi not available" if not self.available else ""}
+        util = [s[0] for s in self.samples]
+        return {"gpu_utilisation_mean": sum(util) / len(util), "gpu_utilisation_max": max(util),
+                "gpu_memory_used_mib_max": max(s[1] for s in self.samples), "samples": len(util)}
+
+
+def make_task(work: Path, dry: bool):
+    from c2fnas_auto.data.synthetic import make_synthetic_task
+    from c2fnas_auto.planning.pipeline import plan_and_preprocess
+
+    for var, sub in (("C2FNAS_raw", "raw"), ("C2FNAS_preprocessed", "preprocessed"), ("C2FNAS_results", "results")):
+        os.environ[var] = str(work / sub)
+    shape, spacing = ((32, 64, 64), (3.0, 1.0, 1.0)) if dry else ((96, 320, 320), (2.5, 0.8, 0.8))
+    if not list((work / "raw").glob(f"Task*{TASK_ID}_{TASK_NAME}")):
+        make_synthetic_task(work / "raw", task_id=TASK_ID, name=TASK_NAME, num_train=8, num_test=0, shape=shape,
+                            spacing=spacing, seed=0)
+    return plan_and_preprocess(TASK_ID, gpu_memory_gb=0.25 if dry else 8.0, base_channels=8 if dry else 32,
+                               num_workers=min(8, os.cpu_count() or 1), progress=False)
+
+
+def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, workers: int,
+                   warmup: int = 3) -> dict:
+    import torch
+
+    from c2fnas_auto.nas.cost import estimate_cost
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
+    from c2fnas_auto.training.loop import StepContext, train_step
+    from c2fnas_auto.training.loss import DeepSupervisionLoss
+    from c2fnas_auto.training.schedule import build_optimizer
+    from c2fnas_auto.training.splits import fold_case_ids
+
+    torch.manual_seed(0)
+    config = plans.network_config()
+    net = build_network(plans.genotype, config).to(device)
+    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device)
+    train_ids, _ = fold_case_ids(pre_dir, 0)
+    batches = make_batch_iterator(load_cases(pre_dir, train_ids), plans.patch_size, plans.batch_size, seed=0,
+                                  num_workers=workers, augmentation=backend, device=device)
+    cuda = device.type == "cuda"
+    for _ in range(warmup):  # warm-up: workers start, cuDNN picks its algorithms
+        train_step(ctx, next(batches))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with GpuSampler() as gpu:
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            train_step(ctx, next(batches))
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    cost = estimate_cost(plans.genotype, config, plans.patch_size, batch_size=plans.batch_size, amp=cuda)
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return {"backend": backend, "iterations": iterations, "workers": workers,
+            "iterations_per_second": iterations / seconds, "cuda_peak_bytes": peak,
+            "cost_model_training_bytes": int(cost.training_bytes),
+            "peak_over_cost_model": (peak / cost.training_bytes) if peak else None, **gpu.summary()}
+
+
+def short_search(work: Path, device: str, dry: bool) -> dict:
+    from c2fnas_auto import paths
+    from c2fnas_auto.utils.io import load_json
+
+    iters = 4 if dry else 50
+    args = [sys.executable, "-m", "c2fnas_auto.cli.search", "-t", str(TASK_ID), "--coarse-candidates", "2",
+            "--coarse-epochs", "1", "--clusters", "2", "--population", "2", "--fine-epochs", str(FINE_EPOCHS), "--generations",
+            "1", "--iters-per-epoch", str(iters), "--device", device, "--overwrite", "--no-progress"]
+    t0 = time.perf_counter()
+    rc = subprocess.run(args, env=os.environ.copy()).returncode
+    wall = time.perf_counter() - t0
+    task = paths.task_name_from_id(TASK_ID)
+    candidates = [paths.search_results_dir(task) / "report.json", paths.preprocessed_dir(task) / "search" / "report.json"]
+    report_file = next((p for p in candidates if p.is_file()), None)
+    out = {"returncode": rc, "wall_seconds": wall, "iters_per_epoch": iters, "report": str(report_file)}
+    if report_file is None:
+        return out
+    report = load_json(report_file, "search report")
+    secs = report.get("compute_seconds", {})
+    n_coarse = max(1, int(report.get("counts", {}).get("coarse_trained", 2)))
+    out.update({"compute_seconds": secs, "projection": report.get("projection_for_default_budget"),
+                "seconds_per_coarse_candidate": secs.get("coarse", 0.0) / n_coarse,
+                "seconds_per_supernet_epoch": secs.get("supernet", 0.0) / FINE_EPOCHS})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the script, measures nothing")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--iterations", type=int, default=None, help="timed iterations per backend (default 40; dry 2)")
+    args = p.parse_args(argv)
+    import torch
+
+    from c2fnas_auto.paths import preprocessed_dir
+    from c2fnas_auto.utils.io import atomic_write_json
+
+    dev = torch.device("cpu" if args.dry_run else "cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible to torch (use --dry-run to check the script on a CPU)")
+        return 2
+    result: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (dry run)",
+                    "torch": torch.__version__, "dry_run": args.dry_run}
+    t0 = time.perf_counter()
+    plans = make_task(args.workdir, args.dry_run)
+    pre = preprocessed_dir(plans.task_name)
+    result["task"] = {"patch": plans.patch_size, "batch": plans.batch_size,
+                      "estimated_memory_gb": plans.estimated_memory_gb, "seconds": time.perf_counter() - t0}
+    atomic_write_json(args.out, result)
+    print(f"task ready: patch {plans.patch_size}, batch {plans.batch_size} ({result['task']['seconds']:.0f} s)",
+          flush=True)
+    iterations = args.iterations or (2 if args.dry_run else 40)
+    workers = 0 if args.dry_run else min(8, max(1, (os.cpu_count() or 2) - 2))
+    result["training"] = []
+    for backend in ("device", "batchgenerators"):
+        row = training_speed(plans, pre, backend, dev, iterations, workers, warmup=1 if args.dry_run else 3)
+        result["training"].append(row)
+        atomic_write_json(args.out, result)
+        print(f"{backend}: {row['iterations_per_second']:.2f} it/s, GPU util {row['gpu_utilisation_mean']}, "
+              f"peak {row['cuda_peak_bytes']} B vs cost model {row['cost_model_training_bytes']} B", flush=True)
+    result["search"] = short_search(args.workdir, dev.type, args.dry_run)
+    atomic_write_json(args.out, result)
+    s = result["search"]
+    print(f"search: rc {s['returncode']}, {s['wall_seconds']:.0f} s wall, per coarse candidate "
+          f"{s.get('seconds_per_coarse_candidate')} s, per supernet epoch {s.get('seconds_per_supernet_epoch')} s "
+          f"({s['iters_per_epoch']} iterations per epoch)", flush=True)
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

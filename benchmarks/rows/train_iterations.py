@@ -1,0 +1,82 @@
+"""Row 4b: training iterations per second, loader plus step, ours vs nnU-Net v2's trainer.
+
+What a training epoch costs per iteration on this machine: draw and augment one batch,
+then one optimiser step, in one process (no loader workers, as in row 4). Ours: the
+Trainer's pieces (`make_batch_iterator` with either augmentation backend, then
+`loop.train_step`: the plans' network with its deep supervision, Dice+CE, SGD, gradient
+clipping). nnU-Net: its trainer as it trains (`nnUNetTrainer.initialize`, its loader from
+`get_dataloaders`, `train_step`), with its defaults (deep supervision on). Same patch and
+batch (the profile's). The sides take turns within every repetition.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.common import Profile, RowResult, Summary, median, paired_ratio, require_module, require_our
+from benchmarks.rows.data_pipeline import BACKENDS, nnunet_trainer_for, our_iterator, rotate
+
+ROW = "train_iterations"
+TITLE = "4b. Training iterations"
+
+
+def iterations_per_second(step, iterations: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    return iterations / (time.perf_counter() - t0)
+
+
+def our_stepper(plans, pre_dir, patch, batch, augmentation: str):
+    import torch
+
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.training.loop import StepContext, train_step
+    from c2fnas_auto.training.loss import DeepSupervisionLoss
+    from c2fnas_auto.training.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    config = plans.network_config()
+    config.check_patch(patch)
+    net = build_network(plans.genotype, config)
+    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"))
+    batches = our_iterator(pre_dir, patch, batch, augmentation)
+    net.train()
+    return lambda: train_step(ctx, next(batches))
+
+
+def nnunet_stepper(ws, nn_task, patch, batch):
+    trainer = nnunet_trainer_for(ws, nn_task, patch, batch, deep_supervision=True)
+    trainer.initialize()
+    train_gen, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    return lambda: trainer.train_step(next(train_gen))
+
+
+def run(ws, profile: Profile) -> RowResult:
+    require_module("nnunetv2", "peer trainer")
+    require_our("c2fnas_auto.training.loop")
+    plans, pre_dir = ws.ours_prepared(base_channels=profile.ts_base_channels)
+    nn_task = ws.nnunet_prepared()
+    patch, batch = tuple(profile.ts_patch), profile.ts_batch
+    steps = {b: our_stepper(plans, pre_dir, patch, batch, b) for b in BACKENDS}
+    steps["nnunet"] = nnunet_stepper(ws, nn_task, patch, batch)
+    for step in steps.values():
+        step()  # warm-up: first-call allocations, file opening
+    n = max(2, profile.dp_batches // 2)
+    ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, profile.reps)
+    med = {k: median(v) for k, v in ips.items()}
+    r = paired_ratio(ips["device"], ips["nnunet"])
+    r_bg = paired_ratio(ips["batchgenerators"], ips["nnunet"])
+    return RowResult(
+        row=ROW, title=TITLE,
+        note=(f"patch {'x'.join(map(str, patch))}, batch {batch}, {n} iterations per repetition, single process, "
+              f"CPU fp32; ours = device augmentation backend (batchgenerators backend {med['batchgenerators']:.3f} "
+              f"it/s, ratio {r_bg:.2f}); our plans' network vs nnU-Net's default trainer; higher is better"),
+        summary=Summary(ours=f"{med['device']:.3f} it/s", peer=f"nnU-Net v2 {med['nnunet']:.3f} it/s", ratio=r,
+                        goal="iterations/s >= nnU-Net (ratio >= 1)", met=None if r is None else r >= 1.0),
+        details={"iterations_per_second_ours": ips["device"],
+                 "iterations_per_second_ours_batchgenerators": ips["batchgenerators"],
+                 "iterations_per_second_nnunet": ips["nnunet"], "median": med, "ratio_batchgenerators": r_bg,
+                 "patch": list(patch), "batch": batch, "iterations": n},
+    )
