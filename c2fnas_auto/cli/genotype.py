@@ -38,6 +38,8 @@ def _settings(file: Path, args: argparse.Namespace):
         net["num_classes"] = args.classes
     net.setdefault("in_channels", 1)
     net.setdefault("num_classes", 2)
+    if not plans:  # no plans to follow: the paper's network (a plans dict without the key is an old one)
+        net.setdefault("cell_style", "c2fnas")
     config = NetworkConfig.from_dict(net)
     patch = args.patch_size or plans.get("patch_size") or [96, 96, 96]
     batch = args.batch_size or plans.get("batch_size") or 2
@@ -65,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ops           {genotype.ops_string()}")
     print(f"network       in {config.in_channels}, classes {config.num_classes}, stem {config.stem_channels}, "
           f"levels {'/'.join(map(str, config.level_channels))}, strides "
-          f"{' '.join('x'.join(map(str, s)) for s in config.strides)}")
+          f"{' '.join('x'.join(map(str, s)) for s in config.strides)}, {config.cell_style} cells")
     print(f"parameters    {amp.params / 1e6:.2f} M")
     print(f"GFLOPs        {amp.flops / 1e9:.1f} (one forward pass, patch {'x'.join(map(str, patch))})")
     print(f"train memory  {amp.training_bytes / gib:.2f} GiB amp, {fp32.training_bytes / gib:.2f} GiB fp32 "
           f"(batch {batch}; activations {amp.activation_bytes / gib:.2f} / {fp32.activation_bytes / gib:.2f} GiB)")
     if args.png:
-        out = plot_genotype(genotype, args.png,
+        out = plot_genotype(genotype, args.png, cell_style=config.cell_style,
                             title_extra=f"{amp.params / 1e6:.2f} M params, {amp.flops / 1e9:.1f} GFLOPs "
                                         f"at {'x'.join(map(str, patch))}")
         print(f"picture       {out}")

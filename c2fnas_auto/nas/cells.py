@@ -1,4 +1,4 @@
-"""A cell: move to its level, add the encoder skip, apply its operation residually."""
+"""The two cell styles: residual (`Cell`) and the public C2FNAS wiring (`WiredCell`)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from c2fnas_auto.nas.ops import ConvBlock, Upsample, make_op
-from c2fnas_auto.nas.plan import CellPlan
+from c2fnas_auto.nas.plan import CellPlan, WiredCellPlan
 
 
 class Cell(nn.Module):
-    """`h = transition(x) (+ skip)`, `out = h + op(h)`.
+    """Residual style: `h = transition(x) (+ skip)`, `out = h + op(h)`.
 
     `ops` holds every candidate operation of the cell: one in a plain network, three in
     the supernet; module names are the same in both so weights transfer by name.
@@ -32,3 +32,28 @@ class Cell(nn.Module):
         if skip is not None:
             x = x + skip
         return x + self.ops[op](x)
+
+
+class WiredCell(nn.Module):
+    """c2fnas style: `out = post(op(pre(down(main)) [+ second(other)]))`, no residual.
+
+    As `Cell`, `ops` holds one or all three candidates under the same names.
+    """
+
+    def __init__(self, plan: WiredCellPlan):
+        super().__init__()
+        self.plan = plan
+        self.down = ConvBlock(plan.down) if plan.down is not None else None
+        self.pre = ConvBlock(plan.pre)
+        self.second = ConvBlock(plan.second) if plan.second is not None else None
+        self.ops = nn.ModuleDict({name: make_op(units) for name, units in plan.ops})
+        self.post = ConvBlock(plan.post)
+        self.ds_head = ConvBlock(plan.ds_head) if plan.ds_head is not None else None
+
+    def forward(self, main: torch.Tensor, other: torch.Tensor | None, op: str) -> torch.Tensor:
+        if self.down is not None:
+            main = self.down(main)
+        h = self.pre(main)
+        if self.second is not None:
+            h = h + self.second(other)
+        return self.post(self.ops[op](h))

@@ -17,6 +17,13 @@ class NetworkConfigError(C2FNASError):
     """A network configuration value is out of range."""
 
 
+# "c2fnas": the wiring of the public C2FNAS re-implementation (plain cells with 1x1x1 convs in
+# and out, second inputs, concat head); "residual": this project's earlier residual cells.
+CELL_STYLES: tuple[str, ...] = ("c2fnas", "residual")
+# A stored config without "cell_style" predates the field and was trained with residual cells.
+LEGACY_CELL_STYLE = "residual"
+
+
 def _triple(v: Any, what: str) -> tuple[int, int, int]:
     try:
         t = tuple(int(x) for x in v)
@@ -33,7 +40,8 @@ class NetworkConfig:
 
     `strides[0]` is the stem's downsampling (input -> level 1) and `strides[i]` the step
     from level i to level i+1, each per axis (z, y, x) in preprocessed order; a 1 on an
-    axis skips downsampling it (anisotropic data).
+    axis skips downsampling it (anisotropic data). `cell_style` picks the wiring
+    (CELL_STYLES, documentation/search_space.md).
     """
 
     in_channels: int
@@ -43,6 +51,7 @@ class NetworkConfig:
     strides: tuple[tuple[int, int, int], ...] = field(default_factory=lambda: ((2, 2, 2),) * 4)
     through_plane_axis: int = 0
     deep_supervision: bool = False
+    cell_style: str = "c2fnas"
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "stem_channels"):
@@ -59,6 +68,8 @@ class NetworkConfig:
         if self.through_plane_axis not in (0, 1, 2):
             raise NetworkConfigError(f"through_plane_axis must be 0, 1 or 2, got {self.through_plane_axis!r}")
         self.deep_supervision = bool(self.deep_supervision)
+        if self.cell_style not in CELL_STYLES:
+            raise NetworkConfigError(f"cell_style must be one of {', '.join(CELL_STYLES)}, got {self.cell_style!r}")
 
     @property
     def num_levels(self) -> int:
@@ -96,14 +107,16 @@ class NetworkConfig:
         return {"in_channels": self.in_channels, "num_classes": self.num_classes,
                 "stem_channels": self.stem_channels, "level_channels": list(self.level_channels),
                 "strides": [list(s) for s in self.strides], "through_plane_axis": self.through_plane_axis,
-                "deep_supervision": self.deep_supervision}
+                "deep_supervision": self.deep_supervision, "cell_style": self.cell_style}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkConfig":
+        """Inverse of to_dict; a dict without "cell_style" (older plans and checkpoints) gets
+        LEGACY_CELL_STYLE, the wiring it was trained with, so its weights still load."""
         if not isinstance(d, dict):
             raise NetworkConfigError(f"a network config must be a JSON object, got {type(d).__name__}")
         known = {"in_channels", "num_classes", "stem_channels", "level_channels", "strides",
-                 "through_plane_axis", "deep_supervision"}
+                 "through_plane_axis", "deep_supervision", "cell_style"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise NetworkConfigError(f"unknown network config key(s): {', '.join(unknown)}")
@@ -111,6 +124,7 @@ class NetworkConfig:
             if key not in d:
                 raise NetworkConfigError(f"network config is missing '{key}'")
         kwargs = dict(d)
+        kwargs.setdefault("cell_style", LEGACY_CELL_STYLE)
         if "level_channels" in kwargs:
             kwargs["level_channels"] = tuple(kwargs["level_channels"])
         if "strides" in kwargs:

@@ -20,13 +20,13 @@ workspaces, the loss and allocator rounding.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from math import prod
 from typing import Sequence
 
 from c2fnas_auto.nas.config import NetworkConfig
 from c2fnas_auto.nas.genotype import Genotype
-from c2fnas_auto.nas.plan import ConvUnit, NetworkPlan, make_plan
+from c2fnas_auto.nas.plan import CellPlan, ConvUnit, NetworkPlan, WiredCellPlan, WiredHeadPlan, make_plan
 
 WORKSPACE_FRACTION = 0.10
 
@@ -51,28 +51,64 @@ class CostEstimate:
 class _Tally:
     params: int = 0
     flops: int = 0
-    act_elems: int = 0   # per sample, stored at activation precision
     stat_elems: int = 0  # per sample, always float32
+    saved: dict[object, int] = field(default_factory=dict)  # tensor -> elements per sample
+
+    @property
+    def act_elems(self) -> int:
+        """Per sample, stored at activation precision; a tensor saved twice counts once."""
+        return sum(self.saved.values())
+
+    def save(self, key: object | None, elems: int) -> object:
+        """Record a tensor autograd keeps; `key=None` is a fresh tensor nobody else saves."""
+        key = object() if key is None else key
+        self.saved[key] = elems
+        return key
 
 
-def _unit(t: _Tally, u: ConvUnit, spatial_in: Sequence[int]) -> tuple[int, int, int]:
-    """Count one conv unit; returns its output spatial size."""
-    spatial_out = tuple(-(-n // s) for n, s in zip(spatial_in, u.stride))
+def _unit(t: _Tally, u: ConvUnit, spatial_in: Sequence[int],
+          source: object | None = None) -> tuple[tuple[int, ...], object]:
+    """Count one conv unit reading tensor `source` (None: a tensor read by this unit only).
+
+    Returns the output spatial size and a key for the output tensor.
+    """
+    s = tuple(spatial_in)
+    if u.upsample is not None and u.upsample_first:
+        s, source = _upsampled(s, u.upsample), None
+    if u.relu:
+        source = t.save(None, u.in_channels * prod(s))  # ReLU output, also what the conv keeps
+        if u.upsample is not None and not u.upsample_first:
+            s = _upsampled(s, u.upsample)
+            source = t.save(None, u.in_channels * prod(s))  # the conv keeps the upsampled tensor
+    else:
+        if u.upsample is not None and not u.upsample_first:
+            s, source = _upsampled(s, u.upsample), None
+        t.save(source, u.in_channels * prod(s))  # the conv keeps its input
+    spatial_out = tuple(-(-n // st) for n, st in zip(s, u.stride))
     k = prod(u.kernel)
     t.params += u.in_channels * u.out_channels * k + (u.out_channels if u.bias else 0)
     t.flops += 2 * u.in_channels * u.out_channels * k * prod(spatial_out)
-    t.act_elems += u.in_channels * prod(spatial_in)  # ReLU output, or the raw input without ReLU
     if u.norm:
-        t.params += 2 * u.out_channels
-        t.act_elems += u.out_channels * prod(spatial_out)
-        t.stat_elems += 3 * u.out_channels
-    return spatial_out  # type: ignore[return-value]
+        t.params += 2 * u.out_channels if u.affine else 0
+        t.save(None, u.out_channels * prod(spatial_out))  # the norm keeps the conv output
+        t.stat_elems += (3 if u.affine else 2) * u.out_channels  # [repeated weight,] mean, inverse std
+    return spatial_out, object()
 
 
 def _upsampled(spatial: Sequence[int], scale: Sequence[float] | None) -> tuple[int, ...]:
     if scale is None:
         return tuple(spatial)
     return tuple(int(round(n * s)) for n, s in zip(spatial, scale))
+
+
+def _other_ops_params(t: _Tally, cell: CellPlan | WiredCellPlan, op: str, spatial: Sequence[int]) -> None:
+    """Supernet size: the parameters of the candidates a path does not run."""
+    for name, units in cell.ops:
+        if name != op:
+            dummy = _Tally()
+            for u in units:
+                _unit(dummy, u, spatial)
+            t.params += dummy.params
 
 
 def tally_plan(plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] | None = None,
@@ -83,29 +119,62 @@ def tally_plan(plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] 
     FLOPs and activations still follow `ops`.
     """
     t = _Tally()
-    s = _unit(t, plan.stem[0], patch_size)
-    s = _unit(t, plan.stem[1], s)
+    if isinstance(plan.head, WiredHeadPlan):
+        _tally_wired(t, plan, patch_size, ops, all_ops)
+    else:
+        _tally_residual(t, plan, patch_size, ops, all_ops)
+    return t
+
+
+def _tally_residual(t: _Tally, plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] | None,
+                    all_ops: bool) -> None:
+    s, _ = _unit(t, plan.stem[0], patch_size)
+    s, _ = _unit(t, plan.stem[1], s)
     for i, cell in enumerate(plan.cells):
-        if cell.upsample is not None:
-            s = _upsampled(s, cell.upsample)
-        if cell.transition is not None:
-            s = _unit(t, cell.transition, s)
+        if cell.upsample is not None:  # type: ignore[union-attr]
+            s = _upsampled(s, cell.upsample)  # type: ignore[union-attr]
+        if cell.transition is not None:  # type: ignore[union-attr]
+            s, _ = _unit(t, cell.transition, s)  # type: ignore[union-attr]
         op = ops[i] if ops is not None else cell.ops[0][0]
         for u in cell.op_units(op):
             _unit(t, u, s)
         if all_ops:
-            for name, units in cell.ops:
-                if name != op:
-                    dummy = _Tally()
-                    for u in units:
-                        _unit(dummy, u, s)
-                    t.params += dummy.params
+            _other_ops_params(t, cell, op, s)
         if cell.ds_head is not None:
             _unit(t, cell.ds_head, s)
-    s = _unit(t, plan.head.reduce, s)
-    s = _upsampled(s, plan.head.upsample)
-    _unit(t, plan.head.classifier, s)
-    return t
+    head = plan.head
+    s, _ = _unit(t, head.reduce, s)  # type: ignore[union-attr]
+    s = _upsampled(s, head.upsample)  # type: ignore[union-attr]
+    _unit(t, head.classifier, s)
+
+
+def _tally_wired(t: _Tally, plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] | None,
+                 all_ops: bool) -> None:
+    """Tensors are tracked by number (0 stem, k cell k): one read by two convs is kept once."""
+    s, key = _unit(t, plan.stem[0], patch_size, "input")
+    tensors = [_unit(t, plan.stem[1], s, key)]
+    for i, cell in enumerate(plan.cells):
+        s, key = tensors[cell.main_from]  # type: ignore[union-attr]
+        if cell.down is not None:  # type: ignore[union-attr]
+            s, key = _unit(t, cell.down, s, key)  # type: ignore[union-attr]
+        s, key = _unit(t, cell.pre, s, key)  # type: ignore[union-attr]
+        if cell.second is not None:  # type: ignore[union-attr]
+            _unit(t, cell.second, *tensors[cell.second_from])  # type: ignore[union-attr, misc]
+            key = object()  # the sum
+        op = ops[i] if ops is not None else cell.ops[0][0]
+        for u in cell.op_units(op):
+            s, key = _unit(t, u, s, key)
+        if all_ops:
+            _other_ops_params(t, cell, op, s)
+        out = _unit(t, cell.post, s, key)  # type: ignore[union-attr]
+        if cell.ds_head is not None:
+            _unit(t, cell.ds_head, *out)
+        tensors.append(out)
+    head = plan.head
+    s, _ = tensors[head.concat_from[1]]  # type: ignore[union-attr]
+    s, _ = _unit(t, head.fuse, s)  # type: ignore[union-attr]  # reads the concatenation
+    s, _ = _unit(t, head.expand, s)  # type: ignore[union-attr]
+    _unit(t, head.classifier, s)  # type: ignore[union-attr]
 
 
 def cost_from_tally(t: _Tally, batch_size: int, amp: bool) -> CostEstimate:

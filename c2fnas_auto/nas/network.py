@@ -7,18 +7,20 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from c2fnas_auto.nas.cells import Cell
+from c2fnas_auto.nas.cells import Cell, WiredCell
 from c2fnas_auto.nas.config import NetworkConfig, NetworkConfigError
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.nas.ops import ConvBlock, Upsample
-from c2fnas_auto.nas.plan import NetworkPlan, make_plan
+from c2fnas_auto.nas.plan import NetworkPlan, WiredHeadPlan, make_plan
 
 
 class CellNetwork(nn.Module):
     """Stem -> cells -> head, built from a NetworkPlan; `run(x, ops)` picks each cell's op.
 
-    Outputs: one logits tensor (B, K, z, y, x); in training mode with deep supervision a
-    list, full resolution first, then one output per decoder level (finest first).
+    The plan's cell style (config.cell_style) picks the wiring: "c2fnas" (WiredCell, concat
+    head) or "residual" (Cell, stem-skip head). Outputs: one logits tensor (B, K, z, y, x);
+    in training mode with deep supervision a list, full resolution first, then one output
+    per decoder level (finest first).
     """
 
     def __init__(self, plan: NetworkPlan):
@@ -26,11 +28,21 @@ class CellNetwork(nn.Module):
         self.plan = plan
         self.config = plan.config
         self.stem = nn.ModuleList([ConvBlock(plan.stem[0]), ConvBlock(plan.stem[1])])
-        self.cells = nn.ModuleList([Cell(c) for c in plan.cells])
-        self.head_reduce = ConvBlock(plan.head.reduce)
-        self.head_upsample = Upsample(plan.head.upsample) if plan.head.upsample is not None else None
-        self.head_classifier = ConvBlock(plan.head.classifier)
-        self._skip_sources = {c.skip_from for c in plan.cells if c.skip_from is not None}
+        if isinstance(plan.head, WiredHeadPlan):
+            self.cells = nn.ModuleList([WiredCell(c) for c in plan.cells])  # type: ignore[arg-type]
+            self.head_fuse = ConvBlock(plan.head.fuse)
+            self.head_expand = ConvBlock(plan.head.expand)
+            self.head_classifier = ConvBlock(plan.head.classifier)
+            # tensors a later cell or the head reads again (the previous cell's output is always kept)
+            self._kept = {c.main_from for c in plan.cells} | {c.second_from for c in plan.cells
+                                                               if c.second_from is not None}
+            self._kept |= set(plan.head.concat_from)
+        else:
+            self.cells = nn.ModuleList([Cell(c) for c in plan.cells])  # type: ignore[arg-type]
+            self.head_reduce = ConvBlock(plan.head.reduce)
+            self.head_upsample = Upsample(plan.head.upsample) if plan.head.upsample is not None else None
+            self.head_classifier = ConvBlock(plan.head.classifier)
+            self._skip_sources = {c.skip_from for c in plan.cells if c.skip_from is not None}
 
     def deep_supervision_scales(self) -> list[tuple[float, float, float]]:
         """Per-axis scale of each output relative to the input, in output order."""
@@ -50,11 +62,39 @@ class CellNetwork(nn.Module):
 
     def run(self, x: torch.Tensor, ops: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)
+        want_ds = self.training and self.config.deep_supervision
+        if isinstance(self.plan.head, WiredHeadPlan):
+            logits, ds_outputs = self._run_wired(x, ops, want_ds)
+        else:
+            logits, ds_outputs = self._run_residual(x, ops, want_ds)
+        if want_ds:
+            # cells run deep -> shallow in the decoder; outputs go finest first
+            return [logits] + ds_outputs[::-1]
+        return logits
+
+    def _run_wired(self, x: torch.Tensor, ops: Sequence[str],
+                   want_ds: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.stem[1](self.stem[0](x))
+        kept: dict[int, torch.Tensor] = {0: h}  # tensor number -> tensor (0 = stem, k = cell k)
+        ds_outputs: list[torch.Tensor] = []
+        for i, cell in enumerate(self.cells):
+            p = cell.plan
+            other = kept[p.second_from] if p.second_from is not None else None
+            h = cell(kept[p.main_from], other, ops[i])
+            kept = {k: v for k, v in kept.items() if k in self._kept}
+            kept[i + 1] = h
+            if want_ds and cell.ds_head is not None:
+                ds_outputs.append(cell.ds_head(h))
+        a, b = self.plan.head.concat_from  # type: ignore[union-attr]
+        y = self.head_expand(self.head_fuse(torch.cat([kept[a], kept[b]], dim=1)))
+        return self.head_classifier(y), ds_outputs
+
+    def _run_residual(self, x: torch.Tensor, ops: Sequence[str],
+                      want_ds: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         full = self.stem[0](x)
         h = self.stem[1](full)
         saved: dict[int, torch.Tensor] = {}
         ds_outputs: list[torch.Tensor] = []
-        want_ds = self.training and self.config.deep_supervision
         for i, cell in enumerate(self.cells):
             skip = saved[cell.plan.skip_from] if cell.plan.skip_from is not None else None
             h = cell(h, skip, ops[i])
@@ -65,11 +105,7 @@ class CellNetwork(nn.Module):
         y = self.head_reduce(h)
         if self.head_upsample is not None:
             y = self.head_upsample(y)
-        logits = self.head_classifier(y + full)
-        if want_ds:
-            # cells run deep -> shallow in the decoder; outputs go finest first
-            return [logits] + ds_outputs[::-1]
-        return logits
+        return self.head_classifier(y + full), ds_outputs
 
 
 class C2FNASNet(CellNetwork):

@@ -11,7 +11,7 @@ from c2fnas_auto.nas.plan import ConvUnit
 
 
 class ConvBlock(nn.Module):
-    """[ReLU] -> Conv3d -> [InstanceNorm3d(affine)], as described by a ConvUnit.
+    """[upsample] -> [ReLU] -> [upsample] -> Conv3d -> [InstanceNorm3d], as a ConvUnit says.
 
     ReLU is not in-place: its input is the previous block's normalized output, which a
     residual or skip addition may still need.
@@ -20,14 +20,19 @@ class ConvBlock(nn.Module):
     def __init__(self, unit: ConvUnit):
         super().__init__()
         self.unit = unit
+        self.upsample = Upsample(unit.upsample) if unit.upsample is not None else None
         self.relu = nn.ReLU(inplace=False) if unit.relu else None
         self.conv = nn.Conv3d(unit.in_channels, unit.out_channels, unit.kernel, stride=unit.stride,
                               padding=unit.padding, bias=unit.bias)
-        self.norm = nn.InstanceNorm3d(unit.out_channels, affine=True) if unit.norm else None
+        self.norm = nn.InstanceNorm3d(unit.out_channels, affine=unit.affine) if unit.norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample is not None and self.unit.upsample_first:
+            x = self.upsample(x)
         if self.relu is not None:
             x = self.relu(x)
+        if self.upsample is not None and not self.unit.upsample_first:
+            x = self.upsample(x)
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)

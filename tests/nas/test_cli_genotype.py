@@ -14,6 +14,7 @@ def test_cli_prints_costs_and_writes_png(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     assert "1-1-2-2-3-4-3-3-2-1-1-1" in text and "parameters" in text and "GFLOPs" in text
+    assert "c2fnas cells" in text  # no plans: the paper's wiring
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,6 +27,11 @@ def test_cli_reads_settings_from_plans(tmp_path, capsys):
     assert main([str(tmp_path / "plans.json")]) == 0
     text = capsys.readouterr().out
     assert "in 4, classes 5, stem 8" in text and "patch 16x32x32" in text and "batch 3" in text
+    assert "residual cells" in text  # a plans network without cell_style predates it: residual
+    plans["network"]["cell_style"] = "c2fnas"
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    assert main([str(tmp_path / "plans.json")]) == 0
+    assert "c2fnas cells" in capsys.readouterr().out
 
 
 def test_cli_bad_genotype_is_one_line_exit_2(tmp_path, capsys):

@@ -8,7 +8,7 @@ from c2fnas_auto.nas.genotype import OPS, Genotype, reference_genotype
 
 REPO = Path(__file__).resolve().parents[2]
 REF_LEVELS = [1, 1, 2, 2, 3, 4, 3, 3, 2, 1, 1, 1]
-REF_OPS = ["2d", "p3d", "3d", "3d", "3d", "3d", "2d", "3d", "p3d", "3d", "2d", "3d"]
+REF_OPS = ["2d", "p3d", "3d", "3d", "3d", "2d", "3d", "3d", "p3d", "3d", "2d", "3d"]
 
 
 def test_reference_genotype_matches_design_and_shipped_file():
@@ -18,6 +18,10 @@ def test_reference_genotype_matches_design_and_shipped_file():
     package = json.loads((REPO / "c2fnas_auto" / "resources" / "c2fnas_panc_genotype.json").read_text())
     assert shipped == package
     assert Genotype.load(REPO / "plans" / "c2fnas_panc_genotype.json") == g
+    # the other public reading of cells 6 and 7 ships next to it
+    alt = Genotype.load(REPO / "plans" / "c2fnas_panc_genotype_alt.json")
+    assert alt.levels == REF_LEVELS and alt.ops[5:7] == ["3d", "2d"]
+    assert alt.ops[:5] == REF_OPS[:5] and alt.ops[7:] == REF_OPS[7:]
 
 
 def test_round_trip_keeps_provenance(tmp_path):

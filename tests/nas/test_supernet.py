@@ -1,23 +1,27 @@
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 
 from c2fnas_auto.errors import GenotypeError
-from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.config import CELL_STYLES, NetworkConfig
 from c2fnas_auto.nas.genotype import reference_genotype
 from c2fnas_auto.nas.network import count_parameters
 from c2fnas_auto.nas.supernet import build_supernet
 
 CONFIG = NetworkConfig(1, 2, stem_channels=4, level_channels=(4, 8, 8, 16),
                        strides=((1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)), deep_supervision=True)
+# a topology whose first cell is on level 2 and whose decoder ends 2-1 (stem skip, stem concat)
+OTHER_LEVELS = [2, 2, 3, 4, 4, 3, 2, 2, 2, 2, 2, 1]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_path_forward_equals_extracted_network(seed):
+@pytest.mark.parametrize("style", CELL_STYLES)
+@pytest.mark.parametrize("seed, levels", [(0, reference_genotype().levels), (1, reference_genotype().levels),
+                                          (2, OTHER_LEVELS)])
+def test_path_forward_equals_extracted_network(seed, levels, style):
     torch.manual_seed(seed)
-    levels = reference_genotype().levels
-    sn = build_supernet(levels, CONFIG)
+    sn = build_supernet(levels, replace(CONFIG, cell_style=style))
     # perturb the affine norms so the comparison is not trivially on identity weights
     with torch.no_grad():
         for p in sn.parameters():
@@ -28,17 +32,18 @@ def test_path_forward_equals_extracted_network(seed):
     sn.train()
     net.train()
     a, b = sn(x, ops), net(x)
-    assert len(a) == len(b) == 4
+    assert len(a) == len(b) == max(levels)
     for u, v in zip(a, b):
-        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(u, v, rtol=0, atol=0)  # same modules, same order: bit for bit
     sn.eval()
     net.eval()
     with torch.no_grad():
-        torch.testing.assert_close(sn(x, ops), net(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sn(x, ops), net(x), rtol=0, atol=0)
 
 
-def test_extracted_weights_are_copies_and_supernet_holds_all_ops():
-    sn = build_supernet(reference_genotype().levels, CONFIG)
+@pytest.mark.parametrize("style", CELL_STYLES)
+def test_extracted_weights_are_copies_and_supernet_holds_all_ops(style):
+    sn = build_supernet(reference_genotype().levels, replace(CONFIG, cell_style=style))
     net = sn.extract(reference_genotype().ops)
     assert count_parameters(sn) > count_parameters(net)
     p_net = dict(net.named_parameters())["cells.0.ops.2d.0.conv.weight"]

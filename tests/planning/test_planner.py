@@ -135,6 +135,7 @@ def test_all_ten_msd_tasks_plan(task):
     assert plans.resampling["anisotropic"] == anisotropic
     if anisotropic:
         assert plans.network["strides"][0][0] == 1
-    # every patch covers a sizeable part of the median image (not collapsed to a sliver)
-    assert all(p >= min(32, m) for p, m in zip(plans.patch_size, plans.median_shape))
+    # every patch covers a sizeable part of the median image (not collapsed to a sliver); 24, not 32:
+    # the c2fnas cell style's full-resolution head leaves HepaticVessel 24 of its 49 slices at 8 GB
+    assert all(p >= min(24, m) for p, m in zip(plans.patch_size, plans.median_shape))
     assert plans.normalization[0]["scheme"] == ("CT" if task.channels == ("CT",) else "zscore")
