@@ -1,24 +1,22 @@
 """The genotypes the study trains ("arms"): the searched one, the shipped reference, the
 searched topology with every cell `3d` (what the fine stage adds), N random valid ones,
-and, when the network has cell styles, the searched and reference ones in the other style."""
+all in the plans' cell style, and the searched and reference ones in the other style."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from c2fnas_auto.nas.genotype import OPS, Genotype, reference_genotype
 from c2fnas_auto.nas.topology import enumerate_topologies
 
-DEFAULT_STYLE = "default"
-
 
 @dataclass(frozen=True)
 class Arm:
     name: str
     genotype: Genotype
-    cell_style: str = DEFAULT_STYLE  # NetworkConfig.cell_style, or "default" (the plans' own)
+    cell_style: str  # NetworkConfig.cell_style
 
     @property
     def kind(self) -> str:
@@ -37,34 +35,21 @@ def random_genotypes(n: int, seed: int = 0) -> list[Genotype]:
     return out
 
 
-def cell_styles() -> tuple[str, tuple[str, ...]] | None:
-    """(default style, every style) when NetworkConfig has `cell_style`, else None."""
-    from c2fnas_auto.nas.config import NetworkConfig
+def build_arms(searched: Genotype, num_random: int, random_seed: int, main_style: str) -> list[Arm]:
+    """Every arm in `main_style` (the plans' own cell style), plus the searched and the
+    reference genotype in each other style (the cell-style comparison at equal budget)."""
+    from c2fnas_auto.nas.config import CELL_STYLES
 
-    field = {f.name: f for f in fields(NetworkConfig)}.get("cell_style")
-    if field is None:
-        return None
-    styles = ("c2fnas", "residual")
-    return str(field.default), tuple(s for s in styles)
-
-
-def build_arms(searched: Genotype, num_random: int, random_seed: int) -> list[Arm]:
-    arms = [Arm("searched", searched), Arm("reference", reference_genotype()),
-            Arm("searched_3d", searched.with_ops(["3d"] * len(searched.levels)))]
-    arms += [Arm(f"random_{i}", g) for i, g in enumerate(random_genotypes(num_random, random_seed))]
-    styles = cell_styles()
-    if styles is not None:
-        default, every = styles
-        for other in (s for s in every if s != default):
-            arms += [Arm(f"searched@{other}", searched, other), Arm(f"reference@{other}", reference_genotype(), other)]
+    arms = [Arm("searched", searched, main_style), Arm("reference", reference_genotype(), main_style),
+            Arm("searched_3d", searched.with_ops(["3d"] * len(searched.levels)), main_style)]
+    arms += [Arm(f"random_{i}", g, main_style) for i, g in enumerate(random_genotypes(num_random, random_seed))]
+    for other in (s for s in CELL_STYLES if s != main_style):
+        arms += [Arm(f"searched@{other}", searched, other), Arm(f"reference@{other}", reference_genotype(), other)]
     return arms
 
 
 def network_config(plans, arm: Arm):
-    """The plans' NetworkConfig, with the arm's cell style when it names one."""
+    """The plans' NetworkConfig in the arm's cell style."""
     import dataclasses
 
-    cfg = plans.network_config()
-    if arm.cell_style != DEFAULT_STYLE:
-        cfg = dataclasses.replace(cfg, cell_style=arm.cell_style)
-    return cfg
+    return dataclasses.replace(plans.network_config(), cell_style=arm.cell_style)

@@ -52,7 +52,7 @@ PROFILES: dict[str, StudyProfile] = {
     "quick": StudyProfile(
         "quick", *_tasks((16, 40, 40), (12, 6), (12, 48, 40), (10, 4), (12, 48, 64), (8, 4)),
         epochs=4, iters_per_epoch=10, seeds_source=2, seeds_transfer=1, num_random=3,
-        search=dict(coarse_candidates=3, coarse_epochs=1, clusters=3, population=3, fine_epochs=2,
+        search=dict(coarse_candidates=3, coarse_epochs=4, clusters=3, population=3, fine_epochs=4,
                     generations=2, iters_per_epoch=10)),
     "full": StudyProfile(
         "full", *_tasks((24, 48, 48), (16, 8), (16, 56, 40), (12, 6), (12, 64, 80), (8, 4)),

@@ -180,7 +180,8 @@ def run_study(profile: StudyProfile, workdir: Path, out: Path, progress: bool = 
                    budget={"epochs": profile.epochs, "iters_per_epoch": profile.iters_per_epoch,
                            "gpu_memory_gb": profile.gpu_memory_gb, "base_channels": profile.base_channels})
     searched = run_or_load_search(tasks[profile.source.key], profile, out, store, progress)
-    arms = build_arms(searched, profile.num_random, profile.random_seed)
+    main_style = tasks[profile.source.key].plans.network_config().cell_style
+    arms = build_arms(searched, profile.num_random, profile.random_seed, main_style)
     store.set_meta(arms={a.name: {"genotype_id": a.genotype.short_id(), "levels": list(a.genotype.levels),
                                   "ops": list(a.genotype.ops), "cell_style": a.cell_style} for a in arms})
     jobs = plan_jobs(profile, arms)

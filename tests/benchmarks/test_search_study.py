@@ -116,8 +116,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
 
     store = runner.run_study(profile, work, out, progress=False)
     keys = [r["key"] for r in store.records]
-    assert len(keys) == len(set(keys)) == len(profile.tasks) * 4  # searched, reference, searched_3d, random_0
-    assert {r["arm"] for r in store.records} >= {"searched", "reference", "searched_3d", "random_0"}
+    # searched, reference, searched_3d, random_0 on every task; the other cell style on the source only
+    assert len(keys) == len(set(keys)) == len(profile.tasks) * 4 + 2
+    assert {r["arm"] for r in store.records} == {"searched", "reference", "searched_3d", "random_0",
+                                                 "searched@residual", "reference@residual"}
+    assert {r["cell_style"] for r in store.records if "@" not in r["arm"]} == {"c2fnas"}
     meta = store.data["meta"]
     assert meta["arms"]["searched"]["genotype_id"] == searched.short_id()
     for key, info in meta["tasks"].items():
