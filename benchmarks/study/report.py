@@ -65,6 +65,7 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[
     arms = {a: {**stats.seed_spread(m), "score": scores[a], "rank": rank[a]} for a, m in mats.items()}
     random_names = sorted(a for a in mats if a.startswith("random_"))
     out: dict[str, Any] = {"seeds": seeds, "cases": len(cases), "arms": arms, "num_random": len(random_names)}
+    out["noise"] = noise(mats, random_names)
     if random_names:
         rs = [scores[a] for a in random_names]
         out["random_median"] = float(np.median(rs))
@@ -78,6 +79,17 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[
                 "rank_among_random": 1 + sum(r > scores[name] for r in rs),
                 "rank_p": stats.rank_p_value(scores[name], rs), "bootstrap": boot}
     return out
+
+
+def noise(mats: dict[str, np.ndarray], random_names: list[str]) -> dict[str, float | None]:
+    """Is the ranking signal or noise? The pooled seed-to-seed sd of one genotype's score
+    against the sd between the random genotypes' scores (each averaged over seeds)."""
+    per_seed = [stats.seed_scores(m) for m in mats.values()]
+    variances = [float(np.var(s[np.isfinite(s)], ddof=1)) for s in per_seed if np.isfinite(s).sum() > 1]
+    seed_sd = float(np.sqrt(np.mean(variances))) if variances else None
+    rs = [stats.arm_score(mats[a]) for a in random_names]
+    between = float(np.std(rs, ddof=1)) if len(rs) > 1 else None
+    return {"seed_sd_pooled": seed_sd, "random_between_sd": between}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -103,8 +115,10 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"{_fmt(s['max'])} | {s['rank']} |")
         if "random_median" in t:
             lines.append("")
+            nz = t.get("noise", {})
             lines.append(f"random median {_fmt(t['random_median'])}, best {_fmt(t['random_best'])} "
-                         f"(N = {t['num_random']})")
+                         f"(N = {t['num_random']}); sd between random genotypes {_fmt(nz.get('random_between_sd'))}, "
+                         f"pooled seed-to-seed sd of one genotype {_fmt(nz.get('seed_sd_pooled'))}")
             for name in ("searched", "reference", "searched_3d"):
                 c = t.get(f"{name}_vs_random_median")
                 if c:
@@ -112,7 +126,15 @@ def markdown(summary: dict[str, Any]) -> str:
                     lines.append(f"- {name} vs random median: difference {_fmt(b['diff'])} "
                                  f"(90% bootstrap interval {_fmt(b['low'])} .. {_fmt(b['high'])}), "
                                  f"bootstrap p {_fmt(b['p'])}; rank {c['rank_among_random']} of "
-                                 f"{t['num_random'] + 1} vs the random genotypes, exact rank p {_fmt(c['rank_p'])}")
+                                 f"{t['num_random'] + 1} vs the random genotypes, exact rank p {_fmt(c['rank_p'])}"
+                                 + (" (one seed: the interval and p leave out seed-to-seed noise)"
+                                    if len(t["seeds"]) < 2 else ""))
+        lines.append("")
+    prov = summary.get("searched_provenance") or {}
+    if prov:
+        lines.append(f"The search's own scores of its winner, on its selection cases (fold 0 validation): "
+                     f"coarse {_fmt(prov.get('coarse_score'))} (topology, all cells 3d, trained alone), "
+                     f"fine {_fmt(prov.get('fine_score'))} (supernet shared weights).")
         lines.append("")
     taus = summary.get("search_kendall_taus") or {}
     lines.append("Search report Kendall taus: " + (", ".join(f"`{k}` = {_fmt(v)}" for k, v in taus.items())
@@ -164,7 +186,8 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
                "task_info": meta.get("tasks", {}), "arms": meta.get("arms", {}),
                "tasks": {t: task_summary(records, t, profile.n_boot) for t in tasks},
                "search_kendall_taus": find_taus(report) if report else {},
-               "search_seconds": meta.get("search_seconds"),
+               "search_seconds": meta.get("search_seconds"), "search_cpu_seconds": meta.get("search_cpu_seconds"),
+               "searched_provenance": _provenance(out),
                "train_seconds_total": round(sum(r["scores"].get("train_seconds", 0.0) for r in records
                                                 if "reused_from" not in r["scores"]), 1),
                "loadavg_1min_range": _load_range(records)}
@@ -172,6 +195,18 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
     atomic_write_text(out / SUMMARY_MD, markdown(summary))
     boxplot(records, tasks, out / BOXPLOT)
     return summary
+
+
+def _provenance(out: Path) -> dict[str, Any]:
+    from benchmarks.study.runner import SEARCHED_FILE
+    from c2fnas_auto.utils.io import load_json
+
+    path = out / SEARCHED_FILE
+    if not path.is_file():
+        return {}
+    d = load_json(path, "searched genotype")
+    prov = d.get("provenance", {}) if isinstance(d, dict) else {}
+    return {k: prov.get(k) for k in ("fine_score", "coarse_score")}
 
 
 def _load_range(records: list[dict[str, Any]]) -> list[float] | None:
