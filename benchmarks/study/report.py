@@ -21,19 +21,21 @@ BOXPLOT = "dice_boxplot.png"
 
 
 def matrices(records: list[dict[str, Any]], task: str) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
-    """arm -> (seeds, cases) of per-case mean foreground Dice, over the seeds every arm has
-    (so a partial run compares like with like); NaN where a case has no foreground."""
+    """arm -> (seeds, cases) of per-case mean foreground Dice, over the seeds every main arm
+    has (so a partial run compares like with like; a cell-style arm lacking one of them
+    gets NaN there); NaN where a case has no foreground."""
     recs = [r for r in records if r["task"] == task]
     arms = sorted({r["arm"] for r in recs})
     by_arm = {a: {r["seed"]: r["scores"]["case_mean"] for r in recs if r["arm"] == a} for a in arms}
-    seeds = sorted(set.intersection(*(set(v) for v in by_arm.values()))) if by_arm else []
+    main = [v for a, v in by_arm.items() if "@" not in a] or list(by_arm.values())
+    seeds = sorted(set.intersection(*(set(v) for v in main))) if main else []
     cases = sorted({c for v in by_arm.values() for s in v.values() for c in s})
     out = {}
     for a in arms:
         m = np.full((len(seeds), len(cases)), np.nan)
         for i, s in enumerate(seeds):
             for j, c in enumerate(cases):
-                v = by_arm[a][s].get(c)
+                v = by_arm[a].get(s, {}).get(c)
                 m[i, j] = np.nan if v is None else float(v)
         out[a] = m
     return out, seeds, cases
@@ -81,6 +83,20 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[
     return out
 
 
+def pooled(records: list[dict[str, Any]], tasks: list[str], n_boot: int) -> dict[str, Any]:
+    """Searched vs random median averaged over every task that has both (bootstrap p)."""
+    out = {}
+    for name in ("searched", "reference"):
+        pairs = []
+        for task in tasks:
+            mats, seeds, _ = matrices(records, task)
+            randoms = sorted(a for a in mats if a.startswith("random_"))
+            if seeds and name in mats and randoms:
+                pairs.append((mats[name], np.stack([mats[a] for a in randoms])))
+        out[name] = stats.pooled_bootstrap_p_value(pairs, n_boot=n_boot, seed=0)
+    return out
+
+
 def noise(mats: dict[str, np.ndarray], random_names: list[str]) -> dict[str, float | None]:
     """Is the ranking signal or noise? The pooled seed-to-seed sd of one genotype's score
     against the sd between the random genotypes' scores (each averaged over seeds)."""
@@ -107,11 +123,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"**{task}** ({summary['task_info'].get(task, {}).get('describe', '')}); seeds {t['seeds']}, "
                      f"{t['cases']} held-out cases")
         lines.append("")
-        lines.append("| arm | genotype | Dice mean | sd over seeds | min | max | rank |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| arm | genotype | cell style | seeds | Dice mean | sd over seeds | min | max | rank |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for a, s in sorted(t["arms"].items(), key=lambda kv: kv[1]["rank"]):
-            gid = summary["arms"].get(a, {}).get("genotype_id", "")
-            lines.append(f"| {a} | {gid} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | "
+            info = summary["arms"].get(a, {})
+            lines.append(f"| {a} | {info.get('genotype_id', '')} | {info.get('cell_style', '')} | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | "
                          f"{_fmt(s['max'])} | {s['rank']} |")
         if "random_median" in t:
             lines.append("")
@@ -130,6 +146,11 @@ def markdown(summary: dict[str, Any]) -> str:
                                  + (" (one seed: the interval and p leave out seed-to-seed noise)"
                                     if len(t["seeds"]) < 2 else ""))
         lines.append("")
+    for name, b in (summary.get("pooled") or {}).items():
+        if b.get("tasks"):
+            lines.append(f"Pooled over {b['tasks']} task(s), {name} vs random median: difference {_fmt(b['diff'])} "
+                         f"(90% bootstrap interval {_fmt(b['low'])} .. {_fmt(b['high'])}), bootstrap p {_fmt(b['p'])}.")
+    lines.append("")
     prov = summary.get("searched_provenance") or {}
     if prov:
         lines.append(f"The search's own scores of its winner, on its selection cases (fold 0 validation): "
@@ -185,6 +206,7 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
     summary = {"profile": profile.name, "trainings": len(records), "budget": meta.get("budget", {}),
                "task_info": meta.get("tasks", {}), "arms": meta.get("arms", {}),
                "tasks": {t: task_summary(records, t, profile.n_boot) for t in tasks},
+               "pooled": pooled(records, tasks, profile.n_boot),
                "search_kendall_taus": find_taus(report) if report else {},
                "search_seconds": meta.get("search_seconds"), "search_cpu_seconds": meta.get("search_cpu_seconds"),
                "searched_provenance": _provenance(out),

@@ -79,3 +79,27 @@ def seed_spread(matrix: np.ndarray) -> dict[str, float]:
         return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
     return {"mean": float(s.mean()), "std": float(s.std(ddof=1)) if len(s) > 1 else 0.0,
             "min": float(s.min()), "max": float(s.max()), "n": int(len(s))}
+
+
+def pooled_bootstrap_p_value(pairs: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000,
+                             seed: int = 0) -> dict[str, float | None]:
+    """Mean over tasks of T (as in `bootstrap_p_value`), one (searched, randoms) pair per task;
+    the random genotypes are the same on every task, so one genotype resample is shared by
+    all tasks, while cases and seeds are resampled within each task."""
+    pairs = [(np.asarray(s, dtype=float), np.asarray(r, dtype=float)) for s, r in pairs]
+    pairs = [(s, r) for s, r in pairs if r.ndim == 3 and r.shape[0] and s.shape == r.shape[1:]]
+    if not pairs or len({r.shape[0] for _, r in pairs}) != 1:
+        return {"diff": None, "low": None, "high": None, "p": None, "tasks": len(pairs)}
+    n_g = pairs[0][1].shape[0]
+    observed = float(np.mean([_stat(s, r, np.arange(r.shape[1]), np.arange(r.shape[2]), np.arange(n_g))
+                              for s, r in pairs]))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        genos = rng.integers(n_g, size=n_g)
+        boots[b] = np.mean([_stat(s, r, rng.integers(r.shape[1], size=r.shape[1]),
+                                  rng.integers(r.shape[2], size=r.shape[2]), genos) for s, r in pairs])
+    boots = boots[np.isfinite(boots)]
+    p = (1 + int(np.sum(boots <= 0))) / (len(boots) + 1) if len(boots) else None
+    return {"diff": observed, "low": float(np.quantile(boots, 0.05)) if len(boots) else None,
+            "high": float(np.quantile(boots, 0.95)) if len(boots) else None, "p": p, "tasks": len(pairs)}

@@ -42,6 +42,9 @@ def test_bootstrap_p_value_direction_and_seeding():
     assert lo["p"] == pytest.approx(1.0) and lo["low"] <= lo["diff"] <= lo["high"]
     assert stats.bootstrap_p_value(better, randoms, n_boot=200, seed=1) == hi  # seeded
     assert stats.bootstrap_p_value(better, randoms[:, :1], n_boot=10)["p"] is None  # shapes disagree
+    both = stats.pooled_bootstrap_p_value([(better, randoms), (worse, randoms)], n_boot=100, seed=1)
+    assert both["tasks"] == 2 and both["diff"] == pytest.approx((hi["diff"] + lo["diff"]) / 2)
+    assert stats.pooled_bootstrap_p_value([(better, randoms[:2]), (worse, randoms)])["p"] is None  # N differs
     spread = stats.seed_spread(np.array([[0.4, 0.6], [0.8, np.nan]]))
     assert spread["mean"] == pytest.approx(0.65) and spread["std"] == pytest.approx(np.std([0.5, 0.8], ddof=1))
 
@@ -57,9 +60,14 @@ def test_matrices_use_the_seeds_every_arm_has():
         return {"task": "t", "arm": arm, "seed": seed, "scores": {"case_mean": cm}}
 
     records = [rec("a", 0, {"c1": 0.5, "c2": None}), rec("a", 1, {"c1": 0.7, "c2": 0.1}),
-               rec("b", 0, {"c1": 0.2, "c2": 0.3})]
+               rec("b", 0, {"c1": 0.2, "c2": 0.3}), rec("b", 1, {"c1": 0.2, "c2": 0.3}),
+               rec("b@x", 1, {"c1": 0.9, "c2": 0.9})]
     mats, seeds, cases = matrices(records, "t")
-    assert seeds == [0] and cases == ["c1", "c2"]
+    assert seeds == [0, 1] and cases == ["c1", "c2"]
+    assert np.isnan(mats["b@x"][0]).all() and mats["b@x"][1].tolist() == [0.9, 0.9]  # style arms don't cut seeds
+    records = records[:1] + records[2:]  # arm a lacks seed 1 now
+    mats, seeds, cases = matrices(records, "t")
+    assert seeds == [0]
     assert np.isnan(mats["a"][0, 1]) and mats["b"].tolist() == [[0.2, 0.3]]
 
 
