@@ -111,6 +111,8 @@ def noise(mats: dict[str, np.ndarray], random_names: list[str]) -> dict[str, flo
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
+    if isinstance(v, float) and 0 < v < 10 ** -digits:
+        return f"< {10 ** -digits:g}"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
@@ -174,7 +176,8 @@ def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None
     for ax, task in zip(axes[0], tasks):
         mats, seeds, _ = matrices(records, task)
         names = [a for a in ("searched", "searched_3d", "reference") if a in mats]
-        names += sorted(a for a in mats if a not in names)
+        names += sorted(a for a in mats if a not in names and "@" not in a)
+        names += sorted(a for a in mats if "@" in a)
         data = [mats[a][np.isfinite(mats[a])] for a in names]
         if not names:
             ax.set_title(f"{task}: no results yet")
@@ -182,6 +185,8 @@ def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None
         box = ax.boxplot(data, patch_artist=True, widths=0.6)
         for patch, a in zip(box["boxes"], names):
             patch.set_facecolor(colours.get(a.split("@")[0], "lightgrey"))
+            if "@" in a:  # the other cell style
+                patch.set_hatch("//")
         for i, a in enumerate(names, start=1):  # one dot per seed: its mean over cases
             ax.scatter([i] * len(seeds), stats.seed_scores(mats[a]), color="black", s=12, zorder=3)
         ax.set_xticks(range(1, len(names) + 1))

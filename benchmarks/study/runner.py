@@ -139,7 +139,7 @@ def train_and_score(task: PreparedTask, arm: Arm, seed: int, profile: StudyProfi
             "final_loss": float(losses[-1]) if losses else None, "train_seconds": round(t1 - t0, 2),
             "score_seconds": round(t2 - t1, 2),
             "cpu_seconds": round(c2 - c0, 2), "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "params": int(sum(p.numel() for p in net.parameters()))}
+            "params": int(sum(p.numel() for p in net.parameters())), "torch_threads": _threads()}
 
 
 def _threads() -> int:
@@ -149,10 +149,13 @@ def _threads() -> int:
 
 
 def plan_jobs(profile: StudyProfile, arms: list[Arm]) -> list[tuple[TaskSpec, Arm, int]]:
-    """Seed-major order: after any prefix of the run, every arm has as many seeds as the others."""
+    """Seed-major order across tasks (seed 0 of every task, then seed 1, ...): a run stopped
+    part-way has every task at the same number of seeds for every arm."""
     jobs = []
-    for spec in profile.tasks:
-        for seed in profile.seeds(spec.key):
+    for seed in range(max(profile.seeds_source, profile.seeds_transfer)):
+        for spec in profile.tasks:
+            if seed not in profile.seeds(spec.key):
+                continue
             for arm in arms:
                 if "@" in arm.name and spec.key != profile.source.key:
                     continue  # the cell-style comparison runs on the source task only
@@ -176,7 +179,7 @@ def run_study(profile: StudyProfile, workdir: Path, out: Path, progress: bool = 
                               "target_spacing": [float(s) for s in t.plans.target_spacing],
                               "train_cases": len(t.train_ids), "heldout_cases": t.heldout_ids}
                           for k, t in tasks.items()},
-                   torch_threads=_threads(),
+                   torch_threads_last_run=_threads(),
                    budget={"epochs": profile.epochs, "iters_per_epoch": profile.iters_per_epoch,
                            "gpu_memory_gb": profile.gpu_memory_gb, "base_channels": profile.base_channels})
     searched = run_or_load_search(tasks[profile.source.key], profile, out, store, progress)
