@@ -1,0 +1,241 @@
+"""Summary of the study's results file: per task and arm the mean and spread over seeds,
+ranks, the p-values for "searched beats the random median", the search's own Kendall
+taus, a markdown table and a box plot. Works on partial results (whatever is stored)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.study import stats
+from benchmarks.study.profiles import StudyProfile
+from benchmarks.study.store import ResultStore
+from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+BOXPLOT = "dice_boxplot.png"
+
+
+def matrices(records: list[dict[str, Any]], task: str) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
+    """arm -> (seeds, cases) of per-case mean foreground Dice, over the seeds every main arm
+    has (so a partial run compares like with like; a cell-style arm lacking one of them
+    gets NaN there); NaN where a case has no foreground."""
+    recs = [r for r in records if r["task"] == task]
+    arms = sorted({r["arm"] for r in recs})
+    by_arm = {a: {r["seed"]: r["scores"]["case_mean"] for r in recs if r["arm"] == a} for a in arms}
+    main = [v for a, v in by_arm.items() if "@" not in a] or list(by_arm.values())
+    seeds = sorted(set.intersection(*(set(v) for v in main))) if main else []
+    cases = sorted({c for v in by_arm.values() for s in v.values() for c in s})
+    out = {}
+    for a in arms:
+        m = np.full((len(seeds), len(cases)), np.nan)
+        for i, s in enumerate(seeds):
+            for j, c in enumerate(cases):
+                v = by_arm[a].get(s, {}).get(c)
+                m[i, j] = np.nan if v is None else float(v)
+        out[a] = m
+    return out, seeds, cases
+
+
+def find_taus(obj: Any, path: str = "") -> dict[str, float]:
+    """Every numeric value under a key containing 'tau' in the search report (read
+    defensively: the report's layout is the search engine's business)."""
+    found: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            p = f"{path}.{k}" if path else str(k)
+            if "tau" in str(k).lower() and isinstance(v, (int, float)) and not isinstance(v, bool):
+                found[p] = float(v)
+            else:
+                found.update(find_taus(v, p))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found.update(find_taus(v, f"{path}[{i}]"))
+    return found
+
+
+def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[str, Any]:
+    mats, seeds, cases = matrices(records, task)
+    if not seeds:
+        return {"seeds": [], "cases": len(cases), "arms": {}}
+    scores = {a: stats.arm_score(m) for a, m in mats.items()}
+    rank = stats.ranks(scores)
+    arms = {a: {**stats.seed_spread(m), "score": scores[a], "rank": rank[a]} for a, m in mats.items()}
+    random_names = sorted(a for a in mats if a.startswith("random_"))
+    out: dict[str, Any] = {"seeds": seeds, "cases": len(cases), "arms": arms, "num_random": len(random_names)}
+    out["noise"] = noise(mats, random_names)
+    if random_names:
+        rs = [scores[a] for a in random_names]
+        out["random_median"] = float(np.median(rs))
+        out["random_best"] = float(max(rs))
+        for name in ("searched", "reference", "searched_3d"):
+            if name not in mats:
+                continue
+            boot = stats.bootstrap_p_value(mats[name], np.stack([mats[a] for a in random_names]), n_boot=n_boot,
+                                           seed=0)
+            out[f"{name}_vs_random_median"] = {
+                "rank_among_random": 1 + sum(r > scores[name] for r in rs),
+                "rank_p": stats.rank_p_value(scores[name], rs), "bootstrap": boot}
+    return out
+
+
+def pooled(records: list[dict[str, Any]], tasks: list[str], n_boot: int) -> dict[str, Any]:
+    """Searched vs random median averaged over every task that has both (bootstrap p)."""
+    out = {}
+    for name in ("searched", "reference"):
+        pairs = []
+        for task in tasks:
+            mats, seeds, _ = matrices(records, task)
+            randoms = sorted(a for a in mats if a.startswith("random_"))
+            if seeds and name in mats and randoms:
+                pairs.append((mats[name], np.stack([mats[a] for a in randoms])))
+        out[name] = stats.pooled_bootstrap_p_value(pairs, n_boot=n_boot, seed=0)
+    return out
+
+
+def noise(mats: dict[str, np.ndarray], random_names: list[str]) -> dict[str, float | None]:
+    """Is the ranking signal or noise? The pooled seed-to-seed sd of one genotype's score
+    against the sd between the random genotypes' scores (each averaged over seeds)."""
+    per_seed = [stats.seed_scores(m) for m in mats.values()]
+    variances = [float(np.var(s[np.isfinite(s)], ddof=1)) for s in per_seed if np.isfinite(s).sum() > 1]
+    seed_sd = float(np.sqrt(np.mean(variances))) if variances else None
+    rs = [stats.arm_score(mats[a]) for a in random_names]
+    between = float(np.std(rs, ddof=1)) if len(rs) > 1 else None
+    return {"seed_sd_pooled": seed_sd, "random_between_sd": between}
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float) and 0 < v < 10 ** -digits:
+        return f"< {10 ** -digits:g}"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [f"Profile `{summary['profile']}`: {summary['trainings']} trainings stored, "
+             f"budget {summary['budget'].get('epochs')} epochs x {summary['budget'].get('iters_per_epoch')} "
+             "iterations per training; Dice = mean foreground Dice per held-out case, averaged over cases; "
+             "mean +- sd over seeds.", ""]
+    for task, t in summary["tasks"].items():
+        lines.append(f"**{task}** ({summary['task_info'].get(task, {}).get('describe', '')}); seeds {t['seeds']}, "
+                     f"{t['cases']} held-out cases")
+        lines.append("")
+        lines.append("| arm | genotype | cell style | seeds | Dice mean | sd over seeds | min | max | rank |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for a, s in sorted(t["arms"].items(), key=lambda kv: kv[1]["rank"]):
+            info = summary["arms"].get(a, {})
+            lines.append(f"| {a} | {info.get('genotype_id', '')} | {info.get('cell_style', '')} | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | "
+                         f"{_fmt(s['max'])} | {s['rank']} |")
+        if "random_median" in t:
+            lines.append("")
+            nz = t.get("noise", {})
+            lines.append(f"random median {_fmt(t['random_median'])}, best {_fmt(t['random_best'])} "
+                         f"(N = {t['num_random']}); sd between random genotypes {_fmt(nz.get('random_between_sd'))}, "
+                         f"pooled seed-to-seed sd of one genotype {_fmt(nz.get('seed_sd_pooled'))}")
+            for name in ("searched", "reference", "searched_3d"):
+                c = t.get(f"{name}_vs_random_median")
+                if c:
+                    b = c["bootstrap"]
+                    lines.append(f"- {name} vs random median: difference {_fmt(b['diff'])} "
+                                 f"(90% bootstrap interval {_fmt(b['low'])} .. {_fmt(b['high'])}), "
+                                 f"bootstrap p {_fmt(b['p'])}; rank {c['rank_among_random']} of "
+                                 f"{t['num_random'] + 1} vs the random genotypes, exact rank p {_fmt(c['rank_p'])}"
+                                 + (" (one seed: the interval and p leave out seed-to-seed noise)"
+                                    if len(t["seeds"]) < 2 else ""))
+        lines.append("")
+    for name, b in (summary.get("pooled") or {}).items():
+        if b.get("tasks"):
+            lines.append(f"Pooled over {b['tasks']} task(s), {name} vs random median: difference {_fmt(b['diff'])} "
+                         f"(90% bootstrap interval {_fmt(b['low'])} .. {_fmt(b['high'])}), bootstrap p {_fmt(b['p'])}.")
+    lines.append("")
+    prov = summary.get("searched_provenance") or {}
+    if prov:
+        lines.append(f"The search's own scores of its winner, on its selection cases (fold 0 validation): "
+                     f"coarse {_fmt(prov.get('coarse_score'))} (topology, all cells 3d, trained alone), "
+                     f"fine {_fmt(prov.get('fine_score'))} (supernet shared weights).")
+        lines.append("")
+    taus = summary.get("search_kendall_taus") or {}
+    lines.append("Search report Kendall taus: " + (", ".join(f"`{k}` = {_fmt(v)}" for k, v in taus.items())
+                                                   if taus else "none in the search report"))
+    return "\n".join(lines) + "\n"
+
+
+def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"searched": "tab:red", "reference": "tab:blue", "searched_3d": "tab:orange"}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mats, seeds, _ = matrices(records, task)
+        names = [a for a in ("searched", "searched_3d", "reference") if a in mats]
+        names += sorted(a for a in mats if a not in names and "@" not in a)
+        names += sorted(a for a in mats if "@" in a)
+        data = [mats[a][np.isfinite(mats[a])] for a in names]
+        if not names:
+            ax.set_title(f"{task}: no results yet")
+            continue
+        box = ax.boxplot(data, patch_artist=True, widths=0.6)
+        for patch, a in zip(box["boxes"], names):
+            patch.set_facecolor(colours.get(a.split("@")[0], "lightgrey"))
+            if "@" in a:  # the other cell style
+                patch.set_hatch("//")
+        for i, a in enumerate(names, start=1):  # one dot per seed: its mean over cases
+            ax.scatter([i] * len(seeds), stats.seed_scores(mats[a]), color="black", s=12, zorder=3)
+        ax.set_xticks(range(1, len(names) + 1))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out Dice (per case; dots: seed means)")
+        ax.set_title(f"{task} ({len(seeds)} seed(s))")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[str, Any]:
+    from benchmarks.study.runner import read_search_report
+
+    records = store.records
+    tasks = [t.key for t in profile.tasks]
+    report = read_search_report(out)
+    meta = store.data.get("meta", {})
+    summary = {"profile": profile.name, "trainings": len(records), "budget": meta.get("budget", {}),
+               "task_info": meta.get("tasks", {}), "arms": meta.get("arms", {}),
+               "tasks": {t: task_summary(records, t, profile.n_boot) for t in tasks},
+               "pooled": pooled(records, tasks, profile.n_boot),
+               "search_kendall_taus": find_taus(report) if report else {},
+               "search_seconds": meta.get("search_seconds"), "search_cpu_seconds": meta.get("search_cpu_seconds"),
+               "searched_provenance": _provenance(out),
+               "train_seconds_total": round(sum(r["scores"].get("train_seconds", 0.0) for r in records
+                                                if "reused_from" not in r["scores"]), 1),
+               "loadavg_1min_range": _load_range(records)}
+    atomic_write_json(out / SUMMARY_JSON, summary)
+    atomic_write_text(out / SUMMARY_MD, markdown(summary))
+    boxplot(records, tasks, out / BOXPLOT)
+    return summary
+
+
+def _provenance(out: Path) -> dict[str, Any]:
+    from benchmarks.study.runner import SEARCHED_FILE
+    from c2fnas_auto.utils.io import load_json
+
+    path = out / SEARCHED_FILE
+    if not path.is_file():
+        return {}
+    d = load_json(path, "searched genotype")
+    prov = d.get("provenance", {}) if isinstance(d, dict) else {}
+    return {k: prov.get(k) for k in ("fine_score", "coarse_score")}
+
+
+def _load_range(records: list[dict[str, Any]]) -> list[float] | None:
+    loads = [v for r in records for v in r["scores"].get("loadavg_1min", [])]
+    return [min(loads), max(loads)] if loads else None

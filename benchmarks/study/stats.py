@@ -1,0 +1,105 @@
+"""Statistics of the study, our own code (numpy only), all seeded.
+
+Scores come as `dice[arm] -> array (seeds, cases)` of per-case mean foreground Dice on
+held-out cases; every arm of a task was trained with the same seeds and scored on the
+same cases, so arms are paired by seed and by case.
+
+"Searched beats the random median" is tested two ways:
+- `rank_p_value`: exact, under the null that the searched genotype is one more draw from
+  the random population: p = (1 + #random genotypes scoring >= searched) / (N + 1).
+- `bootstrap_p_value`: paired hierarchical bootstrap of T = searched - median over random
+  genotypes (each genotype's score = mean over seeds and cases), resampling cases, seeds
+  and random genotypes together; p = (1 + #{T* <= 0}) / (B + 1) (one-sided).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def arm_score(matrix: np.ndarray) -> float:
+    """Mean over seeds and cases (NaN cases, with no foreground in truth nor prediction, skipped)."""
+    return float(np.nanmean(matrix))
+
+
+def seed_scores(matrix: np.ndarray) -> np.ndarray:
+    """One score per seed: mean over that seed's cases."""
+    return np.nanmean(matrix, axis=1)
+
+
+def ranks(scores: dict[str, float]) -> dict[str, int]:
+    """Rank 1 = best; ties share the better rank."""
+    return {k: 1 + sum(v2 > v for v2 in scores.values()) for k, v in scores.items()}
+
+
+def rank_p_value(searched: float, randoms: Sequence[float]) -> float | None:
+    if not len(randoms):
+        return None
+    return (1 + sum(r >= searched for r in randoms)) / (len(randoms) + 1)
+
+
+def _stat(searched: np.ndarray, randoms: np.ndarray, seeds: np.ndarray, cases: np.ndarray,
+          genos: np.ndarray) -> float:
+    s = np.nanmean(searched[np.ix_(seeds, cases)])
+    r = np.nanmean(randoms[np.ix_(genos, seeds, cases)], axis=(1, 2))
+    return float(s - np.median(r))
+
+
+def bootstrap_p_value(searched: np.ndarray, randoms: np.ndarray, n_boot: int = 2000,
+                      seed: int = 0) -> dict[str, float | None]:
+    """`searched` (seeds, cases); `randoms` (genotypes, seeds, cases). Returns the observed
+    difference to the random median, a 90% bootstrap interval and the one-sided p."""
+    searched = np.asarray(searched, dtype=float)
+    randoms = np.asarray(randoms, dtype=float)
+    if randoms.ndim != 3 or randoms.shape[0] == 0 or searched.shape != randoms.shape[1:]:
+        return {"diff": None, "low": None, "high": None, "p": None}
+    n_g, n_s, n_c = randoms.shape
+    every = (np.arange(n_s), np.arange(n_c), np.arange(n_g))
+    observed = _stat(searched, randoms, *every)
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        boots[b] = _stat(searched, randoms, rng.integers(n_s, size=n_s), rng.integers(n_c, size=n_c),
+                         rng.integers(n_g, size=n_g))
+    boots = boots[np.isfinite(boots)]
+    if not len(boots):
+        return {"diff": observed, "low": None, "high": None, "p": None}
+    p = (1 + int(np.sum(boots <= 0))) / (len(boots) + 1)
+    return {"diff": observed, "low": float(np.quantile(boots, 0.05)), "high": float(np.quantile(boots, 0.95)),
+            "p": float(p)}
+
+
+def seed_spread(matrix: np.ndarray) -> dict[str, float]:
+    """Mean, standard deviation (ddof 1 when there are 2+ seeds), min and max of the per-seed scores."""
+    s = seed_scores(matrix)
+    s = s[np.isfinite(s)]
+    if not len(s):
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return {"mean": float(s.mean()), "std": float(s.std(ddof=1)) if len(s) > 1 else 0.0,
+            "min": float(s.min()), "max": float(s.max()), "n": int(len(s))}
+
+
+def pooled_bootstrap_p_value(pairs: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000,
+                             seed: int = 0) -> dict[str, float | None]:
+    """Mean over tasks of T (as in `bootstrap_p_value`), one (searched, randoms) pair per task;
+    the random genotypes are the same on every task, so one genotype resample is shared by
+    all tasks, while cases and seeds are resampled within each task."""
+    pairs = [(np.asarray(s, dtype=float), np.asarray(r, dtype=float)) for s, r in pairs]
+    pairs = [(s, r) for s, r in pairs if r.ndim == 3 and r.shape[0] and s.shape == r.shape[1:]]
+    if not pairs or len({r.shape[0] for _, r in pairs}) != 1:
+        return {"diff": None, "low": None, "high": None, "p": None, "tasks": len(pairs)}
+    n_g = pairs[0][1].shape[0]
+    observed = float(np.mean([_stat(s, r, np.arange(r.shape[1]), np.arange(r.shape[2]), np.arange(n_g))
+                              for s, r in pairs]))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        genos = rng.integers(n_g, size=n_g)
+        boots[b] = np.mean([_stat(s, r, rng.integers(r.shape[1], size=r.shape[1]),
+                                  rng.integers(r.shape[2], size=r.shape[2]), genos) for s, r in pairs])
+    boots = boots[np.isfinite(boots)]
+    p = (1 + int(np.sum(boots <= 0))) / (len(boots) + 1) if len(boots) else None
+    return {"diff": observed, "low": float(np.quantile(boots, 0.05)) if len(boots) else None,
+            "high": float(np.quantile(boots, 0.95)) if len(boots) else None, "p": p, "tasks": len(pairs)}
