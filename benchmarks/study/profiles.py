@@ -47,16 +47,18 @@ PROFILES: dict[str, StudyProfile] = {
     "tiny": StudyProfile(
         "tiny", *_tasks((16, 32, 32), (4, 2), (8, 32, 32), (3, 2), (8, 32, 32), (3, 2)),
         epochs=1, iters_per_epoch=2, seeds_source=1, seeds_transfer=1, num_random=1, n_boot=50,
-        search=dict(coarse_candidates=2, coarse_epochs=1, clusters=2, population=2, fine_epochs=1,
-                    generations=1, iters_per_epoch=2, children_per_round=1, tournament=1)),
+        search=dict(coarse_candidates=2, min_epochs=1, eta=2, rungs=2, clusters=2, population=2, fine_epochs=1,
+                    generations=1, iters_per_epoch=2, tournament=1, standalone_sample=0)),
     "quick": StudyProfile(
         "quick", *_tasks((16, 40, 40), (12, 6), (12, 48, 40), (10, 4), (12, 48, 64), (8, 4)),
         epochs=4, iters_per_epoch=10, seeds_source=2, seeds_transfer=1, num_random=3,
-        search=dict(coarse_candidates=3, coarse_epochs=4, clusters=3, population=3, fine_epochs=4,
-                    generations=2, iters_per_epoch=10)),
+        # successive halving: 9 topologies at 1 epoch, the best 3 at 3 (the old flat stage: 3 x 4)
+        search=dict(coarse_candidates=9, min_epochs=1, eta=3, rungs=2, clusters=3, population=3, fine_epochs=4,
+                    generations=2, iters_per_epoch=10, standalone_sample=3)),
     "full": StudyProfile(
         "full", *_tasks((24, 48, 48), (16, 8), (16, 56, 40), (12, 6), (12, 64, 80), (8, 4)),
         epochs=5, iters_per_epoch=20, seeds_source=3, seeds_transfer=2, num_random=6,
-        search=dict(coarse_candidates=6, coarse_epochs=4, clusters=3, population=4, fine_epochs=6,
-                    generations=3, iters_per_epoch=20)),
+        # successive halving: 12 topologies at 2 epochs, the best 4 at 6 (the old flat stage: 6 x 4)
+        search=dict(coarse_candidates=12, min_epochs=2, eta=3, rungs=2, clusters=3, population=4, fine_epochs=6,
+                    generations=3, iters_per_epoch=20, standalone_sample=4)),
 }
