@@ -58,7 +58,8 @@ PROFILES: dict[str, StudyProfile] = {
     "full": StudyProfile(
         "full", *_tasks((24, 48, 48), (16, 8), (16, 56, 40), (12, 6), (12, 64, 80), (8, 4)),
         epochs=5, iters_per_epoch=20, seeds_source=3, seeds_transfer=2, num_random=6,
-        # successive halving: 12 topologies at 2 epochs, the best 4 at 6 (the old flat stage: 6 x 4)
-        search=dict(coarse_candidates=12, min_epochs=2, eta=3, rungs=2, clusters=3, population=4, fine_epochs=6,
+        # successive halving: 12 topologies at 2 epochs, the best 4 at 6 (the old flat stage: 6 x 4);
+        # supernet 8 epochs, the first half whole-network paths (supernet_warmup default 0.5)
+        search=dict(coarse_candidates=12, min_epochs=2, eta=3, rungs=2, clusters=3, population=4, fine_epochs=8,
                     generations=3, iters_per_epoch=20, standalone_sample=4)),
 }

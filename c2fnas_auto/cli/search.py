@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, default=d.population,
                    help="population of both evolutionary searches")
     p.add_argument("--fine-epochs", type=int, default=d.fine_epochs, help="supernet training epochs")
+    p.add_argument("--supernet-warmup", type=float, default=d.supernet_warmup,
+                   help="share of supernet steps that give every cell the same sampled op before cell-wise "
+                        "paths (default 0.5; 0 = cell-wise from the start)")
     p.add_argument("--generations", type=int, default=d.generations, help="fine-stage generations")
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch,
                    help="training iterations per epoch (coarse candidates, supernet, stand-alone check)")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = SearchSettings(coarse_candidates=args.coarse_candidates, min_epochs=args.min_epochs, eta=args.eta,
                               rungs=args.rungs, clusters=args.clusters, population=args.population,
-                              fine_epochs=args.fine_epochs, generations=args.generations,
+                              fine_epochs=args.fine_epochs, supernet_warmup=args.supernet_warmup, generations=args.generations,
                               iters_per_epoch=args.iters_per_epoch, seed=args.seed, coarse_op=args.coarse_op,
                               max_gflops=args.max_gflops, tournament=args.tournament,
                               standalone_sample=args.standalone_sample, heldout_fraction=args.heldout_fraction)

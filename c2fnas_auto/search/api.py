@@ -57,6 +57,7 @@ class SearchSettings:
     clusters: int = 16
     population: int = 16
     fine_epochs: int = 500
+    supernet_warmup: float = 0.5  # share of supernet steps with one op for all cells, before cell-wise paths
     generations: int = 20
     iters_per_epoch: int = 100
     seed: int = 0
@@ -77,6 +78,8 @@ class SearchSettings:
             if getattr(self, name) < 0:
                 raise C2FNASError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
         check_rungs(self.min_epochs, self.eta, self.rungs)
+        if not 0.0 <= self.supernet_warmup <= 1.0:
+            raise C2FNASError(f"--supernet-warmup {self.supernet_warmup}: must be in [0, 1]")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise C2FNASError(f"--heldout-fraction {self.heldout_fraction}: must be in [0, 1)")
         if self.coarse_op not in OPS:
@@ -479,7 +482,7 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
     return SearchHooks(
         coarse_evaluate=evaluate,
         train_supernet=lambda levels: train_supernet(levels, ctx, settings.fine_epochs, search_dir / SUPERNET_FILE,
-                                                     progress=progress),
+                                                     progress=progress, warmup=settings.supernet_warmup),
         fine_evaluator=lambda supernet: make_fine_evaluator(supernet, ctx, settings.max_gflops),
         standalone_evaluate=evaluate,
         describe={"device": str(device), "fold": settings.fold, "num_train_cases": len(train_ids),

@@ -1,7 +1,8 @@
 """Fine stage, real evaluation: a single-path supernet on the winning topology.
 
-Training samples one op per cell uniformly at every step (memory of one path, SPOS
-style); the sampler's generator is seeded so a rerun trains the same paths. The
+Training samples one path per step (memory of one path, SPOS style): first one op for
+the whole network (the warm-up share), then one op per cell uniformly; the sampler's
+generator is seeded so a rerun trains the same paths. The
 trained weights go to `<search results>/supernet.pth` atomically; a resumed search loads them
 instead of training again. Op choices are then scored with the shared weights.
 """
@@ -20,11 +21,12 @@ from c2fnas_auto.search.runner import Evaluate, Proposal
 
 
 def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, checkpoint: Path,
-                   progress: bool = True) -> tuple[Any, dict]:
+                   progress: bool = True, warmup: float = 0.0) -> tuple[Any, dict]:
     """Build the supernet and train it, or load the finished weights from `checkpoint`.
 
-    Returns (supernet, info) where info has epochs, seconds and losses. A checkpoint
-    for another topology or epoch count is an error (the state says what was run).
+    Returns (supernet, info) where info has epochs, seconds and losses. `warmup` is the
+    share of steps that give all cells one op (see `Supernet.sampling_forward`). A checkpoint
+    for another topology, epoch count or warm-up is an error (the state says what was run).
     """
     from c2fnas_auto.nas.supernet import build_supernet
     from c2fnas_auto.training.api import fit
@@ -37,15 +39,18 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
             saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - unreadable file: tell the user which
             raise C2FNASError(f"{checkpoint}: cannot read the supernet checkpoint ({exc}); use --overwrite") from None
-        if list(saved.get("levels", [])) != list(levels) or saved.get("epochs") != epochs:
+        if (list(saved.get("levels", [])) != list(levels) or saved.get("epochs") != epochs
+                or float(saved.get("warmup", 0.0)) != float(warmup)):
             raise C2FNASError(f"{checkpoint}: supernet for levels {saved.get('levels')} / {saved.get('epochs')} "
-                              f"epochs, expected {list(levels)} / {epochs}; use --overwrite")
+                              f"epochs / warm-up {saved.get('warmup', 0.0)}, expected {list(levels)} / {epochs} / "
+                              f"{warmup}; use --overwrite")
         supernet.load_state_dict(saved["state_dict"])
         supernet.to(ctx.device)
         return supernet, {"epochs": epochs, "seconds": float(saved.get("seconds", 0.0)),
                           "losses": saved.get("losses", []), "loaded": True}
     t0 = time.perf_counter()
-    sampler = supernet.sampling_forward(seed=ctx.seed)  # one uniform op per cell per step, seeded
+    uniform_steps = int(round(warmup * epochs * ctx.iters_per_epoch))
+    sampler = supernet.sampling_forward(seed=ctx.seed, uniform_steps=uniform_steps)  # seeded paths
     try:
         losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                      iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
@@ -56,9 +61,10 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
                           "--gpu-memory-gb (smaller patch) and rerun the search with --continue") from None
     seconds = time.perf_counter() - t0
     state_dict = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
-    atomic_torch_save({"levels": list(levels), "epochs": epochs, "seconds": seconds,
+    atomic_torch_save({"levels": list(levels), "epochs": epochs, "warmup": float(warmup), "seconds": seconds,
                        "losses": [float(x) for x in losses], "state_dict": state_dict}, checkpoint)
-    return supernet, {"epochs": epochs, "seconds": seconds, "losses": [float(x) for x in losses], "loaded": False}
+    return supernet, {"epochs": epochs, "warmup": float(warmup), "uniform_steps": uniform_steps, "seconds": seconds,
+                      "losses": [float(x) for x in losses], "loaded": False}
 
 
 def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float | None = None) -> Evaluate:

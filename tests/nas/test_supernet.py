@@ -60,3 +60,40 @@ def test_sampling_forward_and_bad_ops():
         assert fwd(sn, torch.randn(1, 1, 8, 32, 32)).shape == (1, 2, 8, 32, 32)
     with pytest.raises(GenotypeError, match="unknown op"):
         sn(torch.randn(1, 1, 8, 32, 32), ["4d"] * 12)
+
+
+
+class _PathRecorder:
+    """Stands in for the supernet: records the ops of every call."""
+
+    def __init__(self):
+        self.training = True
+        self.paths: list[list[str]] = []
+
+    def __call__(self, x, ops):
+        self.paths.append(list(ops))
+        return x
+
+
+def _train_paths(fwd, n_eval: int, n_train: int) -> list[list[str]]:
+    rec = _PathRecorder()
+    rec.training = False
+    for _ in range(n_eval):
+        fwd(rec, None)  # validation calls: not steps
+    rec.training = True
+    for _ in range(n_train):
+        fwd(rec, None)
+    return rec.paths[n_eval:]
+
+
+def test_sampling_forward_warmup_gives_whole_network_paths_first():
+    """The first `uniform_steps` training calls use one op in every cell; later ones mix ops;
+    eval-mode calls do not count as steps; the same seed gives the same paths."""
+    sn = build_supernet([1] * 12, CONFIG)
+    paths = _train_paths(sn.sampling_forward(seed=0, uniform_steps=20), 5, 60)
+    assert all(len(set(p)) == 1 for p in paths[:20])
+    assert {p[0] for p in paths[:20]} == {"2d", "3d", "p3d"}
+    assert sum(len(set(p)) > 1 for p in paths[20:]) >= 35  # 12 cells: a mixed path almost always
+    assert _train_paths(sn.sampling_forward(seed=0, uniform_steps=20), 5, 60) == paths
+    no_warmup = _train_paths(sn.sampling_forward(seed=0), 0, 20)
+    assert sum(len(set(p)) > 1 for p in no_warmup) >= 15

@@ -202,6 +202,26 @@ def test_cuda_oom_in_either_stage_is_recorded_as_skipped(copy_task, monkeypatch)
     assert ans["status"] == "skipped" and "CUDA out of memory during shared-weight scoring" in ans["reason"]
 
 
+
+def test_supernet_checkpoint_is_reused_only_for_the_same_warmup(copy_task):
+    """A finished supernet is loaded on resume; one trained with another warm-up is refused."""
+    from c2fnas_auto.errors import C2FNASError
+    from c2fnas_auto.search.fine import train_supernet
+
+    import dataclasses
+
+    from c2fnas_auto.training.splits import fold_case_ids
+
+    train_ids, val_ids = fold_case_ids(copy_task.preprocessed_dir, 0)
+    ctx = dataclasses.replace(_ctx(copy_task), train_ids=list(train_ids), val_ids=list(val_ids), iters_per_epoch=2)
+    ckpt = copy_task.root / "supernet.pth"
+    _, info = train_supernet((1,) * 12, ctx, 1, ckpt, progress=False, warmup=0.5)
+    assert not info["loaded"] and info["uniform_steps"] == round(0.5 * ctx.iters_per_epoch)
+    _, again = train_supernet((1,) * 12, ctx, 1, ckpt, progress=False, warmup=0.5)
+    assert again["loaded"]
+    with pytest.raises(C2FNASError, match="warm-up 0.5, expected .* / 0.0; use --overwrite"):
+        train_supernet((1,) * 12, ctx, 1, ckpt, progress=False, warmup=0.0)
+
 def test_cli_user_errors_are_one_line(copy_task, capsys):
     assert main(TINY + ["--clusters", "0"]) == 2
     err = capsys.readouterr().err.strip()
