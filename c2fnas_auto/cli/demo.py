@@ -25,6 +25,13 @@ TASK_NAME = "SyntheticDemo"
 # the voxels, inside the organ) the lesion label is learned within the demo's budget.
 TRAIN_PATCH = (16, 32, 32)
 FOREGROUND_CLASSES = "rarest"
+# The demo plans the `residual` wiring: its classifier sees a full-resolution skip, while the
+# paper's `c2fnas` wiring classifies from half in-plane resolution. Measured on this task
+# (fold 0, 12 x 100 iterations, 16x32x32 patches, validation cases): `residual` learned the
+# lesion (Dice 0.91, organ 0.99), `c2fnas` did not in the same budget (lesion 0.00 for the
+# reference genotype, the searched one and its all-3d copy; organ 0.96-0.98), and a
+# `residual` iteration is about 1.5x faster on the CPU. Real tasks keep the `c2fnas` default.
+CELL_STYLE = "residual"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{task_dir}  ({time.perf_counter() - t0:.0f} s)")
 
     t0 = _step("2/6 plan and preprocess")
-    plans = plan_and_preprocess(TASK_ID, gpu_memory_gb=0.25, base_channels=8, num_workers=2)
-    print(f"patch {plans.patch_size}, batch {plans.batch_size}, target spacing "
+    plans = plan_and_preprocess(TASK_ID, gpu_memory_gb=0.25, base_channels=8, num_workers=2, cell_style=CELL_STYLE)
+    print(f"{plans.network.cell_style} cells, patch {plans.patch_size}, batch {plans.batch_size}, target spacing "
           f"{[round(s, 2) for s in plans.target_spacing]}, estimated memory {plans.estimated_memory_gb:.2f} GB "
           f"({time.perf_counter() - t0:.0f} s)")
 

@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training memory budget the patch and batch are fitted to (default 8)")
     p.add_argument("--base-channels", type=int, default=32,
                    help="stem width; levels get 2x/4x/8x/16x, capped at 512 (default 32, as in the paper)")
+    p.add_argument("--cell-style", default="c2fnas", choices=["c2fnas", "residual"],
+                   help="cell wiring: 'c2fnas' as the paper's public network (default), or 'residual' cells "
+                        "with a full-resolution skip into the classifier (documentation/search_space.md)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genotype", metavar="FILE", help="genotype JSON (or a plans file holding one) to deploy")
     g.add_argument("--genotype-from", metavar="TASK", help="use that task's genotype: its plans.json, else its search's "
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         plans = plan_and_preprocess(task, gpu_memory_gb=args.gpu_memory_gb, base_channels=args.base_channels,
                                     num_workers=args.num_workers, genotype=args.genotype,
                                     genotype_from=args.genotype_from, preprocess=not args.no_preprocess,
-                                    progress=progress)
+                                    progress=progress, cell_style=args.cell_style)
         from c2fnas_auto.paths import preprocessed_dir
 
         n = None if args.no_preprocess else len(list_cases(preprocessed_dir(plans.task_name)))

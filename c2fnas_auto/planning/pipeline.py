@@ -75,7 +75,8 @@ def _reusable_fingerprint(path: Path, dataset) -> dict[str, Any] | None:
 
 def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channels: int = 32,
                         num_workers: int = 1, genotype: Any = None, genotype_from: str | int | None = None,
-                        verify: bool = True, preprocess: bool = True, progress: bool | None = None) -> Plans:
+                        verify: bool = True, preprocess: bool = True, progress: bool | None = None,
+                        cell_style: str = "c2fnas") -> Plans:
     """Fingerprint, plan and preprocess one task; returns the plans written to plans.json."""
     from c2fnas_auto.paths import preprocessed_dir
     from c2fnas_auto.preprocessing.preprocessor import preprocess_dataset
@@ -95,7 +96,7 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
         atomic_write_json(fp_path, fingerprint)
 
     plans = plan_experiment(fingerprint, dataset, gpu_memory_gb=gpu_memory_gb, base_channels=base_channels,
-                            genotype=chosen)
+                            genotype=chosen, cell_style=cell_style)
     plans.save(plans_path)
     if preprocess:
         preprocess_dataset(plans.task_name, plans, num_workers=num_workers, dataset=dataset,

@@ -96,11 +96,12 @@ def level_channels_for(base_channels: int, num_levels: int = NUM_LEVELS) -> tupl
     return tuple(min(base_channels * 2 ** (i + 1), MAX_LEVEL_CHANNELS) for i in range(num_levels))
 
 
-def network_for(num_channels: int, num_classes: int, base_channels: int, strides) -> NetworkConfig:
+def network_for(num_channels: int, num_classes: int, base_channels: int, strides,
+                cell_style: str = "c2fnas") -> NetworkConfig:
     """The planned network: widths from `base_channels`, the given per-level strides."""
     return NetworkConfig(in_channels=num_channels, num_classes=num_classes, stem_channels=base_channels,
                          level_channels=level_channels_for(base_channels),
-                         strides=tuple(tuple(s) for s in strides), through_plane_axis=0)
+                         strides=tuple(tuple(s) for s in strides), through_plane_axis=0, cell_style=cell_style)
 
 
 # ----------------------------------------------------------------- fitting
@@ -189,14 +190,19 @@ def normalization_for(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------- the planner
 def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: float = 8.0,
-                    base_channels: int = 32, genotype=None, cost_fn: CostFn | None = None) -> Plans:
-    """Plans for a task from its fingerprint (`dataset` only supplies the name when given)."""
+                    base_channels: int = 32, genotype=None, cost_fn: CostFn | None = None,
+                    cell_style: str = "c2fnas") -> Plans:
+    """Plans for a task from its fingerprint (`dataset` only supplies the name when given).
+    `cell_style` picks the wiring (nas.config.CELL_STYLES); patch and batch are fitted to it."""
+    from c2fnas_auto.nas.config import CELL_STYLES
     from c2fnas_auto.nas.genotype import reference_genotype
 
     if gpu_memory_gb is None or gpu_memory_gb <= 0:
         raise PlansError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
     if int(base_channels) < 1:
         raise PlansError(f"base_channels must be >= 1, got {base_channels}")
+    if cell_style not in CELL_STYLES:
+        raise PlansError(f"cell style {cell_style!r}: expected one of {', '.join(CELL_STYLES)}")
     spacings = np.asarray(fingerprint["spacings"], dtype=float)
     shapes = np.asarray(fingerprint["shapes_after_crop"], dtype=float)
     if spacings.ndim != 2 or spacings.shape[1] != 3 or len(spacings) == 0:
@@ -221,7 +227,7 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
 
     fit = fit_patch_and_batch(
         median_shape, target_t, dataset_voxels, genotype,
-        lambda strides: network_for(len(channel_names), len(labels), base_channels, strides),
+        lambda strides: network_for(len(channel_names), len(labels), base_channels, strides, cell_style),
         gpu_memory_gb, cost_fn)
 
     plans = Plans(

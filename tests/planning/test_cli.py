@@ -55,3 +55,10 @@ def test_cli_verify_only(copy_task, capsys):
     assert main(["-t", "98", "--verify-only", "--no-progress"]) == 0
     assert "8 training" in capsys.readouterr().out
     assert sorted(p.name for p in copy_task.preprocessed_dir.rglob("*")) == before
+
+
+def test_cli_cell_style(copy_task):
+    assert main(["-t", "98", "--cell-style", "residual", "--no-preprocess", *FAST]) == 0
+    assert Plans.load(copy_task.preprocessed_dir / "plans.json").network.cell_style == "residual"
+    assert main(["-t", "98", "--no-preprocess", *FAST]) == 0
+    assert Plans.load(copy_task.preprocessed_dir / "plans.json").network.cell_style == "c2fnas"

@@ -95,6 +95,18 @@ def test_base_channels_scale_widths():
     assert wide.network.level_channels == (128, 256, 512, 512)
 
 
+def test_cell_style_is_planned_and_fitted_for():
+    """The residual wiring costs less memory, so at the same budget it gets a patch at least as large."""
+    fp = _fp([[1.0, 1.0, 1.0]] * 4, [[160, 160, 160]] * 4)
+    wired = plan_experiment(fp, None, gpu_memory_gb=1.0, base_channels=8)
+    residual = plan_experiment(fp, None, gpu_memory_gb=1.0, base_channels=8, cell_style="residual")
+    assert wired.network.cell_style == "c2fnas" and residual.network.cell_style == "residual"
+    assert np.prod(residual.patch_size) * residual.batch_size >= np.prod(wired.patch_size) * wired.batch_size
+    assert residual.estimated_memory_gb <= 1.0
+    with pytest.raises(PlansError, match="cell style 'dense'"):
+        plan_experiment(fp, None, gpu_memory_gb=1.0, base_channels=8, cell_style="dense")
+
+
 def test_normalization_schemes_from_fingerprint():
     fp = _fp([[1, 1, 1]], [[10, 10, 10]], {0: "CT", 1: "T2"}, relative=0.6)
     fp["foreground_intensity_statistics"]["0"] = {"mean": 40.0, "std": 20.0, "percentile_00_5": -100.0,
