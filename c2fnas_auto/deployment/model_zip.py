@@ -256,11 +256,14 @@ def opened_model(zip_file: Path) -> Iterator[list[Path]]:
 
 
 def expand_model_zips(folders: Sequence[str | os.PathLike], stack: ExitStack) -> list[Path]:
-    """Model folders as given, with each `.zip` replaced by the experiments it holds."""
+    """Model folders as given, with each `.zip` replaced by the experiments it holds.
+
+    A plain file is read as a model zip whatever its suffix, so a renamed zip works and
+    any other file gets the zip checks' one-line error instead of "folder not found"."""
     out: list[Path] = []
     for f in folders:
         p = Path(f)
-        if p.suffix.lower() == ".zip" and not p.is_dir():
+        if p.is_file() or (p.suffix.lower() == ".zip" and not p.is_dir()):
             out += stack.enter_context(opened_model(p))
         else:
             out.append(p)

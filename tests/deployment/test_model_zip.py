@@ -158,6 +158,13 @@ def test_bad_zips_give_one_line_and_install_nothing(trained, model_zip, tmp_path
     assert predict_main(["-i", str(trained.raw_dir / "imagesTs"), "-o", str(tmp_path / "out"), "-m",
                          str(tmp_path / "bad" / "trav.zip")]) == 2
     assert "unsafe path" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    # a file that is no zip at all, whatever its name, is named as such (not "folder not found")
+    (tmp_path / "weights.pth").write_bytes(b"not a zip")
+    assert predict_main(["-i", str(trained.raw_dir / "imagesTs"), "-o", str(tmp_path / "out"), "-m",
+                         str(tmp_path / "weights.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a readable zip" in err and "weights.pth" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_zip_errors(trained, tmp_path, capsys):
