@@ -10,57 +10,23 @@ atomically, so even then `--continue` resumes; only the running candidate is los
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-from typing import Any
-
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.utils.stop_signals import StopFlag as _SignalFlag  # shared with training
 
 STOPPED_EXIT_CODE = 3
-SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
 class SearchStopped(C2FNASError):
     """A stop signal arrived; everything finished so far is saved."""
 
 
-class StopFlag:
-    """Set by a signal (or by hand); `check()` raises `SearchStopped` once it is set."""
+class StopFlag(_SignalFlag):
+    """The shared flag with a second signal killing at once; `check()` raises `SearchStopped`."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal_name = ""
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def set(self, name: str = "request") -> None:
-        self.signal_name = self.signal_name or name
-        self._event.set()
+        super().__init__(second_signal_kills=True)
 
     def check(self) -> None:
         if self.is_set:
             raise SearchStopped(f"stopped by {self.signal_name} after the current candidate; state saved, "
                                 "resume with --continue")
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.is_set:  # second signal: give up waiting for the candidate
-            self.restore()
-            os.kill(os.getpid(), signum)
-            return
-        self.set(signal.Signals(signum).name)
-
-    def install(self) -> "StopFlag":
-        """Handle SIGTERM and SIGUSR1 (main thread only; elsewhere a no-op)."""
-        if threading.current_thread() is threading.main_thread():
-            for s in SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()

@@ -13,14 +13,15 @@ ranks), so all of them stop at the same iteration and no collective is left wait
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from c2fnas_auto.utils.stop_signals import STOP_SIGNALS, StopFlag
+
+__all__ = ["PREEMPTED_EXIT_CODE", "STOP_SIGNALS", "StopFlag", "TrainingStopped", "agreed_stop", "stop_checked"]
+
 PREEMPTED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: "temporary failure, try again"
 
 
@@ -32,38 +33,10 @@ class TrainingStopped(Exception):
         self.signal_name = signal_name
 
 
-class StopFlag:
-    """Remembers the first stop signal; `install()` / `restore()` bracket a training run."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> "StopFlag":
-        """Catch the stop signals (only the main thread may; elsewhere this is a no-op)."""
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._previous.clear()
-
-    def _handle(self, signum: int, _frame) -> None:
-        if self.received is None:
-            self.received = signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
-
-
 def agreed_stop(flag: StopFlag, dist_info, device: torch.device) -> bool:
     """True on every rank as soon as any rank received a stop signal (one tiny all-reduce on the
     training device: NCCL cannot reduce CPU tensors)."""
-    local = flag.received is not None
+    local = flag.is_set
     if not dist_info.enabled:
         return local
     t = torch.tensor([1.0 if local else 0.0], device=device)

@@ -1,0 +1,62 @@
+"""The one stop-signal flag for long runs (training, search): SIGTERM and SIGUSR1.
+
+Cluster schedulers send SIGTERM before preempting a job and, with `--signal=USR1@SECONDS`,
+SIGUSR1 ahead of its time limit. The first signal only sets the flag; the run finishes
+its unit of work (a training iteration, a search candidate), saves and stops. With
+`second_signal_kills` a second signal restores the previous handlers and re-sends itself,
+so an impatient user (or scheduler) still kills the process at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None))
+                     if s is not None)
+
+
+class StopFlag:
+    """Set by the first stop signal (or by `set()`); `install()` / `restore()` bracket a run."""
+
+    def __init__(self, second_signal_kills: bool = False) -> None:
+        self.second_signal_kills = second_signal_kills
+        self.received: int | None = None  # the first signal's number (None when set by hand)
+        self.signal_name = ""
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def name(self) -> str:
+        return self.signal_name
+
+    def set(self, name: str = "request") -> None:
+        self.signal_name = self.signal_name or name
+        self._event.set()
+
+    def install(self) -> "StopFlag":
+        """Catch the stop signals (only the main thread may; elsewhere this is a no-op)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.is_set:
+            if self.second_signal_kills:  # give up waiting for the running unit of work
+                self.restore()
+                os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        self.set(signal.Signals(signum).name)
