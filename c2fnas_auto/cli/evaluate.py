@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             after = decision["dice_after"][key]
             mark = "keep largest" if int(key) in decision["largest_component_labels"] else "unchanged"
             print(f"label {key}: Dice {_fmt(before)} -> {_fmt(after)}  {mark}")
+            small = decision["min_size_candidates"].get(key)
+            if small is not None:
+                mark = "remove" if key in decision["min_component_size"] else "keep"
+                print(f"label {key}: components < {small['voxels']} voxels: Dice {_fmt(small['dice_before'])} -> "
+                      f"{_fmt(small['dice_after'])}  {mark}")
         print(f"written {Path(args.determine_postprocessing) / 'postprocessing.json'}")
         return 0
 

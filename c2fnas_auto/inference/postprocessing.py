@@ -1,11 +1,19 @@
-"""Keep-largest-connected-component postprocessing, decided from cross-validation.
+"""Connected-component postprocessing, decided from cross-validation.
 
 Organs are usually one connected object, so stray islands of a class are often false
 positives; but for tumours or vessels removing them can hurt. The decision is therefore
-made per class from the validation predictions of trained folds: a class is postprocessed
-when keeping only its largest component does not lower its mean validation Dice (and
-changes at least one case). The decision is stored as `postprocessing.json` and applied
-by the predictor.
+made per class from the validation predictions of trained folds, in two steps:
+
+1. keep only the largest component, when that does not lower the class's mean validation
+   Dice (and changes at least one case), as nnU-Net does;
+2. then remove components smaller than half the smallest object of the class in the
+   reference labels read, under the same rule. This is the step for lesions: several
+   lesions per case rule out step 1, and a speck predicted in a case without a lesion
+   scores Dice 0 for that case (nothing to find, something found), however good the
+   lesions elsewhere are.
+
+The decision is stored as `postprocessing.json` and applied by the predictor. A file
+without the second step's key (written before it existed) applies step 1 only.
 """
 
 from __future__ import annotations
@@ -42,12 +50,43 @@ def keep_largest_component(seg: np.ndarray, label: int) -> np.ndarray:
     return out
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected component map and the voxel count of each component (index 0 = outside)."""
+    components, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    return components, np.bincount(components.ravel())
+
+
+def remove_small_components(seg: np.ndarray, label: int, min_voxels: int) -> np.ndarray:
+    """Copy of `seg` where components of `label` with fewer than `min_voxels` voxels become 0."""
+    mask = seg == label
+    out = seg.copy()
+    if not mask.any() or min_voxels <= 1:
+        return out
+    components, sizes = _components(mask)
+    small = sizes < min_voxels
+    small[0] = False
+    out[small[components]] = 0
+    return out
+
+
+def smallest_object(seg: np.ndarray, label: int) -> int | None:
+    """Voxels of the smallest 26-connected component of `label` (None when absent)."""
+    mask = seg == label
+    if not mask.any():
+        return None
+    _, sizes = _components(mask)
+    return int(sizes[1:].min())
+
+
 def apply_postprocessing(seg: np.ndarray, postprocessing: dict | None) -> np.ndarray:
-    """Apply a decision dict ({"largest_component_labels": [...]}); None leaves `seg` as is."""
+    """Apply a decision dict ({"largest_component_labels": [...], "min_component_size":
+    {label: voxels}}) in the order it was decided; None leaves `seg` as is."""
     if not postprocessing:
         return seg
     for label in postprocessing.get("largest_component_labels", []):
         seg = keep_largest_component(seg, int(label))
+    for label, voxels in postprocessing.get("min_component_size", {}).items():
+        seg = remove_small_components(seg, int(label), int(voxels))
     return seg
 
 
@@ -55,6 +94,10 @@ def load_postprocessing(path: str | os.PathLike) -> dict:
     data = load_json(path, "postprocessing file")
     if not isinstance(data, dict) or not isinstance(data.get("largest_component_labels"), list):
         raise InputError(f"{path}: postprocessing file has no 'largest_component_labels' list")
+    sizes = data.get("min_component_size", {})
+    if not isinstance(sizes, dict) or not all(str(k).isdigit() and isinstance(v, int) and v > 0
+                                              for k, v in sizes.items()):
+        raise InputError(f"{path}: 'min_component_size' must map labels to positive voxel counts")
     return data
 
 
@@ -87,7 +130,7 @@ def _fold_dirs(results_dir: Path, folds: Iterable[str | int] | None) -> list[Pat
 def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: str | os.PathLike,
                              labels: dict[str, int], folds: Iterable[str | int] | None = None,
                              out_file: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Decide largest-component postprocessing per class from fold validation predictions.
+    """Decide both postprocessing steps per class from fold validation predictions.
 
     `reference_folder` holds the raw labels (e.g. the task's `labelsTr`) named like the
     validation predictions. Writes `out_file` (default `results_dir/postprocessing.json`).
@@ -112,31 +155,56 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
             pairs.append((pred_file, refs[case_id]))
     if not pairs:
         raise InputError(f"{results_dir}: validation folders hold no predictions")
+    loaded = []  # (pred, ref) arrays, read once for both steps
+    smallest: dict[int, int] = {}
     for pred_file, ref_file in tqdm(pairs, desc="postprocessing", unit="case", disable=not progress):
         pred, _ = read_segmentation(pred_file)
         ref, _ = read_segmentation(ref_file)
         if pred.shape != ref.shape:
             raise InputError(f"{pred_file}: shape {pred.shape} differs from reference {ref.shape}")
+        loaded.append((pred, ref))
         for v in fg.values():
             processed = keep_largest_component(pred, v)
             before[v].append(dice(pred, ref, v))
             after[v].append(dice(processed, ref, v))
             changed[v] += int(not np.array_equal(processed, pred))
+            size = smallest_object(ref, v)
+            if size is not None:
+                smallest[v] = min(size, smallest.get(v, size))
 
     def mean(xs: list[float]) -> float | None:
         xs = [x for x in xs if not np.isnan(x)]
         return float(np.mean(xs)) if xs else None
 
-    chosen = []
-    for v in fg.values():
-        b, a = mean(before[v]), mean(after[v])
-        if b is not None and a is not None and changed[v] > 0 and a >= b:
-            chosen.append(v)
+    def better_or_equal(b: list[float], a: list[float], n_changed: int) -> bool:
+        mb, ma = mean(b), mean(a)
+        return mb is not None and ma is not None and n_changed > 0 and ma >= mb
+
+    chosen = [v for v in fg.values() if better_or_equal(before[v], after[v], changed[v])]
+    min_sizes: dict[str, int] = {}
+    candidates: dict[str, dict] = {}
+    for v, size in smallest.items():
+        voxels = max(size // 2, 1)
+        if voxels <= 1:
+            continue  # nothing smaller than one voxel to remove
+        b_list, a_list, n = [], [], 0
+        for pred, ref in loaded:
+            base = keep_largest_component(pred, v) if v in chosen else pred
+            processed = remove_small_components(base, v, voxels)
+            b_list.append(dice(base, ref, v))
+            a_list.append(dice(processed, ref, v))
+            n += int(not np.array_equal(processed, base))
+        candidates[str(v)] = {"voxels": voxels, "dice_before": mean(b_list), "dice_after": mean(a_list),
+                              "cases_changed": n}
+        if better_or_equal(b_list, a_list, n):
+            min_sizes[str(v)] = voxels
     decision = {
         "largest_component_labels": chosen,
         "dice_before": {str(v): mean(before[v]) for v in fg.values()},
         "dice_after": {str(v): mean(after[v]) for v in fg.values()},
         "cases_changed": {str(v): changed[v] for v in fg.values()},
+        "min_component_size": min_sizes,
+        "min_size_candidates": candidates,
         "folds": [d.name for d in dirs],
         "num_cases": len(pairs),
     }

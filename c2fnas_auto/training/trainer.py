@@ -345,7 +345,7 @@ class Trainer:
         return summary
 
     def _decide_postprocessing(self, ref: Path) -> None:
-        """Per-fold largest-component decision, so predicting with this fold alone applies it;
+        """Per-fold postprocessing decision, so predicting with this fold alone applies it;
         `c2fnas_evaluate --determine-postprocessing` decides over all folds once they exist."""
         from c2fnas_auto.inference.postprocessing import determine_postprocessing
 
@@ -354,4 +354,6 @@ class Trainer:
                                             out_file=self.fold_dir / "postprocessing.json",
                                             progress=self.options.progress)
         self.say(f"postprocessing: keep the largest component for labels {decision['largest_component_labels']} "
-                 f"(Dice before {decision['dice_before']}, after {decision['dice_after']})")
+                 f"(Dice before {decision['dice_before']}, after {decision['dice_after']}); remove components "
+                 f"smaller than {decision['min_component_size'] or 'nothing'} voxels "
+                 f"(tried {decision['min_size_candidates'] or 'none'})")
