@@ -125,12 +125,16 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"**{task}** ({summary['task_info'].get(task, {}).get('describe', '')}); seeds {t['seeds']}, "
                      f"{t['cases']} held-out cases")
         lines.append("")
-        lines.append("| arm | genotype | cell style | seeds | Dice mean | sd over seeds | min | max | rank |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("| arm | genotype | cell style | seeds | Dice mean | sd over seeds | min | max | seeds at Dice 0 | rank |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for a, s in sorted(t["arms"].items(), key=lambda kv: kv[1]["rank"]):
             info = summary["arms"].get(a, {})
             lines.append(f"| {a} | {info.get('genotype_id', '')} | {info.get('cell_style', '')} | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | "
-                         f"{_fmt(s['max'])} | {s['rank']} |")
+                         f"{_fmt(s['max'])} | {s.get('zero_seeds', 0)} | {s['rank']} |")
+        zero = sum(s.get("zero_seeds", 0) for s in t["arms"].values())
+        total = sum(s["n"] for s in t["arms"].values())
+        lines.append("")
+        lines.append(f"trainings at Dice 0 on every held-out case (learned nothing): {zero} of {total}")
         if "random_median" in t:
             lines.append("")
             nz = t.get("noise", {})

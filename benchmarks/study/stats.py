@@ -76,9 +76,13 @@ def seed_spread(matrix: np.ndarray) -> dict[str, float]:
     s = seed_scores(matrix)
     s = s[np.isfinite(s)]
     if not len(s):
-        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0,
+                "zero_seeds": 0}
     return {"mean": float(s.mean()), "std": float(s.std(ddof=1)) if len(s) > 1 else 0.0,
-            "min": float(s.min()), "max": float(s.max()), "n": int(len(s))}
+            "min": float(s.min()), "max": float(s.max()), "n": int(len(s)),
+            # trainings that learned nothing at all (Dice 0 on every held-out case): at short
+            # budgets these decide a mean over few seeds, so the table counts them
+            "zero_seeds": int(np.sum(s == 0.0))}
 
 
 def pooled_bootstrap_p_value(pairs: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000,

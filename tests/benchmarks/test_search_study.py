@@ -47,6 +47,9 @@ def test_bootstrap_p_value_direction_and_seeding():
     assert stats.pooled_bootstrap_p_value([(better, randoms[:2]), (worse, randoms)])["p"] is None  # N differs
     spread = stats.seed_spread(np.array([[0.4, 0.6], [0.8, np.nan]]))
     assert spread["mean"] == pytest.approx(0.65) and spread["std"] == pytest.approx(np.std([0.5, 0.8], ddof=1))
+    assert spread["zero_seeds"] == 0
+    # a seed with Dice 0 on every case is counted; one with a single zero case is not
+    assert stats.seed_spread(np.array([[0.0, 0.0], [0.0, 0.7], [0.5, 0.6]]))["zero_seeds"] == 1
 
 
 def test_find_taus_reads_any_layout():
