@@ -28,32 +28,30 @@ from tqdm import tqdm
 
 from c2fnas_auto.errors import InputError
 from c2fnas_auto.evaluation.evaluate import segmentation_files
-from c2fnas_auto.evaluation.metrics import dice
+from c2fnas_auto.evaluation.metrics import Confusion, dice_from_confusion
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 POSTPROCESSING_FILE = "postprocessing.json"
-
-
-def keep_largest_component(seg: np.ndarray, label: int) -> np.ndarray:
-    """Copy of `seg` where voxels of `label` outside its largest 26-connected component become 0."""
-    mask = seg == label
-    if not mask.any():
-        return seg.copy()
-    components, n = ndimage.label(mask, structure=np.ones((3,) * seg.ndim, dtype=bool))
-    out = seg.copy()
-    if n <= 1:
-        return out
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    keep = int(np.argmax(sizes))
-    out[mask & (components != keep)] = 0
-    return out
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """26-connected component map and the voxel count of each component (index 0 = outside)."""
     components, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
     return components, np.bincount(components.ravel())
+
+
+def keep_largest_component(seg: np.ndarray, label: int) -> np.ndarray:
+    """Copy of `seg` where voxels of `label` outside its largest 26-connected component become 0."""
+    mask = seg == label
+    out = seg.copy()
+    if not mask.any():
+        return out
+    components, sizes = _components(mask)
+    if len(sizes) <= 2:  # background and one component
+        return out
+    keep = 1 + int(np.argmax(sizes[1:]))  # the first of equal largest ones
+    out[mask & (components != keep)] = 0
+    return out
 
 
 def remove_small_components(seg: np.ndarray, label: int, min_voxels: int) -> np.ndarray:
@@ -76,6 +74,32 @@ def smallest_object(seg: np.ndarray, label: int) -> int | None:
         return None
     _, sizes = _components(mask)
     return int(sizes[1:].min())
+
+
+def _component_stats(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Voxels of each predicted component of `label`, how many of them the reference also
+    labels `label`, and the reference's voxel count: enough for the Dice after removing any
+    set of components (removed voxels become background, which only this label's Dice sees)."""
+    mask, ref_mask = pred == label, ref == label
+    if not mask.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), int(ref_mask.sum())
+    components, sizes = _components(mask)
+    overlaps = np.bincount(components[ref_mask], minlength=len(sizes))
+    return sizes[1:], overlaps[1:], int(ref_mask.sum())
+
+
+def _largest_only(sizes: np.ndarray) -> np.ndarray:
+    """Which components `keep_largest_component` keeps (the first of equal largest ones)."""
+    keep = np.zeros(len(sizes), bool)
+    if len(sizes):
+        keep[int(np.argmax(sizes))] = True
+    return keep
+
+
+def _kept_dice(sizes: np.ndarray, overlaps: np.ndarray, ref_voxels: int, kept: np.ndarray) -> float:
+    """`metrics.dice` of the prediction reduced to the `kept` components (NaN when both are empty)."""
+    tp, n_pred = int(overlaps[kept].sum()), int(sizes[kept].sum())
+    return dice_from_confusion(Confusion(tp=tp, fp=n_pred - tp, fn=ref_voxels - tp, n_ref=ref_voxels, n_pred=n_pred))
 
 
 def apply_postprocessing(seg: np.ndarray, postprocessing: dict | None) -> np.ndarray:
@@ -143,9 +167,6 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
     if not refs:
         raise InputError(f"{reference_folder}: no reference segmentations found")
     fg = {name: int(v) for name, v in labels.items() if int(v) != 0}
-    before: dict[int, list[float]] = {v: [] for v in fg.values()}
-    after: dict[int, list[float]] = {v: [] for v in fg.values()}
-    changed: dict[int, int] = {v: 0 for v in fg.values()}
     dirs = _fold_dirs(results_dir, folds)
     pairs = []
     for d in dirs:
@@ -155,19 +176,18 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
             pairs.append((pred_file, refs[case_id]))
     if not pairs:
         raise InputError(f"{results_dir}: validation folders hold no predictions")
-    loaded = []  # (pred, ref) arrays, read once for both steps
+    # One pass over the cases, keeping per case and class only its predicted components'
+    # sizes and overlaps with the reference: both steps' Dice for any threshold follow
+    # from them, so no volume is held in memory or labelled twice.
+    stats: dict[int, list[tuple[np.ndarray, np.ndarray, int]]] = {v: [] for v in fg.values()}
     smallest: dict[int, int] = {}
     for pred_file, ref_file in tqdm(pairs, desc="postprocessing", unit="case", disable=not progress):
         pred, _ = read_segmentation(pred_file)
         ref, _ = read_segmentation(ref_file)
         if pred.shape != ref.shape:
             raise InputError(f"{pred_file}: shape {pred.shape} differs from reference {ref.shape}")
-        loaded.append((pred, ref))
         for v in fg.values():
-            processed = keep_largest_component(pred, v)
-            before[v].append(dice(pred, ref, v))
-            after[v].append(dice(processed, ref, v))
-            changed[v] += int(not np.array_equal(processed, pred))
+            stats[v].append(_component_stats(pred, ref, v))
             size = smallest_object(ref, v)
             if size is not None:
                 smallest[v] = min(size, smallest.get(v, size))
@@ -180,6 +200,9 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
         mb, ma = mean(b), mean(a)
         return mb is not None and ma is not None and n_changed > 0 and ma >= mb
 
+    before = {v: [_kept_dice(sz, ov, r, np.ones(len(sz), bool)) for sz, ov, r in stats[v]] for v in fg.values()}
+    after = {v: [_kept_dice(sz, ov, r, _largest_only(sz)) for sz, ov, r in stats[v]] for v in fg.values()}
+    changed = {v: sum(len(sz) > 1 for sz, _, _ in stats[v]) for v in fg.values()}
     chosen = [v for v in fg.values() if better_or_equal(before[v], after[v], changed[v])]
     min_sizes: dict[str, int] = {}
     candidates: dict[str, dict] = {}
@@ -188,12 +211,12 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
         if voxels <= 1:
             continue  # nothing smaller than one voxel to remove
         b_list, a_list, n = [], [], 0
-        for pred, ref in loaded:
-            base = keep_largest_component(pred, v) if v in chosen else pred
-            processed = remove_small_components(base, v, voxels)
-            b_list.append(dice(base, ref, v))
-            a_list.append(dice(processed, ref, v))
-            n += int(not np.array_equal(processed, base))
+        for sz, ov, r in stats[v]:
+            base = _largest_only(sz) if v in chosen else np.ones(len(sz), bool)
+            kept = base & (sz >= voxels)
+            b_list.append(_kept_dice(sz, ov, r, base))
+            a_list.append(_kept_dice(sz, ov, r, kept))
+            n += int(not np.array_equal(kept, base))
         candidates[str(v)] = {"voxels": voxels, "dice_before": mean(b_list), "dice_after": mean(a_list),
                               "cases_changed": n}
         if better_or_equal(b_list, a_list, n):
