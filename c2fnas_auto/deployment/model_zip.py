@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 from c2fnas_auto.deployment.errors import DeploymentError
-from c2fnas_auto.utils.io import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, load_json
+from c2fnas_auto.utils.io import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
 
 MANIFEST = "c2fnas_model.json"
 FORMAT = "c2fnas-model"

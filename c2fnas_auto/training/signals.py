@@ -49,5 +49,5 @@ def stop_checked(batches: Iterator[dict], flag: StopFlag, dist_info, device: tor
     stop signal, i.e. once the iteration that was running when it came has finished."""
     while True:
         if agreed_stop(flag, dist_info, device):
-            raise TrainingStopped(flag.name or "a stop signal on another rank")
+            raise TrainingStopped(flag.signal_name or "a stop signal on another rank")
         yield next(batches)

@@ -23,7 +23,6 @@ class StopFlag:
 
     def __init__(self, second_signal_kills: bool = False) -> None:
         self.second_signal_kills = second_signal_kills
-        self.received: int | None = None  # the first signal's number (None when set by hand)
         self.signal_name = ""
         self._event = threading.Event()
         self._previous: dict[int, Any] = {}
@@ -31,10 +30,6 @@ class StopFlag:
     @property
     def is_set(self) -> bool:
         return self._event.is_set()
-
-    @property
-    def name(self) -> str:
-        return self.signal_name
 
     def set(self, name: str = "request") -> None:
         self.signal_name = self.signal_name or name
@@ -58,5 +53,4 @@ class StopFlag:
                 self.restore()
                 os.kill(os.getpid(), signum)
             return
-        self.received = signum
         self.set(signal.Signals(signum).name)

@@ -20,7 +20,7 @@ from benchmarks.study import stats  # noqa: E402
 from benchmarks.study.report import find_taus, matrices  # noqa: E402
 from benchmarks.study.store import ResultStore  # noqa: E402
 from benchmarks.study.tasks import REAL_DATA, TaskSpec, make_task  # noqa: E402
-from c2fnas_auto.errors import C2FNASError, InputError  # noqa: E402
+from c2fnas_auto.errors import InputError  # noqa: E402
 
 
 def test_rank_p_value_and_ranks_hand_computed():

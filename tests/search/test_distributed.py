@@ -93,7 +93,7 @@ def test_killed_worker_loses_only_its_candidate_and_a_late_joiner_helps(tmp_path
         assert proc.returncode == 0, err.decode()[-3000:]
     workers = _workers(tmp_path)  # the killed worker wrote nothing
     assert len(workers) == 2 and all(w["coarse"] for w in workers), "the late joiner took coarse candidates"
-    state = _check_exactly_once(tmp_path, workers)
+    _check_exactly_once(tmp_path, workers)
     retaken = sorted(p.name for p in claims.glob(f"{lost}.a*.json"))
     assert retaken == [f"{lost}.a0.json", f"{lost}.a1.json"], "only the killed worker's candidate was run again"
     assert json.loads((tmp_path / "search" / "report.json").read_text())["workers"] == 2
