@@ -7,6 +7,13 @@ Trainer's pieces (`make_batch_iterator` with either augmentation backend, then
 clipping). nnU-Net: its trainer as it trains (`nnUNetTrainer.initialize`, its loader from
 `get_dataloaders`, `train_step`), with its defaults (deep supervision on). Same patch and
 batch (the profile's). The sides take turns within every repetition.
+
+Two more sides say where a gap comes from (fp32, same patch and batch, device backend):
+`residual` is our pipeline with the residual cell style (`--cell-style residual`, about
+0.6x the default network's FLOPs), and `pipeline_same_net` is our loader, loss and
+`train_step` driving nnU-Net's own network (deep supervision on, as nnU-Net trains it), so
+only the pipeline differs from the nnU-Net side. The headline and the goal stay on the
+default network.
 """
 
 from __future__ import annotations
@@ -27,18 +34,29 @@ def iterations_per_second(step, iterations: int) -> float:
     return iterations / (time.perf_counter() - t0)
 
 
-def our_stepper(plans, pre_dir, patch, batch, augmentation: str):
+def our_network(plans, patch, cell_style: str | None = None):
+    """The plans' network, or the same genotype and widths with another cell style."""
+    from c2fnas_auto.nas.config import NetworkConfig
+    from c2fnas_auto.nas.network import build_network
+
+    config = plans.network_config()
+    if cell_style is not None:
+        config = NetworkConfig.from_dict({**config.to_dict(), "cell_style": cell_style})
+    config.check_patch(patch)
+    return build_network(plans.genotype, config)
+
+
+def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None):
+    """Our loader and `train_step`, on the plans' network unless `net` is given."""
     import torch
 
-    from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.loop import StepContext, train_step
     from c2fnas_auto.training.loss import DeepSupervisionLoss
     from c2fnas_auto.training.schedule import build_optimizer
 
     torch.manual_seed(0)
-    config = plans.network_config()
-    config.check_patch(patch)
-    net = build_network(plans.genotype, config)
+    if net is None:
+        net = our_network(plans, patch)
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"))
     batches = our_iterator(pre_dir, patch, batch, augmentation)
     net.train()
@@ -53,14 +71,25 @@ def nnunet_stepper(ws, nn_task, patch, batch):
     return lambda: trainer.train_step(next(train_gen))
 
 
+def _fmt(r) -> str:
+    return "n/a" if r is None else f"{r:.2f}"
+
+
 def run(ws, profile: Profile) -> RowResult:
     require_module("nnunetv2", "peer trainer")
     require_our("c2fnas_auto.training.loop")
     plans, pre_dir = ws.ours_prepared(base_channels=profile.ts_base_channels)
     nn_task = ws.nnunet_prepared()
     patch, batch = tuple(profile.ts_patch), profile.ts_batch
+    from benchmarks.peers import nnunet_network
+
     steps = {b: our_stepper(plans, pre_dir, patch, batch, b) for b in BACKENDS}
     steps["nnunet"] = nnunet_stepper(ws, nn_task, patch, batch)
+    steps["residual"] = our_stepper(plans, pre_dir, patch, batch, "device",
+                                    net=our_network(plans, patch, cell_style="residual"))
+    steps["pipeline_same_net"] = our_stepper(
+        plans, pre_dir, patch, batch, "device",
+        net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))
     for step in steps.values():
         step()  # warm-up: first-call allocations, file opening
     n = max(2, profile.dp_batches // 2)
@@ -68,15 +97,23 @@ def run(ws, profile: Profile) -> RowResult:
     med = {k: median(v) for k, v in ips.items()}
     r = paired_ratio(ips["device"], ips["nnunet"])
     r_bg = paired_ratio(ips["batchgenerators"], ips["nnunet"])
+    r_res = paired_ratio(ips["residual"], ips["nnunet"])
+    r_same = paired_ratio(ips["pipeline_same_net"], ips["nnunet"])
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"patch {'x'.join(map(str, patch))}, batch {batch}, {n} iterations per repetition, single process, "
               f"CPU fp32; ours = device augmentation backend (batchgenerators backend {med['batchgenerators']:.3f} "
-              f"it/s, ratio {r_bg:.2f}); our plans' network vs nnU-Net's default trainer; higher is better"),
+              f"it/s, ratio {r_bg:.2f}); our plans' network vs nnU-Net's default trainer; where the gap lies: "
+              f"residual cells {med['residual']:.3f} it/s (ratio {_fmt(r_res)}), our pipeline on nnU-Net's "
+              f"network {med['pipeline_same_net']:.3f} it/s (ratio {_fmt(r_same)}); higher is better"),
         summary=Summary(ours=f"{med['device']:.3f} it/s", peer=f"nnU-Net v2 {med['nnunet']:.3f} it/s", ratio=r,
                         goal="iterations/s >= nnU-Net (ratio >= 1)", met=None if r is None else r >= 1.0),
         details={"iterations_per_second_ours": ips["device"],
                  "iterations_per_second_ours_batchgenerators": ips["batchgenerators"],
-                 "iterations_per_second_nnunet": ips["nnunet"], "median": med, "ratio_batchgenerators": r_bg,
+                 "iterations_per_second_nnunet": ips["nnunet"],
+                 "iterations_per_second_ours_residual": ips["residual"],
+                 "iterations_per_second_ours_pipeline_nnunet_network": ips["pipeline_same_net"],
+                 "median": med, "ratio_batchgenerators": r_bg, "ratio_residual": r_res,
+                 "ratio_pipeline_same_network": r_same,
                  "patch": list(patch), "batch": batch, "iterations": n},
     )

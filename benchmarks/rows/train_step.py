@@ -7,6 +7,11 @@ both networks divide), deep supervision off on both, the same loss (cross-entrop
 optimiser (SGD, momentum 0.99, Nesterov) so only the networks differ. FLOPs of one
 forward pass of one sample are counted with `torch.utils.flop_counter.FlopCounterMode`
 on both, and shown next to our cost model's analytic figure.
+
+Where a network's step time goes: each network's convolutions are also timed one by one,
+forward plus backward in isolation at the shapes they see in the step (`conv_seconds`).
+Their sum is what the step would cost if everything between the convolutions (norms,
+activations, upsampling, concatenation, loss, optimiser) were free.
 """
 
 from __future__ import annotations
@@ -31,6 +36,31 @@ def count_flops(net: torch.nn.Module, x: torch.Tensor) -> int:
 
 def count_params(net: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
+
+
+def conv_seconds(net: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
+    """Sum over the convolutions one forward of `net` runs of their fastest fwd+bwd time alone."""
+    seen: list[tuple[torch.nn.Module, tuple[int, ...]]] = []
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    hooks = [m.register_forward_pre_hook(lambda m, inp: seen.append((m, tuple(inp[0].shape)))) for m in convs]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    total = 0.0
+    for m, shape in seen:
+        inp = torch.randn(shape, requires_grad=True)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            y = m(inp)
+            y.backward(torch.ones_like(y))
+            best = min(best, time.perf_counter() - t0)
+        total += best
+    net.zero_grad(set_to_none=True)
+    return total
 
 
 class Stepper:
@@ -94,6 +124,7 @@ def run(ws, profile: Profile) -> RowResult:
     t_ours, t_peer = alternate(lambda i: s_ours.seconds_per_step(profile.ts_steps),
                                lambda i: s_peer.seconds_per_step(profile.ts_steps), profile.fast_reps)
     mo, mp = median(t_ours), median(t_peer)
+    convs = {"ours": conv_seconds(ours_net.train(), x), "nnunet": conv_seconds(peer_net.train(), x)}
     r = paired_ratio(t_ours, t_peer)
     fr = ratio(figures["ours"]["flops_counted"], figures["nnunet"]["flops_counted"])
     nn_cfg = nnunet_configuration(nn_task)
@@ -104,7 +135,8 @@ def run(ws, profile: Profile) -> RowResult:
               f"{nn_cfg['architecture']['network_class_name'].split('.')[-1]} features "
               f"{'/'.join(map(str, nn_cfg['architecture']['arch_kwargs']['features_per_stage']))}; "
               f"FLOPs ratio {fr:.2f}; cost-model FLOPs {fmt_count(figures['ours']['flops_cost_model'])} vs counted "
-              f"{fmt_count(figures['ours']['flops_counted'])}"),
+              f"{fmt_count(figures['ours']['flops_counted'])}; convolutions alone (fwd+bwd, one by one): ours "
+              f"{fmt_seconds(convs['ours'])}, nnU-Net {fmt_seconds(convs['nnunet'])}"),
         summary=Summary(ours=f"{fmt_seconds(mo)}/step, {fmt_count(figures['ours']['params'])} params, "
                              f"{fmt_count(figures['ours']['flops_counted'])}FLOPs",
                         peer=f"nnU-Net v2 {fmt_seconds(mp)}/step, {fmt_count(figures['nnunet']['params'])} params, "
@@ -112,6 +144,7 @@ def run(ws, profile: Profile) -> RowResult:
                         ratio=r, goal="fewer FLOPs and time ratio <= 1",
                         met=None if r is None or fr is None else (fr < 1 and r <= 1)),
         details={"seconds_per_step_ours": t_ours, "seconds_per_step_nnunet": t_peer, "median_ours": mo,
-                 "median_nnunet": mp, "flops_ratio": fr, "figures": figures, "patch": list(patch), "batch": batch,
+                 "median_nnunet": mp, "flops_ratio": fr,
+                 "conv_only_seconds": convs, "figures": figures, "patch": list(patch), "batch": batch,
                  "nnunet_plans_patch": nn_cfg.get("patch_size"), "our_plans_patch": list(plans.patch_size)},
     )
