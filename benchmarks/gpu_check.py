@@ -8,9 +8,10 @@ The measurements a GPU machine is for, in one run of under 10 minutes (run it th
 2. training iterations per second of the plans' network (loader workers + step, AMP) with
    each augmentation backend, and the GPU utilisation sampled meanwhile (`nvidia-smi`);
 3. CUDA peak memory of those steps against the cost model's `training_bytes`;
-4. a short `c2fnas_search` and, from its report.json, the seconds per coarse candidate,
-   per coarse training iteration and per supernet epoch (the figures the projected
-   search cost is built from).
+4. a short `c2fnas_search` (successive halving over 2 rungs) and, from its report.json,
+   the seconds per coarse evaluation, per rung-0 candidate and per supernet epoch at the
+   default schedule, and the default budget's projected GPU-hours (row 6's figures, read
+   by the same `report_speeds`).
 
 `--dry-run` runs every part on the CPU at toy sizes, to check the script itself.
 Results are written (atomically) after each part, so a run cut short keeps what it measured.
@@ -30,6 +31,14 @@ from pathlib import Path
 TASK_ID = 97
 TASK_NAME = "PancreasSized"
 FINE_EPOCHS = 2  # supernet epochs of the short search
+
+
+def search_args(device: str, iters: int) -> list[str]:
+    """The short search: 2 topologies at 1 epoch, the better one at 2, a 2-epoch supernet."""
+    return ["-t", str(TASK_ID), "--coarse-candidates", "2", "--clusters", "2", "--min-epochs", "1", "--eta", "2",
+            "--rungs", "2", "--population", "2", "--fine-epochs", str(FINE_EPOCHS), "--generations", "1",
+            "--standalone-sample", "0", "--heldout-fraction", "0", "--iters-per-epoch", str(iters),
+            "--device", device, "--seed", "0", "--overwrite", "--no-progress"]
 
 
 class GpuSampler:
@@ -127,25 +136,22 @@ def short_search(work: Path, device: str, dry: bool) -> dict:
     from c2fnas_auto import paths
     from c2fnas_auto.utils.io import load_json
 
+    from benchmarks.rows.search_cost import report_speeds
+
     iters = 4 if dry else 50
-    args = [sys.executable, "-m", "c2fnas_auto.cli.search", "-t", str(TASK_ID), "--coarse-candidates", "2",
-            "--coarse-epochs", "1", "--clusters", "2", "--population", "2", "--fine-epochs", str(FINE_EPOCHS), "--generations",
-            "1", "--iters-per-epoch", str(iters), "--device", device, "--overwrite", "--no-progress"]
     t0 = time.perf_counter()
-    rc = subprocess.run(args, env=os.environ.copy()).returncode
+    rc = subprocess.run([sys.executable, "-m", "c2fnas_auto.cli.search", *search_args(device, iters)],
+                        env=os.environ.copy()).returncode
     wall = time.perf_counter() - t0
-    task = paths.task_name_from_id(TASK_ID)
-    candidates = [paths.search_results_dir(task) / "report.json", paths.preprocessed_dir(task) / "search" / "report.json"]
-    report_file = next((p for p in candidates if p.is_file()), None)
+    report_file = paths.search_results_dir(paths.task_name_from_id(TASK_ID)) / "report.json"
     out = {"returncode": rc, "wall_seconds": wall, "iters_per_epoch": iters, "report": str(report_file)}
-    if report_file is None:
+    if rc != 0 or not report_file.is_file():
         return out
     report = load_json(report_file, "search report")
-    secs = report.get("compute_seconds", {})
-    n_coarse = max(1, int(report.get("counts", {}).get("coarse_trained", 2)))
-    out.update({"compute_seconds": secs, "projection": report.get("projection_for_default_budget"),
-                "seconds_per_coarse_candidate": secs.get("coarse", 0.0) / n_coarse,
-                "seconds_per_supernet_epoch": secs.get("supernet", 0.0) / FINE_EPOCHS})
+    speeds = report_speeds(report)
+    speeds.pop("default_settings")
+    out.update({"compute_seconds": report.get("compute_seconds"),
+                "projection": report.get("projection_for_default_budget"), **speeds})
     return out
 
 
@@ -187,11 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     result["search"] = short_search(args.workdir, dev.type, args.dry_run)
     atomic_write_json(args.out, result)
     s = result["search"]
-    print(f"search: rc {s['returncode']}, {s['wall_seconds']:.0f} s wall, per coarse candidate "
-          f"{s.get('seconds_per_coarse_candidate')} s, per supernet epoch {s.get('seconds_per_supernet_epoch')} s "
-          f"({s['iters_per_epoch']} iterations per epoch)", flush=True)
+    print(f"search: rc {s['returncode']}, {s['wall_seconds']:.0f} s wall, per coarse evaluation "
+          f"{_fmt(s.get('seconds_per_coarse_candidate'))} s, per rung-0 candidate at the default schedule "
+          f"{_fmt(s.get('seconds_per_default_coarse_candidate'))} s, per supernet epoch (default iterations) "
+          f"{_fmt(s.get('seconds_per_supernet_epoch'))} s, default budget {_fmt(s.get('projected_total_hours'))} "
+          f"hours ({s['iters_per_epoch']} iterations per epoch here)", flush=True)
+    if s["returncode"] != 0:
+        print(f"gpu_check: the short search exited {s['returncode']}")
+        return 1
     print(f"results: {args.out}")
     return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 if __name__ == "__main__":

@@ -64,18 +64,11 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
 
     out = searched(ws)
     rep = out["report"]
+    sp = report_speeds(rep)
+    per_cand, per_sup_epoch = sp["seconds_per_coarse_candidate"], sp["seconds_per_supernet_epoch"]
+    per_default_cand, hours, defaults = sp["seconds_per_default_coarse_candidate"], sp["projected_total_hours"], \
+        sp["default_settings"]
     proj = rep.get("projection_for_default_budget", {})
-    counts, secs = rep.get("counts", {}), rep.get("compute_seconds", {})
-    trained = counts.get("coarse_trained") or 0  # evaluations over all rungs
-    per_cand = secs.get("coarse", 0.0) / trained if trained else proj.get("seconds_per_coarse_candidate")
-    per_sup_iter = proj.get("seconds_per_supernet_iteration")
-    defaults = _default_settings()
-    per_sup_epoch = per_sup_iter * defaults["iters_per_epoch"] if per_sup_iter is not None else None
-    per_iter = proj.get("seconds_per_coarse_iteration")
-    # one rung-0 candidate at the default schedule (min epochs); higher rungs train eta^r times longer
-    per_default_cand = (per_iter * defaults["min_epochs"] * defaults["iters_per_epoch"]
-                        + proj.get("seconds_per_coarse_scoring", 0.0)) if per_iter is not None else None
-    hours = proj.get("projected_total_hours")
     device = "GPU" if torch.cuda.is_available() else "CPU"
     plans = load_json(out["plans_file"], "plans")
     st = rep.get("settings", {})
@@ -102,6 +95,24 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
                  "seconds_per_supernet_epoch": per_sup_epoch, "seconds_per_coarse_candidate": per_cand,
                  "seconds_per_default_coarse_candidate": per_default_cand, "default_settings": defaults},
     )
+
+
+def report_speeds(rep: dict) -> dict:
+    """The speeds a search report measured, scaled to the default schedule (row 6 and the GPU check)."""
+    proj = rep.get("projection_for_default_budget", {})
+    counts, secs = rep.get("counts", {}), rep.get("compute_seconds", {})
+    trained = counts.get("coarse_trained") or 0  # evaluations over all rungs
+    per_cand = secs.get("coarse", 0.0) / trained if trained else proj.get("seconds_per_coarse_candidate")
+    per_sup_iter = proj.get("seconds_per_supernet_iteration")
+    defaults = _default_settings()
+    per_sup_epoch = per_sup_iter * defaults["iters_per_epoch"] if per_sup_iter is not None else None
+    per_iter = proj.get("seconds_per_coarse_iteration")
+    # one rung-0 candidate at the default schedule (min epochs); higher rungs train eta^r times longer
+    per_default_cand = (per_iter * defaults["min_epochs"] * defaults["iters_per_epoch"]
+                        + proj.get("seconds_per_coarse_scoring", 0.0)) if per_iter is not None else None
+    return {"seconds_per_coarse_candidate": per_cand, "seconds_per_supernet_epoch": per_sup_epoch,
+            "seconds_per_default_coarse_candidate": per_default_cand,
+            "projected_total_hours": proj.get("projected_total_hours"), "default_settings": defaults}
 
 
 def _default_settings() -> dict:
