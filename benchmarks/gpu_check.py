@@ -148,10 +148,8 @@ def short_search(work: Path, device: str, dry: bool) -> dict:
     if rc != 0 or not report_file.is_file():
         return out
     report = load_json(report_file, "search report")
-    speeds = report_speeds(report)
-    speeds.pop("default_settings")
     out.update({"compute_seconds": report.get("compute_seconds"),
-                "projection": report.get("projection_for_default_budget"), **speeds})
+                "projection": report.get("projection_for_default_budget"), **report_speeds(report)})
     return out
 
 

@@ -66,8 +66,8 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     rep = out["report"]
     sp = report_speeds(rep)
     per_cand, per_sup_epoch = sp["seconds_per_coarse_candidate"], sp["seconds_per_supernet_epoch"]
-    per_default_cand, hours, defaults = sp["seconds_per_default_coarse_candidate"], sp["projected_total_hours"], \
-        sp["default_settings"]
+    per_default_cand, hours = sp["seconds_per_default_coarse_candidate"], sp["projected_total_hours"]
+    defaults = _default_settings()
     proj = rep.get("projection_for_default_budget", {})
     device = "GPU" if torch.cuda.is_available() else "CPU"
     plans = load_json(out["plans_file"], "plans")
@@ -112,7 +112,7 @@ def report_speeds(rep: dict) -> dict:
                         + proj.get("seconds_per_coarse_scoring", 0.0)) if per_iter is not None else None
     return {"seconds_per_coarse_candidate": per_cand, "seconds_per_supernet_epoch": per_sup_epoch,
             "seconds_per_default_coarse_candidate": per_default_cand,
-            "projected_total_hours": proj.get("projected_total_hours"), "default_settings": defaults}
+            "projected_total_hours": proj.get("projected_total_hours")}
 
 
 def _default_settings() -> dict:

@@ -22,6 +22,7 @@ import time
 
 from benchmarks.common import Profile, RowResult, Summary, median, paired_ratio, require_module, require_our
 from benchmarks.rows.data_pipeline import BACKENDS, nnunet_trainer_for, our_iterator, rotate
+from benchmarks.rows.train_step import our_network
 
 ROW = "train_iterations"
 TITLE = "4b. Training iterations"
@@ -34,18 +35,6 @@ def iterations_per_second(step, iterations: int) -> float:
     return iterations / (time.perf_counter() - t0)
 
 
-def our_network(plans, patch, cell_style: str | None = None):
-    """The plans' network, or the same genotype and widths with another cell style."""
-    from c2fnas_auto.nas.config import NetworkConfig
-    from c2fnas_auto.nas.network import build_network
-
-    config = plans.network_config()
-    if cell_style is not None:
-        config = NetworkConfig.from_dict({**config.to_dict(), "cell_style": cell_style})
-    config.check_patch(patch)
-    return build_network(plans.genotype, config)
-
-
 def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None):
     """Our loader and `train_step`, on the plans' network unless `net` is given."""
     import torch
@@ -56,7 +45,8 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None):
 
     torch.manual_seed(0)
     if net is None:
-        net = our_network(plans, patch)
+        net, config = our_network(plans)
+        config.check_patch(patch)
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"))
     batches = our_iterator(pre_dir, patch, batch, augmentation)
     net.train()
@@ -85,8 +75,9 @@ def run(ws, profile: Profile) -> RowResult:
 
     steps = {b: our_stepper(plans, pre_dir, patch, batch, b) for b in BACKENDS}
     steps["nnunet"] = nnunet_stepper(ws, nn_task, patch, batch)
-    steps["residual"] = our_stepper(plans, pre_dir, patch, batch, "device",
-                                    net=our_network(plans, patch, cell_style="residual"))
+    residual, residual_config = our_network(plans, cell_style="residual")
+    residual_config.check_patch(patch)
+    steps["residual"] = our_stepper(plans, pre_dir, patch, batch, "device", net=residual)
     steps["pipeline_same_net"] = our_stepper(
         plans, pre_dir, patch, batch, "device",
         net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))

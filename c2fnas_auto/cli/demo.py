@@ -35,8 +35,6 @@ FOREGROUND_CLASSES = "rarest"
 # case (test lesion Dice 0.61); 16 x 100 gave 0.93 (0.89 / 0.97 / 0.93 on the three test
 # cases with a lesion) for about 25 s more.
 CELL_STYLE = "residual"
-# The search skips the stand-alone check (--standalone-sample 0): one sample gives no Kendall
-# tau, the check never changes the winner, and it cost 7 s of a ~150 s demo.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_search:
         t0 = _step("3/6 tiny coarse-to-fine search")
+        # no stand-alone check (--standalone-sample 0): one sample gives no Kendall tau and the
+        # check never changes the winner; it cost 7 s of a ~150 s demo
         _check(search_cli.main(["-t", str(TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
                                 "--min-epochs", "1", "--rungs", "2", "--standalone-sample", "0", "--fine-epochs", "1", "--generations", "2",
                                 "--iters-per-epoch", "8", "--device", args.device, "--seed", str(args.seed),

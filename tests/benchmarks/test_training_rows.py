@@ -12,8 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.rows.train_iterations import our_network  # noqa: E402
-from benchmarks.rows.train_step import conv_seconds  # noqa: E402
+from benchmarks.rows.train_step import conv_seconds, our_network  # noqa: E402
 
 
 def _counting_net():
@@ -46,8 +45,9 @@ def test_our_network_switches_only_the_cell_style():
 
     config = NetworkConfig(in_channels=1, num_classes=2, stem_channels=4, level_channels=(8, 8, 8, 8))
     plans = SimpleNamespace(genotype=reference_genotype(), network_config=lambda: config)
-    default = our_network(plans, (16, 32, 32))
-    residual = our_network(plans, (16, 32, 32), cell_style="residual")
+    default, _ = our_network(plans)
+    residual, residual_config = our_network(plans, cell_style="residual")
+    residual_config.check_patch((16, 32, 32))
     assert isinstance(default.cells[0], WiredCell) and isinstance(residual.cells[0], Cell)
     assert residual.config.level_channels == config.level_channels and residual.genotype.ops == default.genotype.ops
     assert config.cell_style == "c2fnas"  # the plans' own config is not changed
