@@ -3,6 +3,9 @@
 Candidates are built at the plans' network width and trained at the plans' patch and
 batch size (no shrunken proxy, DESIGN §5), all with the same seed so scores compare.
 Anything over the plans' memory budget is skipped by the cost model before training.
+A candidate whose training did not start (training/start_check.py: no foreground ever
+predicted, loss flat) is retrained once with a fresh init seed, so the stage ranks
+topologies rather than unlucky initial weights; its record says so (`restarted`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from c2fnas_auto.search.runner import Evaluate, Proposal
 
 GIB = 1024 ** 3
+# added to the search seed for the one retraining of a candidate that did not start
+RESTART_SEED_OFFSET = 1000
 
 
 @dataclass
@@ -78,8 +83,7 @@ def oom_answer(out: dict[str, Any], seconds: float, during: str) -> dict[str, An
 def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
     """`evaluate(proposal)`: cost check, then `fit` on the search's training cases for
     `proposal.epochs` (default `epochs`) and `score_cases` on its selection cases."""
-    from c2fnas_auto.nas.network import build_network
-    from c2fnas_auto.training.api import fit, score_cases
+    from c2fnas_auto.training.api import score_cases
 
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -87,22 +91,42 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
         genotype, out, reason = ctx.screen(p)
         if reason:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
-        torch.manual_seed(ctx.seed)  # same initial weights' generator state for every candidate
-        network = build_network(genotype, ctx.plans.network_config())
         try:
-            losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=n_epochs,
-                         iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed, progress=False)
+            network, losses, restarted = train_started(genotype, ctx, n_epochs)
             t1 = time.perf_counter()
             scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
             t2 = time.perf_counter()
         except torch.cuda.OutOfMemoryError:  # the cost model underestimated: record it, go on
             return oom_answer(out, time.perf_counter() - t0, "training")
         finally:
-            del network
+            network = None
             if torch.device(ctx.device).type == "cuda":
                 torch.cuda.empty_cache()
         return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0,
-                "train_seconds": t1 - t0, "score_seconds": t2 - t1, "train_iterations": n_epochs * ctx.iters_per_epoch,
-                "final_loss": float(losses[-1]) if losses else None}
+                "train_seconds": t1 - t0, "score_seconds": t2 - t1,
+                "train_iterations": (1 + restarted) * n_epochs * ctx.iters_per_epoch,
+                "final_loss": float(losses[-1]) if losses else None, "restarted": restarted}
 
     return evaluate
+
+
+def train_started(genotype, ctx: TrainingContext, epochs: int) -> tuple[Any, list[float], int]:
+    """Build and `fit` the candidate from the search seed (the same initial weights' generator
+    state for every candidate); if it did not start, once more from a fresh seed.
+    Returns (network, losses, restarts)."""
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.training.api import fit
+    from c2fnas_auto.training.start_check import StartMonitor
+
+    for attempt in (0, 1):
+        seed = ctx.seed + attempt * RESTART_SEED_OFFSET
+        torch.manual_seed(seed)
+        network = build_network(genotype, ctx.plans.network_config())
+        monitor = StartMonitor()
+        losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+                     iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed, progress=False,
+                     monitor=monitor)
+        if attempt == 1 or not monitor.not_started(final=True):
+            return network, losses, attempt
+        del network
+    raise AssertionError("unreachable")

@@ -134,6 +134,10 @@ def _per_rung(records: list[CandidateRecord]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _restarts(records: list[CandidateRecord]) -> int:
+    return sum(int(r.extra.get("restarted", 0)) for r in records if r.status == "done")
+
+
 def build_report(state: SearchState, default_settings: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     secs = compute_seconds(state)
@@ -156,6 +160,9 @@ def build_report(state: SearchState, default_settings: dict[str, Any],
             "fine_scored": sum(r.status == "done" for r in state.fine),
             "fine_skipped": sum(r.status == "skipped" for r in state.fine),
         },
+        # trainings that did not start and were retrained once with a fresh init seed (coarse.train_started)
+        "restarts": {"coarse": _restarts(state.coarse), "standalone": _restarts(state.standalone),
+                     "supernet": int(state.supernet.get("restarted", 0))},
         "top_coarse": [_summary(r) for r in top_records([r for r in state.coarse if r.rung == _top_rung(state)])],
         "top_fine": [_summary(r) for r in top_records(state.fine)],
         "fine_generations": state.fine_generations,

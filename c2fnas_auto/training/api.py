@@ -19,6 +19,7 @@ from c2fnas_auto.training.dataloader import default_augmentation, load_cases, ma
 from c2fnas_auto.training.loop import StepContext, default_forward, run_epoch
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
+from c2fnas_auto.training.start_check import StartMonitor
 from c2fnas_auto.utils.device import resolve_device
 
 
@@ -29,11 +30,14 @@ def _device(device) -> torch.device:
 def fit(network: nn.Module, plans, preprocessed_dir: str | Path, train_ids: Sequence[str], epochs: int,
         iters_per_epoch: int, device, seed: int = 0, batch_size: int | None = None,
         patch_size: Sequence[int] | None = None, num_workers: int = 0, forward_fn=None, augment: bool = True,
-        progress: bool = False, augmentation: str | None = None) -> list[float]:
+        progress: bool = False, augmentation: str | None = None, warmup_iterations: int = 0,
+        monitor: StartMonitor | None = None) -> list[float]:
     """Train `network` in place (SGD + poly LR, Dice+CE, nnU-Net augmentation); mean loss per epoch.
 
     `augmentation` is the backend ("batchgenerators" or "device"); None picks
-    `dataloader.default_augmentation(device)`, so callers such as the search get the default."""
+    `dataloader.default_augmentation(device)`, so callers such as the search get the default.
+    `monitor` receives each epoch's start signals (training/start_check.py), so a caller can
+    tell a training that never started from one that learned little."""
     dev = _device(device)
     torch.manual_seed(seed)
     network.to(dev)
@@ -42,12 +46,14 @@ def fit(network: nn.Module, plans, preprocessed_dir: str | Path, train_ids: Sequ
                                   seed=seed, num_workers=num_workers, augment=augment,
                                   augmentation=augmentation or default_augmentation(dev), device=dev)
     ctx = StepContext(network, build_optimizer(network), DeepSupervisionLoss(), dev,
-                      forward_fn or default_forward)
+                      forward_fn or default_forward, warmup_iterations=warmup_iterations)
     losses = []
     for epoch in range(epochs):
         set_lr(ctx.optimizer, poly_lr(epoch, epochs))
         stats = run_epoch(ctx, batches, iters_per_epoch, progress=progress, desc=f"epoch {epoch}")
         losses.append(stats.loss)
+        if monitor is not None:
+            monitor.update(stats.loss, float(np.sum(stats.tp)), stats.dead_head_fraction)
     return losses
 
 

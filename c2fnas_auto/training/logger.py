@@ -64,15 +64,37 @@ class TrainingLog:
             plot_progress(self.epochs, folder / "progress.png")
 
 
+def _plot_start_signals(ax, epochs: list[dict]) -> None:
+    """Dead-head fraction and the train foreground true positives: both flat at their
+    'never started' values (high and 0) name a training that has not started."""
+    x = [e["epoch"] for e in epochs]
+    ax.plot(x, [e.get("dead_head_fraction", float("nan")) for e in epochs], color="tab:red",
+            label="dead-head fraction (classifier input all <= 0)")
+    ax.set_ylabel("dead-head fraction")
+    ax.set_ylim(0, 1)
+    ax2 = ax.twinx()
+    ax2.plot(x, [e.get("train_foreground_tp", float("nan")) for e in epochs], color="tab:gray", ls="--",
+             label="train foreground true positives")
+    ax2.set_ylabel("foreground TP voxels")
+    shaded = any(e.get("not_started") for e in epochs)
+    title = "start signals" + (": NOT STARTED (shaded epochs)" if shaded else "")
+    ax.set_title(title, fontsize=9, color="tab:red" if shaded else "black")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
+
+
 def plot_progress(epochs: list[dict], out_png: Path) -> None:
-    """Losses with pseudo Dice (and EMA) on a second axis; epoch time; learning rate."""
+    """Losses with pseudo Dice (and EMA) on a second axis; start signals; epoch time; learning rate.
+
+    Epochs judged 'not started' (training/start_check.py) are shaded red in the first two panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = [e["epoch"] for e in epochs]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(10, 14), sharex=True)
     ax = axes[0]
     ax.plot(x, [e["train_loss"] for e in epochs], color="tab:blue", label="train loss")
     ax.plot(x, [e["val_loss"] for e in epochs], color="tab:red", label="val loss")
@@ -86,11 +108,16 @@ def plot_progress(epochs: list[dict], out_png: Path) -> None:
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
-    axes[1].plot(x, [e["epoch_seconds"] for e in epochs], color="tab:purple")
-    axes[1].set_ylabel("epoch time [s]")
-    axes[2].plot(x, [e["lr"] for e in epochs], color="tab:orange")
-    axes[2].set_ylabel("learning rate")
-    axes[2].set_xlabel("epoch")
+    _plot_start_signals(axes[1], epochs)
+    for a in axes[:2]:
+        for e in epochs:
+            if e.get("not_started"):
+                a.axvspan(e["epoch"] - 0.5, e["epoch"] + 0.5, color="tab:red", alpha=0.15, lw=0)
+    axes[2].plot(x, [e["epoch_seconds"] for e in epochs], color="tab:purple")
+    axes[2].set_ylabel("epoch time [s]")
+    axes[3].plot(x, [e["lr"] for e in epochs], color="tab:orange")
+    axes[3].set_ylabel("learning rate")
+    axes[3].set_xlabel("epoch")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

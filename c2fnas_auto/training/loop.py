@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from c2fnas_auto.training.schedule import GRAD_CLIP
+from c2fnas_auto.training.schedule import GRAD_CLIP, warmed_up
+from c2fnas_auto.training.start_check import DeadHeadProbe
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], "torch.Tensor | list[torch.Tensor]"]
 
@@ -36,6 +37,8 @@ class StepContext:
     forward_fn: ForwardFn = default_forward
     scaler: torch.amp.GradScaler | None = None
     amp: bool = True
+    warmup_iterations: int = 0  # learning rate and momentum ramp over the first steps (0: off)
+    steps_done: int = 0
 
     def __post_init__(self):
         self.amp = bool(self.amp and self.device.type == "cuda")
@@ -55,6 +58,7 @@ class EpochStats:
     seconds: float
     iterations: int
     per_class_dice: list[float] = field(default_factory=list)
+    dead_head_fraction: float = float("nan")  # see training/start_check.py
 
     @property
     def pseudo_dice(self) -> float:
@@ -105,8 +109,10 @@ def train_step(ctx: StepContext, batch: dict) -> tuple[float, tuple[np.ndarray, 
     ctx.scaler.scale(loss).backward()
     ctx.scaler.unscale_(ctx.optimizer)
     torch.nn.utils.clip_grad_norm_(ctx.network.parameters(), GRAD_CLIP)
-    ctx.scaler.step(ctx.optimizer)
+    with warmed_up(ctx.optimizer, ctx.steps_done, ctx.warmup_iterations):
+        ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
+    ctx.steps_done += 1
     with torch.no_grad():
         counts = confusion_counts(_full_res(out).detach(), y)
     return float(loss.detach().item()), counts
@@ -117,12 +123,14 @@ def run_epoch(ctx: StepContext, batches: Iterator[dict], iterations: int, progre
     ctx.network.train()
     losses, tp, fp, fn = [], 0, 0, 0
     start = time.perf_counter()
-    for _ in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        loss, (a, b, c) = train_step(ctx, next(batches))
-        losses.append(loss)
-        tp, fp, fn = tp + a, fp + b, fn + c
+    with DeadHeadProbe(ctx.network) as probe:
+        for _ in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+            loss, (a, b, c) = train_step(ctx, next(batches))
+            losses.append(loss)
+            tp, fp, fn = tp + a, fp + b, fn + c
     return EpochStats(float(np.mean(losses)) if losses else float("nan"), np.asarray(tp), np.asarray(fp),
-                      np.asarray(fn), time.perf_counter() - start, iterations)
+                      np.asarray(fn), time.perf_counter() - start, iterations,
+                      dead_head_fraction=probe.fraction())
 
 
 @torch.no_grad()
