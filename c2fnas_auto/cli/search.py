@@ -1,7 +1,8 @@
 """c2fnas_search -t 7: coarse-to-fine architecture search on a preprocessed task.
 
 Defaults are sized for about one GPU-day on one modern GPU (documentation/search.md).
-Several workers share one search through per-candidate files in its results folder:
+Several workers share one search through Optuna trials (an SQLite file in its results
+folder, or a database server given with --storage):
 `torchrun --nproc_per_node N` (and --nnodes), and/or more processes started later with
 `--join`. SIGTERM / SIGUSR1: finish the running candidate, save, exit 3; `--continue` resumes.
 """
@@ -16,7 +17,7 @@ from c2fnas_auto.cli._common import cli_entry, exit_with
 
 def build_parser() -> argparse.ArgumentParser:
     from c2fnas_auto.search.api import SearchSettings
-    from c2fnas_auto.search.trials import WorkerOptions
+    from c2fnas_auto.search.jobs import WorkerOptions
 
     d = SearchSettings()
     w = WorkerOptions()
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="discard an existing search state and start again")
     g.add_argument("--join", action="store_true",
                    help="add this process as a worker to a search already running (any node sharing the folder)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage shared by the workers, e.g. postgresql://user:pw@host/db for several nodes "
+                        "(default: sqlite file search.db in the search's results folder, one host)")
     p.add_argument("--stale-seconds", type=float, default=w.stale_seconds,
                    help="a worker whose heartbeat is older than this is taken as gone; its candidate is rerun")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (one line per candidate still printed)")
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from c2fnas_auto.search.api import REPORT_FILE, SearchSettings, run_search
     from c2fnas_auto.search.stop import STOPPED_EXIT_CODE, SearchStopped, StopFlag
-    from c2fnas_auto.search.trials import WorkerOptions
+    from c2fnas_auto.search.jobs import WorkerOptions
 
     args = build_parser().parse_args(argv)
     settings = SearchSettings(coarse_candidates=args.coarse_candidates, min_epochs=args.min_epochs, eta=args.eta,
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = run_search(args.task, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress, join=args.join, stop=stop,
-                           workers=WorkerOptions(stale_seconds=args.stale_seconds))
+                           workers=WorkerOptions(stale_seconds=args.stale_seconds), storage=args.storage)
     except SearchStopped as exc:
         print(f"c2fnas_search: {exc}", flush=True)
         return STOPPED_EXIT_CODE

@@ -8,7 +8,8 @@ the real hooks from the plans and `training.api`.
 
 Every worker (torchrun rank, or a process started later with `join=True`) runs
 `search_core` on the same folder; the main worker (rank 0, not joined) also trains the
-supernet and writes state, report and plots. See `trials.py` for how workers share work.
+supernet and writes state, report and plots. See `optuna_trials.py` for how workers share
+work (Optuna trials in `search.db` in the search folder, or the `storage` URL).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from c2fnas_auto.search.report import plot_progress, plot_ranking, ranking_check
 from c2fnas_auto.search.runner import CandidateRunner, Evaluate, Proposal, record_from_result, timed
 from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError, open_state
 from c2fnas_auto.search.stop import StopFlag
-from c2fnas_auto.search.trials import TrialStore, WorkerOptions
+from c2fnas_auto.search.jobs import WorkerOptions
+from c2fnas_auto.search.optuna_trials import OptunaTrials, clear_search, has_results
+from c2fnas_auto.search.storage import default_url, shown
 from c2fnas_auto.utils.io import remove_stale_temporaries
 
 SEARCH_DIR = "search"  # the old location under the preprocessed task (read on --continue)
@@ -42,7 +45,7 @@ RANKING_PNG = "search_ranking.png"
 GENOTYPE_PNG = "genotype.png"
 GENOTYPE_FILE = "genotype.json"
 SUPERNET_FILE = "supernet.pth"
-TRIALS_DIR = "trials"
+TRIALS_DIR = "trials"  # the per-candidate files of the engine before Optuna (removed by --overwrite)
 
 
 @dataclass
@@ -226,7 +229,7 @@ class _Saver:
 
 
 def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSettings, resume: bool,
-          overwrite: bool, join: bool) -> dict[str, Any]:
+          overwrite: bool, join: bool, url: str) -> dict[str, Any]:
     """The state to work on as a dict (or {"error": ...}); the main worker clears an
     overwritten search first."""
     try:
@@ -235,13 +238,18 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
                 raise SearchStateError(f"{state_path}: no search to join (start it without --join first)")
             return open_state(state_path, task_name, settings.to_dict(), True, False).to_dict()
         remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
-        trials = search_dir / TRIALS_DIR / "results"
-        if not (resume or overwrite or state_path.exists()) and trials.is_dir() and any(trials.iterdir()):
-            raise SearchStateError(f"{trials.parent} holds results of an earlier search: use --continue to resume "
-                                   "it or --overwrite to start again")
+        if not (resume or overwrite or state_path.exists()) and has_results(url, task_name):
+            raise SearchStateError(f"{shown(url)} holds results of an earlier search of {task_name}: use --continue "
+                                   "to resume it or --overwrite to start again")
+        old = search_dir / TRIALS_DIR / "results"
+        if resume and old.is_dir() and any(old.iterdir()) and not has_results(url, task_name):
+            raise SearchStateError(f"{old.parent} holds trial files of the engine before Optuna, which this version "
+                                   "does not read: finish that search with the version that started it, or "
+                                   "use --overwrite to search again")
         if overwrite and not resume:
             (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)
+            clear_search(url, task_name)
         return open_state(state_path, task_name, settings.to_dict(), resume, overwrite).to_dict()
     except C2FNASError as exc:
         return {"error": str(exc)}
@@ -259,7 +267,7 @@ def _check_same(state: SearchState, field_name: str, new: dict[str, Any], what: 
                                "use --overwrite to search again")
 
 
-def _wait_for_supernet(store: TrialStore, stop: StopFlag) -> dict[str, Any]:
+def _wait_for_supernet(store: OptunaTrials, stop: StopFlag) -> dict[str, Any]:
     """A non-main worker waits while the main worker trains the supernet."""
     while True:
         mark = store.marker("supernet")
@@ -278,7 +286,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
                 progress: bool = True, topologies: Topologies | None = None, lines: bool = True,
                 plans_info: dict[str, Any] | None = None, heldout: dict[str, Any] | None = None,
                 join: bool = False, stop: StopFlag | None = None, workers: WorkerOptions | None = None,
-                worker_id: str | None = None) -> SearchState:
+                worker_id: str | None = None, storage: str | None = None) -> SearchState:
     """Clustering -> coarse rungs (ASHA + evolution) -> supernet -> fine evolution ->
     stand-alone check; every finished candidate is published at once.
 
@@ -287,6 +295,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     state under different ones refuses, because its scores would no longer compare.
     `join=True`: a worker added to a running search (never the main worker).
     `stop.check()` runs after every candidate; it raises `SearchStopped` after a signal.
+    `storage`: an Optuna storage URL shared by the workers (default: SQLite `search.db`
+    in `search_dir`, one host).
     """
     settings.validate()
     rungs = settings.schedule()
@@ -300,7 +310,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     topo = topologies or default_topologies()
     search_dir = Path(search_dir)
     state_path = search_dir / STATE_FILE
-    payload = _open(search_dir, state_path, task_name, settings, resume, overwrite, join) if (main or join) else None
+    url = storage or default_url(search_dir)
+    payload = _open(search_dir, state_path, task_name, settings, resume, overwrite, join, url) if (main or join) else None
     if not join:
         payload = dist.broadcast(payload)  # every rank starts once rank 0 has opened (or cleared) the folder
     if "error" in payload:
@@ -316,7 +327,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
             _write_outputs(search_dir, state, hooks)
         return state
 
-    store = TrialStore(search_dir / TRIALS_DIR, worker_id, workers).start()
+    store = OptunaTrials(url, task_name, worker_id, workers).start()
     bar = _Progress(progress, main, lines)
     try:
         if main:
@@ -362,7 +373,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         store.stop()
 
 
-def _coarse_stage(store: TrialStore, state: SearchState, settings: SearchSettings, rungs: Rungs, hooks: SearchHooks,
+def _coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSettings, rungs: Rungs, hooks: SearchHooks,
                   topo: Topologies, clustering: Clustering, dist: DistContext, bar: _Progress, stop: StopFlag,
                   save: _Saver, main: bool) -> tuple[list[int], CandidateRecord]:
     t0 = time.perf_counter()
@@ -402,7 +413,7 @@ def _coarse_stage(store: TrialStore, state: SearchState, settings: SearchSetting
     return list(record.levels), record
 
 
-def _supernet(store: TrialStore, state: SearchState, hooks: SearchHooks, levels: list[int],
+def _supernet(store: OptunaTrials, state: SearchState, hooks: SearchHooks, levels: list[int],
               save: _Saver, main: bool, stop: StopFlag) -> Any:
     """The main worker trains (or loads) the supernet; the others wait for it, then load it."""
     if main:
@@ -419,7 +430,7 @@ def _supernet(store: TrialStore, state: SearchState, hooks: SearchHooks, levels:
     return hooks.train_supernet(levels)[0]
 
 
-def _fine_stage(store: TrialStore, state: SearchState, settings: SearchSettings, topo: Topologies,
+def _fine_stage(store: OptunaTrials, state: SearchState, settings: SearchSettings, topo: Topologies,
                 evaluate: Evaluate, levels: list[int], dist: DistContext, bar: _Progress, stop: StopFlag,
                 save: _Saver) -> CandidateRecord:
     runner = CandidateRunner(store, "fine", "f", evaluate, dist.rank, bar.record, None, stop.check)
@@ -549,7 +560,7 @@ def _adopt_old_folder(task_name: str, search_dir: Path) -> str:
 
 def run_search(task: str | int, settings: SearchSettings, device: str | None = None, resume: bool = False,
                overwrite: bool = False, progress: bool = True, join: bool = False, stop: StopFlag | None = None,
-               workers: WorkerOptions | None = None) -> SearchState:
+               workers: WorkerOptions | None = None, storage: str | None = None) -> SearchState:
     """`c2fnas_search -t TASK`: search on the task's fold 0 (held-out cases removed), write
     the winner into its plans.json and `search_results_dir(task)/genotype.json`; returns
     the final state. Several workers: torchrun ranks, and/or later processes with `join`."""
@@ -577,7 +588,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
                       "network": plans.network.to_dict(), "gpu_memory_gb": float(plans.gpu_memory_gb)}
         state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,
                             progress=progress, plans_info=plans_info, heldout=heldout.to_dict(), join=join,
-                            stop=stop, workers=workers)
+                            stop=stop, workers=workers, storage=storage)
         if dist.is_main and not join:
             genotype = winner_genotype(state, plans, settings)
             genotype.save(search_dir / GENOTYPE_FILE)

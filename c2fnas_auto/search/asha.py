@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.trials import Job, TrialStore
+from c2fnas_auto.search.jobs import Job
+from c2fnas_auto.search.optuna_trials import OptunaTrials as TrialStore
 
 PREFIX = "c"
 _JOB = re.compile(r"^c(?P<cand>\d+)-r(?P<rung>\d+)$")
@@ -165,8 +166,10 @@ def run_coarse(store: TrialStore, rungs: Rungs, budget: int, propose: Callable[[
             payload = view.candidates[key[0]]
         job = Job(job_id(*key), {**{k: payload[k] for k in ("levels", "ops", "cluster")},
                                  "candidate": key[0], "rung": key[1], "epochs": rungs.epochs(key[1])})
-        if not store.try_claim(job):
+        claimed = store.try_claim(job)
+        if claimed is None:
             continue  # another worker was faster: look again
+        job = claimed  # as stored: a rival's proposal for the same id may have won
         t0 = time.perf_counter()
         answer = dict(evaluate(job))
         answer.setdefault("seconds", time.perf_counter() - t0)

@@ -2,7 +2,7 @@
 
 The fine stage (and the stand-alone check) proposes batches (`fine_evolution`); every
 worker runs the same deterministic evolution, so all propose the same batch. Proposal i
-of a stage becomes job `<prefix><i>`: whoever claims it evaluates it and publishes the
+of a stage becomes job `<prefix><i>` (an Optuna trial): whoever claims it evaluates it and publishes the
 result at once; a job with a stored result is answered from it (resume), and a stored
 result for another candidate means the folder belongs to other code or settings. A
 proposal repeating an earlier one of the stage is `reused` (nothing evaluated).
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from c2fnas_auto.search.state import CandidateRecord, SearchStateError
-from c2fnas_auto.search.trials import Job, TrialStore
+from c2fnas_auto.search.jobs import Job
+from c2fnas_auto.search.optuna_trials import OptunaTrials as TrialStore
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -15,7 +16,7 @@ from fakes import FakeHooks  # noqa: E402
 
 from c2fnas_auto.search.api import SearchSettings, search_core  # noqa: E402
 from c2fnas_auto.search.distributed import init_distributed  # noqa: E402
-from c2fnas_auto.search.trials import WorkerOptions  # noqa: E402
+from c2fnas_auto.search.jobs import WorkerOptions  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +34,26 @@ def main() -> None:
                                      "fine": [list(map(list, k)) for k in fake.fine_calls],
                                      "winner": state.winner if state else None}))
 
+    if opts.get("hold"):  # the test starts every held worker at one instant (file `go`)
+        coarse = fake.coarse
+
+        def hold() -> None:
+            (out / f"waiting-{os.getpid()}").touch()
+            while not (out / "go").exists():
+                time.sleep(0.01)
+
+        def first_waits(p):
+            if not fake.coarse_calls:
+                hold()
+            return coarse(p)
+
+        fake.coarse = first_waits  # the main worker holds in its first candidate (state opened)
+        if join:
+            hold()  # a joiner holds before it looks at the search
     try:
         state = search_core(out / "search", "T", settings, fake.hooks(), dist=dist, progress=False, join=join,
-                            workers=WorkerOptions(stale_seconds=2.0, poll_seconds=0.05), lines=False)
+                            workers=WorkerOptions(stale_seconds=2.0, poll_seconds=0.05), lines=False,
+                            storage=opts.get("storage"))
     finally:
         if dist is not None:
             dist.close()

@@ -12,7 +12,8 @@ from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, to
 from c2fnas_auto.search.clustering import distance_matrix, k_medoids
 from c2fnas_auto.search.evolution import fine_evolution, initial_topologies, propose_topology
 from c2fnas_auto.search.runner import CandidateRunner
-from c2fnas_auto.search.trials import TrialStore
+from c2fnas_auto.search.optuna_trials import OptunaTrials
+from c2fnas_auto.search.storage import default_url
 
 from .fakes import TARGET_LEVELS, TARGET_OPS, ops_score, topology_score
 
@@ -116,7 +117,7 @@ def test_initial_population_fills_from_clusters(space):
 
 
 def _runner(tmp_path, evaluate, name="store"):
-    return CandidateRunner(TrialStore(tmp_path / name).start(), "fine", "f", evaluate)
+    return CandidateRunner(OptunaTrials(default_url(tmp_path / name), "T").start(), "fine", "f", evaluate)
 
 
 def test_fine_evolution_seeded_and_finds_better_ops(tmp_path):

@@ -11,7 +11,7 @@ from c2fnas_auto.search.api import SearchSettings, search_core
 from c2fnas_auto.search.report import expected_coarse_evaluations
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.search.stop import SearchStopped, StopFlag
-from c2fnas_auto.search.trials import WorkerOptions
+from c2fnas_auto.search.jobs import WorkerOptions
 
 from .fakes import Boom, FakeHooks
 
@@ -87,6 +87,18 @@ def test_existing_state_needs_continue_or_overwrite(tmp_path):
     with pytest.raises(C2FNASError, match="changed settings"):
         search_core(tmp_path / "search", "T", SearchSettings(**{**SMALL, "seed": 8}), FakeHooks().hooks(),
                     resume=True, progress=False)
+
+
+def test_a_search_of_the_file_engine_is_not_resumed_silently(tmp_path):
+    _search(tmp_path, FakeHooks())
+    old = tmp_path / "search" / "trials" / "results"
+    old.mkdir(parents=True)
+    (old / "c00000-r0.json").write_text("{}")
+    (tmp_path / "search" / "search.db").unlink()
+    with pytest.raises(C2FNASError, match="trial files of the engine before Optuna"):
+        _search(tmp_path, FakeHooks(), resume=True)
+    _search(tmp_path, FakeHooks(), overwrite=True)
+    assert not (tmp_path / "search" / "trials").exists(), "--overwrite removes the old trial files"
 
 
 @pytest.mark.parametrize("stage", ["coarse", "fine"])

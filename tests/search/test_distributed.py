@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from c2fnas_auto.search.optuna_trials import job_trials
 from c2fnas_auto.search.state import SearchState
+from c2fnas_auto.search.storage import default_url
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 SETTINGS = dict(coarse_candidates=8, min_epochs=1, eta=2, rungs=2, clusters=4, population=4, fine_epochs=1,
@@ -63,37 +65,66 @@ def test_two_torchrun_nodes_share_one_search(tmp_path):
     assert workers[0]["winner"] == workers[1]["winner"] == state.winner
 
 
-def test_killed_worker_loses_only_its_candidate_and_a_late_joiner_helps(tmp_path):
-    settings = json.dumps({**SETTINGS, "coarse_candidates": 10})
-    main = subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), settings, json.dumps({"sleep": 0.6})],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    claims = tmp_path / "search" / "trials" / "claims"
-    results = tmp_path / "search" / "trials" / "results"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (results.is_dir() and len(list(results.glob("c*"))) >= 2):
-        time.sleep(0.05)
-    # a late joiner that is killed while it trains a candidate
-    doomed = subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), settings,
-                               json.dumps({"join": True, "sleep": 30})], env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-    mine: list[Path] = []
-    while time.monotonic() < deadline and not mine and doomed.poll() is None:
-        mine = [p for p in claims.glob("c*.json") if json.loads(p.read_text())["worker"].split("-")[-2] == str(doomed.pid)]
-        time.sleep(0.05)
-    assert mine, "the joiner claimed a coarse candidate: " + (doomed.stderr.read().decode()[-2000:] if doomed.poll() is not None else "")
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait(timeout=30)
-    lost = mine[0].name.split(".")[0]
-    # a second late joiner that works normally
-    helper = subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), settings,
-                               json.dumps({"join": True, "sleep": 0.15})], env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-    for proc in (main, helper):
+def _trials(out: Path) -> list[dict]:
+    return job_trials(default_url(out / "search"), "T")
+
+
+def _start(out: Path, settings: str, opts: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), settings, json.dumps(opts)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(*procs: subprocess.Popen) -> None:
+    for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def test_killed_worker_loses_only_its_candidate_and_a_late_joiner_helps(tmp_path):
+    settings = json.dumps({**SETTINGS, "coarse_candidates": 10})
+    main = _start(tmp_path, settings, {"sleep": 0.6})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ((tmp_path / "search" / "state.json").is_file() and
+                                               sum(t["state"] == "COMPLETE" for t in _trials(tmp_path)) >= 2):
+        time.sleep(0.1)
+    # a late joiner that is killed while it trains a candidate
+    doomed = _start(tmp_path, settings, {"join": True, "sleep": 30})
+    mine: list[dict] = []
+    while time.monotonic() < deadline and not mine and doomed.poll() is None:
+        mine = [t for t in _trials(tmp_path) if t["state"] == "RUNNING" and f"-{doomed.pid}-" in t["worker"]]
+        time.sleep(0.1)
+    assert mine, "the joiner took a coarse candidate: " + (doomed.stderr.read().decode()[-2000:] if doomed.poll() is not None else "")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=30)
+    lost = mine[0]["job"]
+    helper = _start(tmp_path, settings, {"join": True, "sleep": 0.15})  # a second late joiner that works normally
+    _finish(main, helper)
     workers = _workers(tmp_path)  # the killed worker wrote nothing
     assert len(workers) == 2 and all(w["coarse"] for w in workers), "the late joiner took coarse candidates"
     _check_exactly_once(tmp_path, workers)
-    retaken = sorted(p.name for p in claims.glob(f"{lost}.a*.json"))
-    assert retaken == [f"{lost}.a0.json", f"{lost}.a1.json"], "only the killed worker's candidate was run again"
+    runs: dict[str, list[str]] = {}
+    for t in _trials(tmp_path):
+        if t["duplicate_of"] is None:
+            runs.setdefault(t["job"], []).append(t["state"])
+    assert {j: sorted(s) for j, s in runs.items() if len(s) > 1} == {lost: ["COMPLETE", "FAIL"]}, \
+        "only the killed worker's candidate was run again, once"
     assert json.loads((tmp_path / "search" / "report.json").read_text())["workers"] == 2
+
+
+def test_two_workers_started_at_the_same_instant_share_without_loss_or_duplicates(tmp_path):
+    settings = json.dumps(SETTINGS)
+    main = _start(tmp_path, settings, {"sleep": 0.2, "hold": True})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "search" / "state.json").exists():
+        time.sleep(0.05)
+    go = tmp_path / "go"
+    joiners = [_start(tmp_path, settings, {"join": True, "sleep": 0.2, "hold": True}) for _ in range(2)]
+    while time.monotonic() < deadline and len(list(tmp_path.glob("waiting-*"))) < 3:
+        time.sleep(0.05)
+    go.touch()  # all three take their first job at the same instant
+    _finish(main, *joiners)
+    workers = _workers(tmp_path)
+    assert len(workers) == 3 and sum(bool(w["coarse"]) for w in workers) >= 2
+    state = _check_exactly_once(tmp_path, workers)
+    lost = [t for t in _trials(tmp_path) if t["state"] in ("RUNNING", "WAITING")]
+    assert not lost and all(r.status == "done" for r in state.coarse)

@@ -17,6 +17,8 @@ import torch
 from c2fnas_auto.cli.search import main
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import search_results_dir
+from c2fnas_auto.search.optuna_trials import job_trials
+from c2fnas_auto.search.storage import DB_FILE, default_url
 from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.search.stop import STOPPED_EXIT_CODE
@@ -50,14 +52,14 @@ def _count_calls(monkeypatch, fake: bool = False):
 
 def test_search_stopped_by_sigterm_then_continued(copy_task, monkeypatch, capsys):
     sdir = search_results_dir(copy_task.task_name)
-    results = sdir / "trials" / "results"
+    url = default_url(sdir)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "c2fnas_auto.cli.search", *TINY], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if results.is_dir() and any(results.glob("c*.json")):
+            if (sdir / DB_FILE).is_file() and any(t["state"] == "COMPLETE" for t in job_trials(url, copy_task.task_name)):
                 break
             time.sleep(0.1)
         assert proc.poll() is None, "search ended before it could be stopped: " + proc.stderr.read().decode()[-2000:]

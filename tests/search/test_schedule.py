@@ -1,4 +1,4 @@
-"""Kendall tau-b, the successive-halving rules and the shared trial files (no training)."""
+"""Kendall tau-b, the successive-halving rules and the jobs as Optuna trials (no training)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import pytest
 from c2fnas_auto.search.asha import (CoarseView, Rungs, best_candidate, job_id, next_action, promotable,
                                      read_view, run_coarse)
 from c2fnas_auto.search.kendall import kendall_tau_b
-from c2fnas_auto.search.trials import Job, TrialStore, WorkerOptions
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.search.jobs import Job, WorkerOptions
+from c2fnas_auto.search.optuna_trials import OptunaTrials, job_trials, stage_of
+from c2fnas_auto.search.storage import default_url, shown
 
-FAST = WorkerOptions(stale_seconds=0.4, poll_seconds=0.02)
+FAST = WorkerOptions(stale_seconds=2, poll_seconds=0.02)
 
 
 def test_kendall_tau_b_against_a_hand_computed_case():
@@ -86,7 +89,7 @@ def _score(job: Job) -> dict:
 
 
 def test_one_worker_runs_every_rung_and_the_final_top_third_is_promoted(tmp_path):
-    store = TrialStore(tmp_path, options=FAST).start()
+    store = OptunaTrials(default_url(tmp_path), "T", options=FAST).start()
     calls = []
     view = run_coarse(store, Rungs(1, 3, 3), 9, _payload, lambda j: calls.append(j.id) or _score(j))
     store.stop()
@@ -100,46 +103,94 @@ def test_one_worker_runs_every_rung_and_the_final_top_third_is_promoted(tmp_path
     assert best_candidate(view)[1] == 2
 
 
-def test_claims_are_exclusive_and_orphans_are_retaken(tmp_path):
-    a = TrialStore(tmp_path, "hostA-1-aa", FAST).start()
-    b = TrialStore(tmp_path, "hostA-1-bb", FAST).start()
-    job = Job(job_id(0, 0), {"levels": [1] * 12, "ops": ["3d"] * 12, "cluster": 0, "candidate": 0, "rung": 0,
-                            "epochs": 1})
-    assert a.try_claim(job) and not b.try_claim(job), "one claim per job"
-    a.stop()  # worker a dies: its heartbeat goes stale
-    time.sleep(FAST.stale_seconds + 0.2)
+def _store(tmp_path, worker, options=FAST):
+    return OptunaTrials(default_url(tmp_path), "T", worker, options).start()
+
+
+def _job(c=0):
+    return Job(job_id(c, 0), {"levels": [1] * 12, "ops": ["3d"] * 12, "cluster": 0, "candidate": c, "rung": 0,
+                              "epochs": 1})
+
+
+def test_claims_are_exclusive_and_a_dead_workers_job_is_requeued_once(tmp_path):
+    a, b = _store(tmp_path, "hostA-1-aa"), _store(tmp_path, "hostA-1-bb")
+    job = _job()
+    assert a.try_claim(job) == job and b.try_claim(job) is None, "one claim per job"
+    a._stop.set()  # worker a hangs or dies: its heartbeats stop, nothing else happens
+    a._thread.join()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not read_view(b).orphaned():
+        b.wait(0.2)
     v = read_view(b)
-    assert v.orphaned() == [(0, 0)]
-    assert b.try_claim(job), "the orphaned job is claimed again (attempt 1)"
+    assert v.orphaned() == [(0, 0)], "failed by Optuna's heartbeat check, requeued as a waiting trial"
+    assert b.try_claim(job) == job, "the requeued job is taken again"
     assert b.finish(job, {"score": 0.5})
-    assert not a.finish(job, {"score": 0.1}), "a late result of the dead worker is not recorded twice"
+    assert not a.finish(job, {"score": 0.1}), "a late result of the dead worker is not recorded"
     assert b.result(job.id)["answer"]["score"] == 0.5
-    assert not b.try_claim(job), "finished jobs are never claimed"
+    assert b.try_claim(job) is None, "finished jobs are never claimed"
+    for _ in range(3):
+        read_view(b)  # failing stale trials again requeues nothing more
+    states = sorted(t["state"] for t in job_trials(default_url(tmp_path), "T") if t["job"] == job.id)
+    assert states == ["COMPLETE", "FAIL"], "requeued exactly once"
     b.stop()
 
 
-def test_liveness_missing_dead_foreign_and_removed_folder(tmp_path, monkeypatch):
-    import os
+def test_two_workers_taking_copies_of_one_job_at_once_run_it_once(tmp_path, monkeypatch):
+    a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
+    job = _job()
+    a._enqueue(job)
+    a._enqueue(job)  # both workers enqueued it at the same moment: two waiting copies
+    beat = b.storage.record_heartbeat
 
-    store = TrialStore(tmp_path / "t", "me", WorkerOptions(stale_seconds=60, poll_seconds=0.01)).start()
-    assert store.alive("me") and not store.alive("nobody"), "no heartbeat file: gone"
-    (tmp_path / "t" / "workers" / "ghost.json").write_text(json.dumps({"host": store.host, "pid": 2 ** 22 + 12345}))
-    assert not store.alive("ghost"), "same host, process gone: gone at once"
-    (tmp_path / "t" / "workers" / "other.json").write_text(json.dumps({"host": store.host, "pid": 1}))
+    def rival_takes_the_other_copy(trial_id):  # a takes a copy between b's look and b's take
+        monkeypatch.setattr(b.storage, "record_heartbeat", beat)
+        assert a.try_claim(job) == job
+        beat(trial_id)
 
-    def foreign(pid, sig):
-        raise PermissionError("another user's process")
+    monkeypatch.setattr(b.storage, "record_heartbeat", rival_takes_the_other_copy)
+    assert b.try_claim(job) is None, "b sees a's running copy after taking its own and gives its own up"
+    trials = sorted(job_trials(default_url(tmp_path), "T"), key=lambda t: t["state"])
+    assert [(t["state"], t["worker"]) for t in trials] == [("FAIL", ""), ("RUNNING", "a")]
+    assert trials[0]["duplicate_of"] == trials[1]["number"]
+    assert a.finish(job, {"score": 1.0})
+    a.stop()
+    b.stop()
 
-    monkeypatch.setattr(os, "kill", foreign)
-    assert store.alive("other"), "a process we may not signal exists: its heartbeat decides"
-    store.stop()
-    fast = TrialStore(tmp_path / "u", "x", WorkerOptions(stale_seconds=0.2, poll_seconds=0.01)).start()
-    import shutil
 
-    shutil.rmtree(tmp_path / "u")  # the folder is removed under a beating worker (another run's --overwrite)
-    fast._thread.join(timeout=5)
-    assert not fast._thread.is_alive(), "the heartbeat thread ends instead of raising"
-    fast.stop()
+def test_liveness_transient_heartbeat_error_and_a_crash_mid_job(tmp_path, monkeypatch):
+    me = _store(tmp_path, "me", WorkerOptions(stale_seconds=2, poll_seconds=0.01))
+    assert me.alive("me") and not me.alive("nobody")
+    calls = []
+    beat = me.storage.record_heartbeat
+
+    def flaky(trial_id):
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise OSError("database briefly unreachable")
+        beat(trial_id)
+
+    monkeypatch.setattr(me.storage, "record_heartbeat", flaky)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(calls) < 4:
+        time.sleep(0.1)
+    assert me.heartbeat_errors == 1 and me._thread.is_alive(), "one failed write does not stop the heartbeat"
+    time.sleep(2.5)
+    assert me.alive("me"), "still alive past the grace period"
+    job = _job(1)
+    assert me.try_claim(job) == job
+    me.stop()  # the evaluator raised: the held job is failed and requeued at once
+    assert not me.alive("me"), "a stopped worker's trial is complete"
+    states = sorted(t["state"] for t in job_trials(default_url(tmp_path), "T"))
+    assert states == ["FAIL", "WAITING"]
+
+
+def test_bad_storage_and_job_ids_are_one_line_errors(tmp_path):
+    with pytest.raises(C2FNASError, match=r"--storage nosuchdb://x: cannot open the search storage"):
+        OptunaTrials("nosuchdb://x", "T")
+    assert shown("not a url") == "not a url"
+    assert shown("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    with pytest.raises(ValueError, match="job id 'x1'"):
+        stage_of("x1")
 
 
 def test_second_signal_kills_at_once(tmp_path):

@@ -1,0 +1,335 @@
+"""The search's jobs as Optuna trials: how workers share one search.
+
+One study per stage (`<search>/coarse`, `/fine`, `/standalone`, maximise Dice) holds a
+trial per job: params `level_i`/`op_i` (the genotype), user attributes `job` (its id),
+`payload` (what the evaluator needs), `answer` (Dice, params, FLOPs, memory, timing),
+`worker`. A job is created as a WAITING trial (`study.add_trial`) and taken by moving it
+to RUNNING (`set_trial_state_values`, which only one worker wins); a worker that took a
+job then looks at the job's other trials and gives its own up (FAIL, `duplicate`) if
+another is running or finished: each looks after its own write, so of two that raced at
+most one runs it. While a job runs, its trial's heartbeat is recorded every few seconds
+by a thread that survives a failed write; a job whose heartbeat is older than the grace
+period is failed by Optuna (`fail_stale_trials`, database clock) and requeued exactly
+once (`storage.requeue_failed_job`). A result is the trial's `answer`; a late result of
+a trial already failed is not recorded (the requeued copy's result counts). Each worker
+also holds a RUNNING trial in `<search>/workers` (its liveness, for the main worker).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
+from c2fnas_auto.search.storage import cached, open_storage, requeue_failed_job, shown
+
+STAGES = {"c": "coarse", "f": "fine", "s": "standalone"}
+OP_CHOICES = ("2d", "3d", "p3d")
+MARK = "mark:"
+
+
+def stage_of(job_id: str) -> str:
+    if not job_id or job_id[0] not in STAGES:
+        raise ValueError(f"job id {job_id!r}: expected to start with one of {', '.join(STAGES)}")
+    return STAGES[job_id[0]]
+
+
+def _params(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The genotype as Optuna params (what the dashboard plots); the payload stays the truth."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    params: dict[str, Any] = {}
+    dists: dict[str, Any] = {}
+    for i, level in enumerate(payload.get("levels") or []):
+        params[f"level_{i:02d}"], dists[f"level_{i:02d}"] = int(level), IntDistribution(1, max(4, int(level)))
+    for i, op in enumerate(payload.get("ops") or []):
+        if op in OP_CHOICES:
+            params[f"op_{i:02d}"], dists[f"op_{i:02d}"] = op, CategoricalDistribution(OP_CHOICES)
+    return params, dists
+
+
+def answer_ok(answer: dict[str, Any]) -> bool:
+    return answer.get("status") != "skipped" and answer.get("score") is not None
+
+
+class OptunaTrials:
+    """The jobs of one search (`search` names its studies) in an Optuna storage."""
+
+    def __init__(self, url: str, search: str, worker_id: str | None = None,
+                 options: WorkerOptions | None = None) -> None:
+        self.options = options or WorkerOptions()
+        self.grace = max(2, int(round(self.options.stale_seconds)))
+        self.interval = max(1, self.grace // 4)
+        self.url = url
+        self.folder = shown(url)  # where the trials are, for messages
+        self.search = search
+        self.worker_id = worker_id or new_worker_id()
+        self.storage = cached(open_storage(url, self.interval, self.grace))
+        self.heartbeat_errors = 0  # failed heartbeat writes this worker survived
+        self._studies: dict[str, Any] = {}
+        self._current: int | None = None  # trial id of the job this worker runs
+        self._current_stage = ""
+        self._worker_trial: int | None = None
+        self._jobs_run = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- studies
+    def study(self, stage: str) -> Any:
+        import optuna
+
+        if stage not in self._studies:
+            self._studies[stage] = optuna.create_study(storage=self.storage, study_name=f"{self.search}/{stage}",
+                                                       direction="maximize", load_if_exists=True)
+        return self._studies[stage]
+
+    def _sid(self, stage: str) -> int:
+        return self.storage.get_study_id_from_name(self.study(stage).study_name)
+
+    def _trials(self, stage: str, states: Sequence[Any] | None = None) -> list[Any]:
+        return self.storage.get_all_trials(self._sid(stage), deepcopy=False,
+                                           states=tuple(states) if states is not None else None)
+
+    def _job_trials(self, job_id: str) -> list[Any]:
+        return sorted((t for t in self._trials(stage_of(job_id)) if t.user_attrs.get("job") == job_id),
+                      key=lambda t: t.number)
+
+    def refresh(self, stage: str) -> None:
+        """Fail the jobs whose worker stopped beating; each is requeued once."""
+        import optuna
+        from optuna.storages import fail_stale_trials
+
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(self.study(stage))
+
+    # ---------------------------------------------------------------- heartbeat and liveness
+    def start(self) -> "OptunaTrials":
+        """Announce this worker (a RUNNING trial in `<search>/workers`) and keep its heartbeat
+        and that of the job it runs fresh from a daemon thread."""
+        from optuna.trial import TrialState, create_trial
+
+        self._worker_trial = self.storage.create_new_trial(self._sid("workers"), template_trial=create_trial(
+            state=TrialState.RUNNING, user_attrs={"worker": self.worker_id, "host": socket.gethostname(),
+                                                  "pid": os.getpid(), "started": time.time()}))
+        self.storage.record_heartbeat(self._worker_trial)
+        self._thread = threading.Thread(target=self._beat, name="c2fnas-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in (self._worker_trial, self._current):
+                if trial_id is None:
+                    continue
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a transient storage error: keep beating
+                    self.heartbeat_errors += 1
+
+    def stop(self) -> None:
+        """End the heartbeat; a job still held (the evaluator raised) is failed and requeued
+        at once; the worker trial completes with the number of jobs this worker ran."""
+        from optuna.trial import TrialState
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._current is not None:
+            trial_id, self._current = self._current, None
+            if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                requeue_failed_job(self.study(self._current_stage), self.storage.get_trial(trial_id))
+        if self._worker_trial is not None:
+            self.storage.set_trial_state_values(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
+            self._worker_trial = None
+
+    def alive(self, worker: str) -> bool:
+        """The worker's trial is still RUNNING after stale ones were failed (database clock)."""
+        from optuna.trial import TrialState
+
+        self.refresh("workers")
+        return any(t.user_attrs.get("worker") == worker for t in self._trials("workers", (TrialState.RUNNING,)))
+
+    def workers(self) -> list[str]:
+        return sorted(t.user_attrs["worker"] for t in self._trials("workers"))
+
+    # ---------------------------------------------------------------- reading
+    def results(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """{job: {job, payload, answer, worker, finished_at, trial}}; the first result of a job wins."""
+        from optuna.trial import TrialState
+
+        out: dict[str, dict[str, Any]] = {}
+        stages = [stage_of(prefix)] if prefix else list(STAGES.values())
+        for stage in stages:
+            for t in sorted(self._trials(stage, (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.number):
+                a = t.user_attrs
+                if a.get("job", "").startswith(prefix) and a["job"] not in out and "answer" in a:
+                    out[a["job"]] = {"job": a["job"], "payload": a["payload"], "answer": a["answer"],
+                                     "worker": a.get("worker", ""), "finished_at": a.get("finished_at", 0.0),
+                                     "trial": t.number}
+        return dict(sorted(out.items()))
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        return self.results(job_id).get(job_id)
+
+    def claims(self, prefix: str) -> dict[str, tuple[int, dict[str, Any]]]:
+        """{job: (attempt, latest trial as {worker, payload, state, trial})} after failing stale jobs."""
+        stage = stage_of(prefix)
+        self.refresh(stage)
+        count: dict[str, int] = {}
+        latest: dict[str, Any] = {}
+        for t in sorted(self._trials(stage), key=lambda t: t.number):
+            job = t.user_attrs.get("job", "")
+            if job.startswith(prefix):
+                count[job] = count.get(job, 0) + 1
+                latest[job] = t
+        return {job: (count[job] - 1, {"worker": t.user_attrs.get("worker", ""), "payload": t.user_attrs["payload"],
+                                       "state": t.state.name, "trial": t.number})
+                for job, t in sorted(latest.items())}
+
+    def running(self, claims: dict[str, tuple[int, dict[str, Any]]], done: set[str]) -> set[str]:
+        """Jobs without a result whose latest trial runs (a WAITING one is free to take)."""
+        return {j for j, (_, c) in claims.items() if j not in done and c["state"] == "RUNNING"}
+
+    # ---------------------------------------------------------------- taking and finishing a job
+    def _enqueue(self, job: Job) -> None:
+        from optuna.trial import TrialState, create_trial
+
+        params, dists = _params(job.payload)
+        self.study(stage_of(job.id)).add_trial(create_trial(
+            state=TrialState.WAITING, params=params, distributions=dists,
+            user_attrs={"job": job.id, "payload": job.payload, "stage": stage_of(job.id)}))
+
+    def try_claim(self, job: Job) -> Job | None:
+        """Take `job` (enqueueing it first when no trial of it waits); the job as stored
+        (its payload may be another worker's proposal for the same id), or None."""
+        from optuna.trial import TrialState
+
+        trials = self._job_trials(job.id)
+        if any(t.state != TrialState.WAITING and t.state != TrialState.FAIL for t in trials):
+            return None  # running or finished
+        if not any(t.state == TrialState.WAITING for t in trials):
+            self._enqueue(job)
+            trials = self._job_trials(job.id)
+        for t in (t for t in trials if t.state == TrialState.WAITING):
+            self.storage.record_heartbeat(t._trial_id)  # beats before it runs: a kill right after taking it is seen
+            if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                continue
+            rivals = [o for o in self._job_trials(job.id) if o.number != t.number
+                      and o.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)]
+            if rivals:  # another worker took a copy of this job at the same moment
+                self.storage.set_trial_user_attr(t._trial_id, "duplicate_of", rivals[0].number)
+                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                return None
+            self.storage.set_trial_user_attr(t._trial_id, "worker", self.worker_id)
+            self._current, self._current_stage = t._trial_id, stage_of(job.id)
+            return Job(job.id, t.user_attrs["payload"])
+        return None
+
+    def finish(self, job: Job, answer: dict[str, Any]) -> bool:
+        """Publish the result; False when this worker's trial was failed meanwhile (judged
+        dead and requeued): then the requeued copy's result counts."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        trial_id, self._current = self._current, None
+        if trial_id is None:
+            raise RuntimeError(f"{self.folder}: finish({job.id}) without a claimed job")
+        try:
+            self.storage.set_trial_user_attr(trial_id, "answer", answer)
+            self.storage.set_trial_user_attr(trial_id, "finished_at", time.time())
+            if answer_ok(answer):
+                self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(answer["score"])])
+            else:
+                self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+        except UpdateFinishedTrialError:
+            return False
+        self._jobs_run += 1
+        return True
+
+    # ---------------------------------------------------------------- markers (study attributes)
+    def mark(self, name: str, obj: dict[str, Any], replace: bool = False) -> bool:
+        """Write a marker once (first writer wins), or always with `replace`."""
+        if not replace and self.marker(name) is not None:
+            return False
+        self.storage.set_study_user_attr(self._sid("coarse"), MARK + name, obj)
+        return True
+
+    def marker(self, name: str) -> dict[str, Any] | None:
+        return self.storage.get_study_user_attrs(self._sid("coarse")).get(MARK + name)
+
+    def wait(self, seconds: float | None = None) -> None:
+        time.sleep(self.options.poll_seconds if seconds is None else seconds)
+
+    # ---------------------------------------------------------------- a batch of independent jobs
+    def run_batch(self, jobs: Sequence[Job], evaluate: Callable[[Job], dict[str, Any]],
+                  on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
+                  check_stop: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
+        """Work on `jobs` with every other worker until all have a result; {job: result}.
+
+        `check_stop()` is called after each job this worker finished and while it waits;
+        it raises to stop (the finished job is already published)."""
+        check = check_stop or (lambda: None)
+        if not jobs:
+            return {}
+        prefix = jobs[0].id[0]
+        while True:
+            done = self.results(prefix)
+            pending = [j for j in jobs if j.id not in done]
+            if not pending:
+                return {j.id: done[j.id] for j in jobs}
+            self.claims(prefix)  # fail stale jobs (requeued)
+            mine = next((m for j in pending if (m := self.try_claim(j)) is not None), None)
+            if mine is None:
+                check()
+                self.wait()
+                continue
+            answer = evaluate(mine)
+            if self.finish(mine, answer) and on_finish is not None:
+                on_finish(mine, answer)
+            check()
+
+
+def clear_search(url: str, search: str) -> None:
+    """Delete the search's studies (--overwrite)."""
+    import optuna
+
+    storage = open_storage(url, 1, 2)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for stage in (*STAGES.values(), "workers"):
+        if f"{search}/{stage}" in names:
+            optuna.delete_study(study_name=f"{search}/{stage}", storage=storage)
+
+
+def has_results(url: str, search: str) -> bool:
+    """Whether the storage holds finished jobs of this search (a fresh start must not mix in)."""
+    import optuna
+
+    storage = open_storage(url, 1, 2)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return any(s.study_name.startswith(f"{search}/") and s.study_name != f"{search}/workers" and s.n_trials
+               for s in summaries)
+
+
+def job_trials(url: str, search: str) -> list[dict[str, Any]]:
+    """Every job trial of a search as plain dicts (job, stage, state, worker, number,
+    duplicate_of, finished_at, seconds): for tests, benchmarks and a look from outside."""
+    import optuna
+
+    storage = open_storage(url, 1, 2)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    out = []
+    for stage in STAGES.values():
+        if f"{search}/{stage}" not in names:
+            continue
+        sid = storage.get_study_id_from_name(f"{search}/{stage}")
+        for t in storage.get_all_trials(sid, deepcopy=False):
+            a = t.user_attrs
+            out.append({"job": a.get("job", ""), "stage": stage, "state": t.state.name, "worker": a.get("worker", ""),
+                        "number": t.number, "duplicate_of": a.get("duplicate_of"),
+                        "finished_at": a.get("finished_at"), "seconds": (a.get("answer") or {}).get("seconds")})
+    return out
