@@ -3,7 +3,10 @@
 The three roots come from environment variables (as in nnU-Net) so that the same
 commands work on a laptop and on a cluster without editing any file. A task is named
 by its number (`7`, `"007"`) or its full folder name (`Task07_Pancreas`,
-`Dataset007_Pancreas`); MSD and nnU-Net v2 folder names are both recognised.
+`Dataset007_Pancreas`); MSD and nnU-Net v2 folder names are both recognised. Nothing else
+is a task: a name like `..` or `a/b` would place plans, data or results outside the roots,
+so every derived folder checks that its task name is a TaskNN_* / DatasetNNN_* name and one
+path component.
 """
 
 from __future__ import annotations
@@ -49,6 +52,20 @@ def results_root() -> Path:
     return _root_from_env(RESULTS_ENV)
 
 
+def check_task_name(name: str) -> str:
+    """`name` if it is a TaskNN_* / DatasetNNN_* folder name and a single path component."""
+    text = str(name)
+    if _TASK_FOLDER.match(text) is None or not _is_component(text):
+        raise TaskNotFoundError(f"task {text!r}: not a task folder name (TaskNN_* or DatasetNNN_*; or pass the "
+                                "task id, e.g. 7)")
+    return text
+
+
+def _is_component(name: str) -> bool:
+    """One path component: no separators, no NUL, not '.' or '..'."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
+
+
 def parse_task_folder_name(name: str) -> int | None:
     """The task number of a folder named Task07_X / Dataset007_X, or None."""
     m = _TASK_FOLDER.match(name)
@@ -85,9 +102,9 @@ def resolve_task(task: str | int, root: Path | None = None) -> Path:
     found_names = ", ".join(p.name for p in found) or "no task folders"
     number = _task_number(task)
     if number is None:
-        name = str(task).strip()
+        name = check_task_name(str(task).strip())
         candidate = root / name
-        if name and "/" not in name and candidate.is_dir():
+        if candidate.is_dir():
             return candidate
         raise TaskNotFoundError(f"task {task!r}: no folder {name!r} in {root} (found: {found_names})")
     matches = [p for p in found if parse_task_folder_name(p.name) == number]
@@ -108,12 +125,15 @@ def task_name_from_id(task: str | int, root: Path | None = None) -> str:
 
 def preprocessed_dir(task_name: str) -> Path:
     """C2FNAS_preprocessed/<task_name>: fingerprint, plans, preprocessed cases, search state."""
-    return preprocessed_root() / task_name
+    return preprocessed_root() / check_task_name(task_name)
 
 
 def results_dir(task_name: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
     """C2FNAS_results/<task_name>/<plans_name>: one sub-folder per fold."""
-    return results_root() / task_name / plans_name
+    if not _is_component(str(plans_name)):
+        raise TaskNotFoundError(f"plans or experiment name {plans_name!r}: must be one folder name "
+                                "(no '/', '\\', '.' or '..')")
+    return results_root() / check_task_name(task_name) / plans_name
 
 
 def fold_dir(task_name: str, fold: int | str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
@@ -130,4 +150,4 @@ def experiment_name(plans_name: str, genotype_id: str) -> str:
 def search_results_dir(task_name: str) -> Path:
     """C2FNAS_results/<task_name>/search: the search's state, report, supernet and winner.
     Results, not preprocessed data: deleting regenerable preprocessed data keeps the search."""
-    return results_root() / task_name / "search"
+    return results_root() / check_task_name(task_name) / "search"

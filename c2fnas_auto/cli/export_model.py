@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 
 FORMATS = ("zip", "torchscript", "onnx", "monai-bundle")
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zip: folds to include (default every trained fold); other formats: the one fold to "
                         "export (default 'all' if trained, else the first fold)")
     p.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
+    add_trust_flag(p)
     return p
 
 
@@ -78,7 +79,8 @@ def _export_network(args) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(_export_zip(args) if args.format == "zip" else _export_network(args))
+    with trust_from_args(args):  # a zip always gets checkpoints in the current (tensors + plain data) format
+        print(_export_zip(args) if args.format == "zip" else _export_network(args))
     return 0
 
 

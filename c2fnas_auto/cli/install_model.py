@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
+from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="c2fnas_install_model", description=(
-        "Check a model zip (manifest, file list, paths, CRC, loadable checkpoints) in a temporary folder, "
-        "then move its experiments to $C2FNAS_results/<task>/<experiment>. A bad zip installs nothing."))
+        "Check a model zip (size budgets, manifest, file list, paths, CRC, checkpoints that load as tensors "
+        "and plain data and match their network config) in a temporary folder, then move its experiments to "
+        "$C2FNAS_results/<task>/<experiment>. A bad zip installs nothing."))
     p.add_argument("zip", help="model file written by c2fnas_export_model")
     p.add_argument("--overwrite", action="store_true", help="replace experiments that are already installed")
+    add_zip_limit_flags(p)
+    add_trust_flag(p)
     return p
 
 
@@ -22,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     from c2fnas_auto import paths
     from c2fnas_auto.deployment.model_zip import install_model_zip
 
-    targets = install_model_zip(args.zip, paths.results_root(), overwrite=args.overwrite)
+    with trust_from_args(args):
+        targets = install_model_zip(args.zip, paths.results_root(), overwrite=args.overwrite,
+                                    limits=zip_limits_from_args(args))
     for t in targets:
         print(f"installed {t}")
     print(f"predict with: c2fnas_predict -i INPUT -o OUTPUT -t {targets[0].parent.name} --experiment "

@@ -6,7 +6,8 @@ import argparse
 import sys
 from contextlib import ExitStack
 
-from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
+from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which part this job predicts, 0..num-parts-1 (every num-parts-th case in name order)")
     p.add_argument("--tile-batch-size", type=int, default=2,
                    help="sliding-window tiles per forward pass (default 2: on a CPU, PyTorch runs single-sample 3D convolutions through a much slower kernel)")
+    add_zip_limit_flags(p)
+    add_trust_flag(p)
     return p
 
 
@@ -68,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         from c2fnas_auto.deployment.model_zip import expand_model_zips
 
-        folders = expand_model_zips(folders, stack)  # a model .zip is read from a temporary folder
+        stack.enter_context(trust_from_args(args))
+        # a model .zip is read from a temporary folder
+        folders = expand_model_zips(folders, stack, zip_limits_from_args(args))
         predictor = Predictor(folders, folds=args.folds, device=args.device, step_size=args.step_size,
                               tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
                               checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the final validation's softmax (validation/<case>.npz): "
                         "c2fnas_find_best_configuration scores ensembles from it (nnU-Net's --npz)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_trust_flag(p)
     return p
 
 
@@ -74,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
         save_probabilities=args.save_probabilities, augmentation=args.augmentation,
         foreground_classes=args.foreground_classes)
-    trainer = Trainer(args.task, args.fold, options)
-    try:
-        trainer.run()
-    except TrainingStopped:  # SIGTERM / SIGUSR1: checkpoint written, resume with --continue
-        return PREEMPTED_EXIT_CODE
+    with trust_from_args(args):  # --continue from an older checkpoint_latest; new ones are plain data
+        trainer = Trainer(args.task, args.fold, options)
+        try:
+            trainer.run()
+        except TrainingStopped:  # SIGTERM / SIGUSR1: checkpoint written, resume with --continue
+            return PREEMPTED_EXIT_CODE
     if trainer.is_main:
         print(f"results in {trainer.fold_dir}", flush=True)
     return 0

@@ -28,6 +28,7 @@ class Case:
     case_id: str
     image_files: list[Path]
     label_file: Path | None = None
+    problem: str | None = None  # a listing problem kept for this case alone (prediction inputs)
 
 
 @dataclass
@@ -212,13 +213,15 @@ def load_dataset(task_folder: str | Path) -> Dataset:
                      "'file_ending') layout")
 
 
-def cases_from_folder(folder: str | Path, num_channels: int, file_ending: str = ".nii.gz") -> list[Case]:
+def cases_from_folder(folder: str | Path, num_channels: int, file_ending: str = ".nii.gz",
+                      per_case_problems: bool = False) -> list[Case]:
     """Prediction inputs in `folder`: nnU-Net CASE_XXXX channel files or single (4D) files.
 
     The folder is taken as nnU-Net style when every image file ends in a 4-digit
     channel number and channel 0000 occurs; otherwise each file is a case of its own
     (MSD: a 3D file for one channel, a 4D file for several). A case with the wrong
-    channel count raises InputError naming it.
+    channel count or dimension raises InputError naming it; with `per_case_problems` the
+    message is kept in that case's `problem` instead, so a predictor fails that case alone.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -238,17 +241,30 @@ def cases_from_folder(folder: str | Path, num_channels: int, file_ending: str = 
             assert m is not None
             groups.setdefault(m.group("case"), {})[int(m.group("channel"))] = p
         for case_id, found in groups.items():
+            problem = None
             if sorted(found) != list(range(num_channels)):
                 got = ", ".join(f"{c:04d}" for c in sorted(found))
                 want = ", ".join(f"{c:04d}" for c in range(num_channels))
-                raise InputError(f"{folder / case_id}: case has channel files {got}, the plans expect {want}")
-            cases.append(Case(case_id, [found[c] for c in range(num_channels)], None))
+                problem = f"{folder / case_id}: case has channel files {got}, the plans expect {want}"
+            cases.append(_listed(Case(case_id, [found[c] for c in sorted(found)], None), problem, per_case_problems))
         return cases
     for p in files:
-        info = read_image_info(p)
-        if info.dimension not in (3, 4):
-            raise InputError(f"{p}: image is {info.dimension}D, expected a 3D volume (or 4D for several channels)")
-        if info.num_channels != num_channels:
-            raise InputError(f"{p}: case has {info.num_channels} channel(s), the plans expect {num_channels}")
-        cases.append(Case(strip_ending(p), [p], None))
+        problem = None
+        try:
+            info = read_image_info(p)
+        except InputError as exc:
+            info, problem = None, str(exc)
+        if info is not None and info.dimension not in (3, 4):
+            problem = f"{p}: image is {info.dimension}D, expected a 3D volume (or 4D for several channels)"
+        elif info is not None and info.num_channels != num_channels:
+            problem = f"{p}: case has {info.num_channels} channel(s), the plans expect {num_channels}"
+        cases.append(_listed(Case(strip_ending(p), [p], None), problem, per_case_problems))
     return cases
+
+
+def _listed(case: Case, problem: str | None, keep: bool) -> Case:
+    """The case, carrying `problem` when kept per case; else the problem is raised."""
+    if problem is not None and not keep:
+        raise InputError(problem)
+    case.problem = problem
+    return case

@@ -3,7 +3,8 @@
 A broken file found after hours of preprocessing or training wastes the run; a broken
 file never found silently corrupts it (SimpleITK zero-fills truncated NIfTI). So every
 case is read completely once, up front, and the first problem is raised as one
-InputError line that names the file and what is wrong with it.
+InputError line that names the file and what is wrong with it. Prediction inputs get the
+same voxel checks case by case (`read_case_to_predict`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from c2fnas_auto.data.dataset import Case, Dataset
-from c2fnas_auto.data.image_io import check_complete, count_nonfinite, read_image_info, read_segmentation, read_volume
+from c2fnas_auto.data.image_io import (Geometry, check_complete, count_nonfinite, read_image, read_image_info,
+                                       read_segmentation, read_volume)
 from c2fnas_auto.errors import InputError
 
 GRID_RTOL = 1e-3
@@ -175,3 +177,22 @@ def verify_dataset(dataset: Dataset, num_workers: int = 1, check_test: bool = Tr
         problem = _first_problem([(stage, c, exp, needs) for c, needs in cases], workers, show, desc)
         if problem is not None:
             raise InputError(problem)
+
+
+def read_case_to_predict(case: Case, num_channels: int) -> tuple[np.ndarray, Geometry]:
+    """Read one prediction input with the checks training inputs get; InputError names the file.
+
+    A problem found while listing the folder (wrong channel files, not 3D/4D) is raised
+    here, so the predictor fails this case alone. Non-finite voxels would otherwise turn
+    into an empty or wrong segmentation with exit 0 (ITK even reads NIfTI NaN as 0)."""
+    if case.problem:
+        raise InputError(case.problem)
+    data, geometry = read_image(case.image_files)
+    if data.shape[0] != num_channels:
+        raise InputError(f"{case.image_files[0]}: {data.shape[0]} channel(s), the model expects {num_channels}")
+    per_file = [data] if len(case.image_files) == 1 else list(data)
+    for f, arr in zip(case.image_files, per_file):
+        bad = count_nonfinite(f, arr)
+        if bad:
+            raise InputError(f"{f}: image contains {bad} NaN/inf voxel(s)")
+    return data, geometry

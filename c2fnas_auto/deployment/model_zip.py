@@ -12,10 +12,13 @@ Layout inside the zip (`MANIFEST` at the top says what it holds)::
     <task>/<experiment>/fold_k/checkpoint_<name>.pth (weights only: no optimizer state)
     <task>/<experiment>/fold_k/postprocessing.json, validation/summary.json
 
-Reading a zip is defensive: it must be a zip, carry our manifest, list exactly its files,
-hold only relative paths below the task folder (no `..`, no absolute paths, no links), pass
-its CRC check and have loadable checkpoints. It is extracted to a temporary folder first and
-only renamed into place when all of that holds, so a bad zip installs nothing.
+Reading a zip is defensive (a zip is made to come from someone else): it must be a zip,
+stay within its budgets (entry count, declared and written uncompressed bytes, manifest size:
+deployment/zip_limits.py), carry our manifest, list exactly its files, hold only relative
+paths below the task folder (no `..`, no absolute paths, no links), pass its CRC check and
+have checkpoints that load as tensors and plain data (never unpickled) whose network config
+matches their weights. It is extracted to a temporary folder first and only renamed into
+place when all of that holds, so a bad zip installs nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 from c2fnas_auto.deployment.errors import DeploymentError
-from c2fnas_auto.utils.io import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
+from c2fnas_auto.deployment.zip_limits import ZipLimits, copy_bounded
+from c2fnas_auto.paths import parse_task_folder_name
+from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 MANIFEST = "c2fnas_model.json"
 FORMAT = "c2fnas-model"
@@ -45,7 +50,7 @@ KEEP_KEYS = ("network_weights", "plans", "genotype", "network_config", "epoch", 
 def _stage_experiment(exp_dir: Path, stage: Path, checkpoint_name: str, folds: Sequence[str],
                       task_files: dict[str, Path]) -> dict:
     from c2fnas_auto.deployment.selection import fold_summaries, pooled_summary
-    from c2fnas_auto.nas.checkpoint import load_checkpoint
+    from c2fnas_auto.nas.checkpoint import load_checkpoint, save_checkpoint_dict
 
     stage.mkdir(parents=True)
     plans = genotype = None
@@ -53,7 +58,7 @@ def _stage_experiment(exp_dir: Path, stage: Path, checkpoint_name: str, folds: S
         src = exp_dir / f"fold_{fold}"
         ckpt = load_checkpoint(src / checkpoint_name)
         plans, genotype = ckpt.get("plans"), ckpt.get("genotype")
-        atomic_torch_save({k: ckpt[k] for k in KEEP_KEYS if k in ckpt}, stage / f"fold_{fold}" / checkpoint_name)
+        save_checkpoint_dict({k: ckpt[k] for k in KEEP_KEYS if k in ckpt}, stage / f"fold_{fold}" / checkpoint_name)
         for rel in ("postprocessing.json", "validation/summary.json"):
             if (src / rel).is_file():
                 (stage / f"fold_{fold}" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -154,21 +159,23 @@ def _safe_member(name: str, info: zipfile.ZipInfo, zip_file: Path) -> PurePosixP
     return path
 
 
-def read_manifest(zip_file: Path) -> dict:
+def read_manifest(zip_file: Path, limits: ZipLimits | None = None) -> dict:
     """Open, check and return the manifest of a model zip; any problem is one DeploymentError line."""
     zip_file = Path(zip_file)
+    limits = limits or ZipLimits()
     if not zip_file.is_file():
         raise DeploymentError(f"{zip_file}: model file not found")
     try:
         with zipfile.ZipFile(zip_file) as zf:
             infos = zf.infolist()
+            limits.check_declared(infos, MANIFEST, zip_file)
             for info in infos:
                 _safe_member(info.filename, info, zip_file)
             names = {i.filename for i in infos if not i.is_dir()}
             if MANIFEST not in names:
                 raise DeploymentError(f"{zip_file}: not a c2fnas-auto model (no {MANIFEST}; was it written by "
                                       "c2fnas_export_model?)")
-            manifest = _parse_manifest(zf.read(MANIFEST), zip_file)
+            manifest = _parse_manifest(limits.read_manifest_bytes(zf, MANIFEST, zip_file), zip_file)
             bad = zf.testzip()
             if bad is not None:
                 raise DeploymentError(f"{zip_file}: corrupt member '{bad}' (CRC mismatch)")
@@ -205,9 +212,11 @@ def _parse_manifest(raw: bytes, zip_file: Path) -> dict:
     if not isinstance(task, str) or not task or "/" in task or task in (".", "..") \
             or not isinstance(exps, list) or not exps or not isinstance(manifest.get("files"), list):
         raise DeploymentError(f"{zip_file}: {MANIFEST} lacks a task, experiments or the file list")
+    if parse_task_folder_name(task) is None or "\\" in task:
+        raise DeploymentError(f"{zip_file}: {MANIFEST} names task {task!r}, not a TaskNN_* or DatasetNNN_* folder")
     for e in exps:
         name = e.get("name") if isinstance(e, dict) else None
-        if not isinstance(name, str) or not name or "/" in name or name in (".", "..") \
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
                 or not isinstance(e.get("folds"), list) or not e["folds"]:
             raise DeploymentError(f"{zip_file}: {MANIFEST} has a malformed experiment entry {e!r:.80}")
     return manifest
@@ -232,30 +241,33 @@ def _check_extracted(root: Path, manifest: dict, zip_file: Path) -> list[Path]:
     return folders
 
 
-def extract_checked(zip_file: Path, into: Path) -> tuple[dict, list[Path]]:
+def extract_checked(zip_file: Path, into: Path, limits: ZipLimits | None = None) -> tuple[dict, list[Path]]:
     """Extract a checked model zip below the existing folder `into`; returns (manifest, experiment folders)."""
-    manifest = read_manifest(zip_file)
+    limits = limits or ZipLimits()
+    manifest = read_manifest(zip_file, limits)
+    left = limits.max_total_bytes
     try:
         with zipfile.ZipFile(zip_file) as zf:
             for rel in manifest["files"]:
                 target = into / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(rel) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                    left -= copy_bounded(src, dst, left, Path(zip_file), limits)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DeploymentError(f"{zip_file}: extraction failed ({type(exc).__name__}: {exc})") from None
     return manifest, _check_extracted(into, manifest, Path(zip_file))
 
 
 @contextmanager
-def opened_model(zip_file: Path) -> Iterator[list[Path]]:
+def opened_model(zip_file: Path, limits: ZipLimits | None = None) -> Iterator[list[Path]]:
     """The experiment folders of a model zip, extracted to a temporary folder for as long as needed."""
     with tempfile.TemporaryDirectory(prefix="c2fnas-model-") as tmp:
-        _, folders = extract_checked(Path(zip_file), Path(tmp))
+        _, folders = extract_checked(Path(zip_file), Path(tmp), limits)
         yield folders
 
 
-def expand_model_zips(folders: Sequence[str | os.PathLike], stack: ExitStack) -> list[Path]:
+def expand_model_zips(folders: Sequence[str | os.PathLike], stack: ExitStack,
+                      limits: ZipLimits | None = None) -> list[Path]:
     """Model folders as given, with each `.zip` replaced by the experiments it holds.
 
     A plain file is read as a model zip whatever its suffix, so a renamed zip works and
@@ -264,14 +276,15 @@ def expand_model_zips(folders: Sequence[str | os.PathLike], stack: ExitStack) ->
     for f in folders:
         p = Path(f)
         if p.is_file() or (p.suffix.lower() == ".zip" and not p.is_dir()):
-            out += stack.enter_context(opened_model(p))
+            out += stack.enter_context(opened_model(p, limits))
         else:
             out.append(p)
     return out
 
 
 # --------------------------------------------------------------- install
-def install_model_zip(zip_file: Path, results_root: Path, overwrite: bool = False) -> list[Path]:
+def install_model_zip(zip_file: Path, results_root: Path, overwrite: bool = False,
+                      limits: ZipLimits | None = None) -> list[Path]:
     """Install every experiment of a model zip into `results_root/<task>/<experiment>`.
 
     All checks run on a temporary extraction inside `results_root` (same file system, so the
@@ -280,7 +293,7 @@ def install_model_zip(zip_file: Path, results_root: Path, overwrite: bool = Fals
     results_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".c2fnas-install-", dir=results_root))
     try:
-        manifest, folders = extract_checked(Path(zip_file), tmp)
+        manifest, folders = extract_checked(Path(zip_file), tmp, limits)
         task_dir = results_root / manifest["task"]
         targets = [task_dir / f.name for f in folders]
         existing = [t for t in targets if t.exists()]

@@ -43,7 +43,7 @@ def task_results_dir(task: str | int) -> Path:
             pattern = re.compile(rf"^(Task0*{int(text)}|Dataset0*{int(text)})_")
             found = [p for p in root.iterdir() if p.is_dir() and pattern.match(p.name)] if root.is_dir() else []
         else:
-            found = [root / text] if (root / text).is_dir() else []
+            found = [root / paths.check_task_name(text)] if (root / paths.check_task_name(text)).is_dir() else []
         if len(found) != 1:
             raise InputError(f"{root}: no single results folder for task {task} (found {len(found)})") from None
         return found[0]

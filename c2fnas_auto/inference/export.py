@@ -76,11 +76,17 @@ def export_prediction(probabilities: np.ndarray | torch.Tensor, properties: dict
     out_file = Path(out_file)
     write_segmentation(seg, geometry_from_properties(properties), out_file)
     if save_probabilities:
-        stem = _strip_image_ending(out_file)
-        with atomic_path(out_file.parent / f"{stem}.npz", suffix=".npz") as tmp:
+        npz, props = probability_files(out_file)
+        with atomic_path(npz, suffix=".npz") as tmp:
             np.savez_compressed(tmp, probabilities=full)
-        atomic_write_json(out_file.parent / f"{stem}.json", properties)
+        atomic_write_json(props, properties)
     return seg
+
+
+def probability_files(out_file: Path) -> tuple[Path, Path]:
+    """(`<case>.npz`, `<case>.json`) written next to the segmentation `out_file` with probabilities."""
+    stem = _strip_image_ending(Path(out_file))
+    return Path(out_file).parent / f"{stem}.npz", Path(out_file).parent / f"{stem}.json"
 
 
 def _strip_image_ending(path: Path) -> str:

@@ -114,10 +114,14 @@ def _one_line(exc: BaseException) -> str:
         text[0] if text else type(exc).__name__)
 
 
-def _finished(out_file: Path) -> bool:
-    """An existing output counts as done only if it is complete: our writes are atomic, but a
-    file left by another tool or a crashed copy may be cut short and must be predicted again."""
+def _finished(out_file: Path, save_probabilities: bool = False) -> bool:
+    """A case counts as done only when every output the run asks for is there and complete.
+
+    Our writes are atomic, but a file left by another tool or a crashed copy may be cut short,
+    and a kill between the image's rename and the probabilities' leaves the image alone: with
+    `save_probabilities` the case's `.npz` and `.json` must be there too, else it is redone."""
     from c2fnas_auto.data.image_io import check_complete
+    from c2fnas_auto.inference.export import probability_files
 
     if not out_file.is_file():
         return False
@@ -125,6 +129,27 @@ def _finished(out_file: Path) -> bool:
         check_complete(out_file)
     except InputError:
         tqdm.write(f"{out_file}: incomplete output from an earlier run, predicting it again", file=sys.stderr)
+        return False
+    if save_probabilities:
+        missing = [f.name for f in probability_files(out_file) if not _readable_companion(f)]
+        if missing:
+            tqdm.write(f"{out_file}: {', '.join(missing)} missing or unreadable, predicting it again", file=sys.stderr)
+            return False
+    return True
+
+
+def _readable_companion(path: Path) -> bool:
+    """The `.npz` opens as a zip and the `.json` parses (both are written atomically by us)."""
+    import zipfile
+
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path) as zf:
+                return "probabilities.npy" in zf.namelist()
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False
     return True
 
@@ -197,6 +222,11 @@ class Predictor:
             raise InputError(f"step size {step_size} must be in (0, 1]")
         if tile_batch_size < 1:
             raise InputError(f"tile batch size {tile_batch_size} must be at least 1")
+        from c2fnas_auto.planning.size_check import check_prediction_fits
+
+        for m in models:  # a checkpoint's plans may come from someone else: its patch is checked first
+            check_prediction_fits(m.checkpoint_file or "network in memory", m.plans.patch_size, m.plans.num_channels,
+                                  m.plans.num_classes, tile_batch_size)
         if isinstance(postprocessing, (str, os.PathLike)):
             postprocessing = load_postprocessing(postprocessing)
         self.models = models
@@ -256,6 +286,9 @@ class Predictor:
             image = image[None]
         if image.ndim != 4:
             raise InputError(f"image array must be (C, z, y, x) or (z, y, x), got shape {image.shape}")
+        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        if bad:
+            raise InputError(f"image array contains {bad} NaN/inf voxel(s)")
         if len(spacing) != 3:
             raise InputError(f"spacing needs 3 values (z, y, x), got {list(spacing)}")
         geometry = Geometry(spacing=tuple(float(s) for s in reversed(list(spacing))),
@@ -290,7 +323,7 @@ class Predictor:
                           {**self.info(), "input": str(input_folder) if input_folder else [c.case_id for c in cases]})
         todo = [(c, output_folder / f"{c.case_id}{file_ending}") for c in cases]
         if continue_:
-            todo = [(c, f) for c, f in todo if not _finished(f)]
+            todo = [(c, f) for c, f in todo if not _finished(f, save_probabilities)]
         return self._run(todo, save_probabilities, num_export_workers)
 
     def _cases(self, inputs: Any, file_ending: str) -> tuple[list, Path | None]:
@@ -298,7 +331,8 @@ class Predictor:
         from c2fnas_auto.data.image_io import strip_ending
 
         if isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_dir():
-            return cases_from_folder(Path(inputs), self.plans.num_channels, file_ending), Path(inputs)
+            return cases_from_folder(Path(inputs), self.plans.num_channels, file_ending,
+                                     per_case_problems=True), Path(inputs)
         if isinstance(inputs, (str, os.PathLike)):
             raise InputError(f"{inputs}: input folder not found")
         cases = []
@@ -318,6 +352,7 @@ class Predictor:
 
     def _run(self, todo: list[tuple[Any, Path]], save_probabilities: bool,
              num_export_workers: int) -> list[tuple[str, str]]:
+        from c2fnas_auto.data.integrity import read_case_to_predict
         from c2fnas_auto.preprocessing.preprocessor import preprocess_case
 
         plans, pp = self.plans, self.postprocessing
@@ -327,8 +362,9 @@ class Predictor:
             failures.append((case_id, _one_line(exc)))
             tqdm.write(f"case {case_id}: {what}: {_one_line(exc)}", file=sys.stderr)
 
-        def load(case: Any) -> tuple:
-            return preprocess_case(case.image_files, plans, case_id=case.case_id)
+        def load(case: Any) -> tuple:  # checked like training input: channels, dimension, NaN/inf
+            image = read_case_to_predict(case, plans.num_channels)
+            return preprocess_case(case.image_files, plans, case_id=case.case_id, image=image)
 
         pool = ProcessPoolExecutor(max_workers=num_export_workers) if num_export_workers > 1 else None
         pending: list[tuple[str, Future]] = []

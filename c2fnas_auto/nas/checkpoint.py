@@ -4,6 +4,12 @@ The format lives here, below both training (which writes and resumes) and infere
 predicts), so neither imports the other for it. A checkpoint records the network's identity
 (genotype and network config) next to its weights, and `trained_network` rebuilds exactly
 that network, so a fold can never be loaded into, or ensembled as, another architecture.
+
+A checkpoint holds tensors and plain data only, with a `format_version`, and is read with
+`weights_only=True` (utils/torch_files.py): a checkpoint from someone else cannot run code.
+Its network config is checked against its own tensor shapes on the meta device before
+anything is allocated, so a config that claims 8192 channels fails with one line instead
+of a multi-GB allocation.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import torch
 from torch import nn
 
 from c2fnas_auto.errors import C2FNASError, InputError
-from c2fnas_auto.utils.io import atomic_torch_save
+from c2fnas_auto.utils.torch_files import load_torch_file, save_plain
 
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
 CHECKPOINTS = ("final", "best", "latest")  # the names `checkpoint_<name>.pth` a user may choose
 REQUIRED_KEYS = ("network_weights", "plans", "genotype", "network_config")
+# 2: tensors and plain data only (no pickled objects), readable with torch.load(weights_only=True)
+FORMAT_VERSION = 2
 
 
 def checkpoint_file_name(checkpoint: str) -> str:
@@ -34,21 +42,28 @@ def save_checkpoint(path: Path, *, network_state: dict, optimizer_state: dict, s
                     log_state: dict, plans: dict, genotype: dict, network_config: dict, extra: dict | None = None
                     ) -> None:
     """Atomic save; `epoch` is the number of finished epochs (the epoch to resume at)."""
-    atomic_torch_save({"network_weights": network_state, "optimizer_state": optimizer_state,
-                       "grad_scaler_state": scaler_state, "epoch": int(epoch), "logging": log_state,
-                       "plans": plans, "genotype": genotype, "network_config": network_config,
-                       **(extra or {})}, path)
+    save_plain({"format_version": FORMAT_VERSION, "network_weights": network_state,
+                "optimizer_state": optimizer_state, "grad_scaler_state": scaler_state, "epoch": int(epoch),
+                "logging": log_state, "plans": plans, "genotype": genotype, "network_config": network_config,
+                **(extra or {})}, path)
+
+
+def save_checkpoint_dict(ckpt: dict, path: Path) -> None:
+    """Write an already assembled checkpoint (e.g. an export's reduced copy) in the current format."""
+    save_plain({**ckpt, "format_version": FORMAT_VERSION}, path)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Read a checkpoint; an unreadable file names itself in the error."""
+    """Read a checkpoint as tensors and plain data; unreadable, pickled or newer files name themselves."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated or foreign files: one line for the user
-        raise InputError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    ckpt = load_torch_file(path, "checkpoint", map_location)
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{path}: not a c2fnas-auto checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+    version = ckpt.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format_version {version!r} is newer than this c2fnas-auto "
+                         f"reads ({FORMAT_VERSION}); update c2fnas-auto")
+    return ckpt
 
 
 @dataclass
@@ -85,17 +100,46 @@ def trained_network(path: Path, map_location="cpu") -> TrainedNetwork:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise InputError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    genotype, config = ckpt["genotype"], ckpt["network_config"]
+    if not isinstance(genotype, (dict, Genotype)) or not isinstance(config, (dict, NetworkConfig)):
+        raise InputError(f"{path}: genotype and network_config must be objects (got {type(genotype).__name__}, "
+                         f"{type(config).__name__})")
     try:
-        genotype = ckpt["genotype"]
         genotype = (Genotype.from_dict(genotype) if isinstance(genotype, dict) else genotype).validate()
-        config = ckpt["network_config"]
         config = NetworkConfig.from_dict(config) if isinstance(config, dict) else config
     except C2FNASError as exc:  # the genotype / config errors do not know the file
         raise InputError(f"{path}: {exc}") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # malformed plain data from a file
+        raise InputError(f"{path}: malformed genotype or network_config ({type(exc).__name__}: {exc})") from None
+    weights = ckpt["network_weights"]
+    check_weights_fit_config(path, weights, lambda: build_network(genotype, config))
     network = build_network(genotype, config)
     try:
-        network.load_state_dict(ckpt["network_weights"])
+        network.load_state_dict(weights)
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit the stored network ({str(exc).splitlines()[0]})") from None
-    plans = ckpt["plans"] if isinstance(ckpt["plans"], dict) else ckpt["plans"].to_dict()
+    plans = ckpt["plans"].to_dict() if hasattr(ckpt["plans"], "to_dict") else ckpt["plans"]
+    if not isinstance(plans, dict):
+        raise InputError(f"{path}: plans must be an object (got {type(plans).__name__})")
     return TrainedNetwork(network, genotype, config, plans, path)
+
+
+def check_weights_fit_config(path: Path, weights: Any, build: Any) -> None:
+    """The network `build()` makes (on the meta device: no memory) has exactly the tensors in
+    `weights`, name for name and shape for shape; else InputError naming the first difference.
+
+    Sizes in a checkpoint's config are thus bounded by its own tensors, which a model zip's
+    byte budget bounds in turn."""
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(f"{path}: network_weights is not a mapping of names to tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or extra:
+        raise InputError(f"{path}: weights do not fit the stored network (genotype and network_config build "
+                         f"other tensors: missing {missing[:2]}, unexpected {extra[:2]})")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise InputError(f"{path}: weights do not fit the stored network: '{key}' is {list(stored[key])}, "
+                             f"its network_config builds {list(shape)} (checked before allocating)")

@@ -1,9 +1,11 @@
 """Dataset fingerprint: the measurements the planner decides from.
 
-Per case: spacing and shape before/after cropping to the nonzero region. Per
-channel: intensity statistics of foreground voxels (label > 0), computed from a
-fixed-seed sample per case so the fingerprint is reproducible and the memory stays
-bounded on large datasets. Saved as `fingerprint.json` in the preprocessed folder.
+Per case: spacing and shape before/after cropping to the nonzero region, and the size
+and mtime of the source files it was measured from (data/sources.py), so a replaced image
+or label is noticed and the fingerprint recomputed. Per channel: intensity statistics of
+foreground voxels (label > 0), computed from a fixed-seed sample per case so the
+fingerprint is reproducible and the memory stays bounded on large datasets. Saved as
+`fingerprint.json` in the preprocessed folder.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def intensity_statistics(samples: np.ndarray, vmin: float, vmax: float) -> dict[
 
 def compute_fingerprint(dataset, num_workers: int = 1, progress: bool | None = None) -> dict[str, Any]:
     """Fingerprint of the training cases of a data.dataset.Dataset (JSON-ready dict)."""
+    from c2fnas_auto.data.sources import case_sources
+
+    sources = [case_sources(c, dataset.folder) for c in dataset.training]  # before reading: a later change shows
     per_case = parallel_map(fingerprint_case, dataset.training, num_workers, desc="fingerprint", progress=progress)
     num_channels = len(dataset.channel_names)
     stats = {}
@@ -78,7 +83,7 @@ def compute_fingerprint(dataset, num_workers: int = 1, progress: bool | None = N
         samples = np.concatenate([r["channels"][c]["samples"] for r in per_case])
         stats[str(c)] = intensity_statistics(samples, min(r["channels"][c]["min"] for r in per_case),
                                              max(r["channels"][c]["max"] for r in per_case))
-    cases = [{k: v for k, v in r.items() if k != "channels"} for r in per_case]
+    cases = [{**{k: v for k, v in r.items() if k != "channels"}, "sources": src} for r, src in zip(per_case, sources)]
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
         "task_name": Path(dataset.folder).name,

@@ -2,13 +2,15 @@
 
 Order matters for data safety: the dataset is loaded and verified before anything
 is written; then fingerprint.json, plans.json and the preprocessed cases. A rerun
-reuses a fingerprint of the same cases, keeps a genotype written by a search
+reuses a fingerprint of the same cases and unchanged source files (else it is recomputed,
+with one line saying why), keeps a genotype written by a search
 (unless a new one is given; see planning.genotype_source for where it is looked for)
 and skips finished cases.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 FINGERPRINT_FILE = "fingerprint.json"
+log = logging.getLogger(__name__)
 
 
 def load_task(task: str | int, verify: bool = True, num_workers: int = 1, progress: bool | None = None):
@@ -58,19 +61,33 @@ def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = Non
     return None
 
 
-def _reusable_fingerprint(path: Path, dataset) -> dict[str, Any] | None:
+def _reusable_fingerprint(path: Path, dataset) -> tuple[dict[str, Any] | None, str | None]:
+    """(the fingerprint, None) when it was measured from exactly these cases and files, else
+    (None, why it must be recomputed); (None, None) when there is none yet."""
+    from c2fnas_auto.data.sources import case_sources, changed_cases
+
     if not path.is_file():
-        return None
+        return None, None
     try:
         fp = load_json(path, "fingerprint")
     except InputError:
-        return None
-    ids = [c.get("case_id") for c in fp.get("cases", [])] if isinstance(fp, dict) else None
-    if (fp.get("fingerprint_version") != FINGERPRINT_VERSION or ids != [c.case_id for c in dataset.training]
-            or fp.get("channel_names") != {str(k): v for k, v in dataset.channel_names.items()}
+        return None, "unreadable"
+    cases = fp.get("cases") if isinstance(fp, dict) else None
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases) \
+            or fp.get("fingerprint_version") != FINGERPRINT_VERSION:
+        return None, "written by another version"
+    if [c.get("case_id") for c in cases] != [c.case_id for c in dataset.training]:
+        return None, "the training cases changed"
+    if (fp.get("channel_names") != {str(k): v for k, v in dataset.channel_names.items()}
             or fp.get("labels") != dict(dataset.labels)):
-        return None
-    return fp
+        return None, "dataset.json's channels or labels changed"
+    if any("sources" not in c for c in cases):
+        return None, "it records no source files (written by an older version)"
+    changed = changed_cases({c["case_id"]: c.get("sources") for c in cases},
+                            {c.case_id: case_sources(c, dataset.folder) for c in dataset.training})
+    if changed:
+        return None, f"source files of {len(changed)} case(s) changed ({', '.join(changed[:3])})"
+    return fp, None
 
 
 def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channels: int = 32,
@@ -90,7 +107,9 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
         chosen = found.genotype if found is not None else None
 
     fp_path = out / FINGERPRINT_FILE
-    fingerprint = _reusable_fingerprint(fp_path, dataset)
+    fingerprint, stale = _reusable_fingerprint(fp_path, dataset)
+    if stale is not None:
+        log.warning("%s: recomputing the fingerprint: %s", fp_path, stale)
     if fingerprint is None:
         fingerprint = compute_fingerprint(dataset, num_workers=num_workers, progress=progress)
         atomic_write_json(fp_path, fingerprint)

@@ -3,12 +3,16 @@
 `preprocess_case` is the one code path for training data and prediction inputs, so
 both see exactly the same transform. `preprocess_dataset` runs it over a task's
 training cases in parallel, skipping finished ones, and redoes everything when the
-preprocessing-relevant part of the plans changed since the last run.
+preprocessing-relevant part of the plans changed since the last run. Each case's marker
+(its properties file) records its source files' size and mtime and the identity of those
+plans settings, so a replaced image or label, or changed plans, means the case is redone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,11 +22,15 @@ from c2fnas_auto.errors import InputError
 from c2fnas_auto.preprocessing.cropping import crop_to_nonzero
 from c2fnas_auto.preprocessing.normalization import normalize
 from c2fnas_auto.preprocessing.resampling import compute_new_shape, resample_to_shape, separate_axis
-from c2fnas_auto.preprocessing.storage import CASES_FILE, case_paths, data_dir, is_case_finished, list_cases
+from c2fnas_auto.data.sources import case_sources
+from c2fnas_auto.preprocessing.storage import (CASES_FILE, case_paths, data_dir, is_case_finished, list_cases,
+                                               read_properties)
 from c2fnas_auto.utils.io import (atomic_save_npy, atomic_write_json, atomic_write_text, load_json,
                                   remove_stale_temporaries)
 from c2fnas_auto.utils.parallel import parallel_map
 from c2fnas_auto.utils.seeds import case_seed
+
+log = logging.getLogger(__name__)
 
 MAX_LOCATIONS_PER_CLASS = 10000
 SETTINGS_FILE = "preprocessing_settings.json"
@@ -122,9 +130,24 @@ def _relevant_settings(plans) -> dict[str, Any]:
             "labels": dict(plans.labels)}
 
 
+def settings_identity(settings: dict[str, Any]) -> str:
+    """A short hash of the preprocessing-relevant plans settings, kept in every case marker."""
+    text = json.dumps(_jsonable_roundtrip(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _up_to_date(folder: Path, case_id: str, sources: dict, identity: str) -> bool:
+    """Finished, made from these exact source files and under these plans settings."""
+    if not is_case_finished(folder, case_id):
+        return False
+    props = read_properties(case_paths(folder, case_id)[2]) or {}
+    return props.get("sources") == sources and props.get("settings_identity") == identity
+
+
 def _preprocess_and_save(job: tuple) -> str:
-    case, plans, folder = job
+    case, plans, folder, sources, identity = job
     data, seg, props = preprocess_case(case.image_files, plans, case.label_file, case_id=case.case_id)
+    props["sources"], props["settings_identity"] = sources, identity
     npy, seg_path, props_path = case_paths(folder, case.case_id)
     atomic_save_npy(npy, data)
     if seg is not None:
@@ -166,9 +189,15 @@ def preprocess_dataset(task_name: str, plans, num_workers: int = 1, dataset=None
     if _read_json_or_none(folder / CASES_FILE) != manifest:
         atomic_write_json(folder / CASES_FILE, manifest)
 
-    todo = [c for c in dataset.training if not is_case_finished(folder, c.case_id)]
-    parallel_map(_preprocess_and_save, [(c, plans, folder) for c in todo], num_workers,
-                 desc="preprocess", progress=progress)
+    identity = settings_identity(settings)
+    sources = {c.case_id: case_sources(c, dataset.folder) for c in dataset.training}
+    todo = [c for c in dataset.training if not _up_to_date(folder, c.case_id, sources[c.case_id], identity)]
+    stale = [c.case_id for c in todo if is_case_finished(folder, c.case_id)]
+    if stale:
+        log.warning("%s: %d preprocessed case(s) no longer match their source files or the plans, redoing them: %s",
+                    folder, len(stale), ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else ""))
+    parallel_map(_preprocess_and_save, [(c, plans, folder, sources[c.case_id], identity) for c in todo],
+                 num_workers, desc="preprocess", progress=progress)
     return {"processed": len(todo), "skipped": len(dataset.training) - len(todo)}
 
 

@@ -18,6 +18,7 @@ import torch
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.coarse import TrainingContext, oom_answer
 from c2fnas_auto.search.runner import Evaluate, Proposal
+from c2fnas_auto.utils.torch_files import load_torch_file
 
 
 def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, checkpoint: Path,
@@ -35,10 +36,10 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     torch.manual_seed(ctx.seed)
     supernet = build_supernet(list(levels), ctx.plans.network_config())
     if checkpoint.exists():
-        try:
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - unreadable file: tell the user which
-            raise C2FNASError(f"{checkpoint}: cannot read the supernet checkpoint ({exc}); use --overwrite") from None
+        try:  # tensors and plain data only: a shared search folder cannot run code here
+            saved = load_torch_file(checkpoint, "supernet checkpoint", trustable=False)
+        except C2FNASError as exc:
+            raise C2FNASError(f"{exc}; use --overwrite") from None
         if (list(saved.get("levels", [])) != list(levels) or saved.get("epochs") != epochs
                 or float(saved.get("warmup", 0.0)) != float(warmup)):
             raise C2FNASError(f"{checkpoint}: supernet for levels {saved.get('levels')} / {saved.get('epochs')} "

@@ -19,6 +19,7 @@ from torch import nn
 from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.paths import PLANS_FILE
+from c2fnas_auto.planning.size_check import check_training_fits
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
 from c2fnas_auto.inference.experiments import experiment_dir
 from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
@@ -112,6 +113,9 @@ class Trainer:
         self.network_config = self.plans.network_config()
         self.network_config.check_patch(self.patch_size)
         self.device = resolve_device(self.options.device)
+        check_training_fits(plans_file, self.genotype, self.network_config, self.patch_size,  # before any allocation
+                            int(self.options.batch_size or self.plans.batch_size), self.plans.num_channels,
+                            self.device, ranks=int(os.environ.get("WORLD_SIZE", "1")))
         if self.options.genotype_file:
             self._check_memory()
         # the plans as trained: overrides applied, stored in checkpoints and used for validation

@@ -27,16 +27,16 @@ def test_unreadable_probabilities_name_the_file(tmp_path):
 
 def _tiny_zip(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(model_zip.MANIFEST, '{"format": "c2fnas-model", "version": 1, "task": "T", '
+        zf.writestr(model_zip.MANIFEST, '{"format": "c2fnas-model", "version": 1, "task": "Task01_T", '
                                         '"experiments": [{"name": "E", "folds": ["0"]}], '
-                                        '"files": ["c2fnas_model.json", "T/E/x.txt"]}')
-        zf.writestr("T/E/x.txt", "x")
+                                        '"files": ["c2fnas_model.json", "Task01_T/E/x.txt"]}')
+        zf.writestr("Task01_T/E/x.txt", "x")
     return path
 
 
 def test_read_errors_other_than_bad_zip_are_one_line(tmp_path, monkeypatch):
     z = _tiny_zip(tmp_path / "m.zip")
-    assert model_zip.read_manifest(z)["task"] == "T"
+    assert model_zip.read_manifest(z)["task"] == "Task01_T"
 
     def broken(self):
         raise EOFError("cut short")
@@ -52,7 +52,7 @@ def test_extraction_failure_is_one_line(tmp_path, monkeypatch):
     def full_disk(src, dst, *args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(model_zip.shutil, "copyfileobj", full_disk)
+    monkeypatch.setattr(model_zip, "copy_bounded", full_disk)
     with pytest.raises(DeploymentError, match="extraction failed .OSError"):
         model_zip.extract_checked(z, tmp_path / "out")
 

@@ -239,7 +239,9 @@ def _predict_args(trained_task, inp: Path, out: Path) -> list:
     return ["-i", inp, "-o", out, "-t", E2E_ID, "-f", 0, "--device", "cpu", "--disable-tta"]
 
 
-def test_predict_rejects_wrong_channel_count(trained_task, tmp_path):
+def test_predict_fails_a_case_with_the_wrong_channel_count_alone(trained_task, tmp_path):
+    """The case is reported failed by name (exit 1 at the end) and gets no output; the model and
+    input are untouched (issue 22: the other cases of the folder are still predicted)."""
     inp = tmp_path / "in"
     inp.mkdir()
     src = sorted((trained_task.task_folder / "imagesTs").glob("*.nii.gz"))[0]
@@ -247,9 +249,14 @@ def test_predict_rejects_wrong_channel_count(trained_task, tmp_path):
     two = sitk.JoinSeries([img, img])  # a 4D two-channel file for a one-channel model
     sitk.WriteImage(two, str(inp / src.name))
     out = tmp_path / "out"
-    call_and_check_nothing_written(tmp_path, "predict", _predict_args(trained_task, inp, out),
-                                   [src.name.split(".")[0]], r"channel", env=trained_task.env,
-                                   also_watch=(trained_task.root,))
+    before = [snapshot(inp), snapshot(trained_task.root)]
+    res = call_cli("predict", _predict_args(trained_task, inp, out), trained_task.env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.describe()
+    case = src.name.split(".")[0]
+    assert any(line.startswith(f"case {case}: failed: {inp / src.name}: ") and "channel" in line
+               for line in res.message_lines()), res.describe()
+    assert not (out / src.name).exists()
+    assert [diff_snapshots(b, snapshot(w)) for b, w in zip(before, (inp, trained_task.root))] == [[], []]
 
 
 def test_predict_rejects_output_inside_input(trained_task, tmp_path):
