@@ -4,8 +4,9 @@ The start study (issue 20, documentation/search_study.md "Start study"): trains 
 variants of several genotypes with several init and data seeds on the search study's
 source task, scores each on held-out cases and counts trainings that never started.
 Phases:
-  screen    every variant, 4 genotypes x seeds 0-2 (init = data seed, as in the search study)
-  extend    --variants V..., 4 genotypes x seeds 3-9 (40 trainings per variant in all)
+  screen    every variant (or --variants) on the 4 (genotype, seed) pairs that never started in the
+            full search study (init = data seed, as there): a variant that fails one is out
+  extend    --variants V..., 4 genotypes x seeds 0-9 (40 trainings per variant), seed-major
   data      today's network: init and data seed apart on the genotypes that failed
   width     --variants V... at --width W (default 16), 4 genotypes x seeds 0-2
 Resumable: every finished job is stored at once (one results file per shard); a rerun
@@ -32,11 +33,9 @@ def plan(phase: str, variants: list[str], width: int, genotypes=GENOTYPES) -> li
     names = variants or list(VARIANTS)
     jobs: list[Job] = []
     if phase == "screen":
-        pairs = list(KNOWN_FAILURES) + [(g, s) for s in range(3) for g in genotypes
-                                         if (g, s) not in KNOWN_FAILURES]
-        jobs = [Job(v, g, s, s, width) for g, s in pairs for v in names]
+        jobs = [Job(v, g, s, s, width) for g, s in KNOWN_FAILURES for v in names]
     elif phase == "extend":
-        jobs = [Job(v, g, s, s, width) for s in range(3, 10) for g in genotypes for v in names]
+        jobs = [Job(v, g, s, s, width) for s in range(10) for g in genotypes for v in names]
     elif phase == "data":
         # init seed of a failure with other data seeds, and a working init seed with the failure's data seed
         for g, s in KNOWN_FAILURES:

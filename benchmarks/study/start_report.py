@@ -52,6 +52,17 @@ def _paired(records: dict[str, dict[str, Any]], variant: str, width: int, only_s
             "ci95": [float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)] if se is not None else None}
 
 
+def monitor_verdict(scores: dict[str, Any]) -> bool:
+    """StartMonitor's end-of-run verdict from the stored epoch signals (today's rule, so
+    records stored under an older rule are judged alike)."""
+    from c2fnas_auto.training.start_check import StartMonitor
+
+    m = StartMonitor()
+    for e in scores["epochs"]:
+        m.update(e["loss"], e["foreground_tp"], e["dead_head_fraction"])
+    return m.not_started(final=True)
+
+
 def summarise(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records.values():
@@ -63,8 +74,8 @@ def summarise(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rows.append({
             "variant": variant, "width": width, "trainings": len(rs), "non_starts": len(fails),
             "non_start_jobs": sorted(r["key"] for r in fails),
-            "monitor_flagged": sum(bool(x["not_started_by_monitor"]) for x in s),
-            "monitor_agrees": sum(bool(x["not_started_by_monitor"]) == bool(x["non_start"]) for x in s),
+            "monitor_flagged": sum(monitor_verdict(x) for x in s),
+            "monitor_agrees": sum(monitor_verdict(x) == bool(x["non_start"]) for x in s),
             "dice": _mean([x["mean_fg_dice"] for x in s]),
             "dice_started": _mean([x["mean_fg_dice"] for x in s if not x["non_start"]]),
             "organ": _mean([x["class_dice"].get("1") for x in s]),

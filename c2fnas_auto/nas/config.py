@@ -22,6 +22,13 @@ class NetworkConfigError(C2FNASError):
 CELL_STYLES: tuple[str, ...] = ("c2fnas", "residual")
 # A stored config without "cell_style" predates the field and was trained with residual cells.
 LEGACY_CELL_STYLE = "residual"
+# The c2fnas head's classifier: "relu" = ReLU -> 1x1x1 conv without bias (the public module);
+# "linear" = 1x1x1 conv with bias on the last instance norm's output (chosen by the start study,
+# documentation/search_space.md "Classifier"). The residual head is not affected.
+CLASSIFIERS: tuple[str, ...] = ("linear", "relu")
+DEFAULT_CLASSIFIER = "linear"
+# A stored config without "classifier" predates the field and was trained with the public head.
+LEGACY_CLASSIFIER = "relu"
 
 
 def _triple(v: Any, what: str) -> tuple[int, int, int]:
@@ -52,6 +59,7 @@ class NetworkConfig:
     through_plane_axis: int = 0
     deep_supervision: bool = False
     cell_style: str = "c2fnas"
+    classifier: str = DEFAULT_CLASSIFIER
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "stem_channels"):
@@ -70,6 +78,8 @@ class NetworkConfig:
         self.deep_supervision = bool(self.deep_supervision)
         if self.cell_style not in CELL_STYLES:
             raise NetworkConfigError(f"cell_style must be one of {', '.join(CELL_STYLES)}, got {self.cell_style!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise NetworkConfigError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}")
 
     @property
     def num_levels(self) -> int:
@@ -107,16 +117,18 @@ class NetworkConfig:
         return {"in_channels": self.in_channels, "num_classes": self.num_classes,
                 "stem_channels": self.stem_channels, "level_channels": list(self.level_channels),
                 "strides": [list(s) for s in self.strides], "through_plane_axis": self.through_plane_axis,
-                "deep_supervision": self.deep_supervision, "cell_style": self.cell_style}
+                "deep_supervision": self.deep_supervision, "cell_style": self.cell_style,
+                "classifier": self.classifier}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkConfig":
         """Inverse of to_dict; a dict without "cell_style" (older plans and checkpoints) gets
-        LEGACY_CELL_STYLE, the wiring it was trained with, so its weights still load."""
+        LEGACY_CELL_STYLE and one without "classifier" LEGACY_CLASSIFIER, the network it was
+        trained with, so its weights still load."""
         if not isinstance(d, dict):
             raise NetworkConfigError(f"a network config must be a JSON object, got {type(d).__name__}")
         known = {"in_channels", "num_classes", "stem_channels", "level_channels", "strides",
-                 "through_plane_axis", "deep_supervision", "cell_style"}
+                 "through_plane_axis", "deep_supervision", "cell_style", "classifier"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise NetworkConfigError(f"unknown network config key(s): {', '.join(unknown)}")
@@ -125,6 +137,7 @@ class NetworkConfig:
                 raise NetworkConfigError(f"network config is missing '{key}'")
         kwargs = dict(d)
         kwargs.setdefault("cell_style", LEGACY_CELL_STYLE)
+        kwargs.setdefault("classifier", LEGACY_CLASSIFIER)
         if "level_channels" in kwargs:
             kwargs["level_channels"] = tuple(kwargs["level_channels"])
         if "strides" in kwargs:

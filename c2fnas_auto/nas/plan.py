@@ -144,7 +144,7 @@ class WiredHeadPlan:
     concat_from: tuple[int, int]  # tensor numbers, the last cell second
     fuse: ConvUnit                # ReLU -> 3x3x3 (2 x level-1 width -> level-1 width) -> IN
     expand: ConvUnit              # ReLU -> trilinear by strides[0] -> 3x3x3 (-> stem width) -> IN
-    classifier: ConvUnit          # ReLU -> 1x1x1 conv (no bias) to the classes
+    classifier: ConvUnit          # 1x1x1 conv with bias ("linear") or ReLU -> 1x1x1 conv without ("relu")
 
 
 @dataclass(frozen=True)
@@ -273,5 +273,6 @@ def _wired_plan(levels: tuple[int, ...], cell_ops: Sequence[Sequence[str]], conf
                          fuse=ConvUnit(2 * ch[0], ch[0], (3, 3, 3)),
                          expand=ConvUnit(ch[0], config.stem_channels, (3, 3, 3), upsample=_scale(config.strides[0]),
                                          upsample_first=False),
-                         classifier=ConvUnit(config.stem_channels, config.num_classes, (1, 1, 1), norm=False))
+                         classifier=ConvUnit(config.stem_channels, config.num_classes, (1, 1, 1), norm=False,
+                                             relu=config.classifier == "relu", bias=config.classifier == "linear"))
     return NetworkPlan(levels, config, stem, tuple(cells), head, ds_cells)

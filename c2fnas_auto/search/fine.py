@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.coarse import TrainingContext, oom_answer
+from c2fnas_auto.search.coarse import RESTART_SEED_OFFSET, TrainingContext, oom_answer
 from c2fnas_auto.search.runner import Evaluate, Proposal
 from c2fnas_auto.utils.torch_files import load_torch_file
 
@@ -31,6 +31,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     """
     from c2fnas_auto.nas.supernet import build_supernet
     from c2fnas_auto.training.api import fit
+    from c2fnas_auto.training.start_check import StartMonitor
     from c2fnas_auto.utils.io import atomic_torch_save
 
     torch.manual_seed(ctx.seed)
@@ -48,14 +49,25 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
         supernet.load_state_dict(saved["state_dict"])
         supernet.to(ctx.device)
         return supernet, {"epochs": epochs, "seconds": float(saved.get("seconds", 0.0)),
-                          "losses": saved.get("losses", []), "loaded": True}
+                          "losses": saved.get("losses", []), "restarted": int(saved.get("restarted", 0)),
+                          "loaded": True}
     t0 = time.perf_counter()
     uniform_steps = int(round(warmup * epochs * ctx.iters_per_epoch))
-    sampler = supernet.sampling_forward(seed=ctx.seed, uniform_steps=uniform_steps)  # seeded paths
+    restarted = 0
     try:
-        losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
-                     iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=ctx.seed,
-                     forward_fn=sampler, progress=progress) if epochs > 0 else []
+        for attempt in (0, 1):  # a supernet that did not start is retrained once from a fresh seed
+            seed = ctx.seed + attempt * RESTART_SEED_OFFSET
+            if attempt:
+                torch.manual_seed(seed)
+                supernet = build_supernet(list(levels), ctx.plans.network_config())
+            sampler = supernet.sampling_forward(seed=seed, uniform_steps=uniform_steps)  # seeded paths
+            monitor = StartMonitor()
+            losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+                         iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed,
+                         forward_fn=sampler, progress=progress, monitor=monitor) if epochs > 0 else []
+            restarted = attempt
+            if not monitor.not_started(final=True):
+                break
     except torch.cuda.OutOfMemoryError:  # no candidate to skip here: the stage cannot go on
         raise C2FNASError(f"CUDA out of memory while training the supernet on levels {list(levels)} at patch "
                           f"{list(ctx.plans.patch_size)} batch {ctx.plans.batch_size}; plan with a lower "
@@ -63,9 +75,10 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     seconds = time.perf_counter() - t0
     state_dict = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
     atomic_torch_save({"levels": list(levels), "epochs": epochs, "warmup": float(warmup), "seconds": seconds,
-                       "losses": [float(x) for x in losses], "state_dict": state_dict}, checkpoint)
+                       "losses": [float(x) for x in losses], "restarted": restarted, "state_dict": state_dict},
+                      checkpoint)
     return supernet, {"epochs": epochs, "warmup": float(warmup), "uniform_steps": uniform_steps, "seconds": seconds,
-                      "losses": [float(x) for x in losses], "loaded": False}
+                      "losses": [float(x) for x in losses], "restarted": restarted, "loaded": False}
 
 
 def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float | None = None) -> Evaluate:

@@ -32,6 +32,7 @@ from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
 from c2fnas_auto.training.signals import StopFlag, TrainingStopped, stop_checked
+from c2fnas_auto.training.start_check import StartMonitor
 from c2fnas_auto.training.splits import fold_case_ids
 from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.io import remove_stale_temporaries
@@ -247,7 +248,8 @@ class Trainer:
         k = len(stats.tp)
         vals = all_reduce_sum([stats.loss] + list(stats.tp) + list(stats.fp) + list(stats.fn), self.dist)
         return EpochStats(vals[0] / self.dist.world_size, np.array(vals[1:1 + k]), np.array(vals[1 + k:1 + 2 * k]),
-                          np.array(vals[1 + 2 * k:]), stats.seconds, stats.iterations)
+                          np.array(vals[1 + 2 * k:]), stats.seconds, stats.iterations,
+                          dead_head_fraction=stats.dead_head_fraction)  # this rank's: a signal, not a sum
 
     def run(self) -> dict:
         """Train the remaining epochs, write final outputs; returns the final validation summary (or {})."""
@@ -302,7 +304,9 @@ class Trainer:
             "epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "val_loss": val.loss,
             "train_pseudo_dice": train.pseudo_dice, "val_pseudo_dice": val.pseudo_dice,
             "val_pseudo_dice_per_class": per_class_pseudo_dice(val.tp, val.fp, val.fn),
-            "epoch_seconds": train.seconds + val.seconds, "seconds_per_iteration": train.seconds_per_iteration})
+            "epoch_seconds": train.seconds + val.seconds, "seconds_per_iteration": train.seconds_per_iteration,
+            "train_foreground_tp": float(np.sum(train.tp)), "dead_head_fraction": train.dead_head_fraction})
+        self._check_started(rec)
         self.say(f"epoch {epoch + 1}/{opts.epochs}: train loss {rec['train_loss']:.4f}, val loss "
                  f"{rec['val_loss']:.4f}, pseudo Dice {rec['val_pseudo_dice']:.4f} (EMA "
                  f"{rec['ema_pseudo_dice']:.4f}), lr {lr:.2e}, {rec['epoch_seconds']:.1f} s "
@@ -314,6 +318,17 @@ class Trainer:
             self.save(LATEST, epoch + 1)
         if self.is_main:
             self.log.write(self.fold_dir)
+
+    def _check_started(self, rec: dict) -> None:
+        """Judge the start signals over the whole history (so a resumed run judges the same),
+        mark the epoch, and warn once each time the verdict turns to 'not started'."""
+        monitor = StartMonitor()
+        for e in self.log.epochs:
+            monitor.update(e["train_loss"], e.get("train_foreground_tp", 1.0), e.get("dead_head_fraction", float("nan")))
+        rec["not_started"] = monitor.not_started()
+        before = self.log.epochs[-2].get("not_started", False) if len(self.log.epochs) > 1 else False
+        if rec["not_started"] and not before:
+            self.say(monitor.warning())
 
     def _stopped(self, epoch: int, exc: TrainingStopped) -> None:
         """A stop signal mid-epoch: keep the weights so far in checkpoint_latest (the epoch is

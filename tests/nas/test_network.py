@@ -1,3 +1,4 @@
+import dataclasses
 import random
 from pathlib import Path
 
@@ -203,7 +204,8 @@ def paper_count(cells) -> int:
 
 def test_full_size_parameter_counts():
     """Exact module count of the public C2FNASNet (15,313,856; the swapped reading of cells
-    6 and 7 18,852,800), and of the residual style for the record. No forward pass."""
+    6 and 7 18,852,800), of the default head (+ one classifier bias per class), and of the
+    residual style for the record. No forward pass."""
     assert paper_count(PAPER_CELLS) == 15_313_856
     swapped_cells = list(PAPER_CELLS)
     swapped_cells[5], swapped_cells[6] = (512, "3d", None), (256, "2d", "up")
@@ -211,8 +213,12 @@ def test_full_size_parameter_counts():
     ref = reference_genotype()
     alt = Genotype.load(REPO / "plans" / "c2fnas_panc_genotype_alt.json")
     assert ref.ops[5:7] == ["2d", "3d"] and alt.ops[5:7] == ["3d", "2d"]
-    assert count_parameters(build_network(ref, NetworkConfig(1, 3))) == 15_313_856
-    assert count_parameters(build_network(alt, NetworkConfig(1, 3))) == 18_852_800
+    public = NetworkConfig(1, 3, classifier="relu")  # the public module's head: no classifier bias
+    assert count_parameters(build_network(ref, public)) == 15_313_856
+    assert count_parameters(build_network(alt, public)) == 18_852_800
+    # the default "linear" classifier (start study) adds one bias per class and nothing else
+    assert count_parameters(build_network(ref, NetworkConfig(1, 3))) == 15_313_856 + 3 == 15_313_859
+    assert count_parameters(build_network(alt, NetworkConfig(1, 3))) == 18_852_800 + 3
     residual = NetworkConfig(1, 3, cell_style="residual")
     assert count_parameters(build_network(ref, residual)) == RESIDUAL_REF
     assert count_parameters(build_network(alt, residual)) == RESIDUAL_ALT
@@ -225,3 +231,27 @@ def test_patch_leaving_one_deep_voxel_is_rejected():
     # a topology that never reaches level 4 is fine with the same patch
     shallow = build_network(Genotype([1, 2, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1], ["2d"] * 12), tiny())
     assert shallow(torch.randn(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_classifier_option_changes_only_the_head():
+    """"linear": the classifier reads the last norm directly and has a bias; "relu": the public
+    module's ReLU -> conv without bias. Same weights elsewhere; a stored config without the
+    field is the public head, so networks trained before the field still load."""
+    g = reference_genotype()
+    torch.manual_seed(0)
+    lin = build_network(g, tiny())
+    torch.manual_seed(0)
+    pub = build_network(g, dataclasses.replace(tiny(), classifier="relu"))
+    assert lin.head_classifier.relu is None and lin.head_classifier.conv.bias is not None
+    assert pub.head_classifier.relu is not None and pub.head_classifier.conv.bias is None
+    extra = set(lin.state_dict()) - set(pub.state_dict())
+    assert extra == {"head_classifier.conv.bias"} and not set(pub.state_dict()) - set(lin.state_dict())
+    legacy = tiny().to_dict()
+    del legacy["classifier"]
+    assert NetworkConfig.from_dict(legacy).classifier == "relu"
+    assert NetworkConfig.from_dict(tiny().to_dict()).classifier == "linear"
+    with pytest.raises(NetworkConfigError, match="classifier must be one of linear, relu"):
+        dataclasses.replace(tiny(), classifier="sigmoid")
+    res = build_network(g, dataclasses.replace(tiny(), cell_style="residual", classifier="relu"))
+    res_lin = build_network(g, dataclasses.replace(tiny(), cell_style="residual"))
+    assert set(res.state_dict()) == set(res_lin.state_dict())  # the residual head is not affected

@@ -21,6 +21,13 @@ def _ctx(copy_task):
                            val_ids=list(val_ids[:1]), device="cpu", seed=0, iters_per_epoch=2)
 
 
+def _freeze_classifier(net) -> None:
+    """A training that cannot start, whatever the head: zero, frozen classifier weights give
+    constant logits (background wins the argmax) and no gradient to anything below."""
+    net.head_classifier.conv.weight.data.zero_()
+    net.head_classifier.conv.weight.requires_grad_(False)
+
+
 def _dead_first(monkeypatch, module, name):
     """Patch `module.name` (a network builder) so its first network has a dead head; record seeds."""
     real = getattr(module, name)
@@ -30,8 +37,7 @@ def _dead_first(monkeypatch, module, name):
         net = real(*a, **k)
         seeds.append(torch.initial_seed())
         if len(seeds) == 1:
-            with torch.no_grad():
-                net.head_expand.norm.bias.fill_(-100.0)
+            _freeze_classifier(net)
         return net
 
     monkeypatch.setattr(module, name, build)
@@ -66,8 +72,7 @@ def test_a_second_non_start_is_kept_not_retried_forever(copy_task, monkeypatch):
     def always_dead(*a, **k):
         net = real(*a, **k)
         calls.append(1)
-        with torch.no_grad():
-            net.head_expand.norm.bias.fill_(-100.0)
+        _freeze_classifier(net)
         return net
 
     monkeypatch.setattr(network, "build_network", always_dead)

@@ -3,6 +3,7 @@ trainer's one-line warning and progress.png's shading; the warm-up restores the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -19,7 +20,8 @@ SMALL_PATCH = (8, 16, 16)
 
 
 def _kill_head(network: nn.Module) -> None:
-    """Every classifier input <= 0: the last instance norm's shift far below zero."""
+    """Every classifier input <= 0: the last instance norm's shift far below zero (with the
+    public "relu" classifier no gradient then reaches anything below it)."""
     with torch.no_grad():
         network.head_expand.norm.bias.fill_(-100.0)
 
@@ -35,13 +37,16 @@ def test_monitor_needs_no_foreground_and_a_flat_loss():
     assert not m.not_started()  # one foreground voxel predicted right: started
 
 
-def test_monitor_judges_a_short_run_at_its_end_only():
+def test_monitor_at_the_end_of_a_run_needs_no_flat_loss():
     m = StartMonitor(patience=3)
     m.update(1.0, 0)
     m.update(0.4, 0)
-    assert not m.not_started() and m.not_started(final=True)
+    assert not m.not_started() and m.not_started(final=True)  # a short run that never predicted foreground
     m.update(0.3, 2)
     assert not m.not_started(final=True)
+    for loss in (-0.04, -0.16, -0.25):  # still falling, but no foreground in the last 3 epochs
+        m.update(loss, 0)
+    assert not m.not_started() and m.not_started(final=True)
     assert not StartMonitor().not_started(final=True)  # nothing seen: no verdict
 
 
@@ -60,7 +65,8 @@ def test_dead_head_probe_measures_the_classifier_input(tiny_task):
     from c2fnas_auto.nas.network import build_network
 
     torch.manual_seed(0)
-    net = build_network(tiny_task.plans.genotype, tiny_task.plans.network_config())
+    config = dataclasses.replace(tiny_task.plans.network_config(), classifier="relu")
+    net = build_network(tiny_task.plans.genotype, config)
     assert classifier_of(net) is net.head_classifier
     assert classifier_of(nn.parallel.DataParallel(net)) is net.head_classifier  # wrappers are unwrapped
     assert classifier_of(nn.Conv3d(1, 1, 1)) is None
@@ -81,6 +87,10 @@ def test_dead_head_probe_measures_the_classifier_input(tiny_task):
 
 def test_trainer_warns_and_marks_a_training_that_never_starts(copy_task, capsys):
     torch.set_num_threads(1)
+    plans_file = copy_task.preprocessed_dir / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["network"]["classifier"] = "relu"  # the public head, whose input can be forced <= 0
+    plans_file.write_text(json.dumps(plans))
     opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu", seed=0,
                           patch_size=SMALL_PATCH, final_validation=False, progress=False, checkpoint_every=10)
     trainer = Trainer("98", 0, opts)
