@@ -134,6 +134,7 @@ class OptunaTrials:
     def stop(self) -> None:
         """End the heartbeat; a job still held (the evaluator raised) is failed and requeued
         at once; the worker trial completes with the number of jobs this worker ran."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         self._stop.set()
@@ -141,8 +142,11 @@ class OptunaTrials:
             self._thread.join(timeout=10)
         if self._current is not None:
             trial_id, self._current = self._current, None
-            if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            try:
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 requeue_failed_job(self.study(self._current_stage), self.storage.get_trial(trial_id))
+            except UpdateFinishedTrialError:
+                pass  # already failed as stale by another worker, which requeued it
         if self._worker_trial is not None:
             self.storage.set_trial_state_values(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
             self._worker_trial = None
@@ -207,6 +211,7 @@ class OptunaTrials:
     def try_claim(self, job: Job) -> Job | None:
         """Take `job` (enqueueing it first when no trial of it waits); the job as stored
         (its payload may be another worker's proposal for the same id), or None."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         trials = self._job_trials(job.id)
@@ -216,19 +221,30 @@ class OptunaTrials:
             self._enqueue(job)
             trials = self._job_trials(job.id)
         for t in (t for t in trials if t.state == TrialState.WAITING):
-            self.storage.record_heartbeat(t._trial_id)  # beats before it runs: a kill right after taking it is seen
-            if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+            try:
+                if self._take(t, job.id):
+                    self._current, self._current_stage = t._trial_id, stage_of(job.id)
+                    return Job(job.id, t.user_attrs["payload"])
+            except UpdateFinishedTrialError:  # finished or failed by another worker meanwhile
                 continue
-            rivals = [o for o in self._job_trials(job.id) if o.number != t.number
-                      and o.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)]
-            if rivals:  # another worker took a copy of this job at the same moment
-                self.storage.set_trial_user_attr(t._trial_id, "duplicate_of", rivals[0].number)
-                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                return None
-            self.storage.set_trial_user_attr(t._trial_id, "worker", self.worker_id)
-            self._current, self._current_stage = t._trial_id, stage_of(job.id)
-            return Job(job.id, t.user_attrs["payload"])
         return None
+
+    def _take(self, t: Any, job_id: str) -> bool:
+        """Move waiting trial `t` to RUNNING for this worker; False if another worker took
+        it, or took another copy of the job at the same moment."""
+        from optuna.trial import TrialState
+
+        self.storage.record_heartbeat(t._trial_id)  # beats before it runs: a kill right after taking it is seen
+        if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+            return False
+        rivals = [o for o in self._job_trials(job_id) if o.number != t.number
+                  and o.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)]
+        if rivals:
+            self.storage.set_trial_user_attr(t._trial_id, "duplicate_of", rivals[0].number)
+            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            return False
+        self.storage.set_trial_user_attr(t._trial_id, "worker", self.worker_id)
+        return True
 
     def finish(self, job: Job, answer: dict[str, Any]) -> bool:
         """Publish the result; False when this worker's trial was failed meanwhile (judged

@@ -209,3 +209,32 @@ def test_second_signal_kills_at_once(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "first signal only set the flag" in run.stdout, run.stderr
     assert run.returncode == -signal.SIGTERM
+
+
+def test_a_job_finished_by_another_worker_while_being_taken_is_left_alone(tmp_path, monkeypatch):
+    a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
+    job = _job()
+    a._enqueue(job)
+    beat = b.storage.record_heartbeat
+
+    def rival_runs_it_first(trial_id):
+        monkeypatch.setattr(b.storage, "record_heartbeat", beat)
+        assert a.try_claim(job) == job and a.finish(job, {"score": 0.3})
+        beat(trial_id)
+
+    monkeypatch.setattr(b.storage, "record_heartbeat", rival_runs_it_first)
+    assert b.try_claim(job) is None
+    assert b.result(job.id)["worker"] == "a"
+    a.stop()
+    b.stop()
+
+
+def test_stopping_with_a_job_already_failed_as_stale_requeues_nothing_more(tmp_path):
+    from optuna.trial import TrialState
+
+    a = _store(tmp_path, "a")
+    job = _job()
+    assert a.try_claim(job) == job
+    a.storage.set_trial_state_values(a._current, TrialState.FAIL)  # what another worker's stale check does
+    a.stop()
+    assert [t["state"] for t in job_trials(default_url(tmp_path), "T")] == ["FAIL"]
