@@ -7,6 +7,7 @@ import sys
 from contextlib import ExitStack
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
+from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
 from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-batch-size", type=int, default=2,
                    help="sliding-window tiles per forward pass (default 2: on a CPU, PyTorch runs single-sample 3D convolutions through a much slower kernel)")
     add_zip_limit_flags(p)
+    add_execution_flags(p)
     add_trust_flag(p)
     return p
 
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         folders = expand_model_zips(folders, stack, zip_limits_from_args(args))
         predictor = Predictor(folders, folds=args.folds, device=args.device, step_size=args.step_size,
                               tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
-                              checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing)
+                              checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing,
+                              **execution_kwargs(args))
         failures = predictor.predict_files(args.input, args.output, save_probabilities=args.save_probabilities,
                                            continue_=args.continue_, num_export_workers=args.num_export_workers,
                                            file_ending=args.file_ending, num_parts=args.num_parts,

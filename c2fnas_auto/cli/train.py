@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
+from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the final validation's softmax (validation/<case>.npz): "
                         "c2fnas_find_best_configuration scores ensembles from it (nnU-Net's --npz)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_execution_flags(p)
     add_trust_flag(p)
     return p
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
         continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
         save_probabilities=args.save_probabilities, augmentation=args.augmentation,
-        foreground_classes=args.foreground_classes)
+        foreground_classes=args.foreground_classes, **execution_kwargs(args))
     with trust_from_args(args):  # --continue from an older checkpoint_latest; new ones are plain data
         trainer = Trainer(args.task, args.fold, options)
         try:

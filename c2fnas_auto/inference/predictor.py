@@ -32,6 +32,7 @@ from c2fnas_auto.inference.experiments import available_folds, genotype_id_of_fo
 from c2fnas_auto.inference.export import export_prediction, labels_from_probabilities, probabilities_to_original
 from c2fnas_auto.inference.postprocessing import find_postprocessing, load_postprocessing
 from c2fnas_auto.inference.sliding_window import sliding_window_predict
+from c2fnas_auto.nas.execution import check_precision, prepare_network
 from c2fnas_auto.nas.checkpoint import checkpoint_file_name, trained_network
 from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.io import atomic_write_json
@@ -171,7 +172,8 @@ class Predictor:
     def __init__(self, model_folders: str | os.PathLike | Sequence[str | os.PathLike],
                  folds: Sequence[str | int] | str | int | None = None, device: str | torch.device | None = "auto",
                  step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2, checkpoint: str = "final",
-                 postprocessing: bool | dict | str | os.PathLike | None = True, progress: bool = True):
+                 postprocessing: bool | dict | str | os.PathLike | None = True, progress: bool = True,
+                 precision: str | None = None, compile: bool = False, channels_last: bool = False):
         if isinstance(model_folders, (str, os.PathLike)):
             model_folders = [model_folders]
         folders = [Path(f) for f in model_folders]
@@ -200,12 +202,14 @@ class Predictor:
             postprocessing = load_postprocessing(pp_file) if pp_file is not None else None
         self._configure([m for g in groups for m in g], dev, step_size, tta, tile_batch_size, postprocessing,
                         progress, {"model_folders": [str(f) for f in folders], "folds": fold_lists,
-                                   "checkpoint": checkpoint})
+                                   "checkpoint": checkpoint}, precision, compile, channels_last)
 
     @classmethod
     def from_networks(cls, networks: Sequence[nn.Module], plans: Any, device: str | torch.device | None = "auto",
                       step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2,
-                      postprocessing: dict | str | os.PathLike | None = None, progress: bool = True) -> "Predictor":
+                      postprocessing: dict | str | os.PathLike | None = None, progress: bool = True,
+                      precision: str | None = None, compile: bool = False,
+                      channels_last: bool = False) -> "Predictor":
         """Networks already in memory (the trainer's final validation), all trained under `plans`."""
         self = cls.__new__(cls)
         dev = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
@@ -213,11 +217,14 @@ class Predictor:
         if not models:
             raise InputError("no network given")
         self._configure(models, dev, step_size, tta, tile_batch_size, postprocessing, progress,
-                        {"model_folders": [], "folds": [], "checkpoint": "in memory"})
+                        {"model_folders": [], "folds": [], "checkpoint": "in memory"}, precision, compile,
+                        channels_last)
         return self
 
     def _configure(self, models: list[FoldModel], device: torch.device, step_size: float, tta: bool,
-                   tile_batch_size: int, postprocessing: Any, progress: bool, source: dict) -> None:
+                   tile_batch_size: int, postprocessing: Any, progress: bool, source: dict,
+                   precision: str | None = None, compile: bool = False, channels_last: bool = False) -> None:
+        """`precision`, `compile`, `channels_last`: how the networks run (nas/execution.py)."""
         if not 0 < step_size <= 1:
             raise InputError(f"step size {step_size} must be in (0, 1]")
         if tile_batch_size < 1:
@@ -229,6 +236,9 @@ class Predictor:
                                   m.plans.num_classes, tile_batch_size)
         if isinstance(postprocessing, (str, os.PathLike)):
             postprocessing = load_postprocessing(postprocessing)
+        self.precision = check_precision(precision, device)
+        for m in models:
+            prepare_network(m.network, compile=compile, channels_last=channels_last)
         self.models = models
         self.device = device
         self.step_size = float(step_size)
@@ -258,7 +268,7 @@ class Predictor:
             logits = sliding_window_predict(m.network, data, m.plans.patch_size, m.plans.num_classes,
                                             step_size=self.step_size, gaussian=True,
                                             mirror_axes=(0, 1, 2) if self.tta else None, device=self.device,
-                                            tile_batch_size=self.tile_batch_size)
+                                            tile_batch_size=self.tile_batch_size, precision=self.precision)
             probs = torch.softmax(logits, dim=0)
             total = probs if total is None else total + probs
         assert total is not None

@@ -19,6 +19,8 @@ import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from tqdm import tqdm
 
+from c2fnas_auto.nas.execution import autocast, check_precision
+
 ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 PROGRESS_MIN_TILES = 64
 
@@ -98,13 +100,15 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
                            num_classes: int, step_size: float = 0.5, gaussian: bool = True,
                            mirror_axes: Sequence[int] | None = (0, 1, 2), device: torch.device | str | None = None,
                            forward_fn: ForwardFn | None = None, tile_batch_size: int = 2,
-                           progress: bool | None = None) -> torch.Tensor:
+                           progress: bool | None = None, precision: str | None = None) -> torch.Tensor:
     """Logits (K, z, y, x) float32 on the CPU for a (C, z, y, x) case.
 
     `mirror_axes` are spatial axes (0 = z). `progress=None` shows a bar only when the case
     has many tiles. `tile_batch_size` defaults to 2 because PyTorch's CPU heuristic sends
     single-sample 3D convolutions to a slow reference kernel (about 2x slower end to end
     here); two tiles per forward take the oneDNN path. The network is put in eval mode for the call and restored afterwards.
+    `precision` ("fp32", "bf16", "fp16"; None: fp16 autocast on CUDA, fp32 elsewhere) is the
+    network's compute precision; logits are accumulated in float32 whatever it is.
     """
     forward_fn = forward_fn or _default_forward
     if device is None:
@@ -135,14 +139,14 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
         weight = torch.ones(patch_size, dtype=torch.float32, device=acc_device)
 
     padded = padded.to(device, non_blocking=True)
-    use_amp = device.type == "cuda"
+    precision = check_precision(precision, device)
     was_training = network.training
     network.eval()
     show = progress if progress is not None else len(tiles) >= PROGRESS_MIN_TILES
     bar = tqdm(total=len(tiles), desc="sliding window", unit="tile", disable=not show, leave=False)
     batch = max(1, int(tile_batch_size))
     try:
-        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=use_amp):
+        with torch.inference_mode(), autocast(device, precision):
             for b0 in range(0, len(tiles), batch):
                 group = tiles[b0:b0 + batch]
                 slices = [tuple(slice(s, s + p) for s, p in zip(start, patch_size)) for start in group]

@@ -9,12 +9,13 @@ from torch import nn
 
 from c2fnas_auto.nas.cells import Cell, WiredCell
 from c2fnas_auto.nas.config import NetworkConfig, NetworkConfigError
+from c2fnas_auto.nas.execution import Compilable
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.nas.ops import ConvBlock, Upsample
 from c2fnas_auto.nas.plan import NetworkPlan, WiredHeadPlan, make_plan
 
 
-class CellNetwork(nn.Module):
+class CellNetwork(Compilable):
     """Stem -> cells -> head, built from a NetworkPlan; `run(x, ops)` picks each cell's op.
 
     The plan's cell style (config.cell_style) picks the wiring: "c2fnas" (WiredCell, concat
@@ -30,9 +31,10 @@ class CellNetwork(nn.Module):
         self.stem = nn.ModuleList([ConvBlock(plan.stem[0]), ConvBlock(plan.stem[1])])
         if isinstance(plan.head, WiredHeadPlan):
             self.cells = nn.ModuleList([WiredCell(c) for c in plan.cells])  # type: ignore[arg-type]
-            self.head_fuse = ConvBlock(plan.head.fuse)
-            self.head_expand = ConvBlock(plan.head.expand)
-            self.head_classifier = ConvBlock(plan.head.classifier)
+            # the head's tensors are each read by the next block only: its ReLUs run in place
+            self.head_fuse = ConvBlock(plan.head.fuse, inplace_relu=True)
+            self.head_expand = ConvBlock(plan.head.expand, inplace_relu=True)
+            self.head_classifier = ConvBlock(plan.head.classifier, inplace_relu=True)
             # tensor number -> index of the last cell that reads it (len(cells): the head), so
             # inference can drop a tensor once it is read for the last time
             self._last_read: dict[int, int] = {}
@@ -46,7 +48,7 @@ class CellNetwork(nn.Module):
             self.cells = nn.ModuleList([Cell(c) for c in plan.cells])  # type: ignore[arg-type]
             self.head_reduce = ConvBlock(plan.head.reduce)
             self.head_upsample = Upsample(plan.head.upsample) if plan.head.upsample is not None else None
-            self.head_classifier = ConvBlock(plan.head.classifier)
+            self.head_classifier = ConvBlock(plan.head.classifier, inplace_relu=True)  # reads y + full, fresh
             self._skip_sources = {c.skip_from for c in plan.cells if c.skip_from is not None}
 
     def deep_supervision_scales(self) -> list[tuple[float, float, float]]:
@@ -92,7 +94,7 @@ class CellNetwork(nn.Module):
                 ds_outputs.append(cell.ds_head(h))
         a, b = self.plan.head.concat_from  # type: ignore[union-attr]
         y = self.head_expand(self.head_fuse(torch.cat([kept[a], kept[b]], dim=1)))
-        return self.head_classifier(y), ds_outputs
+        return self._classify(y), ds_outputs
 
     def _run_residual(self, x: torch.Tensor, ops: Sequence[str],
                       want_ds: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -110,7 +112,13 @@ class CellNetwork(nn.Module):
         y = self.head_reduce(h)
         if self.head_upsample is not None:
             y = self.head_upsample(y)
-        return self.head_classifier(y + full), ds_outputs
+        return self._classify(y + full), ds_outputs
+
+    @torch.compiler.disable
+    def _classify(self, y: torch.Tensor) -> torch.Tensor:
+        """The classifier outside any compiled graph, so hooks on `head_classifier` (the
+        training's dead-head probe) run on every call, also when installed after compiling."""
+        return self.head_classifier(y)
 
 
 class C2FNASNet(CellNetwork):
@@ -121,7 +129,7 @@ class C2FNASNet(CellNetwork):
         super().__init__(make_plan(genotype.levels, [[op] for op in genotype.ops], config))
         self.genotype = genotype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.run(x, self.genotype.ops)
 
 

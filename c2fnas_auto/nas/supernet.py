@@ -27,9 +27,14 @@ class Supernet(CellNetwork):
         super().__init__(make_plan(levels, [list(OPS)] * len(levels), config))
         self.levels = levels
 
-    def forward(self, x: torch.Tensor, ops: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
+    def _forward_impl(self, x: torch.Tensor, ops: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
         check_ops(ops, len(self.levels))
         return self.run(x, ops)
+
+    def compile_units(self) -> list:
+        """Each cell on its own: a cell's graph depends only on its own op (3 variants), while
+        a whole-network graph would be recompiled for every sampled path."""
+        return [(cell, f"supernet cell {i + 1}") for i, cell in enumerate(self.cells)]
 
     def genotype(self, ops: Sequence[str], provenance: dict | None = None) -> Genotype:
         return Genotype(list(self.levels), list(ops), num_levels=self.config.num_levels,

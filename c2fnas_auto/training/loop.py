@@ -7,7 +7,6 @@ full-resolution output, so a "pseudo Dice" comes for free without extra forward 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from c2fnas_auto.nas.execution import autocast, check_precision, grad_scaler
 from c2fnas_auto.training.schedule import GRAD_CLIP, warmed_up
 from c2fnas_auto.training.start_check import DeadHeadProbe
 
@@ -28,7 +28,11 @@ def default_forward(network: nn.Module, x: torch.Tensor):
 
 @dataclass
 class StepContext:
-    """Everything a training step needs; `amp` only takes effect on CUDA."""
+    """Everything a training step needs.
+
+    `precision` ("fp32", "bf16", "fp16"; nas/execution.py) picks autocast and the grad
+    scaler; None keeps the old rule: fp16 AMP on CUDA when `amp`, else fp32.
+    """
 
     network: nn.Module
     optimizer: torch.optim.Optimizer
@@ -39,14 +43,18 @@ class StepContext:
     amp: bool = True
     warmup_iterations: int = 0  # learning rate and momentum ramp over the first steps (0: off)
     steps_done: int = 0
+    precision: str | None = None
 
     def __post_init__(self):
-        self.amp = bool(self.amp and self.device.type == "cuda")
+        if self.precision is None:
+            self.precision = "fp16" if self.amp and self.device.type == "cuda" else "fp32"
+        self.precision = check_precision(self.precision, self.device)
+        self.amp = self.precision != "fp32"
         if self.scaler is None:
-            self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+            self.scaler = grad_scaler(self.device, self.precision)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        return autocast(self.device, self.precision)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augme
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
 from c2fnas_auto.training.logger import TrainingLog
+from c2fnas_auto.nas.execution import prepare_network
 from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
@@ -62,6 +63,9 @@ class TrainerOptions:
     augment: bool = True
     augmentation: str | None = None  # backend; None = default_augmentation(device), resolved by the Trainer
     foreground_classes: str = "uniform"  # class rule of forced-foreground samples (dataloader)
+    precision: str | None = None  # fp32 / bf16 / fp16; None: fp16 AMP on CUDA, fp32 on CPU (nas/execution.py)
+    compile: bool = False  # torch.compile the network
+    channels_last: bool = False  # channels-last (NDHWC) activations
 
     def check(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
@@ -180,7 +184,9 @@ class Trainer:
         self.train_ids, self.val_ids = fold_case_ids(self.preprocessed_dir, self.fold)
         self.network: nn.Module = build_network(self.genotype, self.network_config).to(self.device)
         self.optimizer = build_optimizer(self.network)
-        self.ctx = StepContext(self.network, self.optimizer, DeepSupervisionLoss(), self.device)
+        prepare_network(self.network, compile=self.options.compile, channels_last=self.options.channels_last)
+        self.ctx = StepContext(self.network, self.optimizer, DeepSupervisionLoss(), self.device,
+                               precision=self.options.precision)
         if self.is_main:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.fold_dir)
@@ -241,7 +247,9 @@ class Trainer:
                  f"{' (default on ' + self.device.type + ')' if self.augmentation_default else ''}, {region}, "
                  f"{'2D-style' if use_2d_augmentation(self.patch_size) else '3D'} spatial augmentation, "
                  f"deep supervision {'on' if self.network_config.deep_supervision else 'off'}")
-        self.say(f"device {self.device}, AMP {'on' if self.ctx.amp else 'off'}, {self.options.epochs} epochs x "
+        self.say(f"device {self.device}, precision {self.ctx.precision}"
+                 f"{', compiled' if self.options.compile else ''}"
+                 f"{', channels-last' if self.options.channels_last else ''}, {self.options.epochs} epochs x "
                  f"{self.options.iters_per_epoch} iterations, seed {self.options.seed}")
 
     def _reduce(self, stats: EpochStats) -> EpochStats:

@@ -1,0 +1,148 @@
+"""How a network runs: numeric precision, torch.compile and memory layout, as options users pick.
+
+Training (`training/loop.py`), prediction (`inference/`) and the search share these helpers so
+that one choice means the same thing everywhere. Nothing here changes the weights or their
+names: a checkpoint trained with any option loads and predicts with any other.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable
+
+import torch
+from torch import nn
+
+from c2fnas_auto.errors import C2FNASError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class ExecutionError(C2FNASError):
+    """An execution option this device cannot honour (one line, names the option)."""
+
+
+def default_precision(device: torch.device) -> str:
+    """What a run gets when the user says nothing: fp16 AMP on CUDA (nnU-Net's choice), fp32 elsewhere."""
+    return "fp16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def check_precision(precision: str | None, device: torch.device) -> str:
+    """The precision to use on `device`; an impossible explicit choice is one clear error.
+
+    fp16 needs CUDA's grad scaler and fast half kernels: on a CPU it is refused rather than
+    silently changed, since the user asked for it by name.
+    """
+    device = torch.device(device)
+    if precision is None:
+        return default_precision(device)
+    if precision not in PRECISIONS:
+        raise ExecutionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ExecutionError(f"--precision fp16 needs a CUDA device (this run is on {device.type}); "
+                             "use --precision bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ExecutionError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                             "use --precision fp16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Autocast for bf16/fp16; fp32 runs plainly."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A scaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16" and torch.device(device).type == "cuda")
+
+
+def to_channels_last(network: nn.Module) -> nn.Module:
+    """Store the conv weights channels-last (NDHWC): oneDNN's and cuDNN's fast layout.
+
+    The network's first conv then produces channels-last activations and later layers keep
+    that layout. Values and parameter names are unchanged (only strides differ).
+    """
+    return network.to(memory_format=torch.channels_last_3d)
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+class _FallbackCompiled:
+    """The module's compiled call, which reverts to eager execution once if compiling fails.
+
+    torch.compile is lazy: an unsupported platform (no C++ compiler, an unsupported Python)
+    only shows up at the first call. Then a one-line message is printed and eager runs;
+    a genuine error of the network (a wrong input shape) also fails in eager and is raised.
+    """
+
+    def __init__(self, module: nn.Module, compiled: Callable, name: str):
+        self.module, self.compiled, self.name, self.failed = module, compiled, name, False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # any compiler failure: report it in one line, run eagerly
+                self.failed = True
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                _warn(f"--compile: torch.compile failed for {self.name} ({type(exc).__name__}: {first}); "
+                      "running without compilation")
+                self.module._compiled_fallback = None
+        return self.module._call_eager(*args, **kwargs)
+
+
+def compile_module(module: nn.Module, name: str, compiler: Callable = torch.compile) -> bool:
+    """Compile `module` in place (its state_dict keys stay the same). False, with a one-line
+    message, where torch.compile is not available at all."""
+    try:
+        compiled = compiler(module._call_eager)
+    except Exception as exc:  # torch.compile refused up front (e.g. unsupported Python)
+        _warn(f"--compile: torch.compile is not available here ({type(exc).__name__}: "
+              f"{(str(exc).strip().splitlines() or [''])[0][:200]}); running without compilation")
+        return False
+    module._compiled_fallback = _FallbackCompiled(module, compiled, name)
+    return True
+
+
+class Compilable(nn.Module):
+    """A module whose forward (`_forward_impl`, defined by subclasses) can be swapped for a
+    compiled one without renaming its weights
+    (torch.compile's wrapper would prefix every state_dict key with `_orig_mod.`)."""
+
+    _compiled_fallback: _FallbackCompiled | None = None
+
+    def _call_eager(self, *args, **kwargs):
+        return self._forward_impl(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        if self._compiled_fallback is not None:
+            return self._compiled_fallback(*args, **kwargs)
+        return self._forward_impl(*args, **kwargs)
+
+    def compile_units(self) -> list[tuple["Compilable", str]]:
+        """The modules `prepare_network` compiles: the whole network by default; the supernet
+        compiles its cells instead, since its path (a list of op names) changes every step and
+        would recompile a whole-network graph each time."""
+        return [(self, type(self).__name__)]
+
+
+def prepare_network(network: nn.Module, compile: bool = False, channels_last: bool = False,
+                    compiler: Callable = torch.compile) -> nn.Module:
+    """Apply the layout and compile options to a c2fnas network in place; returns it."""
+    if channels_last:
+        to_channels_last(network)
+    if compile:
+        units = network.compile_units() if isinstance(network, Compilable) else None
+        if not units:
+            raise ExecutionError(f"--compile: {type(network).__name__} is not a c2fnas network")
+        for module, name in units:
+            if not compile_module(module, name, compiler):
+                break
+    return network

@@ -1,0 +1,105 @@
+"""--precision / --compile / --channels-last: what runs on a CPU, and one-line refusals."""
+
+import pytest
+import torch
+
+from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
+from c2fnas_auto.inference.sliding_window import sliding_window_predict
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.execution import ExecutionError, autocast, check_precision, grad_scaler
+from c2fnas_auto.nas.genotype import reference_genotype
+from c2fnas_auto.nas.network import build_network
+from c2fnas_auto.training.loop import StepContext, train_step
+from c2fnas_auto.training.loss import DeepSupervisionLoss
+from c2fnas_auto.training.schedule import build_optimizer
+
+CPU = torch.device("cpu")
+PATCH = (16, 32, 32)
+
+
+def net(ds: bool = True):
+    torch.manual_seed(0)
+    cfg = NetworkConfig(in_channels=1, num_classes=3, stem_channels=4, level_channels=(8, 8, 16, 16),
+                        deep_supervision=ds)
+    return build_network(reference_genotype(), cfg)
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return {"data": torch.randn(2, 1, *PATCH, generator=g),
+            "target": torch.randint(0, 3, (2, 1, *PATCH), generator=g).float()}
+
+
+def test_defaults_keep_the_old_rule():
+    assert check_precision(None, CPU) == "fp32"
+    assert check_precision(None, torch.device("cuda")) == "fp16"
+    ctx = StepContext(net(), build_optimizer(net()), DeepSupervisionLoss(), CPU)
+    assert ctx.precision == "fp32" and not ctx.amp and not ctx.scaler.is_enabled()
+
+
+@pytest.mark.parametrize("bad, words", [("fp16", "needs a CUDA device"), ("int8", "must be one of")])
+def test_impossible_precisions_are_one_line(bad, words):
+    with pytest.raises(ExecutionError, match=words) as e:
+        check_precision(bad, CPU)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ExecutionError):
+        StepContext(net(), build_optimizer(net()), DeepSupervisionLoss(), CPU, precision=bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs CUDA")
+def test_fp16_on_cuda_has_an_active_scaler():  # pragma: no cover - runs on the GPU check
+    dev = torch.device("cuda")
+    assert grad_scaler(dev, "fp16").is_enabled() and not grad_scaler(dev, "bf16").is_enabled()
+
+
+def test_bf16_training_step_runs_on_the_cpu_and_learns_the_same_direction():
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        n = net()
+        ctx = StepContext(n, build_optimizer(n), DeepSupervisionLoss(), CPU, precision=precision)
+        assert not ctx.scaler.is_enabled()
+        b = batch()
+        losses[precision] = [train_step(ctx, b)[0] for _ in range(3)]
+    assert all(abs(a - b) < 0.05 * abs(a) for a, b in zip(losses["fp32"], losses["bf16"]))
+    with autocast(CPU, "bf16"):
+        assert torch.nn.functional.conv3d(torch.randn(1, 1, 3, 3, 3), torch.randn(1, 1, 1, 1, 1)).dtype \
+            == torch.bfloat16
+
+
+def test_bf16_sliding_window_agrees_with_fp32_and_accumulates_in_fp32():
+    n = net(ds=False)
+    data = torch.randn(1, 24, 40, 40)
+    a = sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="fp32")
+    b = sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="bf16")
+    assert b.dtype == torch.float32
+    # an untrained network amplifies bf16's rounding through 12 instance norms: a sanity bound
+    # only; the Dice of trained networks is compared in benchmarks/precision_accuracy.py
+    assert float((a.argmax(0) == b.argmax(0)).float().mean()) > 0.9
+    with pytest.raises(ExecutionError, match="fp16"):
+        sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="fp16")
+
+
+def test_cli_flags_become_keyword_arguments():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_execution_flags(p)
+    assert execution_kwargs(p.parse_args([])) == {"precision": None, "compile": False, "channels_last": False}
+    assert execution_kwargs(p.parse_args(["--precision", "bf16", "--compile", "--channels-last"])) == \
+        {"precision": "bf16", "compile": True, "channels_last": True}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--precision", "fp8"])
+
+
+def test_predictor_applies_the_options_and_refuses_fp16_on_cpu():
+    from c2fnas_auto.inference.predictor import Predictor
+
+    class Plans:
+        patch_size, num_channels, num_classes = list(PATCH), 1, 3
+
+    n = net(ds=False)
+    p = Predictor.from_networks([n], Plans(), device="cpu", precision="bf16", channels_last=True, progress=False)
+    assert p.precision == "bf16"
+    assert next(n.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(ExecutionError, match="needs a CUDA device"):
+        Predictor.from_networks([net(ds=False)], Plans(), device="cpu", precision="fp16", progress=False)

@@ -1,0 +1,161 @@
+"""The speed rewrites are exact: same outputs, gradients, parameter names and count as the
+unrewritten network (in-place ReLUs, channels-last layout, compiled forward)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from c2fnas_auto.nas.config import CELL_STYLES, NetworkConfig
+from c2fnas_auto.nas.cost import estimate_cost
+from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas.genotype import Genotype, reference_genotype
+from c2fnas_auto.nas.network import build_network, count_parameters
+from c2fnas_auto.nas.supernet import build_supernet
+from c2fnas_auto.training.start_check import DeadHeadProbe
+
+GENOTYPES = [reference_genotype(), Genotype([2, 3, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1], ["3d", "p3d", "2d"] * 4)]
+PATCH = (16, 32, 32)
+
+
+def config(style: str, deep_supervision: bool = True) -> NetworkConfig:
+    return NetworkConfig(in_channels=2, num_classes=3, stem_channels=4, level_channels=(8, 8, 16, 16),
+                         deep_supervision=deep_supervision, cell_style=style)
+
+
+def unrewritten(net: nn.Module) -> nn.Module:
+    """The same weights with every ReLU out of place: the network before the rewrite."""
+    ref = copy.deepcopy(net)
+    for m in ref.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return ref
+
+
+def outputs_and_grads(net: nn.Module, x: torch.Tensor, *args) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    net.zero_grad(set_to_none=True)
+    out = net(x, *args)
+    out = out if isinstance(out, list) else [out]
+    loss = sum((o.float() * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out)
+    loss.backward()
+    return [o.detach() for o in out], {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+
+def assert_same(a, b, rtol=0.0, atol=0.0):
+    for x, y in zip(a[0], b[0], strict=True):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        scale = float(b[1][k].abs().max()) or 1.0
+        torch.testing.assert_close(a[1][k] / scale, b[1][k] / scale, rtol=rtol, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("style", CELL_STYLES)
+@pytest.mark.parametrize("g", GENOTYPES, ids=lambda g: g.topology_string())
+def test_inplace_relus_give_the_unrewritten_outputs_and_gradients(style, g):
+    torch.manual_seed(0)
+    net = build_network(g, config(style)).train()
+    assert any(m.inplace for m in net.modules() if isinstance(m, nn.ReLU))
+    ref = unrewritten(net)
+    x = torch.randn(2, 2, *PATCH)
+    assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x))
+    assert net.state_dict().keys() == ref.state_dict().keys()
+    assert count_parameters(net) == estimate_cost(g, config(style), PATCH).params
+
+
+def test_supernet_paths_with_inplace_relus_match_the_unrewritten_supernet():
+    torch.manual_seed(0)
+    net = build_supernet(reference_genotype().levels, config("c2fnas")).train()
+    ref = unrewritten(net)
+    x = torch.randn(2, 2, *PATCH)
+    for ops in (["2d"] * 12, ["p3d"] * 12, ["3d", "p3d", "2d"] * 4):
+        assert_same(outputs_and_grads(net, x, ops), outputs_and_grads(ref, x, ops))
+
+
+@pytest.mark.parametrize("style", CELL_STYLES)
+def test_channels_last_matches_to_float_rounding_and_keeps_the_weights_names(style):
+    torch.manual_seed(0)
+    net = build_network(reference_genotype(), config(style)).train()
+    ref = unrewritten(net)
+    prepare_network(net, channels_last=True)
+    x = torch.randn(2, 2, *PATCH)
+    assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-4, atol=1e-4)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    fresh = build_network(reference_genotype(), config(style))
+    fresh.load_state_dict(net.state_dict())  # a channels-last checkpoint loads into a plain network
+
+
+def test_compiled_network_matches_and_keeps_state_dict_keys_and_the_probe():
+    torch.manual_seed(0)
+    net = build_network(reference_genotype(), config("c2fnas")).train()
+    ref = unrewritten(net)
+    keys = list(net.state_dict())
+    calls = []
+
+    def compiler(fn):  # dynamo with the eager backend: checks the tracing without a C++ build
+        calls.append(fn)
+        return torch.compile(fn, backend="eager")
+
+    prepare_network(net, compile=True, compiler=compiler)
+    assert len(calls) == 1 and list(net.state_dict()) == keys
+    x = torch.randn(2, 2, *PATCH)
+    with DeadHeadProbe(net) as probe:  # installed after compiling: the classifier runs eagerly
+        got = outputs_and_grads(net, x)
+    assert probe.fraction() == probe.fraction()  # not NaN: the hook ran
+    assert_same(got, outputs_and_grads(ref, x), rtol=1e-5, atol=1e-5)
+
+
+def test_supernet_compiles_cell_by_cell():
+    net = build_supernet(reference_genotype().levels, config("c2fnas"))
+    names = []
+    prepare_network(net, compile=True, compiler=lambda fn: names.append(fn) or fn)
+    assert len(names) == len(net.cells)
+    net(torch.randn(2, 2, *PATCH), ["2d"] * 12)
+
+
+def test_compile_failure_at_first_call_falls_back_to_eager_with_one_line(capsys):
+    net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False)).eval()
+
+    def broken(fn):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler found\nlong traceback text")
+        return call
+
+    prepare_network(net, compile=True, compiler=broken)
+    x = torch.randn(1, 2, *PATCH)
+    with torch.no_grad():
+        out = net(x)
+        again = net(x)  # the second call goes straight to eager
+    torch.testing.assert_close(out, again)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.compile failed" in err[0] and "no C++ compiler found" in err[0]
+
+
+def test_compile_refused_up_front_is_one_line_and_the_network_runs(capsys):
+    net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False)).eval()
+
+    def refuses(fn):
+        raise RuntimeError("torch.compile is not supported on Python 3.99+")
+
+    prepare_network(net, compile=True, compiler=refuses)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not available here" in err[0]
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, *PATCH)).shape == (1, 3, *PATCH)
+
+
+def test_genuine_network_errors_still_raise_under_compile():
+    from c2fnas_auto.nas.config import NetworkConfigError
+
+    net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False))
+    prepare_network(net, compile=True, compiler=lambda fn: torch.compile(fn, backend="eager"))
+    with pytest.raises(NetworkConfigError):
+        net(torch.randn(1, 5, *PATCH))
+
+
+def test_compile_of_a_foreign_module_is_one_clear_error():
+    from c2fnas_auto.nas.execution import ExecutionError
+
+    with pytest.raises(ExecutionError, match="not a c2fnas network"):
+        prepare_network(nn.Conv3d(1, 1, 1), compile=True)
