@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add this process as a worker to a search already running (any node sharing the folder)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage shared by the workers, e.g. postgresql://user:pw@host/db for several nodes "
-                        "(default: sqlite file search.db in the search's results folder, one host)")
+                        "(default: sqlite file search.db in the search's results folder, one host); 'files': "
+                        "the per-candidate files engine (lower overhead per job, see documentation/search.md)")
     p.add_argument("--stale-seconds", type=float, default=w.stale_seconds,
                    help="a worker whose heartbeat is older than this is taken as gone; its candidate is rerun")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (one line per candidate still printed)")

@@ -34,7 +34,8 @@ from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateEr
 from c2fnas_auto.search.stop import StopFlag
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials, clear_search, has_results
-from c2fnas_auto.search.storage import default_url, shown
+from c2fnas_auto.search.storage import FILES, default_url, shown
+from c2fnas_auto.search.trials import TrialStore
 from c2fnas_auto.utils.io import remove_stale_temporaries
 
 SEARCH_DIR = "search"  # the old location under the preprocessed task (read on --continue)
@@ -238,21 +239,29 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
                 raise SearchStateError(f"{state_path}: no search to join (start it without --join first)")
             return open_state(state_path, task_name, settings.to_dict(), True, False).to_dict()
         remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
-        if not (resume or overwrite or state_path.exists()) and has_results(url, task_name):
+        if not (resume or overwrite or state_path.exists()) and _has_results(url, task_name, search_dir):
             raise SearchStateError(f"{shown(url)} holds results of an earlier search of {task_name}: use --continue "
                                    "to resume it or --overwrite to start again")
         old = search_dir / TRIALS_DIR / "results"
-        if resume and old.is_dir() and any(old.iterdir()) and not has_results(url, task_name):
+        if url != FILES and resume and old.is_dir() and any(old.iterdir()) and not has_results(url, task_name):
             raise SearchStateError(f"{old.parent} holds trial files of the engine before Optuna, which this version "
                                    "does not read: finish that search with the version that started it, or "
                                    "use --overwrite to search again")
         if overwrite and not resume:
             (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)
-            clear_search(url, task_name)
+            if url != FILES:
+                clear_search(url, task_name)
         return open_state(state_path, task_name, settings.to_dict(), resume, overwrite).to_dict()
     except C2FNASError as exc:
         return {"error": str(exc)}
+
+
+def _has_results(url: str, task_name: str, search_dir: Path) -> bool:
+    if url == FILES:
+        results = search_dir / TRIALS_DIR / "results"
+        return results.is_dir() and any(results.iterdir())
+    return has_results(url, task_name)
 
 
 def _check_same(state: SearchState, field_name: str, new: dict[str, Any], what: str, state_path: Path) -> None:
@@ -327,7 +336,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
             _write_outputs(search_dir, state, hooks)
         return state
 
-    store = OptunaTrials(url, task_name, worker_id, workers).start()
+    store = (TrialStore(search_dir / TRIALS_DIR, worker_id, workers) if url == FILES
+             else OptunaTrials(url, task_name, worker_id, workers)).start()
     bar = _Progress(progress, main, lines)
     try:
         if main:

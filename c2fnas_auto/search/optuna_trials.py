@@ -154,7 +154,10 @@ class OptunaTrials:
             except UpdateFinishedTrialError:
                 pass  # already failed as stale by another worker, which requeued it
         if self._worker_trial is not None:
-            self.storage.set_trial_state_values(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
+            try:
+                self.storage.set_trial_state_values(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
+            except UpdateFinishedTrialError:
+                pass  # judged dead meanwhile (its heartbeats were late): it already ended as FAIL
             self._worker_trial = None
 
     def alive(self, worker: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 from c2fnas_auto.errors import C2FNASError
 
 DB_FILE = "search.db"
+FILES = "files"  # --storage files: the per-candidate files engine (trials.py) instead of Optuna
 SQLITE_TIMEOUT_S = 60.0
 
 

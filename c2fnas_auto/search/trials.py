@@ -15,38 +15,17 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
 from c2fnas_auto.utils.io import atomic_write_json, create_json_once, load_json
 
 CLAIMS, RESULTS, WORKERS, MARKS = "claims", "results", "workers", "marks"
 _CLAIM = re.compile(r"^(?P<job>[A-Za-z0-9_-]+)\.a(?P<attempt>\d+)\.json$")
-
-
-@dataclass(frozen=True)
-class Job:
-    """`id` names the files (letters, digits, - and _); `payload` is what the evaluator needs."""
-
-    id: str
-    payload: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-@dataclass
-class WorkerOptions:
-    """How workers notice each other; no influence on what the search decides."""
-
-    stale_seconds: float = 120.0  # a heartbeat older than this marks the worker as gone
-    poll_seconds: float = 1.0  # how often an idle worker looks for new work
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class TrialStore:
@@ -143,20 +122,20 @@ class TrialStore:
         """Claimed jobs without a result whose worker is alive."""
         return {j for j, (_, c) in claims.items() if j not in done and self.alive(c["worker"])}
 
-    def try_claim(self, job: Job) -> bool:
-        """True if this worker now owns `job` (no result yet, no live claim by anyone)."""
+    def try_claim(self, job: Job) -> Job | None:
+        """`job` if this worker now owns it (no result yet, no live claim by anyone), else None."""
         if self._result_file(job.id).exists():
-            return False
+            return None
         current = self.claims(job.id + ".").get(job.id)
         attempt = 0
         if current is not None:
             if self.alive(current[1]["worker"]):
-                return False
+                return None
             attempt = current[0] + 1
         won = create_json_once(self.folder / CLAIMS / f"{job.id}.a{attempt}.json",
                                {"job": job.id, "worker": self.worker_id, "attempt": attempt,
                                 "payload": job.payload, "claimed_at": time.time()})
-        return won and not self._result_file(job.id).exists()
+        return job if won and not self._result_file(job.id).exists() else None
 
     def finish(self, job: Job, answer: dict[str, Any]) -> bool:
         """Publish the result; False if another worker's result for this job came first."""
@@ -192,7 +171,7 @@ class TrialStore:
             pending = [j for j in jobs if not self._result_file(j.id).exists()]
             if not pending:
                 return {j.id: self.result(j.id) for j in jobs}
-            mine = next((j for j in pending if self.try_claim(j)), None)
+            mine = next((j for j in pending if self.try_claim(j) is not None), None)
             if mine is None:
                 check()
                 self.wait()

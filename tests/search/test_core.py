@@ -188,3 +188,14 @@ def test_bad_schedule_settings_are_user_errors(tmp_path):
                                ("standalone_sample", -1, "--standalone-sample")):
         with pytest.raises(C2FNASError, match=text):
             SearchSettings(**{**SMALL, field: value}).validate()
+
+
+def test_the_files_engine_runs_a_whole_search(tmp_path):
+    fake = FakeHooks()
+    state = _search(tmp_path, fake, storage="files")
+    assert state.finished and not (tmp_path / "search" / "search.db").exists()
+    assert any((tmp_path / "search" / "trials" / "results").iterdir())
+    assert len(fake.coarse_calls) == len(set(fake.coarse_calls)) == len(state.coarse)
+    with pytest.raises(C2FNASError, match="results of an earlier search"):
+        (tmp_path / "search" / "state.json").unlink()
+        _search(tmp_path, FakeHooks(), storage="files")

@@ -15,8 +15,10 @@ from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.jobs import Job, WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials, job_trials, stage_of
 from c2fnas_auto.search.storage import default_url, shown
+from c2fnas_auto.search.trials import TrialStore
 
 FAST = WorkerOptions(stale_seconds=2, poll_seconds=0.02)
+FILES_FAST = WorkerOptions(stale_seconds=0.4, poll_seconds=0.02)
 
 
 def test_kendall_tau_b_against_a_hand_computed_case():
@@ -229,12 +231,55 @@ def test_a_job_finished_by_another_worker_while_being_taken_is_left_alone(tmp_pa
     b.stop()
 
 
-def test_stopping_with_a_job_already_failed_as_stale_requeues_nothing_more(tmp_path):
+def test_stopping_a_worker_already_judged_dead_requeues_nothing_more(tmp_path):
     from optuna.trial import TrialState
 
     a = _store(tmp_path, "a")
     job = _job()
     assert a.try_claim(job) == job
     a.storage.set_trial_state_values(a._current, TrialState.FAIL)  # what another worker's stale check does
+    a.storage.set_trial_state_values(a._worker_trial, TrialState.FAIL)  # and to the worker's own trial
     a.stop()
     assert [t["state"] for t in job_trials(default_url(tmp_path), "T")] == ["FAIL"]
+
+
+def test_files_engine_claims_are_exclusive_and_orphans_are_retaken(tmp_path):
+    a = TrialStore(tmp_path, "hostA-1-aa", FILES_FAST).start()
+    b = TrialStore(tmp_path, "hostA-1-bb", FILES_FAST).start()
+    job = Job(job_id(0, 0), {"levels": [1] * 12, "ops": ["3d"] * 12, "cluster": 0, "candidate": 0, "rung": 0,
+                            "epochs": 1})
+    assert a.try_claim(job) == job and b.try_claim(job) is None, "one claim per job"
+    a.stop()  # worker a dies: its heartbeat goes stale
+    time.sleep(FILES_FAST.stale_seconds + 0.2)
+    v = read_view(b)
+    assert v.orphaned() == [(0, 0)]
+    assert b.try_claim(job) == job, "the orphaned job is claimed again (attempt 1)"
+    assert b.finish(job, {"score": 0.5})
+    assert not a.finish(job, {"score": 0.1}), "a late result of the dead worker is not recorded twice"
+    assert b.result(job.id)["answer"]["score"] == 0.5
+    assert b.try_claim(job) is None, "finished jobs are never claimed"
+    b.stop()
+
+
+def test_files_engine_liveness_missing_dead_foreign_and_removed_folder(tmp_path, monkeypatch):
+    import os
+
+    store = TrialStore(tmp_path / "t", "me", WorkerOptions(stale_seconds=60, poll_seconds=0.01)).start()
+    assert store.alive("me") and not store.alive("nobody"), "no heartbeat file: gone"
+    (tmp_path / "t" / "workers" / "ghost.json").write_text(json.dumps({"host": store.host, "pid": 2 ** 22 + 12345}))
+    assert not store.alive("ghost"), "same host, process gone: gone at once"
+    (tmp_path / "t" / "workers" / "other.json").write_text(json.dumps({"host": store.host, "pid": 1}))
+
+    def foreign(pid, sig):
+        raise PermissionError("another user's process")
+
+    monkeypatch.setattr(os, "kill", foreign)
+    assert store.alive("other"), "a process we may not signal exists: its heartbeat decides"
+    store.stop()
+    fast = TrialStore(tmp_path / "u", "x", WorkerOptions(stale_seconds=0.2, poll_seconds=0.01)).start()
+    import shutil
+
+    shutil.rmtree(tmp_path / "u")  # the folder is removed under a beating worker (another run's --overwrite)
+    fast._thread.join(timeout=5)
+    assert not fast._thread.is_alive(), "the heartbeat thread ends instead of raising"
+    fast.stop()
