@@ -15,13 +15,21 @@ importance maps differ in their tails: MONAI floors its Gaussian at 1e-3, ours k
 down to the smallest positive value (about 1e-10 for a roi of 16), so far-from-centre
 voxels of a window weigh much less in ours. (With MONAI's map substituted into ours the
 outputs are identical: checked by hand.)
+
+The options a user can switch on (issue 21: `--channels-last`, `--precision bf16`,
+`--compile`, and compile with channels-last) are further sides of ours, each on its own copy
+of the same weights, each alternated with MONAI (fp32, plain network) at both windows per
+forward; their time ratios are in the note and the JSON, and the best of them is compared
+with the goal of >= 1.3x MONAI's speed (time ratio <= 0.77). Compilation happens in the
+untimed first call.
 """
 
 from __future__ import annotations
 
-import torch
-
+import copy
 from typing import Callable
+
+import torch
 
 from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_seconds, median, paired_ratio, ratio,
                                require_module, require_our, timed)
@@ -43,6 +51,8 @@ def reference_network(in_channels: int, num_classes: int, base_channels: int, de
 
 
 BATCH_SIZES = (1, 2)  # windows per forward, the same on both sides
+OPTION_SIDES = {"channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
+                "compile": {"compile": True}, "compile_channels_last": {"compile": True, "channels_last": True}}
 OUR_DEFAULT, MONAI_DEFAULT = 2, 1  # sliding_window_predict(tile_batch_size=2); SlidingWindowInferer(sw_batch_size=1)
 
 
@@ -52,6 +62,7 @@ def run(ws, profile: Profile) -> RowResult:
     from monai.inferers import sliding_window_inference
 
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
+    from c2fnas_auto.nas.execution import prepare_network
 
     num_classes = 3
     torch.manual_seed(0)
@@ -61,13 +72,14 @@ def run(ws, profile: Profile) -> RowResult:
     roi = tuple(profile.sw_patch)
     outputs: dict[str, torch.Tensor] = {}
 
-    def ours(bs: int) -> Callable[[int], float]:
+    def ours(bs: int, network=net, precision: str = "fp32", key: str = "ours") -> Callable[[int], float]:
         def call(_: int) -> float:
             with torch.no_grad():
-                t, out = timed(lambda: sliding_window_predict(net, volume[0], roi, num_classes, step_size=0.5,
+                t, out = timed(lambda: sliding_window_predict(network, volume[0], roi, num_classes, step_size=0.5,
                                                               gaussian=True, mirror_axes=None, tile_batch_size=bs,
-                                                              device=torch.device("cpu"), progress=False))
-            outputs["ours"] = out
+                                                              device=torch.device("cpu"), progress=False,
+                                                              precision=precision))
+            outputs[key] = out
             return t
         return call
 
@@ -91,6 +103,21 @@ def run(ws, profile: Profile) -> RowResult:
         ours(bs)(-1)
         peer(bs)(-1)
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
+    opt_times, opt_ratios, opt_diff = {}, {}, {}
+    for name, opts in OPTION_SIDES.items():
+        variant = prepare_network(copy.deepcopy(net), compile=opts.get("compile", False),
+                                  channels_last=opts.get("channels_last", False)).eval()
+        precision = opts.get("precision", "fp32")
+        opt_times[name] = {}
+        for bs in BATCH_SIZES:
+            ours(bs, variant, precision, name)(-1)  # untimed: compiles
+            opt_times[name][bs] = alternate(ours(bs, variant, precision, name), peer(bs), profile.fast_reps)
+        opt_ratios[name] = min((r for r in (paired_ratio(*opt_times[name][bs]) for bs in BATCH_SIZES)
+                                if r is not None), default=None)
+        opt_diff[name] = float((outputs[name] - outputs["ours"]).abs().max())
+    best = min((k for k in OPTION_SIDES if opt_ratios[k] is not None), key=lambda k: opt_ratios[k], default=None)
+    options_note = "; ".join(f"{k} ratio {_fmt_ratio(opt_ratios[k])} (max |diff| to fp32 {opt_diff[k]:.1e})"
+                             for k in OPTION_SIDES)
     diff = float((outputs["ours"] - outputs["monai"]).abs().max())
     scale = float(outputs["monai"].abs().max())
     med = {bs: (median(t[0]), median(t[1])) for bs, t in times.items()}
@@ -105,7 +132,9 @@ def run(ws, profile: Profile) -> RowResult:
               f"forward ({each}; the ratio shown is the larger); each at its default (ours {OUR_DEFAULT}, MONAI "
               f"sw_batch_size {MONAI_DEFAULT}): ratio {_fmt_ratio(r_default)}; "
               f"max |ours - MONAI| = {diff_constant:.1e} with constant weights, {diff:.2e} with Gaussian weights "
-              f"(max |logit| {scale:.2f}; MONAI floors its Gaussian map at 1e-3, ours does not)"),
+              f"(max |logit| {scale:.2f}; MONAI floors its Gaussian map at 1e-3, ours does not); options "
+              f"(time ratio to MONAI at equal windows per forward, the better of 1 and 2): {options_note}; "
+              f"best option {best} (goal <= 0.77, i.e. >= 1.3x MONAI's speed)"),
         summary=Summary(ours=", ".join(f"{fmt_seconds(med[bs][0])} ({bs}/fwd)" for bs in BATCH_SIZES),
                         peer="MONAI " + ", ".join(f"{fmt_seconds(med[bs][1])} ({bs}/fwd)" for bs in BATCH_SIZES),
                         ratio=r, goal="<= 0.7x MONAI at equal windows per forward",
@@ -118,7 +147,13 @@ def run(ws, profile: Profile) -> RowResult:
                  "paired_ratio": {str(bs): ratios[bs] for bs in BATCH_SIZES},
                  "defaults": {"ours_tile_batch_size": OUR_DEFAULT, "monai_sw_batch_size": MONAI_DEFAULT,
                               "ratio_of_medians": r_default},
-                 "max_abs_difference": diff, "max_abs_difference_constant": diff_constant, "max_abs_logit": scale},
+                 "max_abs_difference": diff, "max_abs_difference_constant": diff_constant, "max_abs_logit": scale,
+                 "options": {k: {"seconds_ours": {str(bs): opt_times[k][bs][0] for bs in BATCH_SIZES},
+                                 "seconds_monai": {str(bs): opt_times[k][bs][1] for bs in BATCH_SIZES},
+                                 "ratio": opt_ratios[k], "max_abs_difference_to_fp32": opt_diff[k]}
+                             for k in OPTION_SIDES},
+                 "best_option": best, "best_option_ratio": opt_ratios[best] if best else None,
+                 "best_option_goal_met": None if best is None else opt_ratios[best] <= 1 / 1.3},
     )
 
 

@@ -1,0 +1,112 @@
+"""python -m benchmarks.precision_accuracy [--profile quick] [--seeds N] [--options ...] [--threads 1]
+
+Do the execution options (issue 21) cost accuracy? The same training (the plans' network and
+schedule of the search study's profile: `fit`, then `score_cases` on cases the training never
+read) under fp32 and under each option, with several seeds, on the study's source task (the
+demo-like synthetic task) and on its held-out CT-like task. An option passes on a task when
+its mean Dice lies within the seed noise of fp32's: |mean_option - mean_fp32| <= 2 x the
+larger of the two seed standard deviations (with one seed: the fp32 seed spread is unknown
+and the check says so instead of passing).
+
+Resumable: every finished (task, option, seed) is stored at once in the results file, and a
+rerun skips it. CPU cost: the quick profile trains 4 x 10 iterations per job; with 3 seeds,
+2 tasks and 4 options that is 24 trainings (tens of minutes on one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from c2fnas_auto.cli._common import cli_entry
+
+OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
+           "channels_last": {"channels_last": True}}
+OUT = Path(__file__).resolve().parent / "results" / "precision_accuracy"
+
+
+def train_and_score(task, option: str, seed: int, profile) -> dict:
+    """One training from seed `seed` under `option`, scored on the task's held-out cases."""
+    import torch
+
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.training.api import fit, score_cases
+
+    opts = OPTIONS[option]
+    torch.manual_seed(seed)
+    net = build_network(task.plans.genotype, task.plans.network_config())
+    t0 = time.perf_counter()
+    losses = fit(net, task.plans, task.preprocessed, task.train_ids, epochs=profile.epochs,
+                 iters_per_epoch=profile.iters_per_epoch, device="cpu", seed=seed, **opts)
+    scores = score_cases(net, task.plans, task.heldout_dir, task.heldout_ids, device="cpu",
+                         precision=opts.get("precision"))
+    return {"mean_fg_dice": scores["mean_fg_dice"], "final_loss": float(losses[-1]) if losses else None,
+            "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def verdict(dice: dict[str, list[float]], option: str) -> dict:
+    """Mean, seed SD and the within-seed-noise check of `option` against fp32."""
+    ref, got = dice.get("fp32", []), dice.get(option, [])
+    if not ref or not got:
+        return {"status": "missing"}
+    sd = max(statistics.stdev(ref) if len(ref) > 1 else 0.0, statistics.stdev(got) if len(got) > 1 else 0.0)
+    diff = statistics.fmean(got) - statistics.fmean(ref)
+    out = {"mean": statistics.fmean(got), "mean_fp32": statistics.fmean(ref), "difference": diff,
+           "seed_sd": sd, "seeds": len(got)}
+    if len(ref) < 2:
+        out["status"] = "needs at least 2 seeds"
+    else:
+        out["status"] = "within seed noise" if abs(diff) <= 2 * sd else "outside seed noise"
+    return out
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.precision_accuracy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="quick", help="search-study profile: tiny, quick, full (default quick)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help=f"results JSON (default {OUT}/<profile>.json)")
+    args = p.parse_args(argv)
+    import torch
+
+    from benchmarks.study.profiles import PROFILES
+    from benchmarks.study.runner import prepare_task, set_environment
+    from c2fnas_auto.utils.io import atomic_write_json, load_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = PROFILES[args.profile]
+    out = args.out or OUT / f"{profile.name}.json"
+    workdir = (args.workdir or Path(__file__).resolve().parent / "work" / "precision_accuracy" / profile.name).resolve()
+    set_environment(workdir)
+    results = load_json(out, "precision accuracy results") if out.is_file() else {"jobs": {}}
+    options = ["fp32"] + [o for o in args.options if o != "fp32"]
+    heldout_task = next(t for t in profile.transfers if t.kind == "synthetic")  # needs no real data
+    for spec in (profile.source, heldout_task):
+        task = prepare_task(spec, profile, workdir)
+        for seed in range(args.seeds):
+            for option in options:
+                key = f"{spec.key}|{option}|{seed}"
+                if key in results["jobs"]:
+                    continue
+                results["jobs"][key] = train_and_score(task, option, seed, profile)
+                atomic_write_json(out, results)
+                print(f"{key}: Dice {results['jobs'][key]['mean_fg_dice']:.3f}", flush=True)
+        dice = {o: [results["jobs"][f"{spec.key}|{o}|{s}"]["mean_fg_dice"] for s in range(args.seeds)]
+                for o in options}
+        results.setdefault("summary", {})[spec.key] = {o: verdict(dice, o) for o in options if o != "fp32"}
+        atomic_write_json(out, results)
+        for o, v in results["summary"][spec.key].items():
+            print(f"{spec.key} {o}: {v}", flush=True)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
