@@ -29,13 +29,16 @@ def postgres_url(tmp_path_factory):
 
 
 def test_two_workers_share_a_search_on_postgresql(tmp_path, postgres_url):
-    opts = {"sleep": 0.1, "storage": postgres_url}
+    opts = {"sleep": 0.1, "storage": postgres_url, "hold": True}
     settings = json.dumps(SETTINGS)
     main = _start(tmp_path, settings, opts)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (tmp_path / "search" / "state.json").exists():
         time.sleep(0.05)
     joiner = _start(tmp_path, settings, {**opts, "join": True})
+    while time.monotonic() < deadline and len(list(tmp_path.glob("waiting-*"))) < 2:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()  # both take their first job together
     _finish(main, joiner)
     workers = _workers(tmp_path)
     assert all(w["coarse"] for w in workers), "both workers ran coarse candidates"
