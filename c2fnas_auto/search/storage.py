@@ -84,9 +84,11 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
-                                             grace_period=grace_period,
-                                             heartbeat_stale_trial_callback=requeue_failed_job)
+        with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.9, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                                                 grace_period=grace_period,
+                                                 heartbeat_stale_trial_callback=requeue_failed_job)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna raise many kinds
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise C2FNASError(f"--storage {shown(url)}: cannot open the search storage ({first})") from None
