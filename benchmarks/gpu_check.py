@@ -1,13 +1,19 @@
 """python -m benchmarks.gpu_check [--dry-run] --workdir DIR --out FILE
 
-The measurements a GPU machine is for, in one run of under 10 minutes (run it through
-`benchmarks/gpu_check.sh`):
+The measurements a GPU machine is for, in one run of under 8 minutes (run it through
+`benchmarks/gpu_check.sh`), all in one JSON file:
 
 1. a Pancreas-sized synthetic CT task (96x320x320 voxels at 2.5x0.8x0.8 mm, 8 cases),
    planned at 8 GB;
 2. training iterations per second of the plans' network (loader workers + step, AMP) with
    each augmentation backend, and the GPU utilisation sampled meanwhile (`nvidia-smi`);
 3. CUDA peak memory of those steps against the cost model's `training_bytes`;
+3b. the execution options (issue 21) on the device backend: fp32, bf16, fp16 (the
+   default), bf16 compiled, bf16 channels-last: it/s and peak memory vs the cost model
+   (row 4b's and row 5's figures on CUDA);
+3c. sliding-window prediction of one preprocessed case under the same options (row 2's);
+3d. the per-op profile of one training step and one inference window (benchmarks/op_profile.py)
+   at fp32 and bf16, grouped as in documentation/benchmarks.md;
 4. a short `c2fnas_search` (successive halving over 2 rungs) and, from its report.json,
    the seconds per coarse evaluation, per rung-0 candidate and per supernet epoch at the
    default schedule, and the default budget's projected GPU-hours (row 6's figures, read
@@ -39,6 +45,15 @@ def search_args(device: str, iters: int) -> list[str]:
             "--rungs", "2", "--population", "2", "--fine-epochs", str(FINE_EPOCHS), "--generations", "1",
             "--standalone-sample", "0", "--heldout-fraction", "0", "--iters-per-epoch", str(iters),
             "--device", device, "--seed", "0", "--overwrite", "--no-progress"]
+
+
+def nvidia_smi() -> str | None:
+    """The GPU's name, memory and driver, kept in the results file."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 class GpuSampler:
@@ -92,11 +107,18 @@ def make_task(work: Path, dry: bool):
                                num_workers=min(8, os.cpu_count() or 1), progress=False)
 
 
+OPTIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"},
+           "bf16_compile": {"precision": "bf16", "compile": True},
+           "bf16_channels_last": {"precision": "bf16", "channels_last": True}}
+
+
 def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, workers: int,
-                   warmup: int = 3) -> dict:
+                   warmup: int = 3, precision: str | None = None, compile: bool = False,
+                   channels_last: bool = False, compiler=None) -> dict:
     import torch
 
     from c2fnas_auto.nas.cost import estimate_cost
+    from c2fnas_auto.nas.execution import prepare_network
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
     from c2fnas_auto.training.loop import StepContext, train_step
@@ -106,8 +128,9 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
 
     torch.manual_seed(0)
     config = plans.network_config()
-    net = build_network(plans.genotype, config).to(device)
-    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device)
+    net = prepare_network(build_network(plans.genotype, config).to(device), compile=compile,
+                          channels_last=channels_last, **({"compiler": compiler} if compiler else {}))
+    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device, precision=precision)
     train_ids, _ = fold_case_ids(pre_dir, 0)
     batches = make_batch_iterator(load_cases(pre_dir, train_ids), plans.patch_size, plans.batch_size, seed=0,
                                   num_workers=workers, augmentation=backend, device=device)
@@ -124,12 +147,79 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    cost = estimate_cost(plans.genotype, config, plans.patch_size, batch_size=plans.batch_size, amp=cuda)
+    cost = estimate_cost(plans.genotype, config, plans.patch_size, batch_size=plans.batch_size,
+                         amp=ctx.precision != "fp32")
     peak = torch.cuda.max_memory_allocated() if cuda else None
-    return {"backend": backend, "iterations": iterations, "workers": workers,
+    return {"backend": backend, "precision": ctx.precision, "compile": compile, "channels_last": channels_last,
+            "iterations": iterations, "workers": workers,
             "iterations_per_second": iterations / seconds, "cuda_peak_bytes": peak,
             "cost_model_training_bytes": int(cost.training_bytes),
             "peak_over_cost_model": (peak / cost.training_bytes) if peak else None, **gpu.summary()}
+
+
+def _supported(name: str, device) -> str | None:
+    """Why an option cannot run on this device (None: it can)."""
+    from c2fnas_auto.nas.execution import ExecutionError, check_precision
+
+    try:
+        check_precision(OPTIONS[name]["precision"], device)
+    except ExecutionError as exc:
+        return str(exc)
+    return None
+
+
+def dry_compiler(fn):
+    """The dry run's torch.compile: dynamo traces as on the GPU, without inductor's minutes of C++ builds."""
+    import torch
+
+    return torch.compile(fn, backend="eager")
+
+
+def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int = 2, compiler=None) -> dict:
+    """Seconds to predict one preprocessed case (no mirroring, 2 tiles per forward) with an option."""
+    import torch
+
+    from c2fnas_auto.inference.sliding_window import sliding_window_predict
+    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.network import build_network
+    from c2fnas_auto.preprocessing.storage import load_case
+    from c2fnas_auto.training.splits import fold_case_ids
+
+    opts = OPTIONS[name]
+    torch.manual_seed(0)
+    net = prepare_network(build_network(plans.genotype, plans.network_config()).to(device),
+                          compile=opts.get("compile", False), channels_last=opts.get("channels_last", False),
+                          **({"compiler": compiler} if compiler else {}))
+    _, val_ids = fold_case_ids(pre_dir, 0)
+    data, _, _ = load_case(pre_dir, val_ids[0], mmap=False)
+    data = torch.from_numpy(data.astype("float32"))
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        sliding_window_predict(net, data, plans.patch_size, plans.num_classes, mirror_axes=None, device=device,
+                               precision=opts["precision"], progress=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()  # warm-up: compilation, cuDNN algorithm choice
+    seconds = [once() for _ in range(repeats)]
+    return {"option": name, "case_shape": list(data.shape), "seconds": seconds, "best_seconds": min(seconds)}
+
+
+def op_profiles(plans, pre_dir: Path, device, precisions: tuple[str, ...]) -> dict:
+    """The per-op groups of one training step and one inference window, ours at each precision."""
+    from benchmarks.op_profile import markdown, our_side, profiled
+
+    out: dict = {"device": device.type, "conditions": "GPU check, machine otherwise idle", "sides": {}}
+    for precision in precisions:
+        step, window = our_side(plans, pre_dir, tuple(plans.patch_size), plans.batch_size, device,
+                                precision=precision)
+        out["sides"][f"ours_{precision}"] = {
+            what: dict(zip(("groups", "wall_seconds"), profiled(fn, device.type))) for what, fn in
+            (("step", step), ("window", window))}
+    out["markdown"] = markdown(out)
+    return out
 
 
 def short_search(work: Path, device: str, dry: bool) -> dict:
@@ -158,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the script, measures nothing")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--iterations", type=int, default=None, help="timed iterations per backend (default 40; dry 2)")
+    p.add_argument("--iterations", type=int, default=None, help="timed iterations per backend (default 30, half that per option; dry 2)")
     args = p.parse_args(argv)
     import torch
 
@@ -170,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device visible to torch (use --dry-run to check the script on a CPU)")
         return 2
     result: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (dry run)",
-                    "torch": torch.__version__, "dry_run": args.dry_run}
+                    "torch": torch.__version__, "dry_run": args.dry_run, "nvidia_smi": nvidia_smi()}
     t0 = time.perf_counter()
     plans = make_task(args.workdir, args.dry_run)
     pre = preprocessed_dir(plans.task_name)
@@ -179,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out, result)
     print(f"task ready: patch {plans.patch_size}, batch {plans.batch_size} ({result['task']['seconds']:.0f} s)",
           flush=True)
-    iterations = args.iterations or (2 if args.dry_run else 40)
+    iterations = args.iterations or (2 if args.dry_run else 30)
     workers = 0 if args.dry_run else min(8, max(1, (os.cpu_count() or 2) - 2))
     result["training"] = []
     for backend in ("device", "batchgenerators"):
@@ -188,6 +278,31 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.out, result)
         print(f"{backend}: {row['iterations_per_second']:.2f} it/s, GPU util {row['gpu_utilisation_mean']}, "
               f"peak {row['cuda_peak_bytes']} B vs cost model {row['cost_model_training_bytes']} B", flush=True)
+    option_iterations = max(2, iterations // 2)
+    compiler = dry_compiler if args.dry_run else None
+    # the dry run keeps its time down: the options that exercise every code path (fp16's refusal on a CPU)
+    option_names = ("fp16", "bf16_compile", "bf16_channels_last") if args.dry_run else tuple(OPTIONS)
+    result["training_options"] = []
+    for name in option_names:
+        opts, why = OPTIONS[name], _supported(name, dev)
+        row = {"option": name, "skipped": why} if why else {"option": name, **training_speed(
+            plans, pre, "device", dev, option_iterations, workers, warmup=1 if args.dry_run else 3,
+            compiler=compiler, **opts)}
+        result["training_options"].append(row)
+        atomic_write_json(args.out, result)
+        print(f"training {name}: {_fmt(row.get('iterations_per_second'))} it/s, peak {row.get('cuda_peak_bytes')} B "
+              f"vs cost model {row.get('cost_model_training_bytes')} B{' (' + why + ')' if why else ''}", flush=True)
+    result["sliding_window"] = []
+    for name in option_names:
+        why = _supported(name, dev)
+        row = {"option": name, "skipped": why} if why else sliding_window_speed(
+            plans, pre, dev, name, repeats=1 if args.dry_run else 2, compiler=compiler)
+        result["sliding_window"].append(row)
+        atomic_write_json(args.out, result)
+        print(f"sliding window {name}: {_fmt(row.get('best_seconds'))} s", flush=True)
+    result["op_profile"] = op_profiles(plans, pre, dev, ("fp32",) if args.dry_run else ("fp32", "bf16"))
+    atomic_write_json(args.out, result)
+    print(result["op_profile"]["markdown"], flush=True)
     result["search"] = short_search(args.workdir, dev.type, args.dry_run)
     atomic_write_json(args.out, result)
     s = result["search"]

@@ -27,6 +27,14 @@ def test_dry_run_measures_every_part(tmp_path, monkeypatch):
     assert result["dry_run"] is True and result["task"]["batch"] >= 1
     assert [t["backend"] for t in result["training"]] == ["device", "batchgenerators"]
     assert all(t["iterations_per_second"] > 0 and t["cost_model_training_bytes"] > 0 for t in result["training"])
+    options = {t["option"]: t for t in result["training_options"]}
+    assert "needs a CUDA device" in options["fp16"]["skipped"]  # fp16 is CUDA-only: recorded, not run
+    for name in ("bf16_compile", "bf16_channels_last"):
+        assert options[name]["iterations_per_second"] > 0 and options[name]["cost_model_training_bytes"] > 0
+    windows = {w["option"]: w for w in result["sliding_window"]}
+    assert windows["bf16_compile"]["best_seconds"] > 0 and "skipped" in windows["fp16"]
+    groups = result["op_profile"]["sides"]["ours_fp32"]["step"]["groups"]
+    assert groups["conv forward"] > 0 and groups["conv backward"] > 0
     s = result["search"]
     assert s["returncode"] == 0
     assert s["seconds_per_coarse_candidate"] > 0 and s["seconds_per_supernet_epoch"] > 0
