@@ -89,8 +89,14 @@ def run(args) -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    k, n = (int(x) for x in args.shard.split("/"))
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise InputError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/2") from None
     torch.set_num_threads(args.threads)
+    if args.profile not in PROFILES:
+        raise InputError(f"--profile {args.profile!r}: expected one of {', '.join(PROFILES)}")
     profile = PROFILES[args.profile]
     width = args.width or (16 if args.phase == "width" else profile.base_channels)
     workdir = (args.workdir or Path(__file__).resolve().parent / "work" / "start_study" / profile.name).resolve()

@@ -116,6 +116,10 @@ def test_unknown_variant_is_one_line(capsys):
 
     assert start_study.main(["--variants", "nope", "--out", "/nonexistent/x"]) == 2
     assert "unknown variant(s) nope" in capsys.readouterr().err
+    assert start_study.main(["--shard", "2/2", "--out", "/nonexistent/x"]) == 2
+    assert "--shard '2/2'" in capsys.readouterr().err
+    assert start_study.main(["--profile", "huge", "--out", "/nonexistent/x"]) == 2
+    assert "--profile 'huge'" in capsys.readouterr().err
 
 
 def test_tiny_start_study_runs_and_resumes(tmp_path, monkeypatch):
