@@ -29,9 +29,16 @@ def nnunet_network(preprocessed_task: Path, num_input_channels: int, num_outputs
                    deep_supervision: bool = False):
     """nnU-Net's default 3d_fullres network (a PlainConvUNet for these plans), built the way
     its trainer builds it, from its own plans file."""
+    arch = nnunet_plans(preprocessed_task)["configurations"][CONFIGURATION]["architecture"]
+    return network_from_architecture(arch, num_input_channels, num_outputs, deep_supervision)
+
+
+def network_from_architecture(arch: dict[str, Any], num_input_channels: int, num_outputs: int,
+                              deep_supervision: bool = False):
+    """nnU-Net's network from the `architecture` entry of one of its plans' configurations,
+    with nnU-Net's own weight init (`allow_init`)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    arch = nnunet_plans(preprocessed_task)["configurations"][CONFIGURATION]["architecture"]
     return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                   num_input_channels, num_outputs, allow_init=True,
                                   deep_supervision=deep_supervision)

@@ -1,10 +1,13 @@
-"""`python -m benchmarks.search_study --quick|--full [--workdir DIR] [--out DIR]`.
+"""`python -m benchmarks.search_study --quick|--full|--power [--workdir DIR] [--out DIR] [--shard K/N]`.
 
 Search on a synthetic source task, then train the searched genotype, the shipped
 reference, the searched topology with all cells 3d and N random valid genotypes with
 the same budget and several seeds, and score each on held-out cases of the source task
 and of two transfer tasks (documentation/search_study.md). Resumable: rerun the same
-command and it continues where a stopped run left off.
+command and it continues where a stopped run left off. `--power` (issue 20) first needs its
+budget: `--power --calibrate 5x20 10x40 20x40` trains the reference at each budget and writes
+budget.json; `--shard K/N` splits the trainings over N processes (shard 0 runs the search
+first; start the others once searched_genotype.json exists).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results" / "search_study"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_study", description=__doc__.split("\n\n")[1])
     size = p.add_mutually_exclusive_group(required=True)
-    for name in ("tiny", "quick", "full"):
+    for name in ("tiny", "quick", "full", "power"):
         size.add_argument(f"--{name}", dest="profile", action="store_const", const=name,
                           help={"tiny": "toy sizes for the smoke test", "quick": "under 15 minutes on 2 CPU cores",
-                                "full": "under 2 hours on 2 CPU cores"}[name])
+                                "full": "under 2 hours on 2 CPU cores",
+                                "power": "19 random genotypes, 5/3 seeds, nnU-Net arm: about 10 CPU-hours, "
+                                         "resumable across sessions (needs nnunetv2)"}[name])
     p.add_argument("--workdir", type=Path, default=None,
                    help="raw/preprocessed/search data (default benchmarks/work/search_study/<profile>)")
     p.add_argument("--out", type=Path, default=None,
@@ -33,7 +38,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's own choice; 1 suits a machine shared with other jobs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="run every N-th training starting at K, in its own results file (parallel processes)")
+    p.add_argument("--calibrate", nargs="+", default=None, metavar="EPOCHSxITERS",
+                   help="instead of the study: train the reference at these budgets on the source task and write "
+                        "budget.json (the smallest budget whose held-out lesion Dice reaches 0.3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per budget for --calibrate (default 3)")
+    p.add_argument("--search-only", action="store_true",
+                   help="prepare the tasks and run (or finish) the search, then stop before any training")
     return p
+
+
+def _pair(text: str, flag: str, sep: str) -> tuple[int, int]:
+    from c2fnas_auto.errors import InputError
+
+    try:
+        a, b = (int(x) for x in text.split(sep))
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected two integers as A{sep}B") from None
+    return a, b
 
 
 @cli_entry
@@ -42,17 +65,38 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.study.profiles import PROFILES
     from benchmarks.study.runner import run_study, summarise_only
 
+    from c2fnas_auto.errors import InputError
+
     profile = PROFILES[args.profile]
+    shard = _pair(args.shard, "--shard", "/")
+    if not 0 <= shard[0] < shard[1]:
+        raise InputError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/2")
+    budgets = [_pair(b, "--calibrate", "x") for b in args.calibrate or []]
+    if any(e < 1 or i < 1 for e, i in budgets):
+        raise InputError(f"--calibrate {' '.join(args.calibrate)}: epochs and iterations must be at least 1")
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
     out = args.out or RESULTS_ROOT / profile.name
     workdir = args.workdir or Path(__file__).resolve().parent / "work" / "search_study" / profile.name
+    if budgets:
+        import json
+
+        from benchmarks.study.runner import calibrate_budget
+
+        summary = calibrate_budget(profile, workdir, out, budgets, args.seeds, shard, progress=not args.no_progress)
+        print(json.dumps({k: {kk: v[kk] for kk in v if kk.endswith("_dice") or kk == "train_seconds_mean"}
+                          for k, v in summary["budgets"].items()}, indent=1))
+        print(f"chosen: {summary['chosen']}")
+        return 0
     if args.summary_only:
         summarise_only(profile, out)
     else:
-        run_study(profile, workdir, out, progress=not args.no_progress)
+        run_study(profile, workdir, out, progress=not args.no_progress, shard=shard, search_only=args.search_only)
+        if args.search_only:
+            print(f"search finished: {Path(out) / 'searched_genotype.json'}")
+            return 0
     print((Path(out) / "summary.md").read_text(encoding="utf-8"))
     return 0
 

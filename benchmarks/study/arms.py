@@ -1,6 +1,7 @@
-"""The genotypes the study trains ("arms"): the searched one, the shipped reference, the
+"""The networks the study trains ("arms"): the searched genotype, the shipped reference, the
 searched topology with every cell `3d` (what the fine stage adds), N random valid ones,
-all in the plans' cell style, and the searched and reference ones in the other style."""
+all in the plans' cell style, the searched and reference ones in the other style, and
+(profiles with `nnunet_arm`) nnU-Net v2's own network (benchmarks/study/nnunet_arm.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ from c2fnas_auto.nas.topology import enumerate_topologies
 @dataclass(frozen=True)
 class Arm:
     name: str
-    genotype: Genotype
-    cell_style: str  # NetworkConfig.cell_style
+    genotype: Genotype | None  # None: nnU-Net's network, planned per task
+    cell_style: str  # NetworkConfig.cell_style ("nnunet" for nnU-Net's network)
 
     @property
     def kind(self) -> str:
         return "random" if self.name.startswith("random_") else self.name.split("@")[0]
+
+    @property
+    def network_id(self) -> str:
+        """Names the network in result keys: the genotype's id, or "nnunet" (its per-task plan
+        is in the results' meta)."""
+        return self.genotype.short_id() if self.genotype is not None else self.cell_style
 
 
 def random_genotypes(n: int, seed: int = 0) -> list[Genotype]:
@@ -35,7 +42,8 @@ def random_genotypes(n: int, seed: int = 0) -> list[Genotype]:
     return out
 
 
-def build_arms(searched: Genotype, num_random: int, random_seed: int, main_style: str) -> list[Arm]:
+def build_arms(searched: Genotype, num_random: int, random_seed: int, main_style: str,
+               nnunet: bool = False) -> list[Arm]:
     """Every arm in `main_style` (the plans' own cell style), plus the searched and the
     reference genotype in each other style (the cell-style comparison at equal budget)."""
     from c2fnas_auto.nas.config import CELL_STYLES
@@ -45,6 +53,10 @@ def build_arms(searched: Genotype, num_random: int, random_seed: int, main_style
     arms += [Arm(f"random_{i}", g, main_style) for i, g in enumerate(random_genotypes(num_random, random_seed))]
     for other in (s for s in CELL_STYLES if s != main_style):
         arms += [Arm(f"searched@{other}", searched, other), Arm(f"reference@{other}", reference_genotype(), other)]
+    if nnunet:
+        from benchmarks.study.nnunet_arm import ARM_NAME, CELL_STYLE
+
+        arms.append(Arm(ARM_NAME, None, CELL_STYLE))
     return arms
 
 

@@ -1,5 +1,6 @@
 """Sizes of the study. `quick` fits 15 minutes and `full` 2 hours on 2 shared CPU cores;
-`tiny` exists for the smoke test. Every profile runs the same code path as a GPU run
+`power` is the study with enough genotypes and seeds to answer (issue 20: hours of CPU,
+resumed across sessions); `tiny` exists for the smoke test. Every profile runs the same code path as a GPU run
 (the planner picks patch and batch from a small memory budget and narrow width)."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class StudyProfile:
     base_channels: int = 8
     n_boot: int = 2000
     random_seed: int = 1  # of the random genotypes
+    nnunet_arm: bool = False  # train nnU-Net v2's own network (planned at gpu_memory_gb) as one more arm
 
     @property
     def tasks(self) -> tuple[TaskSpec, ...]:
@@ -42,6 +44,12 @@ def _tasks(src_shape, src_n, mr_shape, mr_n, ct_shape, ct_n) -> tuple[TaskSpec, 
     ct = TaskSpec("real_ct", "real_ct", 193, "StudyRealCT", ct_n[0], ct_n[1], ct_shape, seed=3)
     return source, (mr, ct)
 
+
+# the power profile's training budget, chosen by `python -m benchmarks.search_study --power --calibrate`
+# (benchmarks/results/search_study/power/budget.json): the smallest tried at which the reference
+# reaches held-out lesion Dice >= 0.3 on the source task
+POWER_EPOCHS = 10
+POWER_ITERS = 40
 
 PROFILES: dict[str, StudyProfile] = {
     "tiny": StudyProfile(
@@ -62,4 +70,15 @@ PROFILES: dict[str, StudyProfile] = {
         # supernet 8 epochs, the first half whole-network paths (supernet_warmup default 0.5)
         search=dict(coarse_candidates=12, min_epochs=2, eta=3, rungs=2, clusters=3, population=4, fine_epochs=8,
                     generations=3, iters_per_epoch=20, standalone_sample=4)),
+    # Issue 20 item 5: 19 random genotypes (an exact rank p can reach 1/20 = 0.05), 5 seeds on the
+    # source task and 3 per transfer task, nnU-Net's own network as an arm, and a budget at which the
+    # reference learns the lesion on the source task (budget.json, `--calibrate`). The search
+    # promotes 8 of 24 topologies to its second rung and checks 8 supernet picks stand-alone, so
+    # both Kendall taus rest on 8 candidates.
+    "power": StudyProfile(
+        "power", *_tasks((24, 48, 48), (16, 8), (16, 56, 40), (12, 6), (12, 64, 80), (8, 4)),
+        epochs=POWER_EPOCHS, iters_per_epoch=POWER_ITERS, seeds_source=5, seeds_transfer=3, num_random=19,
+        nnunet_arm=True,
+        search=dict(coarse_candidates=24, min_epochs=2, eta=3, rungs=2, clusters=4, population=8, fine_epochs=8,
+                    generations=3, iters_per_epoch=20, standalone_sample=8)),
 }

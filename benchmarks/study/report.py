@@ -20,13 +20,26 @@ SUMMARY_MD = "summary.md"
 BOXPLOT = "dice_boxplot.png"
 
 
-def matrices(records: list[dict[str, Any]], task: str) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
-    """arm -> (seeds, cases) of per-case mean foreground Dice, over the seeds every main arm
-    has (so a partial run compares like with like; a cell-style arm lacking one of them
-    gets NaN there); NaN where a case has no foreground."""
+COMPARED = ("searched", "reference", "searched_3d")  # each vs the random median
+PAIRED = (("searched", "reference"), ("searched", "searched_3d"), ("searched", "nnunet"), ("reference", "nnunet"))
+
+
+def _case_values(scores: dict[str, Any], label: str | None) -> dict[str, float | None]:
+    """Per held-out case: the mean foreground Dice (label None) or one label's Dice (None
+    where the label is in neither truth nor prediction)."""
+    if label is None:
+        return scores["case_mean"]
+    return {c: d.get(label) for c, d in scores["per_case"].items()}
+
+
+def matrices(records: list[dict[str, Any]], task: str,
+             label: str | None = None) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
+    """arm -> (seeds, cases) of per-case mean foreground Dice (or one label's Dice), over the
+    seeds every main arm has (so a partial run compares like with like; a cell-style arm
+    lacking one of them gets NaN there); NaN where a case has no foreground."""
     recs = [r for r in records if r["task"] == task]
     arms = sorted({r["arm"] for r in recs})
-    by_arm = {a: {r["seed"]: r["scores"]["case_mean"] for r in recs if r["arm"] == a} for a in arms}
+    by_arm = {a: {r["seed"]: _case_values(r["scores"], label) for r in recs if r["arm"] == a} for a in arms}
     main = [v for a, v in by_arm.items() if "@" not in a] or list(by_arm.values())
     seeds = sorted(set.intersection(*(set(v) for v in main))) if main else []
     cases = sorted({c for v in by_arm.values() for s in v.values() for c in s})
@@ -58,8 +71,8 @@ def find_taus(obj: Any, path: str = "") -> dict[str, float]:
     return found
 
 
-def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[str, Any]:
-    mats, seeds, cases = matrices(records, task)
+def task_summary(records: list[dict[str, Any]], task: str, n_boot: int, label: str | None = None) -> dict[str, Any]:
+    mats, seeds, cases = matrices(records, task, label)
     if not seeds:
         return {"seeds": [], "cases": len(cases), "arms": {}}
     scores = {a: stats.arm_score(m) for a, m in mats.items()}
@@ -72,7 +85,7 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[
         rs = [scores[a] for a in random_names]
         out["random_median"] = float(np.median(rs))
         out["random_best"] = float(max(rs))
-        for name in ("searched", "reference", "searched_3d"):
+        for name in COMPARED:
             if name not in mats:
                 continue
             boot = stats.bootstrap_p_value(mats[name], np.stack([mats[a] for a in random_names]), n_boot=n_boot,
@@ -80,7 +93,16 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int) -> dict[
             out[f"{name}_vs_random_median"] = {
                 "rank_among_random": 1 + sum(r > scores[name] for r in rs),
                 "rank_p": stats.rank_p_value(scores[name], rs), "bootstrap": boot}
+    for a, b in PAIRED:
+        if a in mats and b in mats:
+            out[f"{a}_vs_{b}"] = stats.paired_bootstrap(mats[a], mats[b], n_boot=n_boot, seed=0)
     return out
+
+
+def class_summaries(records: list[dict[str, Any]], task: str, n_boot: int,
+                    labels: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The task summary once per foreground label (organ and lesion apart, issue 20)."""
+    return {name: task_summary(records, task, n_boot, str(v)) for name, v in labels.items() if int(v) != 0}
 
 
 def pooled(records: list[dict[str, Any]], tasks: list[str], n_boot: int) -> dict[str, Any]:
@@ -141,7 +163,7 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"random median {_fmt(t['random_median'])}, best {_fmt(t['random_best'])} "
                          f"(N = {t['num_random']}); sd between random genotypes {_fmt(nz.get('random_between_sd'))}, "
                          f"pooled seed-to-seed sd of one genotype {_fmt(nz.get('seed_sd_pooled'))}")
-            for name in ("searched", "reference", "searched_3d"):
+            for name in COMPARED:
                 c = t.get(f"{name}_vs_random_median")
                 if c:
                     b = c["bootstrap"]
@@ -151,6 +173,14 @@ def markdown(summary: dict[str, Any]) -> str:
                                  f"{t['num_random'] + 1} vs the random genotypes, exact rank p {_fmt(c['rank_p'])}"
                                  + (" (one seed: the interval and p leave out seed-to-seed noise)"
                                     if len(t["seeds"]) < 2 else ""))
+        for a, b in PAIRED:
+            c = t.get(f"{a}_vs_{b}")
+            if c and c.get("diff") is not None:
+                lines.append(f"- {a} vs {b} (paired by seed and case): difference {_fmt(c['diff'])} "
+                             f"(90% bootstrap interval {_fmt(c['low'])} .. {_fmt(c['high'])}), one-sided p {_fmt(c['p'])}")
+        classes = summary.get("classes", {}).get(task)
+        if classes:
+            lines += ["", *class_table(classes)]
         lines.append("")
     for name, b in (summary.get("pooled") or {}).items():
         if b.get("tasks"):
@@ -169,17 +199,43 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cmp(c: dict[str, Any] | None) -> str:
+    if not c or c.get("diff") is None:
+        return "n/a"
+    return f"{_fmt(c['diff'])} [{_fmt(c['low'])}, {_fmt(c['high'])}] p {_fmt(c['p'])}"
+
+
+def class_table(classes: dict[str, dict[str, Any]]) -> list[str]:
+    """Per class: the main arms' mean Dice, the random median, and the comparisons (difference,
+    90% bootstrap interval, one-sided p)."""
+    lines = ["Per class (mean Dice over seeds and held-out cases where the class is scored; comparisons: "
+             "difference [90% interval] one-sided p):", "",
+             "| class | searched | reference | searched_3d | nnunet | random median (N) | searched - random median "
+             "| rank p | searched - reference | searched - searched_3d | searched - nnunet | reference - nnunet |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in classes.items():
+        arm = lambda a: _fmt(t["arms"][a]["score"]) if a in t.get("arms", {}) else "n/a"  # noqa: E731
+        vs = t.get("searched_vs_random_median") or {}
+        lines.append(f"| {name} | {arm('searched')} | {arm('reference')} | {arm('searched_3d')} | {arm('nnunet')} | "
+                     f"{_fmt(t.get('random_median'))} ({t.get('num_random', 0)}) | {_cmp(vs.get('bootstrap'))} | "
+                     f"{_fmt(vs.get('rank_p'))} | {_cmp(t.get('searched_vs_reference'))} | "
+                     f"{_cmp(t.get('searched_vs_searched_3d'))} | {_cmp(t.get('searched_vs_nnunet'))} | "
+                     f"{_cmp(t.get('reference_vs_nnunet'))} |")
+    return lines
+
+
 def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"searched": "tab:red", "reference": "tab:blue", "searched_3d": "tab:orange"}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
+    colours = {"searched": "tab:red", "reference": "tab:blue", "searched_3d": "tab:orange", "nnunet": "tab:green"}
+    n_arms = max([len({r["arm"] for r in records if r["task"] == t}) for t in tasks] + [1])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.5, 0.32 * n_arms) * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         mats, seeds, _ = matrices(records, task)
-        names = [a for a in ("searched", "searched_3d", "reference") if a in mats]
+        names = [a for a in ("searched", "searched_3d", "reference", "nnunet") if a in mats]
         names += sorted(a for a in mats if a not in names and "@" not in a)
         names += sorted(a for a in mats if "@" in a)
         data = [mats[a][np.isfinite(mats[a])] for a in names]
@@ -215,6 +271,8 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
     summary = {"profile": profile.name, "trainings": len(records), "budget": meta.get("budget", {}),
                "task_info": meta.get("tasks", {}), "arms": meta.get("arms", {}),
                "tasks": {t: task_summary(records, t, profile.n_boot) for t in tasks},
+               "classes": {t: class_summaries(records, t, profile.n_boot, meta.get("tasks", {}).get(t, {}).get("labels", {}))
+                           for t in tasks},
                "pooled": pooled(records, tasks, profile.n_boot),
                "search_kendall_taus": find_taus(report) if report else {},
                "search_seconds": meta.get("search_seconds"), "search_cpu_seconds": meta.get("search_cpu_seconds"),

@@ -107,3 +107,27 @@ def pooled_bootstrap_p_value(pairs: list[tuple[np.ndarray, np.ndarray]], n_boot:
     p = (1 + int(np.sum(boots <= 0))) / (len(boots) + 1) if len(boots) else None
     return {"diff": observed, "low": float(np.quantile(boots, 0.05)) if len(boots) else None,
             "high": float(np.quantile(boots, 0.95)) if len(boots) else None, "p": p, "tasks": len(pairs)}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float | None]:
+    """Arm A vs arm B, both (seeds, cases), paired by seed and case: the observed difference of
+    means, a 90% bootstrap interval (seeds and cases resampled together) and the one-sided p
+    of "A is not better" (1 + #{T* <= 0}) / (B + 1)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        return {"diff": None, "low": None, "high": None, "p": None}
+    n_s, n_c = a.shape
+    d = a - b
+
+    def stat(seeds: np.ndarray, cases: np.ndarray) -> float:
+        sub = d[np.ix_(seeds, cases)]
+        return float(np.nanmean(sub)) if np.isfinite(sub).any() else float("nan")
+
+    observed = stat(np.arange(n_s), np.arange(n_c))
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(rng.integers(n_s, size=n_s), rng.integers(n_c, size=n_c)) for _ in range(n_boot)])
+    boots = boots[np.isfinite(boots)]
+    if not len(boots):
+        return {"diff": observed, "low": None, "high": None, "p": None}
+    return {"diff": observed, "low": float(np.quantile(boots, 0.05)), "high": float(np.quantile(boots, 0.95)),
+            "p": (1 + int(np.sum(boots <= 0))) / (len(boots) + 1)}

@@ -20,7 +20,7 @@ from benchmarks.study import stats  # noqa: E402
 from benchmarks.study.report import find_taus, matrices  # noqa: E402
 from benchmarks.study.store import ResultStore  # noqa: E402
 from benchmarks.study.tasks import REAL_DATA, TaskSpec, make_task  # noqa: E402
-from c2fnas_auto.errors import InputError  # noqa: E402
+from c2fnas_auto.errors import C2FNASError, InputError  # noqa: E402
 
 
 def test_rank_p_value_and_ranks_hand_computed():
@@ -125,8 +125,12 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     searched = reference_genotype().with_ops(["2d"] * 12)
     searched.save(out / runner.SEARCHED_FILE)
 
-    store = runner.run_study(profile, work, out, progress=False)
+    # two shards, as the power profile runs: shard 1 refuses to start before the search exists elsewhere
+    # (covered below); here the searched genotype is given, so both run, one after the other
+    runner.run_study(profile, work, out, progress=False, shard=(0, 2))
+    store = runner.run_study(profile, work, out, progress=False, shard=(1, 2))
     keys = [r["key"] for r in store.records]
+    assert sorted(p.name for p in out.glob("results*.json")) == ["results_0of2.json", "results_1of2.json"]
     # searched, reference, searched_3d, random_0 on every task; the other cell style on the source only
     assert len(keys) == len(set(keys)) == len(profile.tasks) * 4 + 2
     assert {r["arm"] for r in store.records} == {"searched", "reference", "searched_3d", "random_0",
@@ -143,27 +147,137 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
         assert task_dir.is_dir()
     for r in store.records:
         assert 0.0 <= r["scores"]["mean_fg_dice"] <= 1.0
+        assert set(r["scores"]["class_dice"]) == {"1", "2"} or r["task"] != "source"
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {t.key for t in profile.tasks}
     assert "searched_vs_random_median" in summary["tasks"]["source"]
-    assert (out / "dice_boxplot.png").stat().st_size > 0 and "| searched |" in (out / "summary.md").read_text()
+    assert "searched_vs_reference" in summary["tasks"]["source"]
+    assert set(summary["classes"]["source"]) == {"organ", "lesion"}
+    md = (out / "summary.md").read_text()
+    assert (out / "dice_boxplot.png").stat().st_size > 0 and "| searched |" in md and "| lesion |" in md
 
-    # rerun: nothing left to train
+    # rerun: nothing left to train, in either shard
     def no_training(*a, **k):
         raise AssertionError("a stored training was redone")
 
     monkeypatch.setattr(runner, "train_and_score", no_training)
-    assert len(runner.run_study(profile, work, out, progress=False).records) == len(keys)
+    for shard in ((0, 2), (1, 2)):
+        assert len(runner.run_study(profile, work, out, progress=False, shard=shard).records) == len(keys)
 
     # a run killed after some trainings resumes with exactly the missing ones
-    data = json.loads((out / runner.RESULTS_FILE).read_text())
+    path = out / "results_1of2.json"
+    data = json.loads(path.read_text())
     dropped = data["records"].pop()
-    (out / runner.RESULTS_FILE).write_text(json.dumps(data))
+    path.write_text(json.dumps(data))
     redone = []
     monkeypatch.setattr(runner, "train_and_score",
                         lambda task, arm, seed, prof: redone.append((task.spec.key, arm.name, seed)) or dropped["scores"])
-    runner.run_study(profile, work, out, progress=False)
+    runner.run_study(profile, work, out, progress=False, shard=(0, 2))
+    assert redone == []  # not shard 0's training
+    runner.run_study(profile, work, out, progress=False, shard=(1, 2))
     assert redone == [(dropped["task"], dropped["arm"], dropped["seed"])]
+
+    # a profile with another budget refuses the folder (keys do not carry the budget)
+    with pytest.raises(C2FNASError, match="this profile trains at"):
+        runner.run_study(dataclasses.replace(profile, iters_per_epoch=2), work, out, progress=False)
+
+    # without a finished search, a shard other than 0 refuses to start (it would search too)
+    (out / runner.SEARCHED_FILE).unlink()
+    with pytest.raises(C2FNASError, match="shard 0 runs the search"):
+        runner.run_study(profile, work, out, progress=False, shard=(1, 2))
+
+
+def test_shards_split_distinct_trainings_and_keep_same_networks_together():
+    from benchmarks.study.arms import build_arms
+    from benchmarks.study.profiles import PROFILES
+    from benchmarks.study.runner import plan_jobs
+    from c2fnas_auto.nas.genotype import reference_genotype
+
+    profile = PROFILES["quick"]
+    # the searched genotype equals the reference: the two arms are one training, which must share a shard
+    arms = build_arms(reference_genotype(), profile.num_random, profile.random_seed, "c2fnas", nnunet=True)
+    everything = plan_jobs(profile, arms)
+    parts = [plan_jobs(profile, arms, (k, 3)) for k in range(3)]
+    ident = lambda j: (j[0].key, j[1].name, j[2])  # noqa: E731
+    assert sorted(ident(j) for p in parts for j in p) == sorted(ident(j) for j in everything)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 3
+    for p in parts:
+        names = {(j[0].key, j[2]): set() for j in p}
+        for j in p:
+            names[(j[0].key, j[2])].add(j[1].name)
+        for group in names.values():
+            assert ("searched" in group) == ("reference" in group)
+    assert any(j[1].name == "nnunet" and j[1].genotype is None for j in everything)
+
+
+def test_nnunet_arm_trains_at_its_own_patch_and_batch(tmp_path, monkeypatch):
+    """The nnU-Net arm's plumbing, without nnunetv2 (not a dependency): its network comes from
+    its plan, and training and scoring use the plan's patch and batch, not ours."""
+    import torch
+
+    from benchmarks.study import nnunet_arm, runner
+    from benchmarks.study.arms import Arm
+    from benchmarks.study.profiles import PROFILES
+
+    for var in ("C2FNAS_raw", "C2FNAS_preprocessed", "C2FNAS_results"):
+        monkeypatch.setenv(var, str(tmp_path / "unused"))
+    profile = dataclasses.replace(PROFILES["tiny"], epochs=1, iters_per_epoch=1)
+    runner.set_environment(tmp_path)
+    task = runner.prepare_task(profile.source, profile, tmp_path)
+    plan = nnunet_arm.NnunetPlan((8, 16, 16), 3, {"network_class_name": "fake"}, (3.0, 1.0, 1.0), 0.25)
+    task.nnunet = plan
+    built, seen = [], {}
+    monkeypatch.setattr(nnunet_arm, "build_nnunet_network",
+                        lambda p, cin, cout: built.append(p) or torch.nn.Conv3d(cin, cout, 3, padding=1))
+    from c2fnas_auto.training import api
+
+    real_fit, real_score = api.fit, api.score_cases
+    monkeypatch.setattr(api, "fit", lambda net, plans, *a, **k: seen.update(fit=(k["patch_size"], k["batch_size"]))
+                        or real_fit(net, plans, *a, **k))
+    monkeypatch.setattr(api, "score_cases", lambda net, plans, *a, **k: seen.update(score=plans.patch_size)
+                        or real_score(net, plans, *a, **k))
+    scores = runner.train_and_score(task, Arm("nnunet", None, "nnunet"), 0, profile)
+    assert built == [plan]
+    assert seen == {"fit": ([8, 16, 16], 3), "score": [8, 16, 16]}
+    assert list(task.plans.patch_size) != [8, 16, 16]  # our plans untouched
+    assert set(scores["class_dice"]) == {"1", "2"} and 0.0 <= scores["mean_fg_dice"] <= 1.0
+    assert nnunet_arm.NnunetPlan.from_dict(plan.to_dict()) == plan and plan.short_id().startswith("nn")
+
+
+def test_nnunet_plan_needs_nnunet_installed(tmp_path, monkeypatch):
+    from benchmarks.study import nnunet_arm
+
+    monkeypatch.setattr(nnunet_arm.sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(C2FNASError, match="nnU-Net v2 is not installed"):
+        nnunet_arm.plan_nnunet(tmp_path / "Dataset191_X", 191, [3.0, 1.0, 1.0], 0.25, tmp_path)
+
+
+def test_budget_summary_picks_the_smallest_budget_that_learns_the_lesion(tmp_path):
+    from benchmarks.study.arms import Arm
+    from benchmarks.study.runner import summarise_budget
+    from c2fnas_auto.nas.genotype import reference_genotype
+
+    store = ResultStore(tmp_path / "budget_results.json", "x-budget")
+    lesion = {(5, 20): [0.0, 0.1], (10, 40): [0.5, 0.2], (20, 40): [0.6, 0.7]}  # means 0.05, 0.35, 0.65
+    for (e, i), vals in lesion.items():
+        for seed, v in enumerate(vals):
+            store.add({"key": f"{e}x{i}|{seed}", "epochs": e, "iters_per_epoch": i, "seed": seed,
+                       "scores": {"class_dice": {"1": 0.9, "2": v if v else None}, "train_seconds": 1.0}})
+    out = summarise_budget(tmp_path, "x-budget", {"background": 0, "organ": 1, "lesion": 2},
+                           Arm("reference", reference_genotype(), "c2fnas"))
+    assert out["chosen"] == "10x40"
+    assert out["budgets"]["5x20"]["lesion_dice"]["per_seed"] == [0.0, 0.1]  # a missing lesion counts as 0
+    assert json.loads((tmp_path / "budget.json").read_text())["chosen"] == "10x40"
+
+
+def test_paired_bootstrap_direction():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.4, 0.6, size=(3, 8))
+    better = stats.paired_bootstrap(b + 0.05, b, n_boot=200)
+    assert better["diff"] == pytest.approx(0.05) and better["p"] < 0.05 and better["low"] > 0
+    worse = stats.paired_bootstrap(b - 0.05, b, n_boot=200)
+    assert worse["p"] > 0.95
+    assert stats.paired_bootstrap(b, b[:2], n_boot=10)["diff"] is None
 
 
 def test_real_ct_task_is_split_into_disjoint_slabs(tmp_path):
