@@ -355,8 +355,9 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
                                      None, stop.check)
 
             def standalone_finished() -> None:
-                state.standalone = runner.partial()
-                save.soon()
+                if save.main:  # the others' state is never written: no need to read the trials
+                    state.standalone = runner.partial()
+                    save.soon()
 
             runner.on_finish = standalone_finished
             bar.start(len(sample), "stand-alone")
@@ -446,8 +447,9 @@ def _fine_stage(store: OptunaTrials, state: SearchState, settings: SearchSetting
     runner = CandidateRunner(store, "fine", "f", evaluate, dist.rank, bar.record, None, stop.check)
 
     def on_finish() -> None:
-        state.fine = runner.partial()
-        save.soon()
+        if save.main:  # the others' state is never written: no need to read the trials
+            state.fine = runner.partial()
+            save.soon()
 
     runner.on_finish = on_finish
     p = settings.population

@@ -78,8 +78,7 @@ class CoarseView:
 
 def read_view(store: TrialStore) -> CoarseView:
     view = CoarseView()
-    results = store.results(PREFIX)
-    claims = store.claims(PREFIX)
+    results, claims = store.jobs(PREFIX)
     for name, res in results.items():
         key = parse_job_id(name)
         view.answers[key] = res["answer"]

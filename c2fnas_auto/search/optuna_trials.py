@@ -25,7 +25,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
-from c2fnas_auto.search.storage import cached, open_storage, requeue_failed_job, shown
+from c2fnas_auto.search.storage import cached, open_storage, reading, requeue_failed_job, shown
 
 STAGES = {"c": "coarse", "f": "fine", "s": "standalone"}
 OP_DIGITS = {"p3d": "1", "2d": "2", "3d": "3"}
@@ -77,6 +77,8 @@ class OptunaTrials:
         self.storage = cached(open_storage(url, self.interval, self.grace))
         self.heartbeat_errors = 0  # failed heartbeat writes this worker survived
         self._studies: dict[str, Any] = {}
+        self._ids: dict[str, int] = {}  # study id by stage (never changes while the search lives)
+        self._checked: dict[str, float] = {}  # when each stage's stale jobs were last looked for
         self._current: int | None = None  # trial id of the job this worker runs
         self._current_stage = ""
         self._worker_trial: int | None = None
@@ -94,24 +96,32 @@ class OptunaTrials:
         return self._studies[stage]
 
     def _sid(self, stage: str) -> int:
-        return self.storage.get_study_id_from_name(self.study(stage).study_name)
+        if stage not in self._ids:
+            self._ids[stage] = self.storage.get_study_id_from_name(self.study(stage).study_name)
+        return self._ids[stage]
 
     def _trials(self, stage: str, states: Sequence[Any] | None = None) -> list[Any]:
-        return self.storage.get_all_trials(self._sid(stage), deepcopy=False,
-                                           states=tuple(states) if states is not None else None)
+        sid = self._sid(stage)
+        with reading():
+            return self.storage.get_all_trials(sid, deepcopy=False,
+                                               states=tuple(states) if states is not None else None)
 
     def _job_trials(self, job_id: str) -> list[Any]:
         return sorted((t for t in self._trials(stage_of(job_id)) if t.user_attrs.get("job") == job_id),
                       key=lambda t: t.number)
 
     def refresh(self, stage: str) -> None:
-        """Fail the jobs whose worker stopped beating; each is requeued once."""
+        """Fail the jobs whose worker stopped beating; each is requeued once. At most once per
+        heartbeat interval: a heartbeat cannot go stale faster than that."""
         import optuna
         from optuna.storages import fail_stale_trials
 
+        if time.monotonic() - self._checked.get(stage, -1e9) < self.interval:
+            return
         with warnings.catch_warnings():  # experimental since Optuna 2.9, unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(self.study(stage))
+        self._checked[stage] = time.monotonic()
 
     # ---------------------------------------------------------------- heartbeat and liveness
     def start(self) -> "OptunaTrials":
@@ -173,17 +183,10 @@ class OptunaTrials:
     # ---------------------------------------------------------------- reading
     def results(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """{job: {job, payload, answer, worker, finished_at, trial}}; the first result of a job wins."""
-        from optuna.trial import TrialState
-
-        out: dict[str, dict[str, Any]] = {}
         stages = [stage_of(prefix)] if prefix else list(STAGES.values())
+        out: dict[str, dict[str, Any]] = {}
         for stage in stages:
-            for t in sorted(self._trials(stage, (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.number):
-                a = t.user_attrs
-                if a.get("job", "").startswith(prefix) and a["job"] not in out and "answer" in a:
-                    out[a["job"]] = {"job": a["job"], "payload": a["payload"], "answer": a["answer"],
-                                     "worker": a.get("worker", ""), "finished_at": a.get("finished_at", 0.0),
-                                     "trial": t.number}
+            out.update(_results(self._trials(stage), prefix))
         return dict(sorted(out.items()))
 
     def result(self, job_id: str) -> dict[str, Any] | None:
@@ -191,36 +194,32 @@ class OptunaTrials:
 
     def claims(self, prefix: str) -> dict[str, tuple[int, dict[str, Any]]]:
         """{job: (attempt, latest trial as {worker, payload, state, trial})} after failing stale jobs."""
+        return self.jobs(prefix)[1]
+
+    def jobs(self, prefix: str) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, dict[str, Any]]]]:
+        """(results, claims) of the jobs whose id starts with `prefix`, from one read of the
+        storage after failing stale jobs: what a worker looks at before taking a job."""
         stage = stage_of(prefix)
         self.refresh(stage)
-        count: dict[str, int] = {}
-        latest: dict[str, Any] = {}
-        for t in sorted(self._trials(stage), key=lambda t: t.number):
-            job = t.user_attrs.get("job", "")
-            if job.startswith(prefix):
-                count[job] = count.get(job, 0) + 1
-                latest[job] = t
-        return {job: (count[job] - 1, {"worker": t.user_attrs.get("worker", ""), "payload": t.user_attrs["payload"],
-                                       "state": t.state.name, "trial": t.number})
-                for job, t in sorted(latest.items())}
+        trials = self._trials(stage)
+        return _results(trials, prefix), _claims(trials, prefix)
 
     def running(self, claims: dict[str, tuple[int, dict[str, Any]]], done: set[str]) -> set[str]:
         """Jobs without a result whose latest trial runs (a WAITING one is free to take)."""
         return {j for j, (_, c) in claims.items() if j not in done and c["state"] == "RUNNING"}
 
     # ---------------------------------------------------------------- taking and finishing a job
-    def _enqueue(self, job: Job) -> Any:
-        """Add `job` as a WAITING trial; returns it as stored."""
+    def _enqueue(self, job: Job) -> int:
+        """Add `job` as a WAITING trial proposed by this worker; its trial id."""
         from optuna.trial import TrialState, create_trial
 
         params, dists = _params(job.payload)
         stage = stage_of(job.id)
-        trial_id = self.storage.create_new_trial(self._sid(stage), template_trial=create_trial(
+        return self.storage.create_new_trial(self._sid(stage), template_trial=create_trial(
             state=TrialState.WAITING, params=params, distributions=dists,
-            user_attrs={"job": job.id, "payload": job.payload, "stage": stage,
+            user_attrs={"job": job.id, "payload": job.payload, "stage": stage, "worker": self.worker_id,
                         "genotype": " ".join(f"{k} {','.join(map(str, job.payload.get(k) or []))}"
                                              for k in ("levels", "ops"))}))
-        return self.storage.get_trial(trial_id)
 
     def try_claim(self, job: Job) -> Job | None:
         """Take `job` (enqueueing it first when no trial of it waits); the job as stored
@@ -231,31 +230,35 @@ class OptunaTrials:
         trials = self._job_trials(job.id)
         if any(t.state != TrialState.WAITING and t.state != TrialState.FAIL for t in trials):
             return None  # running or finished
-        waiting = [t for t in trials if t.state == TrialState.WAITING] or [self._enqueue(job)]
-        for t in waiting:
+        waiting = [(t._trial_id, t.user_attrs) for t in trials if t.state == TrialState.WAITING]
+        if not waiting:
+            waiting = [(self._enqueue(job), {"payload": job.payload, "worker": self.worker_id})]
+        for trial_id, attrs in waiting:
             try:
-                if self._take(t, job.id):
-                    self._current, self._current_stage = t._trial_id, stage_of(job.id)
-                    return Job(job.id, t.user_attrs["payload"])
+                if self._take(trial_id, job.id, attrs.get("worker") == self.worker_id):
+                    self._current, self._current_stage = trial_id, stage_of(job.id)
+                    return Job(job.id, attrs["payload"])
             except UpdateFinishedTrialError:  # finished or failed by another worker meanwhile
                 continue
         return None
 
-    def _take(self, t: Any, job_id: str) -> bool:
-        """Move waiting trial `t` to RUNNING for this worker; False if another worker took
-        it, or took another copy of the job at the same moment."""
+    def _take(self, trial_id: int, job_id: str, named: bool) -> bool:
+        """Move waiting trial `trial_id` to RUNNING for this worker (`named`: its `worker`
+        attribute already names this worker); False if another worker took it, or took
+        another copy of the job at the same moment."""
         from optuna.trial import TrialState
 
-        self.storage.record_heartbeat(t._trial_id)  # beats before it runs: a kill right after taking it is seen
-        if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+        self.storage.record_heartbeat(trial_id)  # beats before it runs: a kill right after taking it is seen
+        if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
             return False
-        rivals = [o for o in self._job_trials(job_id) if o.number != t.number
+        if not named:
+            self.storage.set_trial_user_attr(trial_id, "worker", self.worker_id)
+        rivals = [o for o in self._job_trials(job_id) if o._trial_id != trial_id
                   and o.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)]
         if rivals:
-            self.storage.set_trial_user_attr(t._trial_id, "duplicate_of", rivals[0].number)
-            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            self.storage.set_trial_user_attr(trial_id, "duplicate_of", rivals[0].number)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             return False
-        self.storage.set_trial_user_attr(t._trial_id, "worker", self.worker_id)
         return True
 
     def finish(self, job: Job, answer: dict[str, Any]) -> bool:
@@ -306,11 +309,10 @@ class OptunaTrials:
             return {}
         prefix = jobs[0].id[0]
         while True:
-            done = self.results(prefix)
+            done, _ = self.jobs(prefix)  # stale jobs failed (requeued) first
             pending = [j for j in jobs if j.id not in done]
             if not pending:
                 return {j.id: done[j.id] for j in jobs}
-            self.claims(prefix)  # fail stale jobs (requeued)
             mine = next((m for j in pending if (m := self.try_claim(j)) is not None), None)
             if mine is None:
                 check()
@@ -320,6 +322,42 @@ class OptunaTrials:
             if self.finish(mine, answer) and on_finish is not None:
                 on_finish(mine, answer)
             check()
+
+
+def _results(trials: Sequence[Any], prefix: str) -> dict[str, dict[str, Any]]:
+    """The finished jobs among `trials` (one stage's), first result of each job."""
+    from optuna.trial import TrialState
+
+    out: dict[str, dict[str, Any]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        a = t.user_attrs
+        if (t.state in (TrialState.COMPLETE, TrialState.PRUNED) and a.get("job", "").startswith(prefix)
+                and a["job"] not in out and "answer" in a):
+            out[a["job"]] = {"job": a["job"], "payload": a["payload"], "answer": a["answer"],
+                             "worker": a.get("worker", ""), "finished_at": a.get("finished_at", 0.0),
+                             "trial": t.number}
+    return dict(sorted(out.items()))
+
+
+def _claims(trials: Sequence[Any], prefix: str) -> dict[str, tuple[int, dict[str, Any]]]:
+    """{job: (attempts, the trial that says where the job stands)} among `trials` (one stage's):
+    a finished trial, else a running one, else the latest waiting or failed one. Not simply
+    the latest: a copy given up as a duplicate (FAIL) after the running one must not make
+    the job look orphaned (every worker would try to take it, in a loop, until it finishes)."""
+    from optuna.trial import TrialState
+
+    rank = {TrialState.COMPLETE: 3, TrialState.PRUNED: 3, TrialState.RUNNING: 2, TrialState.WAITING: 1}
+    count: dict[str, int] = {}
+    latest: dict[str, Any] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        job = t.user_attrs.get("job", "")
+        if job.startswith(prefix):
+            count[job] = count.get(job, 0) + 1
+            if job not in latest or rank.get(t.state, 0) >= rank.get(latest[job].state, 0):
+                latest[job] = t
+    return {job: (count[job] - 1, {"worker": t.user_attrs.get("worker", ""), "payload": t.user_attrs["payload"],
+                                   "state": t.state.name, "trial": t.number})
+            for job, t in sorted(latest.items())}
 
 
 def clear_search(url: str, search: str) -> None:

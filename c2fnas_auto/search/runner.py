@@ -147,8 +147,9 @@ class CandidateRunner:
     def partial(self) -> list[CandidateRecord]:
         """The records so far plus every result of the running batch already published
         (what the state shows after each candidate)."""
-        done = [record_from_result(i, self.stage, res) for i, job in sorted(self._batch.items())
-                if (res := self.store.result(job.id)) is not None and i >= len(self.records)]
+        results = self.store.results(self.prefix) if self._batch else {}
+        done = [record_from_result(i, self.stage, results[job.id]) for i, job in sorted(self._batch.items())
+                if job.id in results and i >= len(self.records)]
         return list(self.records) + done
 
     def _reuse(self, index: int, src: CandidateRecord, p: Proposal) -> CandidateRecord:

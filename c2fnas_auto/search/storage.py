@@ -7,7 +7,9 @@ embedded default is SQLite, not a journal file. Heartbeats are timed by the data
 clock (`now()` in SQL): on a server that is one clock for every node; with SQLite it is the
 clock of the host running the worker, so the SQLite file is for one host (any number of
 processes). SQLite is made safe for several processes here: WAL, a long busy timeout, and
-`BEGIN IMMEDIATE` so two workers never both read a waiting trial and both take it.
+`BEGIN IMMEDIATE` so two workers never both read a waiting trial and both take it; a
+transaction that only reads (`reading()`) starts deferred instead, so readers never queue
+behind writers or each other (WAL gives them a consistent snapshot).
 Nothing read from the storage is unpickled: Optuna keeps params as numbers and
 attributes as JSON.
 """
@@ -15,15 +17,18 @@ attributes as JSON.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from c2fnas_auto.errors import C2FNASError
 
 DB_FILE = "search.db"
 FILES = "files"  # --storage files: the per-candidate files engine (trials.py) instead of Optuna
 SQLITE_TIMEOUT_S = 60.0
+_READING = threading.local()  # per thread: the heartbeat thread writes while the worker reads
 
 
 def default_url(search_dir: Path) -> str:
@@ -40,8 +45,21 @@ def shown(url: str) -> str:
         return url
 
 
+@contextmanager
+def reading() -> Iterator[None]:
+    """Storage calls made inside only read: on SQLite their transactions start deferred
+    (no write lock). Only for calls that never write: a deferred transaction that writes
+    after another worker's commit fails instead of waiting."""
+    _READING.depth = getattr(_READING, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _READING.depth -= 1
+
+
 def _sqlite_setup(engine: Any) -> None:
-    """WAL + busy timeout on every connection; every transaction starts with BEGIN IMMEDIATE."""
+    """WAL + busy timeout on every connection; every transaction starts with BEGIN IMMEDIATE
+    (deferred inside `reading()`)."""
     from sqlalchemy import event
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -52,7 +70,7 @@ def _sqlite_setup(engine: Any) -> None:
         cur.close()
 
     def on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if getattr(_READING, "depth", 0) else "BEGIN IMMEDIATE")
 
     event.listen(engine, "connect", on_connect)
     event.listen(engine, "begin", on_begin)

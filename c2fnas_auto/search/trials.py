@@ -118,6 +118,10 @@ class TrialStore:
         return {job: (a, self._load(self.folder / CLAIMS / f"{job}.a{a}.json", "trial claim"))
                 for job, a in sorted(latest.items())}
 
+    def jobs(self, prefix: str) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, dict[str, Any]]]]:
+        """(results, claims) of the jobs starting with `prefix`."""
+        return self.results(prefix), self.claims(prefix)
+
     def running(self, claims: dict[str, tuple[int, dict[str, Any]]], done: set[str]) -> set[str]:
         """Claimed jobs without a result whose worker is alive."""
         return {j for j, (_, c) in claims.items() if j not in done and self.alive(c["worker"])}

@@ -129,6 +129,7 @@ def test_claims_are_exclusive_and_a_dead_workers_job_is_requeued_once(tmp_path):
     assert b.finish(job, {"score": 0.5})
     assert not a.finish(job, {"score": 0.1}), "a late result of the dead worker is not recorded"
     assert b.result(job.id)["answer"]["score"] == 0.5
+    assert b.result(job.id)["worker"] == "hostA-1-bb", "the requeued copy names the worker that took it"
     assert b.try_claim(job) is None, "finished jobs are never claimed"
     for _ in range(3):
         read_view(b)  # failing stale trials again requeues nothing more
@@ -152,8 +153,10 @@ def test_two_workers_taking_copies_of_one_job_at_once_run_it_once(tmp_path, monk
     monkeypatch.setattr(b.storage, "record_heartbeat", rival_takes_the_other_copy)
     assert b.try_claim(job) is None, "b sees a's running copy after taking its own and gives its own up"
     trials = sorted(job_trials(default_url(tmp_path), "T"), key=lambda t: t["state"])
-    assert [(t["state"], t["worker"]) for t in trials] == [("FAIL", ""), ("RUNNING", "a")]
+    assert [(t["state"], t["worker"]) for t in trials] == [("FAIL", "b"), ("RUNNING", "a")]
     assert trials[0]["duplicate_of"] == trials[1]["number"]
+    v = read_view(b)
+    assert v.running == {(0, 0)} and v.orphaned() == [], "the given-up copy does not make the job look orphaned"
     assert a.finish(job, {"score": 1.0})
     a.stop()
     b.stop()
@@ -184,6 +187,31 @@ def test_liveness_transient_heartbeat_error_and_a_crash_mid_job(tmp_path, monkey
     assert not me.alive("me"), "a stopped worker's trial is complete"
     states = sorted(t["state"] for t in job_trials(default_url(tmp_path), "T"))
     assert states == ["FAIL", "WAITING"]
+
+
+def test_sqlite_readers_wait_for_no_writer_and_writers_still_queue(tmp_path):
+    import sqlite3
+    import threading
+
+    store = _store(tmp_path, "r", WorkerOptions(stale_seconds=60, poll_seconds=0.02))
+    store.try_claim(_job())
+    read_view(store)  # stale jobs looked for (under the write lock): not again for a heartbeat interval (15 s)
+    lock = sqlite3.connect(tmp_path / "search.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another worker is writing (holds SQLite's write lock)
+    done = {}
+    read = threading.Thread(target=lambda: done.update(read=read_view(store).claimed))
+    write = threading.Thread(target=lambda: done.update(write=store.mark("x", {"v": 1})))
+    read.start()
+    read.join(timeout=30)
+    assert list(done.get("read", {})) == [(0, 0)], "a read is answered while the write lock is held"
+    write.start()
+    write.join(timeout=1)
+    assert "write" not in done, "a write still waits for the lock (BEGIN IMMEDIATE)"
+    lock.execute("COMMIT")
+    write.join(timeout=30)
+    assert done.get("write") is True and store.marker("x") == {"v": 1}
+    lock.close()
+    store.stop()
 
 
 def test_bad_storage_and_job_ids_are_one_line_errors(tmp_path):
