@@ -1,4 +1,4 @@
-"""The execution flags c2fnas_train and c2fnas_predict share (nas/execution.py says what they do)."""
+"""The execution flags c2fnas_train, c2fnas_predict and c2fnas_search share (nas/execution.py says what they do)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from c2fnas_auto.nas.execution import PRECISIONS
 
 
 def add_execution_flags(p: argparse.ArgumentParser) -> None:
-    """--precision, --compile and --channels-last, with the same meaning in training and prediction."""
+    """--precision, --compile and --channels-last, with the same meaning in training, prediction and the search."""
     g = p.add_argument_group("execution (speed; the weights and their names are the same under every choice)")
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="compute precision: fp32, bf16 (autocast, CPU and CUDA) or fp16 (autocast with a grad "
@@ -21,5 +21,5 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
 
 
 def execution_kwargs(args: argparse.Namespace) -> dict:
-    """The flags as keyword arguments of TrainerOptions and Predictor."""
+    """The flags as keyword arguments of TrainerOptions, Predictor and SearchSettings."""
     return {"precision": args.precision, "compile": args.compile, "channels_last": args.channels_last}

@@ -13,6 +13,7 @@ import argparse
 import os
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-seconds", type=float, default=w.stale_seconds,
                    help="a worker whose heartbeat is older than this is taken as gone; its candidate is rerun")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (one line per candidate still printed)")
+    add_execution_flags(p)  # every candidate, the supernet and the stand-alone check run this way
     return p
 
 
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                               fine_epochs=args.fine_epochs, supernet_warmup=args.supernet_warmup, generations=args.generations,
                               iters_per_epoch=args.iters_per_epoch, seed=args.seed, coarse_op=args.coarse_op,
                               max_gflops=args.max_gflops, tournament=args.tournament,
-                              standalone_sample=args.standalone_sample, heldout_fraction=args.heldout_fraction)
+                              standalone_sample=args.standalone_sample, heldout_fraction=args.heldout_fraction,
+                              **execution_kwargs(args))
     stop = StopFlag().install()
     try:
         state = run_search(args.task, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,

@@ -49,9 +49,15 @@ SUPERNET_FILE = "supernet.pth"
 TRIALS_DIR = "trials"  # the per-candidate files of the engine before Optuna (removed by --overwrite)
 
 
+# how candidates run (nas/execution.py), not which ones are proposed: like the device, they
+# may differ between workers and across a resume, so the resume check leaves them out
+EXECUTION_FIELDS = ("precision", "compile", "channels_last")
+
+
 @dataclass
 class SearchSettings:
-    """Every option that changes the search's decisions (the device and workers do not).
+    """Every option that changes the search's decisions (the device and workers do not), and the
+    execution options of its trainings and scorings (`EXECUTION_FIELDS`).
     Defaults: about one GPU-day on one modern GPU, see documentation/search.md."""
 
     coarse_candidates: int = 81  # topologies trained at rung 0
@@ -71,8 +77,12 @@ class SearchSettings:
     standalone_sample: int = 6  # fine-stage op choices also trained stand-alone (0: off)
     heldout_fraction: float = 0.2  # carved from the training cases when there is no labelled imagesTs
     fold: int = 0
+    precision: str | None = None  # fp32 / bf16 / fp16; None: the device's default (fp16 AMP on CUDA, fp32 on CPU)
+    compile: bool = False  # torch.compile each candidate (the supernet cell by cell)
+    channels_last: bool = False
 
     def validate(self) -> "SearchSettings":
+        from c2fnas_auto.nas.execution import PRECISIONS
         from c2fnas_auto.nas.genotype import OPS
 
         for name in ("coarse_candidates", "clusters", "population", "generations", "iters_per_epoch", "tournament"):
@@ -90,6 +100,8 @@ class SearchSettings:
             raise C2FNASError(f"--coarse-op {self.coarse_op!r}: expected one of {', '.join(OPS)}")
         if self.max_gflops is not None and self.max_gflops <= 0:
             raise C2FNASError(f"--max-gflops {self.max_gflops}: must be positive")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise C2FNASError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         return self
 
     def schedule(self) -> Rungs:
@@ -97,6 +109,10 @@ class SearchSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+    def decisions(self) -> dict[str, Any]:
+        """The settings a resumed or joining worker must share (the execution options need not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
 
 @dataclass
@@ -237,7 +253,7 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
         if join:
             if not state_path.is_file():
                 raise SearchStateError(f"{state_path}: no search to join (start it without --join first)")
-            return open_state(state_path, task_name, settings.to_dict(), True, False).to_dict()
+            return open_state(state_path, task_name, settings.decisions(), True, False).to_dict()
         remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
         if not (resume or overwrite or state_path.exists()) and _has_results(url, task_name, search_dir):
             raise SearchStateError(f"{shown(url)} holds results of an earlier search of {task_name}: use --continue "
@@ -252,7 +268,7 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)
             if url != FILES:
                 clear_search(url, task_name)
-        return open_state(state_path, task_name, settings.to_dict(), resume, overwrite).to_dict()
+        return open_state(state_path, task_name, settings.decisions(), resume, overwrite).to_dict()
     except C2FNASError as exc:
         return {"error": str(exc)}
 
@@ -500,7 +516,8 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
     train_ids, val_ids = search_cases(preprocessed, settings.fold, heldout)
     ctx = TrainingContext(plans=plans, preprocessed_dir=preprocessed, train_ids=list(train_ids),
                           val_ids=list(val_ids), device=device, seed=settings.seed,
-                          iters_per_epoch=settings.iters_per_epoch)
+                          iters_per_epoch=settings.iters_per_epoch, precision=settings.precision,
+                          compile=settings.compile, channels_last=settings.channels_last)
     evaluate = make_coarse_evaluator(ctx, settings.min_epochs)
     return SearchHooks(
         coarse_evaluate=evaluate,
@@ -508,7 +525,8 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
                                                      progress=progress, warmup=settings.supernet_warmup),
         fine_evaluator=lambda supernet: make_fine_evaluator(supernet, ctx, settings.max_gflops),
         standalone_evaluate=evaluate,
-        describe={"device": str(device), "fold": settings.fold, "num_train_cases": len(train_ids),
+        describe={"device": str(device), "execution": ctx.answer_fields(), "fold": settings.fold,
+                  "num_train_cases": len(train_ids),
                   "num_selection_cases": len(val_ids), "selection_cases": list(val_ids)})
 
 
@@ -576,6 +594,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     """`c2fnas_search -t TASK`: search on the task's fold 0 (held-out cases removed), write
     the winner into its plans.json and `search_results_dir(task)/genotype.json`; returns
     the final state. Several workers: torchrun ranks, and/or later processes with `join`."""
+    from c2fnas_auto.nas.execution import check_precision
     from c2fnas_auto.nas.plot import plot_genotype
     from c2fnas_auto.paths import preprocessed_dir, search_results_dir, task_name_from_id
     from c2fnas_auto.planning.pipeline import PLANS_FILE
@@ -594,6 +613,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     moved = _adopt_old_folder(task_name, search_dir) if (resume and dist.is_main and not join) else ""
     try:
         dev = _rank_device(device, dist)
+        check_precision(settings.precision, dev)  # e.g. fp16 on a CPU: refused before anything runs
         heldout = heldout_cases(task_name, pre, settings.heldout_fraction, settings.seed)
         hooks = real_hooks(plans, pre, settings, dev, search_dir, heldout, progress=progress and dist.is_main)
         plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),

@@ -35,6 +35,20 @@ class TrainingContext:
     device: torch.device
     seed: int
     iters_per_epoch: int
+    precision: str | None = None  # how candidates run (nas/execution.py); None: the device's default
+    compile: bool = False
+    channels_last: bool = False
+
+    def execution(self) -> dict[str, Any]:
+        """The keyword arguments of `fit` that say how a network runs."""
+        return {"precision": self.precision, "compile": self.compile, "channels_last": self.channels_last}
+
+    def answer_fields(self) -> dict[str, Any]:
+        """How this worker ran a candidate, kept in its record: workers (and a resumed run) may differ."""
+        from c2fnas_auto.nas.execution import check_precision
+
+        return {"precision": check_precision(self.precision, self.device), "compile": self.compile,
+                "channels_last": self.channels_last}
 
     @property
     def memory_budget_bytes(self) -> float:
@@ -94,7 +108,8 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
         try:
             network, losses, restarted = train_started(genotype, ctx, n_epochs)
             t1 = time.perf_counter()
-            scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device)
+            scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
+                                 precision=ctx.precision)
             t2 = time.perf_counter()
         except torch.cuda.OutOfMemoryError:  # the cost model underestimated: record it, go on
             return oom_answer(out, time.perf_counter() - t0, "training")
@@ -102,8 +117,8 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
             network = None
             if torch.device(ctx.device).type == "cuda":
                 torch.cuda.empty_cache()
-        return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0,
-                "train_seconds": t1 - t0, "score_seconds": t2 - t1,
+        return {**out, **ctx.answer_fields(), "score": float(scores["mean_fg_dice"]),
+                "seconds": time.perf_counter() - t0, "train_seconds": t1 - t0, "score_seconds": t2 - t1,
                 "train_iterations": (1 + restarted) * n_epochs * ctx.iters_per_epoch,
                 "final_loss": float(losses[-1]) if losses else None, "restarted": restarted}
 
@@ -125,7 +140,7 @@ def train_started(genotype, ctx: TrainingContext, epochs: int) -> tuple[Any, lis
         monitor = StartMonitor()
         losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                      iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed, progress=False,
-                     monitor=monitor)
+                     monitor=monitor, **ctx.execution())
         if attempt == 1 or not monitor.not_started(final=True):
             return network, losses, attempt
         del network

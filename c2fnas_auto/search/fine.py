@@ -29,6 +29,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     share of steps that give all cells one op (see `Supernet.sampling_forward`). A checkpoint
     for another topology, epoch count or warm-up is an error (the state says what was run).
     """
+    from c2fnas_auto.nas.execution import prepare_network
     from c2fnas_auto.nas.supernet import build_supernet
     from c2fnas_auto.training.api import fit
     from c2fnas_auto.training.start_check import StartMonitor
@@ -47,7 +48,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
                               f"epochs / warm-up {saved.get('warmup', 0.0)}, expected {list(levels)} / {epochs} / "
                               f"{warmup}; use --overwrite")
         supernet.load_state_dict(saved["state_dict"])
-        supernet.to(ctx.device)
+        prepare_network(supernet.to(ctx.device), compile=ctx.compile, channels_last=ctx.channels_last)
         return supernet, {"epochs": epochs, "seconds": float(saved.get("seconds", 0.0)),
                           "losses": saved.get("losses", []), "restarted": int(saved.get("restarted", 0)),
                           "loaded": True}
@@ -64,7 +65,8 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
             monitor = StartMonitor()
             losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                          iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed,
-                         forward_fn=sampler, progress=progress, monitor=monitor) if epochs > 0 else []
+                         forward_fn=sampler, progress=progress, monitor=monitor,
+                         **ctx.execution()) if epochs > 0 else []
             restarted = attempt
             if not monitor.not_started(final=True):
                 break
@@ -93,11 +95,12 @@ def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float |
         ops = list(p.ops)
         try:
             scores = score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
-                                 forward_fn=lambda net, x: net(x, ops))
+                                 forward_fn=lambda net, x: net(x, ops), precision=ctx.precision)
         except torch.cuda.OutOfMemoryError:  # this op choice needs more than the estimate: skip it
             if torch.device(ctx.device).type == "cuda":
                 torch.cuda.empty_cache()
             return oom_answer(out, time.perf_counter() - t0, "shared-weight scoring")
-        return {**out, "score": float(scores["mean_fg_dice"]), "seconds": time.perf_counter() - t0}
+        return {**out, **ctx.answer_fields(), "score": float(scores["mean_fg_dice"]),
+                "seconds": time.perf_counter() - t0}
 
     return evaluate
