@@ -1,4 +1,4 @@
-"""How well several workers share one search: the file engine (before Optuna) vs Optuna's
+"""How well several workers share one search: the file engine (`--storage files`) vs Optuna's
 embedded SQLite vs Optuna on PostgreSQL, side by side in one run (issue 23).
 
 Fake evaluators that only sleep (so 2 shared CPU cores do not distort the figures), with
@@ -19,18 +19,20 @@ utilisation (busy seconds / each worker's time from its first job to the stage's
   same host name, its PID one that does not exist outside (as in a container);
 - `heartbeat_error`: 2 workers, the joiner's third heartbeat write fails once.
 
-The file engine runs from `--files-rev` (the last commit before Optuna), exported with
-`git archive`; PostgreSQL comes from `pgserver` (the `test` extra).
+`--repeat R` runs every scenario R times, the engines interleaved within each (load drifts
+alike for all). `--real N,..` runs instead one real tiny search per engine (the demo's
+synthetic task and search settings, CPU) with N workers. The file engine runs from
+`--files-rev` (exported with `git archive`; it was removed after this comparison), the
+Optuna engines from this tree; PostgreSQL comes from `pgserver` (the `test` extra).
 
     python -m benchmarks.search_workers [--unit 0.3] [--engines files,sqlite,postgres]
-        [--out benchmarks/results/search_workers.json]
+        [--scenarios together_1,..] [--repeat R] [--real 1,2] [--out benchmarks/results/search_workers.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -46,7 +48,8 @@ from typing import Any
 
 SETTINGS = dict(coarse_candidates=27, min_epochs=1, eta=3, rungs=3, clusters=4, population=6, fine_epochs=0,
                 generations=1, iters_per_epoch=1, seed=0, tournament=3, standalone_sample=0)
-FILES_REV = "e425831"  # the file engine (claims by hard link, heartbeat files)
+FILES_REV = "HEAD"  # a commit with the file engine (`--storage files`: claims by hard link, heartbeat files)
+FILES = "files"
 SKEW_S = 300.0
 WALL = time.time  # the real clock, for the evaluation logs (a skewed worker's time.time is not)
 STALE_S = 5.0
@@ -57,14 +60,14 @@ def job_seconds(levels: Any, epochs: int, unit: float) -> float:
     return unit * epochs * random.Random(seed).uniform(0.5, 1.5)
 
 
-def _inject_heartbeat_error(after: int) -> None:
+def _inject_heartbeat_error(after: int, files: bool) -> None:
     """The `after`-th write of this worker's heartbeat thread raises once (either engine)."""
     calls = []
 
     def beating() -> bool:
         return threading.current_thread().name == "c2fnas-heartbeat"
 
-    if importlib.util.find_spec("c2fnas_auto.search.optuna_trials") is not None:
+    if not files:
         import optuna
 
         real = optuna.storages.RDBStorage.record_heartbeat
@@ -89,35 +92,31 @@ def _inject_heartbeat_error(after: int) -> None:
     os.utime = flaky_utime
 
 
-def _skew_clock(seconds: float, new: bool) -> None:
+def _skew_clock(seconds: float) -> None:
     """This worker's host clock runs `seconds` ahead, where each engine reads a clock: Python's
     wall clock (the file engine's heartbeat ages) and SQLite's CURRENT_TIMESTAMP (Optuna's
     heartbeats on SQLite). A PostgreSQL server keeps its own clock. (libfaketime would do
     both, but here it breaks Python's timed waits: EINVAL or a hang.)"""
+    from sqlalchemy.ext.compiler import compiles
+    from sqlalchemy.sql import functions
+
     real = time.time
     time.time = lambda: real() + seconds
-    if new:
-        from sqlalchemy.ext.compiler import compiles
-        from sqlalchemy.sql import functions
 
-        @compiles(functions.now, "sqlite")
-        def _now(element, compiler, **kw):
-            return f"datetime(CURRENT_TIMESTAMP, '+{int(seconds)} seconds')"
+    @compiles(functions.now, "sqlite")
+    def _now(element, compiler, **kw):
+        return f"datetime(CURRENT_TIMESTAMP, '+{int(seconds)} seconds')"
 
 
 def worker(out: Path, opts: dict[str, Any]) -> None:
-    """One search worker with sleeping fake evaluators, on whichever engine is importable."""
+    """One search worker with sleeping fake evaluators on `opts["storage"]` (None: SQLite)."""
     from c2fnas_auto.search.api import SearchHooks, SearchSettings, search_core
+    from c2fnas_auto.search.jobs import WorkerOptions
 
-    new = importlib.util.find_spec("c2fnas_auto.search.jobs") is not None
-    if new:
-        from c2fnas_auto.search.jobs import WorkerOptions
-    else:
-        from c2fnas_auto.search.trials import WorkerOptions
     if opts.get("fault") == "heartbeat_error":
-        _inject_heartbeat_error(3)
+        _inject_heartbeat_error(3, opts.get("storage") == FILES)
     if opts.get("fault") == "clock_skew":
-        _skew_clock(SKEW_S, new)
+        _skew_clock(SKEW_S)
     unit = float(opts["unit"])
     log = out / f"evals-{os.getpid()}.jsonl"
     started = []
@@ -140,27 +139,27 @@ def worker(out: Path, opts: dict[str, Any]) -> None:
     (out / f"alive-{os.getpid()}").touch()
     hooks = SearchHooks(coarse_evaluate=coarse, train_supernet=lambda levels: ({}, {"epochs": 0, "seconds": 0.0}),
                         fine_evaluator=lambda net: (lambda p: {"score": 0.5}))
-    kw = {"storage": opts["storage"]} if new and opts.get("storage") else {}
     search_core(out / "search", str(opts["name"]), SearchSettings(**SETTINGS), hooks, progress=False, lines=False,
-                join=bool(opts.get("join")), workers=WorkerOptions(stale_seconds=STALE_S, poll_seconds=0.05), **kw)
+                join=bool(opts.get("join")), workers=WorkerOptions(stale_seconds=STALE_S, poll_seconds=0.05),
+                storage=opts.get("storage"))
 
 
 class Engine:
-    """How to start a worker of one engine: its code, its storage, its faults."""
+    """How to start a worker of one engine: its code tree and its storage (`--storage`)."""
 
-    def __init__(self, name: str, root: Path, files_tree: Path | None, storage: str | None) -> None:
-        self.name, self.root, self.files_tree, self.storage = name, root, files_tree, storage
+    def __init__(self, name: str, root: Path, code: Path, storage: str | None) -> None:
+        self.name, self.root, self.code, self.storage = name, root, code, storage
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(self.code))
 
     def start(self, out: Path, opts: dict[str, Any], prefix: list[str] | None = None) -> subprocess.Popen:
         out.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        code = self.files_tree if self.name == "files" else Path(__file__).resolve().parents[1]
-        env["PYTHONPATH"] = f"{code}{os.pathsep}{Path(__file__).resolve().parents[1]}"
         opts = {**opts, "storage": self.storage, "name": f"Bench-{out.name}"}
         cmd = [sys.executable, "-c", "import sys, json; from pathlib import Path; "
                "from benchmarks.search_workers import worker; worker(Path(sys.argv[1]), json.loads(sys.argv[2]))",
                str(out), json.dumps(opts)]
-        return subprocess.Popen((prefix or []) + cmd, env=env, cwd=str(code), stdout=subprocess.DEVNULL,
+        return subprocess.Popen((prefix or []) + cmd, env=self.env(), cwd=str(self.code), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
 
 
@@ -238,8 +237,8 @@ def scenario(engine: Engine, name: str, unit: float, n: int, fault: str | None =
     return stats
 
 
-def scenario_killed(engine: Engine, unit: float) -> dict[str, Any]:
-    out = engine.root / engine.name / "killed"
+def scenario_killed(engine: Engine, unit: float, name: str) -> dict[str, Any]:
+    out = engine.root / engine.name / name
     procs = [engine.start(out, {"unit": unit, "expect": 3})]
     _wait_for(out / "search" / "state.json")
     procs += [engine.start(out, {"unit": unit, "join": True, "expect": 3}) for _ in range(2)]
@@ -255,8 +254,8 @@ def scenario_killed(engine: Engine, unit: float) -> dict[str, Any]:
     return stats
 
 
-def scenario_late(engine: Engine, unit: float, delay: float) -> dict[str, Any]:
-    out = engine.root / engine.name / "late"
+def scenario_late(engine: Engine, unit: float, delay: float, name: str) -> dict[str, Any]:
+    out = engine.root / engine.name / name
     procs = [engine.start(out, {"unit": unit, "expect": 2})]
     _wait_for(out / "search" / "state.json")
     procs.append(engine.start(out, {"unit": unit, "join": True, "expect": 2}))
@@ -269,22 +268,24 @@ def scenario_late(engine: Engine, unit: float, delay: float) -> dict[str, Any]:
     return stats
 
 
-def run_engine(engine: Engine, unit: float) -> dict[str, Any]:
-    res: dict[str, Any] = {}
-    for n in (1, 2, 3, 4):
-        res[f"together_{n}"] = scenario(engine, f"together{n}", unit, n)
-        print(engine.name, f"together_{n}", json.dumps(res[f"together_{n}"]), flush=True)
-    res["killed"] = scenario_killed(engine, unit)
-    res["late_joiner"] = scenario_late(engine, unit, 4.0)
-    for fault in ("clock_skew", "pid_namespace", "heartbeat_error"):
-        res[fault] = scenario(engine, fault, unit, 2, fault)
-    for k in ("killed", "late_joiner", "clock_skew", "pid_namespace", "heartbeat_error"):
-        print(engine.name, k, json.dumps(res[k]), flush=True)
-    return res
+SCENARIOS = ("together_1", "together_2", "together_3", "together_4", "killed", "late_joiner", "clock_skew",
+             "pid_namespace", "heartbeat_error")
 
 
-def _files_tree(root: Path, rev: str) -> Path:
-    tree = root / "files-engine"
+def run_scenario(engine: Engine, key: str, unit: float, rep: int) -> dict[str, Any]:
+    name = f"{key.replace('_', '')}-{rep}"
+    if key.startswith("together_"):
+        return scenario(engine, name, unit, int(key.split("_")[1]))
+    if key == "killed":
+        return scenario_killed(engine, unit, name)
+    if key == "late_joiner":
+        return scenario_late(engine, unit, 4.0, name)
+    return scenario(engine, name, unit, 2, key)
+
+
+def _tree(root: Path, rev: str) -> Path:
+    """The repository at commit `rev` (the engine it had), with this benchmark's worker."""
+    tree = root / f"tree-{rev}"
     tree.mkdir()
     repo = Path(__file__).resolve().parents[1]
     archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
@@ -300,57 +301,164 @@ ROWS = [("together_1", "1 worker"), ("together_2", "2 workers started together")
         ("heartbeat_error", "2 workers, one heartbeat write fails once")]
 
 
+def _cell(runs: Any) -> str:
+    """jobs / lost / dup / wall / util of one scenario, each repetition's value in turn."""
+    runs = [r for r in (runs if isinstance(runs, list) else [runs]) if r and r.get("jobs")]
+    if not runs:
+        return "not run"
+    join = lambda key: ", ".join(str(r[key]) for r in runs)  # noqa: E731
+    problems = "; ".join(r["problem"] for r in runs if r.get("problem"))
+    return (f"{join('jobs')} / {join('lost')} / {join('duplicates')} / {join('coarse_wall_s')} / {join('utilisation')}"
+            + (f" ({problems})" if problems else ""))
+
+
 def table(result: dict[str, Any]) -> str:
     """The results as the markdown table of documentation/search.md."""
     engines = list(result["engines"])
     head = "| scenario | " + " | ".join(f"{e}: jobs / lost / dup / wall s / util" for e in engines) + " |"
     lines = [head, "|---|" + "---|" * len(engines)]
     for key, label in ROWS:
-        cells = []
-        for e in engines:
-            r = result["engines"][e].get(key)
-            if not r or not r.get("jobs"):
-                cells.append("not run")
-                continue
-            cell = f"{r['jobs']} / {r['lost']} / {r['duplicates']} / {r['coarse_wall_s']} / {r['utilisation']}"
-            cells.append(cell + (f" ({r['problem']})" if r.get("problem") else ""))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if any(key in result["engines"][e] for e in engines):
+            lines.append(f"| {label} | " + " | ".join(_cell(result["engines"][e].get(key)) for e in engines) + " |")
     return "\n".join(lines)
+
+
+def real_table(result: dict[str, Any]) -> str:
+    """The real tiny searches as a markdown table: one row per engine and worker count."""
+    lines = ["| engine | workers | wall s (each run) | coarse s | coarse jobs (unique) / fine | winner |",
+             "|---|---|---|---|---|---|"]
+    for engine, rows in result["engines"].items():
+        for key, runs in rows.items():
+            r = runs[0]
+            winner = " ".join("".join(str(v)[0] if k == "levels" else {"p3d": "p", "2d": "2", "3d": "3"}.get(v, "?")
+                                      for v in (r.get("winner") or {}).get(k) or []) for k in ("levels", "ops"))
+            lines.append(f"| {engine} | {r['workers']} | {', '.join(str(x['wall_s']) for x in runs)} | "
+                         f"{', '.join(str(x.get('coarse_s')) for x in runs)} | "
+                         f"{r.get('coarse_jobs')} ({r.get('coarse_jobs_unique')}) / {r.get('fine_done')} | {winner}"
+                         + (f" ({r['problem']})" if r.get("problem") else "") + " |")
+    return "\n".join(lines)
+
+
+REAL_SEARCH = ["--coarse-candidates", "3", "--clusters", "3", "--population", "3", "--min-epochs", "1", "--rungs", "2",
+               "--standalone-sample", "0", "--fine-epochs", "1", "--generations", "2", "--iters-per-epoch", "8",
+               "--device", "cpu", "--seed", "0", "--no-progress"]  # the demo's search (cli/demo.py)
+
+
+def _real_task(root: Path) -> tuple[int, Path]:
+    """The demo's synthetic task, planned and preprocessed once under `root`."""
+    from c2fnas_auto.cli.demo import CELL_STYLE, TASK_ID, TASK_NAME
+    from c2fnas_auto.data.synthetic import make_synthetic_task
+    from c2fnas_auto.planning.pipeline import plan_and_preprocess
+
+    for var, sub in (("C2FNAS_raw", "raw"), ("C2FNAS_preprocessed", "preprocessed"), ("C2FNAS_results", "results")):
+        os.environ[var] = str(root / sub)
+    make_synthetic_task(root / "raw", task_id=TASK_ID, name=TASK_NAME, num_train=16, num_test=4, shape=(32, 64, 64),
+                        spacing=(3.0, 1.0, 1.0), seed=0, progress=False)
+    plan_and_preprocess(TASK_ID, gpu_memory_gb=0.25, base_channels=8, num_workers=2, cell_style=CELL_STYLE,
+                        progress=False)
+    return TASK_ID, root
+
+
+def real_search(engine: Engine, task: tuple[int, Path], n: int, rep: int) -> dict[str, Any]:
+    """`c2fnas_search` with the demo's settings on `n` workers (the main one, then n - 1 `--join`),
+    each with its own copy of the preprocessed task and results folder."""
+    from c2fnas_auto.search.state import SearchState
+
+    task_id, task_root = task
+    out = engine.root / "real" / f"{engine.name}-{n}-{rep}"
+    shutil.copytree(task_root / "preprocessed", out / "preprocessed")
+    env = dict(engine.env(), C2FNAS_raw=str(task_root / "raw"), C2FNAS_preprocessed=str(out / "preprocessed"),
+               C2FNAS_results=str(out / "results"))
+    cmd = [sys.executable, "-m", "c2fnas_auto.cli.search", "-t", str(task_id), *REAL_SEARCH]
+    cmd += ["--storage", engine.storage] if engine.storage else []
+    t0 = time.perf_counter()
+    start = lambda extra: subprocess.Popen(cmd + extra, env=env, cwd=str(engine.code),  # noqa: E731
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    procs = [start(["--overwrite"])]
+    deadline = time.monotonic() + 300
+    while n > 1 and not list((out / "results").glob("*/search/state.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs += [start(["--join"]) for _ in range(n - 1)]
+    problem = _finish(procs, timeout=900)
+    wall = time.perf_counter() - t0
+    states = list((out / "results").glob("*/search/state.json"))
+    if not states:
+        return {"workers": n, "problem": problem or "no state written", "wall_s": round(wall, 1)}
+    state = SearchState.load(states[0])
+    report = json.loads((states[0].parent / "report.json").read_text()) if (states[0].parent / "report.json").is_file() else {}
+    jobs = [(r.candidate, r.rung) for r in state.coarse]
+    return {"workers": n, "problem": problem, "wall_s": round(wall, 1),
+            "coarse_s": round(state.stage_seconds.get("coarse", 0.0), 1),
+            "coarse_jobs": len(jobs), "coarse_jobs_unique": len(set(jobs)),
+            "fine_done": sum(r.status == "done" for r in state.fine), "workers_with_jobs": report.get("workers"),
+            "winner": {"levels": (state.winner or {}).get("levels"), "ops": (state.winner or {}).get("ops")}}
+
+
+def _engines(names: list[str], root: Path, files_rev: str, stack: Any) -> list[Engine]:
+    """The engines to compare, each ready to start workers (PostgreSQL started here)."""
+    here = Path(__file__).resolve().parents[1]
+    out = []
+    for name in names:
+        if name == "files":
+            out.append(Engine(name, root, _tree(root, files_rev), FILES))
+        elif name == "sqlite":
+            out.append(Engine(name, root, here, None))
+        elif name == "postgres":
+            import pgserver
+
+            server = pgserver.get_server(root / "pg", cleanup_mode="stop")
+            stack.callback(server.cleanup)
+            out.append(Engine(name, root, here, server.get_uri()))
+        else:
+            raise SystemExit(f"--engines: unknown engine {name!r} (files, sqlite, postgres)")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--unit", type=float, default=0.3, help="seconds per epoch of a fake candidate (x U(0.5, 1.5))")
     ap.add_argument("--engines", default="files,sqlite,postgres")
-    ap.add_argument("--files-rev", default=FILES_REV, help="commit with the file engine")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="fake-evaluator scenarios to run")
+    ap.add_argument("--repeat", type=int, default=1, help="repetitions, engines interleaved in each")
+    ap.add_argument("--real", default="", metavar="N,..",
+                    help="instead: one real tiny search (the demo's settings) per engine with N workers each")
+    ap.add_argument("--files-rev", default=FILES_REV, help="commit whose `--storage files` engine is measured")
     ap.add_argument("--out", default="benchmarks/results/search_workers.json")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        result = json.loads(Path(args.out).read_text())
+        print(real_table(result) if result.get("unit_s") is None else table(result))
         return 0
-    result: dict[str, Any] = {"settings": SETTINGS, "unit_s": args.unit, "stale_seconds": STALE_S,
-                              "files_rev": args.files_rev, "load_before": os.getloadavg(), "engines": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for name in args.engines.split(","):
-            server = None
-            storage = None
-            if name == "postgres":
-                import pgserver
+    from contextlib import ExitStack
 
-                server = pgserver.get_server(root / "pg", cleanup_mode="stop")
-                storage = server.get_uri()
-            tree = _files_tree(root, args.files_rev) if name == "files" else None
-            try:
-                result["engines"][name] = run_engine(Engine(name, root, tree, storage), args.unit)
-            finally:
-                if server is not None:
-                    server.cleanup()
+    from c2fnas_auto.utils.io import atomic_write_json
+
+    keys = [k for k in args.scenarios.split(",") if k]
+    unknown = sorted(set(keys) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"--scenarios: unknown {', '.join(unknown)} (expected some of {', '.join(SCENARIOS)})")
+    result: dict[str, Any] = {"settings": SETTINGS, "unit_s": args.unit, "stale_seconds": STALE_S,
+                              "files_rev": args.files_rev, "repeat": args.repeat, "cpus": os.cpu_count(),
+                              "load_before": os.getloadavg(), "engines": {}}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        engines = _engines(args.engines.split(","), root, args.files_rev, stack)
+        if args.real:
+            result.update(settings=REAL_SEARCH, unit_s=None, stale_seconds=None)
+            task = _real_task(root / "task")
+            runs = [(f"real_{n}", lambda e, rep, n=int(n): real_search(e, task, n, rep)) for n in args.real.split(",")]
+        else:
+            runs = [(k, lambda e, rep, k=k: run_scenario(e, k, args.unit, rep)) for k in keys]
+        for rep in range(args.repeat):
+            for key, run in runs:
+                for engine in engines:  # interleaved: load drift hits every engine alike
+                    stats = run(engine, rep)
+                    result["engines"].setdefault(engine.name, {}).setdefault(key, []).append(stats)
+                    print(engine.name, key, rep, json.dumps(stats), flush=True)
     result["load_after"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
+    atomic_write_json(args.out, result)
+    print(real_table(result) if args.real else table(result))
     print(f"written {args.out}")
     return 0
 

@@ -217,7 +217,7 @@ class OptunaTrials:
         stage = stage_of(job.id)
         return self.storage.create_new_trial(self._sid(stage), template_trial=create_trial(
             state=TrialState.WAITING, params=params, distributions=dists,
-            user_attrs={"job": job.id, "payload": job.payload, "stage": stage, "worker": self.worker_id,
+            user_attrs={"job": job.id, "payload": job.payload, "worker": self.worker_id,
                         "genotype": " ".join(f"{k} {','.join(map(str, job.payload.get(k) or []))}"
                                              for k in ("levels", "ops"))}))
 
@@ -272,7 +272,6 @@ class OptunaTrials:
             raise RuntimeError(f"{self.folder}: finish({job.id}) without a claimed job")
         try:
             self.storage.set_trial_user_attr(trial_id, "answer", answer)
-            self.storage.set_trial_user_attr(trial_id, "finished_at", time.time())
             if answer_ok(answer):
                 self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(answer["score"])])
             else:
@@ -334,9 +333,16 @@ def _results(trials: Sequence[Any], prefix: str) -> dict[str, dict[str, Any]]:
         if (t.state in (TrialState.COMPLETE, TrialState.PRUNED) and a.get("job", "").startswith(prefix)
                 and a["job"] not in out and "answer" in a):
             out[a["job"]] = {"job": a["job"], "payload": a["payload"], "answer": a["answer"],
-                             "worker": a.get("worker", ""), "finished_at": a.get("finished_at", 0.0),
-                             "trial": t.number}
+                             "worker": a.get("worker", ""), "finished_at": _finished_at(t), "trial": t.number}
     return dict(sorted(out.items()))
+
+
+def _finished_at(trial: Any) -> float:
+    """When the job's result was published: the trial's completion time (written by the
+    finishing worker in its local time), or the `finished_at` attribute earlier versions wrote."""
+    if "finished_at" in trial.user_attrs:
+        return float(trial.user_attrs["finished_at"])
+    return trial.datetime_complete.timestamp() if trial.datetime_complete is not None else 0.0
 
 
 def _claims(trials: Sequence[Any], prefix: str) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -397,5 +403,5 @@ def job_trials(url: str, search: str) -> list[dict[str, Any]]:
             a = t.user_attrs
             out.append({"job": a.get("job", ""), "stage": stage, "state": t.state.name, "worker": a.get("worker", ""),
                         "number": t.number, "duplicate_of": a.get("duplicate_of"),
-                        "finished_at": a.get("finished_at"), "seconds": (a.get("answer") or {}).get("seconds")})
+                        "finished_at": _finished_at(t), "seconds": (a.get("answer") or {}).get("seconds")})
     return out

@@ -103,6 +103,19 @@ def test_one_worker_runs_every_rung_and_the_final_top_third_is_promoted(tmp_path
     assert all((c, 1) in view.answers for c in top3), "ASHA ends with the top 1/eta of each rung promoted"
     assert all((c, 0) in view.answers for c, r in view.answers if r == 1)
     assert best_candidate(view)[1] == 2
+    assert all(abs(r["finished_at"] - time.time()) < 600 for r in view.results.values()), "completion time as epoch"
+
+
+def test_a_result_stored_by_an_earlier_version_keeps_its_finished_at(tmp_path):
+    from optuna.trial import TrialState, create_trial
+
+    store = _store(tmp_path, "old")
+    job = _job(4)
+    store.storage.create_new_trial(store._sid("coarse"), template_trial=create_trial(
+        state=TrialState.COMPLETE, value=0.5, user_attrs={"job": job.id, "payload": job.payload,
+                                                          "answer": {"score": 0.5}, "finished_at": 123.0}))
+    assert store.result(job.id)["finished_at"] == 123.0
+    store.stop()
 
 
 def _store(tmp_path, worker, options=FAST):
