@@ -44,6 +44,7 @@ class StepContext:
     warmup_iterations: int = 0  # learning rate and momentum ramp over the first steps (0: off)
     steps_done: int = 0
     precision: str | None = None
+    skipped_steps: int = 0  # bf16 steps whose gradients were not finite (see train_step)
 
     def __post_init__(self):
         if self.precision is None:
@@ -116,9 +117,16 @@ def train_step(ctx: StepContext, batch: dict) -> tuple[float, tuple[np.ndarray, 
         loss = ctx.loss_fn(out, y)
     ctx.scaler.scale(loss).backward()
     ctx.scaler.unscale_(ctx.optimizer)
-    torch.nn.utils.clip_grad_norm_(ctx.network.parameters(), GRAD_CLIP)
-    with warmed_up(ctx.optimizer, ctx.steps_done, ctx.warmup_iterations):
-        ctx.scaler.step(ctx.optimizer)
+    total_norm = torch.nn.utils.clip_grad_norm_(ctx.network.parameters(), GRAD_CLIP)
+    if ctx.precision == "bf16" and not torch.isfinite(total_norm):
+        # oneDNN's bf16 conv weight gradient is now and then non-finite on a CPU (torch 2.13 and
+        # 2.14, small spatial extents; documentation/benchmarks.md): skip the step, as fp16's
+        # grad scaler does, instead of writing NaN into every weight
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.skipped_steps += 1
+    else:
+        with warmed_up(ctx.optimizer, ctx.steps_done, ctx.warmup_iterations):
+            ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
     ctx.steps_done += 1
     with torch.no_grad():
