@@ -240,8 +240,11 @@ class _Saver:
             self.state.save(self.path)
             self.last = time.monotonic()
 
+    def due(self) -> bool:
+        return self.main and time.monotonic() - self.last >= self.interval
+
     def soon(self) -> None:
-        if time.monotonic() - self.last >= self.interval:
+        if self.due():
             self()
 
 
@@ -417,11 +420,14 @@ def _coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSetti
     def finished(job, answer) -> None:
         rec = record_from_result(0, "coarse", {"payload": job.payload, "answer": answer, "worker": store.worker_id})
         bar.record(rec, False)
-        if main:
+        if main and save.due():  # every worker's results, in the order they finished
             from c2fnas_auto.search.asha import read_view
 
             state.coarse = coarse_records(read_view(store))
-            save.soon()
+            save()
+        elif main:  # this worker's own result: in the state a stop signal saves, without a read
+            rec.index, rec.finished_at = len(state.coarse), time.time()
+            state.coarse.append(rec)
 
     bar.start(sum(settings.coarse_candidates // settings.eta ** r for r in range(rungs.count)), "coarse")
     view = run_coarse(store, rungs, settings.coarse_candidates, propose, timed(hooks.coarse_evaluate, dist.rank),
