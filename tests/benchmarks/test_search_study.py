@@ -258,7 +258,8 @@ def test_budget_summary_picks_the_smallest_budget_that_learns_the_lesion(tmp_pat
     from c2fnas_auto.nas.genotype import reference_genotype
 
     store = ResultStore(tmp_path / "budget_results.json", "x-budget")
-    lesion = {(5, 20): [0.0, 0.1], (10, 40): [0.5, 0.2], (20, 40): [0.6, 0.7]}  # means 0.05, 0.35, 0.65
+    # means 0.05, 0.35 (one seed never learned it), 0.35, 0.65
+    lesion = {(5, 20): [0.0, 0.1], (10, 20): [0.7, 0.0], (10, 40): [0.5, 0.2], (20, 40): [0.6, 0.7]}
     for (e, i), vals in lesion.items():
         for seed, v in enumerate(vals):
             store.add({"key": f"{e}x{i}|{seed}", "epochs": e, "iters_per_epoch": i, "seed": seed,
@@ -266,6 +267,7 @@ def test_budget_summary_picks_the_smallest_budget_that_learns_the_lesion(tmp_pat
     out = summarise_budget(tmp_path, "x-budget", {"background": 0, "organ": 1, "lesion": 2},
                            Arm("reference", reference_genotype(), "c2fnas"))
     assert out["chosen"] == "10x40"
+    assert out["budgets"]["10x20"]["lesion_mean"] >= 0.3 and not out["budgets"]["10x20"]["lesion_learned_every_seed"]
     assert out["budgets"]["5x20"]["lesion_dice"]["per_seed"] == [0.0, 0.1]  # a missing lesion counts as 0
     assert json.loads((tmp_path / "budget.json").read_text())["chosen"] == "10x40"
 
