@@ -52,6 +52,7 @@ class _Tally:
     params: int = 0
     flops: int = 0
     stat_elems: int = 0  # per sample, always float32
+    fixed_elems: int = 0  # whatever the batch, at activation precision (the fused upsample's kernels)
     saved: dict[object, int] = field(default_factory=dict)  # tensor -> elements per sample
 
     @property
@@ -75,7 +76,11 @@ def _unit(t: _Tally, u: ConvUnit, spatial_in: Sequence[int],
     s = tuple(spatial_in)
     if u.upsample is not None and u.upsample_first:
         s, source = _upsampled(s, u.upsample), None
-    if u.relu:
+    if u.fused_upsample:  # ops.upsample_conv3d
+        # the ReLU output, or the input itself: the replicate padding keeps what it reads
+        t.save(None if u.relu else source, u.in_channels * prod(s))
+        s = _fused_upsample(t, u, s)
+    elif u.relu:
         source = t.save(None, u.in_channels * prod(s))  # ReLU output, also what the conv keeps
         if u.upsample is not None and not u.upsample_first:
             s = _upsampled(s, u.upsample)
@@ -93,6 +98,21 @@ def _unit(t: _Tally, u: ConvUnit, spatial_in: Sequence[int],
         t.save(None, u.out_channels * prod(spatial_out))  # the norm keeps the conv output
         t.stat_elems += (3 if u.affine else 2) * u.out_channels  # [repeated weight,] mean, inverse std
     return spatial_out, object()
+
+
+def _fused_upsample(t: _Tally, u: ConvUnit, s: Sequence[int]) -> tuple[int, ...]:
+    """What `ops.upsample_conv3d` keeps: the replicate-padded input, for each upsampled axis two
+    three-plane slabs at the output resolution (the border planes), and, once per batch, the
+    phase kernels and the tap table they are made from. Returns the output spatial size."""
+    factors = u.upsample_factors
+    fine = _upsampled(s, u.upsample)
+    t.save(None, u.in_channels * prod(n + 2 if f == 2 else n for n, f in zip(s, factors)))
+    for axis, f in enumerate(factors):
+        if f == 2:
+            t.save(None, 2 * u.in_channels * 3 * prod(n for a, n in enumerate(fine) if a != axis))
+    phases = prod(factors)
+    t.fixed_elems += phases * 27 * 27 + u.out_channels * phases * u.in_channels * 27
+    return fine
 
 
 def _upsampled(spatial: Sequence[int], scale: Sequence[float] | None) -> tuple[int, ...]:
@@ -178,7 +198,7 @@ def _tally_wired(t: _Tally, plan: NetworkPlan, patch_size: Sequence[int], ops: S
 
 
 def cost_from_tally(t: _Tally, batch_size: int, amp: bool) -> CostEstimate:
-    act_bytes = batch_size * (t.act_elems * (2 if amp else 4) + t.stat_elems * 4)
+    act_bytes = batch_size * (t.act_elems * (2 if amp else 4) + t.stat_elems * 4) + t.fixed_elems * (2 if amp else 4)
     weight_bytes = t.params * (6 if amp else 4)  # amp: fp32 master + fp16 autocast copy
     gradient_bytes = t.params * 4
     optimizer_bytes = t.params * 4  # SGD momentum buffer

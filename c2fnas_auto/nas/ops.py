@@ -6,12 +6,16 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from c2fnas_auto.nas.plan import ConvUnit
 
 
 class ConvBlock(nn.Module):
     """[upsample] -> [ReLU] -> [upsample] -> Conv3d -> [InstanceNorm3d], as a ConvUnit says.
+
+    ReLU -> upsample -> 3x3x3 conv (the wired head's expand) runs as one conv at the low
+    resolution (`upsample_conv3d`): same result to float rounding, same weights.
 
     The ReLU is in-place only where the caller says its input is read by this block alone
     (`inplace_relu`): elsewhere the input is a cell output that a skip, a second input or the
@@ -27,15 +31,20 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv3d(unit.in_channels, unit.out_channels, unit.kernel, stride=unit.stride,
                               padding=unit.padding, bias=unit.bias)
         self.norm = nn.InstanceNorm3d(unit.out_channels, affine=unit.affine) if unit.norm else None
+        # upsample -> 3x3x3 conv as one conv at the low resolution (see upsample_conv3d)
+        self.fused_upsample = unit.fused_upsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample is not None and self.unit.upsample_first:
             x = self.upsample(x)
         if self.relu is not None:
             x = self.relu(x)
-        if self.upsample is not None and not self.unit.upsample_first:
-            x = self.upsample(x)
-        x = self.conv(x)
+        if self.fused_upsample:
+            x = upsample_conv3d(x, self.conv.weight, self.conv.bias, self.unit.upsample_factors)
+        elif self.upsample is not None and not self.unit.upsample_first:
+            x = self.conv(self.upsample(x))
+        else:
+            x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)
         return x
@@ -60,3 +69,66 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = [int(round(n * s)) for n, s in zip(x.shape[2:], self.scale)]
         return nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+# One axis of a x2 trilinear upsampling (align_corners=False) followed by a 3-tap conv, as
+# taps on the low-resolution input: [phase][coarse tap -1, 0, +1][fine tap -1, 0, +1]. Fine
+# sample 2i is 0.25 x[i-1] + 0.75 x[i], fine 2i+1 is 0.75 x[i] + 0.25 x[i+1].
+_PHASE_TAPS = {1: ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+               2: (((0.75, 0.25, 0.0), (0.25, 0.75, 0.75), (0.0, 0.0, 0.25)),
+                   ((0.25, 0.0, 0.0), (0.75, 0.75, 0.25), (0.0, 0.25, 0.75)))}
+
+
+def _phase_kernel(weight: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    """(O, C, 3, 3, 3) fine-grid kernel -> (O * phases, C, 3, 3, 3) coarse-grid kernels, one
+    per output phase (z, y, x phases vary fastest last)."""
+    taps = [torch.tensor(_PHASE_TAPS[f], dtype=weight.dtype, device=weight.device).view(f, 3, 3) for f in factors]
+    k = torch.einsum("pat,qbu,rdv,octuv->opqrcabd", *taps, weight)
+    return k.reshape(-1, weight.shape[1], 3, 3, 3)
+
+
+def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    factors: Sequence[int]) -> torch.Tensor:
+    """conv3d(trilinear(x, factors), weight, bias, padding=1), equal to float rounding, but run at
+    x's resolution: one conv with a kernel per output phase, interleaved after.
+
+    Why: the upsampled tensor (input channels at the output resolution) is neither made nor
+    kept for backward, and interpolation's slow backward disappears. Inside, the phase kernels
+    equal the upsampling followed by the conv with x replicate-padded (interpolation clamps at
+    the border); only the conv's zero padding at the outermost output planes differs from
+    that, so those planes are computed the plain way from a two-plane slab.
+    """
+    phases = list(factors)
+    n_phases = phases[0] * phases[1] * phases[2]
+    b, _, *size = x.shape
+    out_ch = weight.shape[0]
+    pad: list[int] = []
+    for f in reversed(phases):
+        pad += [1, 1] if f == 2 else [0, 0]
+    y = F.conv3d(F.pad(x, pad, mode="replicate"), _phase_kernel(weight, phases),
+                 None if bias is None else bias.repeat_interleave(n_phases),
+                 padding=tuple(1 if f == 1 else 0 for f in phases))
+    y = (y.view(b, out_ch, *phases, *size).permute(0, 1, 5, 2, 6, 3, 7, 4)
+         .reshape(b, out_ch, *(n * f for n, f in zip(size, phases))))
+    for axis, f in enumerate(phases):
+        if f == 2:
+            for last in (False, True):
+                y.narrow(axis + 2, y.shape[axis + 2] - 1 if last else 0, 1).copy_(
+                    _border_plane(x, weight, bias, phases, axis, last))
+    return y
+
+
+def _border_plane(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factors: Sequence[int],
+                  axis: int, last: bool) -> torch.Tensor:
+    """The first (or last) output plane along `axis` the plain way: upsample the two coarse
+    planes at that end (the other axes whole), keep the two fine planes at the end, add the
+    conv's zero plane, and run the conv on them."""
+    dim = axis + 2
+    take = min(2, x.shape[dim])
+    slab = x.narrow(dim, x.shape[dim] - take if last else 0, take)
+    u = F.interpolate(slab, size=[n * f for n, f in zip(slab.shape[2:], factors)], mode="trilinear",
+                      align_corners=False)
+    u = u.narrow(dim, u.shape[dim] - 2 if last else 0, 2)
+    zero = [0, 0] * 3
+    zero[2 * (4 - dim) + (1 if last else 0)] = 1  # F.pad lists the last axis first
+    return F.conv3d(F.pad(u, zero), weight, bias, padding=tuple(0 if a == axis else 1 for a in range(3)))

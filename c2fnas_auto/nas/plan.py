@@ -45,6 +45,17 @@ class ConvUnit:
     def padding(self) -> Triple:
         return tuple(k // 2 for k in self.kernel)  # type: ignore[return-value]
 
+    @property
+    def fused_upsample(self) -> bool:
+        """ReLU -> trilinear by 1 or 2 per axis (2 at least once) -> 3x3x3 conv, stride 1 (the wired
+        head's expand): run as one conv at the low resolution (ops.upsample_conv3d)."""
+        return (self.upsample is not None and not self.upsample_first and self.kernel == (3, 3, 3)
+                and self.stride == (1, 1, 1) and set(self.upsample) <= {1.0, 2.0} and 2.0 in self.upsample)
+
+    @property
+    def upsample_factors(self) -> Triple:
+        return tuple(int(round(f)) for f in (self.upsample or (1.0, 1.0, 1.0)))  # type: ignore[return-value]
+
 
 def kernel_2d(axis: int) -> Triple:
     """3x3 in-plane, 1 through-plane."""

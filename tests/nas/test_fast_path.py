@@ -64,6 +64,51 @@ def test_inplace_relus_give_the_unrewritten_outputs_and_gradients(style, g):
     assert count_parameters(net) == estimate_cost(g, config(style), PATCH).params
 
 
+def unfused(net: nn.Module) -> tuple[nn.Module, int]:
+    """The same weights with the head's upsample -> conv run as two ops (the network before the rewrite)."""
+    ref = copy.deepcopy(net)
+    blocks = [m for m in ref.modules() if getattr(m, "fused_upsample", False)]
+    for m in blocks:
+        m.fused_upsample = False
+    return ref, len(blocks)
+
+
+@pytest.mark.parametrize("strides", [((2, 2, 2),) * 4, ((1, 2, 2), (2, 2, 2), (2, 1, 2), (2, 2, 1))],
+                         ids=["iso", "aniso"])
+@pytest.mark.parametrize("g", GENOTYPES, ids=lambda g: g.topology_string())
+def test_fused_upsample_conv_gives_the_unrewritten_outputs_and_gradients(g, strides):
+    torch.manual_seed(0)
+    cfg = NetworkConfig(in_channels=2, num_classes=3, stem_channels=4, level_channels=(8, 8, 16, 16),
+                        strides=strides, cell_style="c2fnas")
+    net = build_network(g, cfg).train()
+    with torch.no_grad():  # non-zero biases and norm weights, so every path of the gradient is checked
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ref, n = unfused(net)
+    assert n == 1 and net.head_expand.fused_upsample, "the head's expand is the one fused block"
+    x = torch.randn(2, 2, *PATCH)
+    assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-4, atol=1e-4)
+    assert net.state_dict().keys() == ref.state_dict().keys()
+    assert count_parameters(net) == estimate_cost(g, cfg, PATCH).params
+    prepare_network(net, channels_last=True)  # the layout option goes through the fused path too
+    assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_upsample_conv_matches_in_bf16_and_in_the_supernet():
+    torch.manual_seed(0)
+    net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False)).eval()
+    ref, _ = unfused(net)
+    x = torch.randn(2, 2, *PATCH)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = net(x).float(), ref(x).float()
+    assert (a - b).abs().max() <= 0.05 * b.abs().max()  # bf16 rounding, not a different function
+    sn = build_supernet(reference_genotype().levels, config("c2fnas")).train()
+    ref_sn, n = unfused(sn)
+    assert n == 1
+    ops = ["3d", "p3d", "2d"] * 4
+    assert_same(outputs_and_grads(sn, x, ops), outputs_and_grads(ref_sn, x, ops), rtol=1e-4, atol=1e-4)
+
+
 def test_supernet_paths_with_inplace_relus_match_the_unrewritten_supernet():
     torch.manual_seed(0)
     net = build_supernet(reference_genotype().levels, config("c2fnas")).train()

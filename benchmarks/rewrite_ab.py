@@ -1,0 +1,87 @@
+"""python -m benchmarks.rewrite_ab --quick | --full [--reps N] [--precisions fp32 bf16] [--workdir DIR] [--out FILE]
+
+Does an exact rewrite of the network make training faster beyond the noise? Row 4b's
+iterations per second (our loader and `train_step` on the plans' network, device backend,
+same patch and batch) with the rewrite on and off, on two copies of the same weights, the
+two sides taking turns in every repetition (`rows.data_pipeline.rotate`); the ratio on/off
+is the median of the per-repetition ratios, with the repetitions' spread. The rewrite
+measured: `fused_upsample` (the wired head's ReLU -> trilinear -> 3x3x3 conv run as one conv
+at the low resolution, `nas.ops.upsample_conv3d`). A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from c2fnas_auto.cli._common import cli_entry
+
+
+def without_fused_upsample(net):
+    """A copy of `net` (same weights) whose upsample -> conv blocks run as two ops."""
+    ref = copy.deepcopy(net)
+    for m in ref.modules():
+        if getattr(m, "fused_upsample", False):
+            m.fused_upsample = False
+    return ref
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rewrite_ab", description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    for name in ("quick", "full", "tiny"):
+        g.add_argument(f"--{name}", action="store_const", const=name, dest="profile")
+    p.add_argument("--reps", type=int, default=5, help="alternated repetitions per precision")
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder (kept; default: temporary)")
+    p.add_argument("--out", type=Path, default=None, help="JSON with every repetition")
+    args = p.parse_args(argv)
+    import torch
+
+    from benchmarks.common import PROFILES, median, paired_ratio
+    from benchmarks.rows.data_pipeline import rotate
+    from benchmarks.rows.train_iterations import iterations_per_second, our_stepper
+    from benchmarks.rows.train_step import our_network
+    from benchmarks.workspace import Workspace
+    from c2fnas_auto.utils.io import atomic_write_json
+
+    profile = PROFILES[args.profile]
+    patch, batch = tuple(profile.ts_patch), profile.ts_batch
+    n = max(2, profile.dp_batches // 2)
+    result: dict = {"rewrite": "fused_upsample", "profile": profile.name, "patch": list(patch), "batch": batch,
+                    "iterations_per_repetition": n, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "loadavg_start": list(os.getloadavg()), "precisions": {}}
+    with tempfile.TemporaryDirectory(prefix="c2fnas-ab-") as tmp:
+        ws = Workspace(root=(args.workdir or Path(tmp)).resolve(), profile=profile)
+        ws.root.mkdir(parents=True, exist_ok=True)
+        plans, pre_dir = ws.ours_prepared(base_channels=profile.ts_base_channels)
+        for precision in args.precisions:
+            net, config = our_network(plans)
+            config.check_patch(patch)
+            steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision),
+                     "rewrite_off": our_stepper(plans, pre_dir, patch, batch, "device",
+                                                net=without_fused_upsample(net), precision=precision)}
+            for step in steps.values():
+                step()  # warm-up
+            ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, args.reps)
+            r = paired_ratio(ips["rewrite_on"], ips["rewrite_off"])
+            per_rep = [a / b for a, b in zip(ips["rewrite_on"], ips["rewrite_off"])]
+            result["precisions"][precision] = {
+                "iterations_per_second": ips, "median": {k: median(v) for k, v in ips.items()},
+                "ratio_on_over_off": r, "ratio_per_repetition": per_rep,
+                "ratio_spread_min_max": [min(per_rep), max(per_rep)]}
+            print(f"{precision}: on {median(ips['rewrite_on']):.3f} it/s, off {median(ips['rewrite_off']):.3f} it/s, "
+                  f"ratio {r:.3f} (repetitions {min(per_rep):.3f}-{max(per_rep):.3f})", flush=True)
+    result["loadavg_end"] = list(os.getloadavg())
+    if args.out:
+        atomic_write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
