@@ -94,6 +94,27 @@ def test_fused_upsample_conv_gives_the_unrewritten_outputs_and_gradients(g, stri
     assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("factors", [(1, 2, 2), (2, 2, 2), (2, 1, 2), (1, 1, 2)])
+@pytest.mark.parametrize("size", [(3, 4, 5), (1, 2, 1)])
+def test_upsample_conv3d_is_upsample_then_conv_in_float64(factors, size):
+    """Every border, axes of one voxel, a bias: equal to rounding of float64, outputs and gradients."""
+    from torch.nn import functional as F
+
+    from c2fnas_auto.nas.ops import upsample_conv3d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    up = F.interpolate(x, size=[n * f for n, f in zip(size, factors)], mode="trilinear", align_corners=False)
+    ref = F.conv3d(up, w, b, padding=1)
+    got = upsample_conv3d(x, w, b, factors)
+    g = torch.randn_like(ref)
+    for a, c in zip(torch.autograd.grad(ref, [x, w, b], g), torch.autograd.grad(got, [x, w, b], g)):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
 def test_fused_upsample_conv_matches_in_bf16_and_in_the_supernet():
     torch.manual_seed(0)
     net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False)).eval()
