@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.op_profile import GROUPS, classify, make_step, make_window, markdown, profiled  # noqa: E402
-from benchmarks.precision_accuracy import verdict  # noqa: E402
+from benchmarks.precision_accuracy import main as accuracy_main, summary, verdict  # noqa: E402
 
 
 def test_ops_go_to_their_group_by_phase_node_and_outermost_aten_op():
@@ -51,3 +51,28 @@ def test_accuracy_verdict_uses_the_seed_noise():
     assert verdict({"fp32": [0.80, 0.81], "bf16": [0.60, 0.61]}, "bf16")["status"] == "outside seed noise"
     assert verdict({"fp32": [0.8], "bf16": [0.8]}, "bf16")["status"] == "needs at least 2 seeds"
     assert verdict({"fp32": [0.8]}, "bf16")["status"] == "missing"
+
+
+def test_accuracy_summary_checks_each_label_and_leaves_out_unscored_seeds():
+    def job(mean, organ, lesion):
+        return {"mean_fg_dice": mean, "class_dice": {"1": organ, "2": lesion}}
+
+    jobs = {"fp32": [job(0.6, 0.9, 0.3), job(0.62, 0.92, 0.32), job(0.61, 0.91, None)],
+            "bf16": [job(0.61, 0.91, 0.0), job(0.6, 0.9, 0.01), job(0.6, 0.9, 0.02)]}
+    out = summary(jobs, "bf16")
+    assert out["status"] == "within seed noise" and out["per_label"]["1"]["status"] == "within seed noise"
+    assert out["per_label"]["2"]["status"] == "outside seed noise", "the lesion lost: the mean alone hides it"
+    assert abs(out["per_label"]["2"]["mean_fp32"] - 0.31) < 1e-12 and out["per_label"]["2"]["seeds"] == 3
+
+
+def test_accuracy_results_of_another_budget_are_refused_not_mixed(tmp_path, monkeypatch, capsys):
+    import json
+
+    for var in ("C2FNAS_raw", "C2FNAS_preprocessed", "C2FNAS_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))  # the tool points them at its workdir
+    out = tmp_path / "acc.json"
+    out.write_text(json.dumps({"budget": {"profile": "tiny", "epochs": 1, "iters_per_epoch": 2}, "jobs": {}}))
+    assert accuracy_main(["--profile", "tiny", "--epochs", "3", "--out", str(out),
+                          "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(out) in err and "'epochs': 3" in err
