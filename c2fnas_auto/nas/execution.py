@@ -133,6 +133,17 @@ class Compilable(nn.Module):
         return [(self, type(self).__name__)]
 
 
+def allow_recompiles(n: int) -> None:
+    """Let dynamo keep `n` graphs per code object. The supernet's cells share one forward, and
+    each (cell, op, train/eval) is a graph of its own: under dynamo's default limit of 8 every
+    cell after the eighth graph silently ran eagerly. Raises the process-wide limit, never lowers it."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if getattr(torch._dynamo.config, name, n) < n:
+            setattr(torch._dynamo.config, name, n)
+
+
 def prepare_network(network: nn.Module, compile: bool = False, channels_last: bool = False,
                     compiler: Callable = torch.compile) -> nn.Module:
     """Apply the layout and compile options to a c2fnas network in place; returns it."""
@@ -142,6 +153,8 @@ def prepare_network(network: nn.Module, compile: bool = False, channels_last: bo
         units = network.compile_units() if isinstance(network, Compilable) else None
         if not units:
             raise ExecutionError(f"--compile: {type(network).__name__} is not a c2fnas network")
+        if len(units) > 1:
+            allow_recompiles(8 * len(units))
         for module, name in units:
             if not compile_module(module, name, compiler):
                 break
