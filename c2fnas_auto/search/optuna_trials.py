@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
 from c2fnas_auto.search.storage import cached, open_storage, reading, requeue_failed_job, shown
@@ -290,37 +290,12 @@ class OptunaTrials:
         return True
 
     def marker(self, name: str) -> dict[str, Any] | None:
-        return self.storage.get_study_user_attrs(self._sid("coarse")).get(MARK + name)
+        sid = self._sid("coarse")
+        with reading():
+            return self.storage.get_study_user_attrs(sid).get(MARK + name)
 
     def wait(self, seconds: float | None = None) -> None:
         time.sleep(self.options.poll_seconds if seconds is None else seconds)
-
-    # ---------------------------------------------------------------- a batch of independent jobs
-    def run_batch(self, jobs: Sequence[Job], evaluate: Callable[[Job], dict[str, Any]],
-                  on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
-                  check_stop: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
-        """Work on `jobs` with every other worker until all have a result; {job: result}.
-
-        `check_stop()` is called after each job this worker finished and while it waits;
-        it raises to stop (the finished job is already published)."""
-        check = check_stop or (lambda: None)
-        if not jobs:
-            return {}
-        prefix = jobs[0].id[0]
-        while True:
-            done, _ = self.jobs(prefix)  # stale jobs failed (requeued) first
-            pending = [j for j in jobs if j.id not in done]
-            if not pending:
-                return {j.id: done[j.id] for j in jobs}
-            mine = next((m for j in pending if (m := self.try_claim(j)) is not None), None)
-            if mine is None:
-                check()
-                self.wait()
-                continue
-            answer = evaluate(mine)
-            if self.finish(mine, answer) and on_finish is not None:
-                on_finish(mine, answer)
-            check()
 
 
 def _results(trials: Sequence[Any], prefix: str) -> dict[str, dict[str, Any]]:

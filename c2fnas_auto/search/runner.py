@@ -47,6 +47,7 @@ class Proposal:
 
 
 Evaluate = Callable[[Proposal], dict[str, Any]]
+JobEvaluate = Callable[[Job], dict[str, Any]]
 RESULT_FIELDS = ("status", "score", "params", "flops", "training_bytes", "seconds", "reason", "rank")
 
 
@@ -61,6 +62,32 @@ def timed(evaluate: Evaluate, rank: int = 0) -> Callable[[Job], dict[str, Any]]:
         return ans
 
     return run
+
+
+def run_batch(store: TrialStore, jobs: Sequence[Job], evaluate: JobEvaluate,
+              on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
+              check_stop: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Work on `jobs` (ids with one prefix letter) with every other worker until all have a
+    result; {job: result}. `check_stop()` is called after each job this worker finished and
+    while it waits; it raises to stop (the finished job is already published). Either engine."""
+    check = check_stop or (lambda: None)
+    if not jobs:
+        return {}
+    prefix = jobs[0].id[0]
+    while True:
+        done, _ = store.jobs(prefix)  # Optuna: stale jobs are failed (requeued) first
+        pending = [j for j in jobs if j.id not in done]
+        if not pending:
+            return {j.id: done[j.id] for j in jobs}
+        mine = next((m for j in pending if (m := store.try_claim(j)) is not None), None)
+        if mine is None:
+            check()
+            store.wait()
+            continue
+        answer = evaluate(mine)
+        if store.finish(mine, answer) and on_finish is not None:
+            on_finish(mine, answer)
+        check()
 
 
 def record_from_result(index: int, stage: str, result: dict[str, Any]) -> CandidateRecord:
@@ -118,7 +145,7 @@ class CandidateRunner:
             if self.on_finish is not None:
                 self.on_finish()
 
-        results = self.store.run_batch(list(jobs.values()), evaluate, finished, self.check_stop)
+        results = run_batch(self.store, list(jobs.values()), evaluate, finished, self.check_stop)
         self._batch = {}
         out = []
         for i, p in enumerate(proposals):

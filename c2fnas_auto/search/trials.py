@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
 from c2fnas_auto.utils.io import atomic_write_json, create_json_once, load_json
@@ -161,26 +161,3 @@ class TrialStore:
 
     def wait(self, seconds: float | None = None) -> None:
         time.sleep(self.options.poll_seconds if seconds is None else seconds)
-
-    # ---------------------------------------------------------------- a batch of independent jobs
-    def run_batch(self, jobs: Sequence[Job], evaluate: Callable[[Job], dict[str, Any]],
-                  on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
-                  check_stop: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
-        """Work on `jobs` with every other worker until all have a result; {job: result}.
-
-        `check_stop()` is called after each job this worker finished and while it waits;
-        it raises to stop (the finished job is already published)."""
-        check = check_stop or (lambda: None)
-        while True:
-            pending = [j for j in jobs if not self._result_file(j.id).exists()]
-            if not pending:
-                return {j.id: self.result(j.id) for j in jobs}
-            mine = next((j for j in pending if self.try_claim(j) is not None), None)
-            if mine is None:
-                check()
-                self.wait()
-                continue
-            answer = evaluate(mine)
-            if self.finish(mine, answer) and on_finish is not None:
-                on_finish(mine, answer)
-            check()
