@@ -22,8 +22,8 @@ utilisation (busy seconds / each worker's time from its first job to the stage's
 `--repeat R` runs every scenario R times, the engines interleaved within each (load drifts
 alike for all). `--real N,..` runs instead one real tiny search per engine (the demo's
 synthetic task and search settings, CPU) with N workers. The file engine runs from
-`--files-rev` (exported with `git archive`; it was removed after this comparison), the
-Optuna engines from this tree; PostgreSQL comes from `pgserver` (the `test` extra).
+`--files-rev` (exported with `git archive`, so both engines can run the same scheduler code),
+the Optuna engines from this tree; PostgreSQL comes from `pgserver` (the `test` extra).
 
     python -m benchmarks.search_workers [--unit 0.3] [--engines files,sqlite,postgres]
         [--scenarios together_1,..] [--repeat R] [--real 1,2] [--out benchmarks/results/search_workers.json]
