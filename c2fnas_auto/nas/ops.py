@@ -39,7 +39,9 @@ class ConvBlock(nn.Module):
             x = self.upsample(x)
         if self.relu is not None:
             x = self.relu(x)
-        if self.fused_upsample:
+        # ONNX export runs the two-op form (same weights): the TorchScript-based exporter mistraces
+        # upsample_conv3d's in-place border-plane writes (the exported file was off by 1.4)
+        if self.fused_upsample and not torch.onnx.is_in_onnx_export():
             x = upsample_conv3d(x, self.conv.weight, self.conv.bias, self.unit.upsample_factors)
         elif self.upsample is not None and not self.unit.upsample_first:
             x = self.conv(self.upsample(x))
