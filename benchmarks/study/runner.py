@@ -230,7 +230,8 @@ def run_study(profile: StudyProfile, workdir: Path, out: Path, progress: bool = 
     store = ResultStore(results_path(out, shard), profile.name)
     budget = {"epochs": profile.epochs, "iters_per_epoch": profile.iters_per_epoch,
               "gpu_memory_gb": profile.gpu_memory_gb, "base_channels": profile.base_channels}
-    stored = load_store(out, profile.name).data["meta"].get("budget")
+    existing = load_store(out, profile.name)
+    stored = existing.data["meta"].get("budget")
     if stored and stored != budget:  # keys do not carry the budget: never mix two budgets in one table
         raise C2FNASError(f"{out}: its results were trained at {stored}, this profile trains at {budget}; "
                           "use another --out")
@@ -258,7 +259,7 @@ def run_study(profile: StudyProfile, workdir: Path, out: Path, progress: bool = 
                          | ({"levels": list(a.genotype.levels), "ops": list(a.genotype.ops)} if a.genotype else {})
                          for a in arms})
     jobs = plan_jobs(profile, arms, shard)
-    done = {**load_store(out, profile.name).done(), **store.done()}
+    done = existing.done()  # every shard's stored trainings, this one's included
     bar = tqdm(jobs, desc="trainings", disable=not progress, unit="training")
     for spec, arm, seed in bar:
         gid = arm.network_id

@@ -142,6 +142,7 @@ def train_job(task, job: Job, genotype, profile: StudyProfile, epochs: int | Non
     """Build, modify, train and score one job; every number a summary needs."""
     import torch
 
+    from benchmarks.study.runner import class_dice
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.api import fit, score_cases
     from c2fnas_auto.training.start_check import StartMonitor, dead_head_fraction_at
@@ -163,11 +164,7 @@ def train_job(task, job: Job, genotype, profile: StudyProfile, epochs: int | Non
                  iters_per_epoch=profile.iters_per_epoch, device="cpu", seed=job.data_seed, monitor=monitor,
                  **variant.fit)
     scores = score_cases(net, task.plans, task.heldout_dir, task.heldout_ids, device="cpu")
-    per_class = {}
-    for label in range(1, task.plans.num_classes):
-        vals = [d[str(label)] for d in scores["per_case"].values() if str(label) in d]
-        per_class[str(label)] = float(np.mean(vals)) if vals else None
-    return {"mean_fg_dice": scores["mean_fg_dice"], "class_dice": per_class, "per_case": scores["per_case"],
+    return {"mean_fg_dice": scores["mean_fg_dice"], "class_dice": class_dice(scores["per_case"], task.plans.num_classes), "per_case": scores["per_case"],
             "final_loss": float(losses[-1]) if losses else None, "losses": [float(x) for x in losses],
             "epochs": monitor.history, "not_started_by_monitor": monitor.not_started(final=True),
             "dead_head_init": dead_init, "dead_head_end": monitor.history[-1]["dead_head_fraction"],
