@@ -10,7 +10,10 @@ one group (so nested ops are not counted twice):
   "optimizer" whatever they are;
 - forward ops are grouped by the outermost aten op the Python code called (a conv3d and
   the mkldnn kernel under it are one "conv forward"), backward ops by the autograd node
-  that ran them (ConvolutionBackward0 -> "conv backward").
+  that ran them (ConvolutionBackward0 -> "conv backward");
+- our axis-by-axis upsampling (`nas.ops.upsample_x2`: cat, lerp, stack) runs inside a named
+  range, so its forward is "upsampling"; of its backward, the lerps' nodes are counted as
+  upsampling (nothing else in either network lerps), its cat and stack nodes as copies.
 
 On CUDA the groups hold device (kernel) time, on a CPU the CPU time. The table is printed
 as markdown; the JSON holds the seconds per group and side. Figures depend on the load of
@@ -41,12 +44,13 @@ _BACKWARD_RULES = (
     ("conv backward", ("Convolution", "MkldnnConvolution", "SlowConv")),
     ("norm", ("NativeBatchNorm", "BatchNorm", "InstanceNorm", "NativeGroupNorm", "GroupNorm")),
     ("activation", ("Relu", "Threshold", "LeakyRelu", "Gelu", "ClampMin")),
-    ("upsampling", ("Upsample",)),
+    ("upsampling", ("Upsample", "Lerp")),
     ("concatenation/copies", ("Cat", "Stack", "Clone", "Copy", "ToCopy", "Slice", "Flip", "ConstantPadNd")),
     ("loss", ("LogSoftmax", "Softmax", "NllLoss", "Nll")),
     ("compiled (fused) regions", ("CompiledFunction",)),
 )
 NODE_PREFIX = "autograd::engine::evaluate_function: "
+UPSAMPLE_RANGE = "c2fnas::upsample_x2"  # = c2fnas_auto.nas.ops.UPSAMPLE_RANGE (kept import-free: see test)
 
 
 def _aten_group(name: str) -> str | None:
@@ -74,6 +78,8 @@ def classify(chain: list[str]) -> str:
         return _node_group(node)
     if any("Compiled" in n or n.startswith("Torch-Compiled") for n in chain):
         return "compiled (fused) regions"
+    if UPSAMPLE_RANGE in chain:
+        return "upsampling"
     for name in reversed(chain):  # the outermost aten op decides
         if name.startswith("aten::"):
             return _aten_group(name) or GROUPS[-1]

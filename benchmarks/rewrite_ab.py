@@ -1,12 +1,14 @@
-"""python -m benchmarks.rewrite_ab --quick | --full [--reps N] [--precisions fp32 bf16] [--workdir DIR] [--out FILE]
+"""python -m benchmarks.rewrite_ab --quick | --full [--rewrite NAME] [--reps N] [--precisions fp32 bf16] [--workdir DIR] [--out FILE]
 
 Does an exact rewrite of the network make training faster beyond the noise? Row 4b's
 iterations per second (our loader and `train_step` on the plans' network, device backend,
 same patch and batch) with the rewrite on and off, on two copies of the same weights, the
 two sides taking turns in every repetition (`rows.data_pipeline.rotate`); the ratio on/off
-is the median of the per-repetition ratios, with the repetitions' spread. The rewrite
-measured: `fused_upsample` (the wired head's ReLU -> trilinear -> 3x3x3 conv run as one conv
-at the low resolution, `nas.ops.upsample_conv3d`). A benchmark, not a test: nothing is asserted.
+is the median of the per-repetition ratios, with the repetitions' spread. The rewrites
+(`--rewrite`): `fused_upsample` (the wired head's ReLU -> trilinear -> 3x3x3 conv run as one
+conv at the low resolution, `nas.ops.upsample_conv3d`) and `axis_upsample` (every trilinear
+upsampling by factors of 1 and 2 run axis by axis, `nas.ops.upsample_x2`, instead of
+`F.interpolate`). A benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -30,12 +32,27 @@ def without_fused_upsample(net):
     return ref
 
 
+def without_axis_upsample(net):
+    """A copy of `net` (same weights) whose upsamplings run through `F.interpolate`."""
+    from c2fnas_auto.nas.ops import Upsample
+
+    ref = copy.deepcopy(net)
+    for m in ref.modules():
+        if isinstance(m, Upsample):
+            m.fast = False
+    return ref
+
+
+REWRITES = {"fused_upsample": without_fused_upsample, "axis_upsample": without_axis_upsample}
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rewrite_ab", description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
     for name in ("quick", "full", "tiny"):
         g.add_argument(f"--{name}", action="store_const", const=name, dest="profile")
+    p.add_argument("--rewrite", choices=sorted(REWRITES), default="fused_upsample", help="the rewrite switched off")
     p.add_argument("--reps", type=int, default=5, help="alternated repetitions per precision")
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (kept; default: temporary)")
@@ -53,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     patch, batch = tuple(profile.ts_patch), profile.ts_batch
     n = max(2, profile.dp_batches // 2)
-    result: dict = {"rewrite": "fused_upsample", "profile": profile.name, "patch": list(patch), "batch": batch,
+    result: dict = {"rewrite": args.rewrite, "profile": profile.name, "patch": list(patch), "batch": batch,
                     "iterations_per_repetition": n, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "loadavg_start": list(os.getloadavg()), "precisions": {}}
     with tempfile.TemporaryDirectory(prefix="c2fnas-ab-") as tmp:
@@ -65,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             config.check_patch(patch)
             steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision),
                      "rewrite_off": our_stepper(plans, pre_dir, patch, batch, "device",
-                                                net=without_fused_upsample(net), precision=precision)}
+                                                net=REWRITES[args.rewrite](net), precision=precision)}
             for step in steps.values():
                 step()  # warm-up
             ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, args.reps)

@@ -61,16 +61,48 @@ def make_op(units: Sequence[ConvUnit], own_input: bool = False) -> nn.Sequential
     return nn.Sequential(*(ConvBlock(u, inplace_relu=own_input or i > 0) for i, u in enumerate(units)))
 
 
+UPSAMPLE_RANGE = "c2fnas::upsample_x2"
+
+
 class Upsample(nn.Module):
-    """Trilinear upsampling by an exact per-axis factor (the inverse of a stride)."""
+    """Trilinear upsampling by an exact per-axis factor (the inverse of a stride).
+
+    Factors of 1 and 2 (every stride the planner makes) run axis by axis (`upsample_x2`):
+    the same values to float rounding, 2-5x faster than `F.interpolate`'s trilinear kernel
+    forward and backward on a CPU (which is slower still under bf16). `fast = False`, other
+    factors and ONNX export (a single Resize node) take `F.interpolate`.
+    """
 
     def __init__(self, scale: tuple[float, float, float]):
         super().__init__()
         self.scale = tuple(float(s) for s in scale)
+        self.factors = tuple(int(s) for s in self.scale) if all(s in (1.0, 2.0) for s in self.scale) else None
+        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast and self.factors is not None and not torch.onnx.is_in_onnx_export():
+            with torch.profiler.record_function(UPSAMPLE_RANGE):  # so a profile can tell its ops from others
+                return upsample_x2(x, self.factors)
         size = [int(round(n * s)) for n, s in zip(x.shape[2:], self.scale)]
         return nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+def upsample_x2(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    """Trilinear upsampling (align_corners=False) of a (N, C, D, H, W) tensor by a factor of 1
+    or 2 per spatial axis, one axis at a time (the interpolation is separable), fastest axis
+    first. Along a doubled axis fine sample 2i is 0.25 x[i-1] + 0.75 x[i] and 2i+1 is
+    0.75 x[i] + 0.25 x[i+1], with x clamped at the ends: two lerps on shifted views of the
+    edge-padded input, interleaved. Only elementwise ops and copies, so backward is as cheap."""
+    for axis in (4, 3, 2):
+        if factors[axis - 2] == 1:
+            continue
+        n = x.shape[axis]
+        padded = torch.cat([x.narrow(axis, 0, 1), x, x.narrow(axis, n - 1, 1)], axis)
+        centre = padded.narrow(axis, 1, n)
+        even = torch.lerp(centre, padded.narrow(axis, 0, n), 0.25)
+        odd = torch.lerp(centre, padded.narrow(axis, 2, n), 0.25)
+        x = torch.stack([even, odd], axis + 1).flatten(axis, axis + 1)
+    return x
 
 
 # One axis of a x2 trilinear upsampling (align_corners=False) followed by a 3-tap conv, as

@@ -130,6 +130,66 @@ def test_fused_upsample_conv_matches_in_bf16_and_in_the_supernet():
     assert_same(outputs_and_grads(sn, x, ops), outputs_and_grads(ref_sn, x, ops), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("factors", [(1, 2, 2), (2, 2, 2), (2, 1, 2), (1, 1, 2), (1, 1, 1)])
+@pytest.mark.parametrize("size", [(3, 4, 5), (1, 2, 1)])
+def test_upsample_x2_is_trilinear_interpolation_in_float64(factors, size):
+    """Both borders of every axis, axes of one voxel: equal to float64 rounding, output and gradient."""
+    from torch.nn import functional as F
+
+    from c2fnas_auto.nas.ops import upsample_x2
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    ref = F.interpolate(x, size=[n * f for n, f in zip(size, factors)], mode="trilinear", align_corners=False)
+    got = upsample_x2(x, factors)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                               rtol=1e-12, atol=1e-12)
+
+
+def interpolating(net: nn.Module) -> tuple[nn.Module, int]:
+    """The same weights with every Upsample through F.interpolate (the network before the rewrite)."""
+    from c2fnas_auto.nas.ops import Upsample
+
+    ref = copy.deepcopy(net)
+    ups = [m for m in ref.modules() if isinstance(m, Upsample)]
+    for m in ups:
+        m.fast = False
+    return ref, len(ups)
+
+
+@pytest.mark.parametrize("style", CELL_STYLES)
+def test_axis_by_axis_upsampling_gives_the_interpolating_network_and_supernet(style):
+    torch.manual_seed(0)
+    cfg = NetworkConfig(in_channels=2, num_classes=3, stem_channels=4, level_channels=(8, 8, 16, 16),
+                        strides=((1, 2, 2), (2, 2, 2), (2, 1, 2), (2, 2, 1)), cell_style=style)
+    g = GENOTYPES[1]
+    net = build_network(g, cfg).train()
+    ref, n = interpolating(net)
+    assert n >= 3, "the up steps (and the residual head) upsample"
+    x = torch.randn(2, 2, *PATCH)
+    assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = net.eval()(x)[0].float(), ref.eval()(x)[0].float()
+    assert (a - b).abs().max() <= 0.05 * b.abs().max()  # bf16 rounding, not a different function
+    sn = build_supernet(g.levels, cfg).train()
+    ref_sn, _ = interpolating(sn)
+    assert_same(outputs_and_grads(sn, x, g.ops), outputs_and_grads(ref_sn, x, g.ops), rtol=1e-5, atol=1e-5)
+
+
+def test_upsample_by_other_factors_interpolates():
+    from torch.nn import functional as F
+
+    from c2fnas_auto.nas.ops import Upsample
+
+    up = Upsample((3.0, 1.0, 2.0))
+    assert up.factors is None
+    x = torch.randn(1, 2, 2, 3, 4)
+    torch.testing.assert_close(up(x), F.interpolate(x, size=[6, 3, 8], mode="trilinear", align_corners=False),
+                               rtol=0, atol=0)
+
+
 def test_supernet_paths_with_inplace_relus_match_the_unrewritten_supernet():
     torch.manual_seed(0)
     net = build_supernet(reference_genotype().levels, config("c2fnas")).train()
