@@ -1,6 +1,6 @@
 """Summary of the study's results file: per task and arm the mean and spread over seeds,
 ranks, the p-values for "searched beats the random median", the search's own Kendall
-taus, a markdown table and a box plot. Works on partial results (whatever is stored)."""
+taus, a markdown table, a box plot and a per-class plot. Works on partial results (whatever is stored)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_te
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 BOXPLOT = "dice_boxplot.png"
+CLASS_PLOT = "dice_by_class.png"
 
 
 COMPARED = ("searched", "reference", "searched_3d")  # each vs the random median
@@ -261,6 +262,45 @@ def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None
     plt.close(fig)
 
 
+def class_plot(summary: dict[str, Any], path: Path) -> None:
+    """One panel per task and class: every random genotype's mean over seeds (grey, its
+    median as a line) beside the named arms (mean, bar from the lowest to the highest seed):
+    where the searched genotype falls among chance, class by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"searched": "tab:red", "searched_3d": "tab:orange", "reference": "tab:blue", "nnunet": "tab:green"}
+    panels = [(t, c, v) for t, classes in summary.get("classes", {}).items() for c, v in classes.items()]
+    cols = max(1, min(4, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (task, label, cls) in zip(axes.flat, panels):
+        arms = cls.get("arms", {})
+        randoms = [v["mean"] for a, v in arms.items() if a.startswith("random_") and v.get("mean") is not None]
+        ax.scatter(np.zeros(len(randoms)) + np.linspace(-0.15, 0.15, len(randoms)), randoms, color="grey", s=10)
+        if randoms:
+            ax.hlines(float(np.median(randoms)), -0.3, 0.3, color="black", lw=1.5)
+        names = [a for a in colours if a in arms and arms[a].get("mean") is not None]
+        for x, a in enumerate(names, start=1):
+            v = arms[a]
+            ax.errorbar([x], [v["mean"]], yerr=[[v["mean"] - v["min"]], [v["max"] - v["mean"]]], fmt="o",
+                        color=colours[a], capsize=3)
+        ax.set_xticks(range(len(names) + 1))
+        ax.set_xticklabels([f"random ({len(randoms)})"] + names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task}: {label} ({len(cls.get('seeds', []))} seed(s))", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("held-out Dice (mean over seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[str, Any]:
     from benchmarks.study.runner import read_search_report
 
@@ -283,6 +323,7 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
     atomic_write_json(out / SUMMARY_JSON, summary)
     atomic_write_text(out / SUMMARY_MD, markdown(summary))
     boxplot(records, tasks, out / BOXPLOT)
+    class_plot(summary, out / CLASS_PLOT)
     return summary
 
 
