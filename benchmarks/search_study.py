@@ -49,29 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pair(text: str, flag: str, sep: str) -> tuple[int, int]:
-    from c2fnas_auto.errors import InputError
-
-    try:
-        a, b = (int(x) for x in text.split(sep))
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected two integers as A{sep}B") from None
-    return a, b
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from benchmarks.study.args import parse_pair, parse_shard
     from benchmarks.study.profiles import PROFILES
     from benchmarks.study.runner import run_study, summarise_only
 
     from c2fnas_auto.errors import InputError
 
     profile = PROFILES[args.profile]
-    shard = _pair(args.shard, "--shard", "/")
-    if not 0 <= shard[0] < shard[1]:
-        raise InputError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/2")
-    budgets = [_pair(b, "--calibrate", "x") for b in args.calibrate or []]
+    shard = parse_shard(args.shard)
+    budgets = [parse_pair(b, "--calibrate", "x") for b in args.calibrate or []]
     if any(e < 1 or i < 1 for e, i in budgets):
         raise InputError(f"--calibrate {' '.join(args.calibrate)}: epochs and iterations must be at least 1")
     if args.threads > 0:

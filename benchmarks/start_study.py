@@ -80,6 +80,7 @@ def run(args) -> None:
     import torch
     from tqdm import tqdm
 
+    from benchmarks.study.args import parse_shard
     from benchmarks.study.profiles import PROFILES
     from benchmarks.study.runner import prepare_task, set_environment
     from benchmarks.study.start import VARIANTS, study_genotypes, train_job
@@ -89,11 +90,7 @@ def run(args) -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    try:
-        k, n = (int(x) for x in args.shard.split("/"))
-        assert 0 <= k < n
-    except (ValueError, AssertionError):
-        raise InputError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/2") from None
+    k, n = parse_shard(args.shard)
     torch.set_num_threads(args.threads)
     if args.profile not in PROFILES:
         raise InputError(f"--profile {args.profile!r}: expected one of {', '.join(PROFILES)}")
