@@ -97,6 +97,8 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int, label: s
     for a, b in PAIRED:
         if a in mats and b in mats:
             out[f"{a}_vs_{b}"] = stats.paired_bootstrap(mats[a], mats[b], n_boot=n_boot, seed=0)
+    params = {r["arm"]: r["scores"].get("params") for r in records if r["task"] == task}
+    out["size"] = stats.size_adjusted(params, scores, random_names, COMPARED)
     return out
 
 
@@ -174,6 +176,14 @@ def markdown(summary: dict[str, Any]) -> str:
                                  f"{t['num_random'] + 1} vs the random genotypes, exact rank p {_fmt(c['rank_p'])}"
                                  + (" (one seed: the interval and p leave out seed-to-seed noise)"
                                     if len(t["seeds"]) < 2 else ""))
+        size = t.get("size") or {}
+        if size.get("slope_per_decade") is not None:
+            parts = [f"{name} {_fmt(size[name]['params'] / 1e6, 2)}M params, residual {_fmt(size[name]['residual'])}, "
+                     f"rank {size[name]['rank_among_random']} of {size['num_random'] + 1} (exact p {_fmt(size[name]['rank_p'])})"
+                     for name in COMPARED if name in size]
+            lines.append(f"- size: among the random genotypes Dice against log10(params) has Spearman rho "
+                         f"{_fmt(size['spearman_rho'], 2)}, slope {_fmt(size['slope_per_decade'])} per tenfold; "
+                         "residual to that line (leave-one-out for the random ones): " + "; ".join(parts))
         for a, b in PAIRED:
             c = t.get(f"{a}_vs_{b}")
             if c and c.get("diff") is not None:

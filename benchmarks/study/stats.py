@@ -10,6 +10,9 @@ same cases, so arms are paired by seed and by case.
 - `bootstrap_p_value`: paired hierarchical bootstrap of T = searched - median over random
   genotypes (each genotype's score = mean over seeds and cases), resampling cases, seeds
   and random genotypes together; p = (1 + #{T* <= 0}) / (B + 1) (one-sided).
+
+`size_adjusted` asks whether it beats random genotypes *of its size*: a bigger network may
+simply learn more in a short training, and the search may find size rather than shape.
 """
 
 from __future__ import annotations
@@ -131,3 +134,52 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int
         return {"diff": observed, "low": None, "high": None, "p": None}
     return {"diff": observed, "low": float(np.quantile(boots, 0.05)), "high": float(np.quantile(boots, 0.95)),
             "p": (1 + int(np.sum(boots <= 0))) / (len(boots) + 1)}
+
+
+def _avg_ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v), dtype=float)
+    for value in np.unique(v):  # ties share their mean rank
+        tied = v == value
+        r[tied] = r[tied].mean()
+    return r
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return None
+    rx, ry = _avg_ranks(x), _avg_ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def size_adjusted(params: dict[str, float], scores: dict[str, float], random_names: Sequence[str],
+                  compared: Sequence[str]) -> dict[str, object]:
+    """Score against log10(parameter count) among the random genotypes: Spearman rho, the
+    line's slope (Dice per tenfold parameters), and for each compared arm its residual
+    (score minus the line's value at its size) with its rank and exact rank p among the
+    random genotypes' residuals. Each random genotype's residual is taken from the line
+    fitted without it (leave-one-out), so it is out of sample, as the compared arms' are."""
+    names = [a for a in random_names if params.get(a) and a in scores and np.isfinite(scores[a])]
+    out: dict[str, object] = {"num_random": len(names), "spearman_rho": None, "slope_per_decade": None}
+    if len(names) < 4:
+        return out
+    x = np.log10([float(params[a]) for a in names])
+    y = np.array([scores[a] for a in names])
+    out["spearman_rho"] = spearman(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    out["slope_per_decade"] = float(slope)
+    loo = []
+    for i in range(len(names)):
+        keep = np.arange(len(names)) != i
+        b, a = np.polyfit(x[keep], y[keep], 1)
+        loo.append(float(y[i] - (a + b * x[i])))
+    for name in compared:
+        if params.get(name) and name in scores and np.isfinite(scores[name]):
+            res = float(scores[name] - (intercept + slope * np.log10(float(params[name]))))
+            out[name] = {"params": float(params[name]), "residual": res,
+                         "rank_among_random": 1 + sum(r > res for r in loo), "rank_p": rank_p_value(res, loo)}
+    return out

@@ -31,6 +31,24 @@ def test_rank_p_value_and_ranks_hand_computed():
     assert stats.ranks({"a": 0.9, "b": 0.5, "c": 0.9}) == {"a": 1, "b": 3, "c": 1}
 
 
+def test_size_adjusted_residuals_hand_computed():
+    from benchmarks.study.stats import size_adjusted, spearman
+
+    randoms = [f"random_{i}" for i in range(6)]
+    params = {a: 10 ** (5 + 0.2 * i) for i, a in enumerate(randoms)}
+    scores = {a: 0.5 + 0.1 * (5 + 0.2 * i) for i, a in enumerate(randoms)}  # exactly on a line in log10(params)
+    params.update(searched=10 ** 6, reference=10 ** 5.5)
+    scores.update(searched=0.5 + 0.1 * 6 + 0.05, reference=0.5 + 0.1 * 5.5 - 0.02)
+    out = size_adjusted(params, scores, randoms, ["searched", "reference", "absent"])
+    assert out["spearman_rho"] == pytest.approx(1.0) and out["slope_per_decade"] == pytest.approx(0.1)
+    assert out["searched"]["residual"] == pytest.approx(0.05) and out["searched"]["rank_among_random"] == 1
+    assert out["searched"]["rank_p"] == pytest.approx(1 / 7)
+    assert out["reference"]["residual"] == pytest.approx(-0.02) and out["reference"]["rank_p"] == pytest.approx(1.0)
+    assert "absent" not in out
+    assert size_adjusted(params, scores, randoms[:3], ["searched"])["slope_per_decade"] is None  # too few to fit
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0) and spearman([1, 1, 1], [1, 2, 3]) is None
+
+
 def test_bootstrap_p_value_direction_and_seeding():
     rng = np.random.default_rng(0)
     randoms = 0.5 + 0.02 * rng.normal(size=(5, 2, 6))
@@ -152,6 +170,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert set(summary["tasks"]) == {t.key for t in profile.tasks}
     assert "searched_vs_random_median" in summary["tasks"]["source"]
     assert "searched_vs_reference" in summary["tasks"]["source"]
+    assert "spearman_rho" in summary["tasks"]["source"]["size"]
     assert set(summary["classes"]["source"]) == {"organ", "lesion"}
     md = (out / "summary.md").read_text()
     assert (out / "dice_boxplot.png").stat().st_size > 0 and "| searched |" in md and "| lesion |" in md
