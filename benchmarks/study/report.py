@@ -1,6 +1,6 @@
 """Summary of the study's results file: per task and arm the mean and spread over seeds,
 ranks, the p-values for "searched beats the random median", the search's own Kendall
-taus, a markdown table, a box plot and a per-class plot. Works on partial results (whatever is stored)."""
+taus, a markdown table, a box plot, a per-class plot and Dice against size. Works on partial results (whatever is stored)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 BOXPLOT = "dice_boxplot.png"
 CLASS_PLOT = "dice_by_class.png"
+SIZE_PLOT = "dice_by_size.png"
 
 
 COMPARED = ("searched", "reference", "searched_3d")  # each vs the random median
@@ -98,6 +99,8 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int, label: s
         if a in mats and b in mats:
             out[f"{a}_vs_{b}"] = stats.paired_bootstrap(mats[a], mats[b], n_boot=n_boot, seed=0)
     params = {r["arm"]: r["scores"].get("params") for r in records if r["task"] == task}
+    for a in arms:
+        arms[a]["params"] = params.get(a)
     out["size"] = stats.size_adjusted(params, scores, random_names, COMPARED)
     return out
 
@@ -311,6 +314,47 @@ def class_plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def size_plot(summary: dict[str, Any], path: Path) -> None:
+    """Per task: mean Dice over seeds against parameter count (log scale), the random
+    genotypes grey with their least-squares line in log10(params), the named arms in colour:
+    is the searched genotype better than chance, or better than chance of its size?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    colours = {"searched": "tab:red", "searched_3d": "tab:orange", "reference": "tab:blue", "nnunet": "tab:green"}
+    tasks = list(summary.get("tasks", {}))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = summary["tasks"][task]
+        arms = {a: v for a, v in t.get("arms", {}).items() if v.get("params") and v.get("mean") is not None}
+        rand = {a: v for a, v in arms.items() if a.startswith("random_")}
+        ax.scatter([v["params"] for v in rand.values()], [v["mean"] for v in rand.values()], color="grey", s=14,
+                   label=f"random ({len(rand)})")
+        size = t.get("size") or {}
+        if size.get("slope_per_decade") is not None and rand:
+            x = np.log10([v["params"] for v in rand.values()])
+            b, a = np.polyfit(x, [v["mean"] for v in rand.values()], 1)
+            xs = np.linspace(x.min(), x.max(), 20)
+            ax.plot(10 ** xs, a + b * xs, color="grey", lw=1)
+        for name, c in colours.items():
+            if name in arms:
+                ax.scatter([arms[name]["params"]], [arms[name]["mean"]], color=c, s=30, label=name, zorder=3)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
+        ax.set_xlabel("parameters")
+        ax.set_title(f"{task} ({len(t.get('seeds', []))} seed(s); rho {_fmt(size.get('spearman_rho'), 2)})", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out mean foreground Dice")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[str, Any]:
     from benchmarks.study.runner import read_search_report
 
@@ -334,6 +378,7 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
     atomic_write_text(out / SUMMARY_MD, markdown(summary))
     boxplot(records, tasks, out / BOXPLOT)
     class_plot(summary, out / CLASS_PLOT)
+    size_plot(summary, out / SIZE_PLOT)
     return summary
 
 

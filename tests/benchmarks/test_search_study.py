@@ -174,7 +174,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert set(summary["classes"]["source"]) == {"organ", "lesion"}
     md = (out / "summary.md").read_text()
     assert (out / "dice_boxplot.png").stat().st_size > 0 and "| searched |" in md and "| lesion |" in md
-    assert (out / "dice_by_class.png").stat().st_size > 0
+    assert (out / "dice_by_class.png").stat().st_size > 0 and (out / "dice_by_size.png").stat().st_size > 0
 
     # rerun: nothing left to train, in either shard
     def no_training(*a, **k):
