@@ -13,7 +13,7 @@ import numpy as np
 from benchmarks.study import stats
 from benchmarks.study.profiles import StudyProfile
 from benchmarks.study.store import ResultStore
-from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from c2fnas_auto.utils.io import atomic_write_json, atomic_write_text, save_figure
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -270,9 +270,7 @@ def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None
         ax.set_title(f"{task} ({len(seeds)} seed(s))")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def class_plot(summary: dict[str, Any], path: Path) -> None:
@@ -309,9 +307,7 @@ def class_plot(summary: dict[str, Any], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("held-out Dice (mean over seeds)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def size_plot(summary: dict[str, Any], path: Path) -> None:
@@ -350,9 +346,7 @@ def size_plot(summary: dict[str, Any], path: Path) -> None:
     axes[0][0].set_ylabel("held-out mean foreground Dice")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[str, Any]:

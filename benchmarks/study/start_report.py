@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text, load_json
+from c2fnas_auto.utils.io import atomic_write_json, atomic_write_text, load_json, save_figure
 
 BASELINE = "today"
 
@@ -153,9 +153,7 @@ def plot(records: dict[str, dict[str, Any]], summary: dict[str, Any], png: Path)
     ax2.set_ylabel("Dice - today's (paired, both started)")
     ax2.set_title("paired difference to today's network, mean +- 95% interval", fontsize=9)
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, png, dpi=90)
 
 
 def write_summary(out: Path) -> dict[str, Any]:

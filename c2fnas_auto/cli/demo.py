@@ -155,7 +155,7 @@ def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> Path | None:
     import numpy as np
 
     from c2fnas_auto.data.image_io import read_image, read_segmentation
-    from c2fnas_auto.utils.io import atomic_path
+    from c2fnas_auto.utils.io import save_figure
 
     preds = sorted(pred_dir.glob("*.nii.gz"))
     if not preds:
@@ -173,10 +173,7 @@ def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> Path | None:
         ax.set_title(f"{title} (slice {z})")
         ax.axis("off")
     fig.suptitle(case)
-    with atomic_path(work / "prediction_slice.png") as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return work / "prediction_slice.png"
+    return save_figure(fig, work / "prediction_slice.png", bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from c2fnas_auto.nas.config import NetworkConfig  # noqa: E402
 from c2fnas_auto.nas.genotype import Genotype  # noqa: E402
 from c2fnas_auto.nas.plan import WiredCellPlan, make_plan  # noqa: E402
-from c2fnas_auto.utils.io import atomic_path  # noqa: E402
+from c2fnas_auto.utils.io import save_figure  # noqa: E402
 
 OP_COLOURS = {"2d": "#4c72b0", "3d": "#c44e52", "p3d": "#55a868"}
 
@@ -82,8 +82,4 @@ def plot_genotype(genotype: Genotype, out_png: str | os.PathLike, title_extra: s
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", color="0.92", zorder=0)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=120)

@@ -12,7 +12,7 @@ from typing import Any
 
 from c2fnas_auto.search.kendall import kendall_tau_b
 from c2fnas_auto.search.state import CandidateRecord, SearchState
-from c2fnas_auto.utils.io import atomic_path, atomic_write_json
+from c2fnas_auto.utils.io import atomic_write_json, save_figure
 
 
 def _summary(r: CandidateRecord) -> dict[str, Any]:
@@ -185,12 +185,8 @@ def write_report(path: Path, state: SearchState, default_settings: dict[str, Any
 
 
 def _save(fig: Any, out_png: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png)
 
 
 def _figure(ncols: int, size: tuple[float, float]):

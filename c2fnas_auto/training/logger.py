@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from c2fnas_auto.utils.io import atomic_write_json, atomic_write_text, save_figure
 
 EMA_ALPHA = 0.9
 
@@ -119,6 +119,4 @@ def plot_progress(epochs: list[dict], out_png: Path) -> None:
     axes[3].set_ylabel("learning rate")
     axes[3].set_xlabel("epoch")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=80)

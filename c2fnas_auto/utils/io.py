@@ -45,6 +45,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure as PNG atomically (a reader never sees half a file) and
+    close it, so a long run that plots every epoch does not keep figures alive."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return path
+
+
 def _fsync_file(path: Path) -> None:
     try:
         with open(path, "rb+") as fh:
