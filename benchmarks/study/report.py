@@ -23,6 +23,8 @@ SIZE_PLOT = "dice_by_size.png"
 
 
 COMPARED = ("searched", "reference", "searched_3d")  # each vs the random median
+# the named arms, in the order the plots show them
+ARM_COLOURS = {"searched": "tab:red", "searched_3d": "tab:orange", "reference": "tab:blue", "nnunet": "tab:green"}
 PAIRED = (("searched", "reference"), ("searched", "searched_3d"), ("searched", "nnunet"), ("reference", "nnunet"))
 
 
@@ -244,7 +246,6 @@ def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"searched": "tab:red", "reference": "tab:blue", "searched_3d": "tab:orange", "nnunet": "tab:green"}
     n_arms = max([len({r["arm"] for r in records if r["task"] == t}) for t in tasks] + [1])
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.5, 0.32 * n_arms) * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -258,7 +259,7 @@ def boxplot(records: list[dict[str, Any]], tasks: list[str], path: Path) -> None
             continue
         box = ax.boxplot(data, patch_artist=True, widths=0.6)
         for patch, a in zip(box["boxes"], names):
-            patch.set_facecolor(colours.get(a.split("@")[0], "lightgrey"))
+            patch.set_facecolor(ARM_COLOURS.get(a.split("@")[0], "lightgrey"))
             if "@" in a:  # the other cell style
                 patch.set_hatch("//")
         for i, a in enumerate(names, start=1):  # one dot per seed: its mean over cases
@@ -282,7 +283,6 @@ def class_plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"searched": "tab:red", "searched_3d": "tab:orange", "reference": "tab:blue", "nnunet": "tab:green"}
     panels = [(t, c, v) for t, classes in summary.get("classes", {}).items() for c, v in classes.items()]
     cols = max(1, min(4, len(panels)))
     rows = max(1, math.ceil(len(panels) / cols))
@@ -295,11 +295,11 @@ def class_plot(summary: dict[str, Any], path: Path) -> None:
         ax.scatter(np.zeros(len(randoms)) + np.linspace(-0.15, 0.15, len(randoms)), randoms, color="grey", s=10)
         if randoms:
             ax.hlines(float(np.median(randoms)), -0.3, 0.3, color="black", lw=1.5)
-        names = [a for a in colours if a in arms and arms[a].get("mean") is not None]
+        names = [a for a in ARM_COLOURS if a in arms and arms[a].get("mean") is not None]
         for x, a in enumerate(names, start=1):
             v = arms[a]
             ax.errorbar([x], [v["mean"]], yerr=[[v["mean"] - v["min"]], [v["max"] - v["mean"]]], fmt="o",
-                        color=colours[a], capsize=3)
+                        color=ARM_COLOURS[a], capsize=3)
         ax.set_xticks(range(len(names) + 1))
         ax.set_xticklabels([f"random ({len(randoms)})"] + names, rotation=45, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
@@ -320,7 +320,6 @@ def size_plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colours = {"searched": "tab:red", "searched_3d": "tab:orange", "reference": "tab:blue", "nnunet": "tab:green"}
     tasks = list(summary.get("tasks", {}))
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -330,12 +329,11 @@ def size_plot(summary: dict[str, Any], path: Path) -> None:
         ax.scatter([v["params"] for v in rand.values()], [v["mean"] for v in rand.values()], color="grey", s=14,
                    label=f"random ({len(rand)})")
         size = t.get("size") or {}
-        if size.get("slope_per_decade") is not None and rand:
+        if size.get("intercept") is not None and rand:  # the line size_adjusted fitted
             x = np.log10([v["params"] for v in rand.values()])
-            b, a = np.polyfit(x, [v["mean"] for v in rand.values()], 1)
             xs = np.linspace(x.min(), x.max(), 20)
-            ax.plot(10 ** xs, a + b * xs, color="grey", lw=1)
-        for name, c in colours.items():
+            ax.plot(10 ** xs, size["intercept"] + size["slope_per_decade"] * xs, color="grey", lw=1)
+        for name, c in ARM_COLOURS.items():
             if name in arms:
                 ax.scatter([arms[name]["params"]], [arms[name]["mean"]], color=c, s=30, label=name, zorder=3)
         ax.set_xscale("log")

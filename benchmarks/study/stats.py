@@ -159,19 +159,20 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 def size_adjusted(params: dict[str, float], scores: dict[str, float], random_names: Sequence[str],
                   compared: Sequence[str]) -> dict[str, object]:
     """Score against log10(parameter count) among the random genotypes: Spearman rho, the
-    line's slope (Dice per tenfold parameters), and for each compared arm its residual
+    line's slope (Dice per tenfold parameters) and intercept, and for each compared arm its residual
     (score minus the line's value at its size) with its rank and exact rank p among the
     random genotypes' residuals. Each random genotype's residual is taken from the line
     fitted without it (leave-one-out), so it is out of sample, as the compared arms' are."""
     names = [a for a in random_names if params.get(a) and a in scores and np.isfinite(scores[a])]
-    out: dict[str, object] = {"num_random": len(names), "spearman_rho": None, "slope_per_decade": None}
+    out: dict[str, object] = {"num_random": len(names), "spearman_rho": None, "slope_per_decade": None,
+                              "intercept": None}
     if len(names) < 4:
         return out
     x = np.log10([float(params[a]) for a in names])
     y = np.array([scores[a] for a in names])
     out["spearman_rho"] = spearman(x, y)
     slope, intercept = np.polyfit(x, y, 1)
-    out["slope_per_decade"] = float(slope)
+    out["slope_per_decade"], out["intercept"] = float(slope), float(intercept)
     loo = []
     for i in range(len(names)):
         keep = np.arange(len(names)) != i

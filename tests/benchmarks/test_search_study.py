@@ -41,6 +41,7 @@ def test_size_adjusted_residuals_hand_computed():
     scores.update(searched=0.5 + 0.1 * 6 + 0.05, reference=0.5 + 0.1 * 5.5 - 0.02)
     out = size_adjusted(params, scores, randoms, ["searched", "reference", "absent"])
     assert out["spearman_rho"] == pytest.approx(1.0) and out["slope_per_decade"] == pytest.approx(0.1)
+    assert out["intercept"] == pytest.approx(0.5)
     assert out["searched"]["residual"] == pytest.approx(0.05) and out["searched"]["rank_among_random"] == 1
     assert out["searched"]["rank_p"] == pytest.approx(1 / 7)
     assert out["reference"]["residual"] == pytest.approx(-0.02) and out["reference"]["rank_p"] == pytest.approx(1.0)
