@@ -23,27 +23,17 @@ from pathlib import Path
 from c2fnas_auto.cli._common import cli_entry
 
 
-def without_fused_upsample(net):
-    """A copy of `net` (same weights) whose upsample -> conv blocks run as two ops."""
+def switched_off(net, flag: str):
+    """A copy of `net` (same weights) with the rewrite's flag off in every module that has it."""
     ref = copy.deepcopy(net)
     for m in ref.modules():
-        if getattr(m, "fused_upsample", False):
-            m.fused_upsample = False
+        if getattr(m, flag, False):
+            setattr(m, flag, False)
     return ref
 
 
-def without_axis_upsample(net):
-    """A copy of `net` (same weights) whose upsamplings run through `F.interpolate`."""
-    from c2fnas_auto.nas.ops import Upsample
-
-    ref = copy.deepcopy(net)
-    for m in ref.modules():
-        if isinstance(m, Upsample):
-            m.fast = False
-    return ref
-
-
-REWRITES = {"fused_upsample": without_fused_upsample, "axis_upsample": without_axis_upsample}
+# rewrite -> the module flag that switches it (ConvBlock.fused_upsample, Upsample.fast)
+REWRITES = {"fused_upsample": "fused_upsample", "axis_upsample": "fast"}
 
 
 @cli_entry
@@ -82,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             config.check_patch(patch)
             steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision),
                      "rewrite_off": our_stepper(plans, pre_dir, patch, batch, "device",
-                                                net=REWRITES[args.rewrite](net), precision=precision)}
+                                                net=switched_off(net, REWRITES[args.rewrite]), precision=precision)}
             for step in steps.values():
                 step()  # warm-up
             ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, args.reps)
