@@ -1,8 +1,8 @@
 """c2fnas_search -t 7: coarse-to-fine architecture search on a preprocessed task.
 
 Defaults are sized for about one GPU-day on one modern GPU (documentation/search.md).
-Several workers share one search through Optuna trials (an SQLite file in its results
-folder, or a database server given with --storage):
+Several workers share one search through Optuna trials (Optuna's journal file in its
+results folder, which nodes sharing that folder can use too, or a database given with --storage):
 `torchrun --nproc_per_node N` (and --nnodes), and/or more processes started later with
 `--join`. SIGTERM / SIGUSR1: finish the running candidate, save, exit 3; `--continue` resumes.
 """
@@ -62,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--join", action="store_true",
                    help="add this process as a worker to a search already running (any node sharing the folder)")
     p.add_argument("--storage", default=None, metavar="URL",
-                   help="Optuna storage shared by the workers, e.g. postgresql://user:pw@host/db for several nodes "
-                        "(default: sqlite file search.db in the search's results folder, one host); 'files': "
-                        "the per-candidate files engine (lower overhead per job, see documentation/search.md)")
+                   help="Optuna storage shared by the workers: a database URL (e.g. postgresql://user:pw@host/db) "
+                        "or the path of a journal file (default: optuna_journal.log in the search's results folder, "
+                        "which works for every process and node that shares that folder)")
     p.add_argument("--stale-seconds", type=float, default=w.stale_seconds,
-                   help="a worker whose heartbeat is older than this is taken as gone; its candidate is rerun")
+                   help="a worker whose beat has not changed for this long is taken as gone; its candidate is rerun")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (one line per candidate still printed)")
     add_execution_flags(p)  # every candidate, the supernet and the stand-alone check run this way
     return p

@@ -9,7 +9,8 @@ the real hooks from the plans and `training.api`.
 Every worker (torchrun rank, or a process started later with `join=True`) runs
 `search_core` on the same folder; the main worker (rank 0, not joined) also trains the
 supernet and writes state, report and plots. See `optuna_trials.py` for how workers share
-work (Optuna trials in `search.db` in the search folder, or the `storage` URL).
+work (Optuna trials in the journal file `optuna_journal.log` in the search folder, or the
+`storage` URL).
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateEr
 from c2fnas_auto.search.stop import StopFlag
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials, clear_search, has_results
-from c2fnas_auto.search.storage import FILES, default_url, shown
-from c2fnas_auto.search.trials import TrialStore
+from c2fnas_auto.search.storage import default_url, shown
 from c2fnas_auto.utils.io import remove_stale_temporaries
 
 SEARCH_DIR = "search"  # the old location under the preprocessed task (read on --continue)
@@ -258,29 +258,21 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
                 raise SearchStateError(f"{state_path}: no search to join (start it without --join first)")
             return open_state(state_path, task_name, settings.decisions(), True, False).to_dict()
         remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
-        if not (resume or overwrite or state_path.exists()) and _has_results(url, task_name, search_dir):
+        if not (resume or overwrite or state_path.exists()) and has_results(url, task_name):
             raise SearchStateError(f"{shown(url)} holds results of an earlier search of {task_name}: use --continue "
                                    "to resume it or --overwrite to start again")
         old = search_dir / TRIALS_DIR / "results"
-        if url != FILES and resume and old.is_dir() and any(old.iterdir()) and not has_results(url, task_name):
+        if resume and old.is_dir() and any(old.iterdir()) and not has_results(url, task_name):
             raise SearchStateError(f"{old.parent} holds trial files of the engine before Optuna, which this version "
                                    "does not read: finish that search with the version that started it, or "
                                    "use --overwrite to search again")
         if overwrite and not resume:
             (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)
-            if url != FILES:
-                clear_search(url, task_name)
+            clear_search(url, task_name)
         return open_state(state_path, task_name, settings.decisions(), resume, overwrite).to_dict()
     except C2FNASError as exc:
         return {"error": str(exc)}
-
-
-def _has_results(url: str, task_name: str, search_dir: Path) -> bool:
-    if url == FILES:
-        results = search_dir / TRIALS_DIR / "results"
-        return results.is_dir() and any(results.iterdir())
-    return has_results(url, task_name)
 
 
 def _check_same(state: SearchState, field_name: str, new: dict[str, Any], what: str, state_path: Path) -> None:
@@ -323,10 +315,11 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     state under different ones refuses, because its scores would no longer compare.
     `join=True`: a worker added to a running search (never the main worker).
     `stop.check()` runs after every candidate; it raises `SearchStopped` after a signal.
-    `storage`: an Optuna storage URL shared by the workers (default: SQLite `search.db`
-    in `search_dir`, one host).
+    `storage`: an Optuna storage shared by the workers, a database URL or a journal file path
+    (default: the journal file in `search_dir`, which nodes sharing that folder can use too).
     """
     settings.validate()
+    workers = (workers or WorkerOptions()).validate()
     rungs = settings.schedule()
     if resume and overwrite:
         raise C2FNASError("--continue and --overwrite contradict each other: choose one")
@@ -355,8 +348,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
             _write_outputs(search_dir, state, hooks)
         return state
 
-    store = (TrialStore(search_dir / TRIALS_DIR, worker_id, workers) if url == FILES
-             else OptunaTrials(url, task_name, worker_id, workers)).start()
+    store = OptunaTrials(url, task_name, worker_id, workers).start()
     bar = _Progress(progress, main, lines)
     try:
         if main:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.jobs import Job
-from c2fnas_auto.search.optuna_trials import OptunaTrials as TrialStore
+from c2fnas_auto.search.optuna_trials import OptunaTrials
 
 PREFIX = "c"
 _JOB = re.compile(r"^c(?P<cand>\d+)-r(?P<rung>\d+)$")
@@ -76,7 +76,7 @@ class CoarseView:
         return done + sum(1 for (c, r) in self.claimed if r == 0 and (c, r) not in self.answers)
 
 
-def read_view(store: TrialStore) -> CoarseView:
+def read_view(store: OptunaTrials) -> CoarseView:
     view = CoarseView()
     results, claims = store.jobs(PREFIX)
     for name, res in results.items():
@@ -134,7 +134,7 @@ def best_candidate(view: CoarseView) -> tuple[int, int, float] | None:
     return c, rungs[0], scores[c]
 
 
-def run_coarse(store: TrialStore, rungs: Rungs, budget: int, propose: Callable[[int, CoarseView], dict[str, Any] | None],
+def run_coarse(store: OptunaTrials, rungs: Rungs, budget: int, propose: Callable[[int, CoarseView], dict[str, Any] | None],
                evaluate: Callable[[Job], dict[str, Any]], on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
                check_stop: Callable[[], None] | None = None, max_candidates: int | None = None) -> CoarseView:
     """Work on the coarse stage until no job is left for anyone; returns the final view.

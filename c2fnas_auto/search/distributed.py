@@ -2,7 +2,7 @@
 
 Rank 0 opens (or, with --overwrite, clears) the search folder and broadcasts the state;
 after that the ranks never call a collective again: they share candidates through the
-claim/result files of `trials.py`, so a slow rank stalls nobody and a killed one loses only
+search's Optuna trials (`optuna_trials.py`), so a slow rank stalls nobody and a killed one loses only
 its own candidate. Without `WORLD_SIZE` > 1 this is a single process and does nothing.
 """
 

@@ -6,11 +6,14 @@ Shared by the trial store (`optuna_trials.py`) and the schedulers (`asha.py`,
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
 from dataclasses import dataclass, field
 from typing import Any
+
+from c2fnas_auto.errors import C2FNASError
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,13 @@ class Job:
 class WorkerOptions:
     """How workers notice each other; no influence on what the search decides."""
 
-    stale_seconds: float = 120.0  # a job whose heartbeat is older than this is failed and requeued
+    stale_seconds: float = 120.0  # a worker whose beat has not changed for this long is dead; its job is rerun
     poll_seconds: float = 1.0  # how often an idle worker looks for new work
+
+    def validate(self) -> "WorkerOptions":
+        if not (math.isfinite(self.stale_seconds) and self.stale_seconds > 0):
+            raise C2FNASError(f"--stale-seconds {self.stale_seconds}: must be a positive number of seconds")
+        return self
 
 
 def new_worker_id() -> str:

@@ -1,18 +1,23 @@
 """The search's jobs as Optuna trials: how workers share one search.
 
 One study per stage (`<search>/coarse`, `/fine`, `/standalone`, maximise Dice) holds a
-trial per job: params `levels`/`ops` (the genotype as digits), user attributes `job` (its id),
-`payload` (what the evaluator needs), `answer` (Dice, params, FLOPs, memory, timing),
-`worker`. A job is created as a WAITING trial (`study.add_trial`) and taken by moving it
-to RUNNING (`set_trial_state_values`, which only one worker wins); a worker that took a
-job then looks at the job's other trials and gives its own up (FAIL, `duplicate`) if
-another is running or finished: each looks after its own write, so of two that raced at
-most one runs it. While a job runs, its trial's heartbeat is recorded every few seconds
-by a thread that survives a failed write; a job whose heartbeat is older than the grace
-period is failed by Optuna (`fail_stale_trials`, database clock) and requeued exactly
-once (`storage.requeue_failed_job`). A result is the trial's `answer`; a late result of
-a trial already failed is not recorded (the requeued copy's result counts). Each worker
-also holds a RUNNING trial in `<search>/workers` (its liveness, for the main worker).
+trial per attempt at a job: params `levels`/`ops` (the genotype as digits), user attributes
+`job` (its id), `payload` (what the evaluator needs), `answer` (Dice, params, FLOPs, memory,
+timing), `worker` (who runs it). A worker takes a job by creating a RUNNING trial that names
+it (one write, atomic on every storage), then reads the job's trials: if another attempt
+finished, or runs under a lower trial number, it gives its own up (FAIL, `duplicate_of`).
+Trial numbers follow the order the storage committed the trials, so of attempts made at
+the same moment exactly the first runs, and every reader agrees which that is.
+
+Liveness needs no shared clock. Each worker holds a RUNNING trial in `<search>/workers`
+whose `beat` attribute a daemon thread raises every `interval` seconds (surviving a failed
+write). A reader notes, on its own monotonic clock, when it last saw a worker's beat change;
+a worker unchanged for `grace` seconds is dead: its worker trial and every job it was
+running are failed (the storage's finished-trial check lets one writer win), and such a job
+is taken again like any job without a result, so it runs once more, exactly once. A late
+result of a failed attempt is not recorded. Optuna's own heartbeats are not used: the
+journal file has none, and on a database they are judged by timestamps, which on SQLite
+are each host's clock.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ import os
 import socket
 import threading
 import time
-import warnings
 from typing import Any, Sequence
 
 from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
-from c2fnas_auto.search.storage import cached, open_storage, reading, requeue_failed_job, shown
+from c2fnas_auto.search.storage import open_storage, reading, shown
 
 STAGES = {"c": "coarse", "f": "fine", "s": "standalone"}
 OP_DIGITS = {"p3d": "1", "2d": "2", "3d": "3"}
 MARK = "mark:"
+MIN_INTERVAL_S = 0.05
 
 
 def stage_of(job_id: str) -> str:
@@ -41,8 +46,8 @@ def stage_of(job_id: str) -> str:
 def _params(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The genotype as two Optuna params the dashboard can plot: `levels` and `ops` as
     integers whose decimal digits are the cells (levels 1-4; ops 1 = p3d, 2 = 2d, 3 = 3d).
-    Two params, not one per cell: Optuna writes each param with its own queries (24 per job
-    cost 0.15 s on the test machine). The payload stays the truth."""
+    Two params, not one per cell: a database writes each param with its own queries (24 per
+    job cost 0.15 s on the test machine). The payload stays the truth."""
     from optuna.distributions import IntDistribution
 
     params: dict[str, Any] = {}
@@ -67,18 +72,20 @@ class OptunaTrials:
 
     def __init__(self, url: str, search: str, worker_id: str | None = None,
                  options: WorkerOptions | None = None) -> None:
-        self.options = options or WorkerOptions()
-        self.grace = max(2, int(round(self.options.stale_seconds)))
-        self.interval = max(1, self.grace // 4)
+        self.options = (options or WorkerOptions()).validate()
+        self.grace = float(self.options.stale_seconds)
+        self.interval = max(MIN_INTERVAL_S, self.grace / 4)  # >= 2 beats seen within any grace period
         self.url = url
         self.folder = shown(url)  # where the trials are, for messages
         self.search = search
         self.worker_id = worker_id or new_worker_id()
-        self.storage = cached(open_storage(url, self.interval, self.grace))
+        self.storage = open_storage(url)
         self.heartbeat_errors = 0  # failed heartbeat writes this worker survived
         self._studies: dict[str, Any] = {}
         self._ids: dict[str, int] = {}  # study id by stage (never changes while the search lives)
         self._checked: dict[str, float] = {}  # when each stage's stale jobs were last looked for
+        self._seen: dict[str, tuple[Any, float]] = {}  # worker -> (its worker trials as last seen, when they changed)
+        self._announced: set[str] = set()  # workers holding a running worker trial, at the last look
         self._current: int | None = None  # trial id of the job this worker runs
         self._current_stage = ""
         self._worker_trial: int | None = None
@@ -110,46 +117,106 @@ class OptunaTrials:
         return sorted((t for t in self._trials(stage_of(job_id)) if t.user_attrs.get("job") == job_id),
                       key=lambda t: t.number)
 
+    def _fail(self, trial_id: int) -> bool:
+        """Fail a running trial; False when it had finished already (another worker won)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        try:
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            return True
+        except UpdateFinishedTrialError:
+            return False
+
+    # ---------------------------------------------------------------- liveness
+    def _observe(self) -> set[str]:
+        """The workers this process takes for dead: those without a running worker trial
+        (stopped, or failed by another worker), and those whose running worker trials
+        (number, beat) have not changed for `grace` seconds of this process's clock (their
+        trials are failed here). A worker first seen now counts as alive for `grace`
+        seconds; so does one named by a job but never seen announced."""
+        from optuna.trial import TrialState
+
+        now = time.monotonic()
+        trials: dict[str, list[Any]] = {}
+        for t in self._trials("workers"):
+            trials.setdefault(t.user_attrs.get("worker", ""), []).append(t)
+        dead = set()
+        self._announced = {w for w, ts in trials.items() if any(t.state == TrialState.RUNNING for t in ts)}
+        for worker, ts in trials.items():
+            running = [t for t in ts if t.state == TrialState.RUNNING]
+            key = tuple(sorted((t.number, t.user_attrs.get("beat")) for t in running))
+            seen = self._seen.get(worker)
+            if worker == self.worker_id:
+                continue
+            if not running:
+                dead.add(worker)
+            elif seen is None or seen[0] != key:
+                self._seen[worker] = (key, now)
+            elif now - seen[1] > self.grace:
+                dead.add(worker)
+                for t in running:
+                    self._fail(t._trial_id)
+        for worker, (_, since) in self._seen.items():
+            if worker not in trials and now - since > self.grace:
+                dead.add(worker)
+        return dead
+
+    def _unknown(self, workers: set[str]) -> None:
+        now = time.monotonic()
+        for w in workers:
+            self._seen.setdefault(w, ((), now))
+
     def refresh(self, stage: str) -> None:
-        """Fail the jobs whose worker stopped beating; each is requeued once. At most once per
-        heartbeat interval: a heartbeat cannot go stale faster than that."""
-        import optuna
-        from optuna.storages import fail_stale_trials
+        """Fail the running jobs of workers that stopped beating (they are then taken again
+        like any job without a result). At most once per heartbeat interval."""
+        from optuna.trial import TrialState
 
         if time.monotonic() - self._checked.get(stage, -1e9) < self.interval:
             return
-        with warnings.catch_warnings():  # experimental since Optuna 2.9, unchanged since
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(self.study(stage))
+        running = self._trials(stage, (TrialState.RUNNING,))
+        self._unknown({t.user_attrs.get("worker", "") for t in running})
+        dead = self._observe()
+        for t in running:
+            if t.user_attrs.get("worker", "") in dead:
+                self._fail(t._trial_id)
         self._checked[stage] = time.monotonic()
 
-    # ---------------------------------------------------------------- heartbeat and liveness
-    def start(self) -> "OptunaTrials":
-        """Announce this worker (a RUNNING trial in `<search>/workers`) and keep its heartbeat
-        and that of the job it runs fresh from a daemon thread."""
+    # ---------------------------------------------------------------- heartbeat
+    def _announce(self) -> int:
         from optuna.trial import TrialState, create_trial
 
-        self._worker_trial = self.storage.create_new_trial(self._sid("workers"), template_trial=create_trial(
+        return self.storage.create_new_trial(self._sid("workers"), template_trial=create_trial(
             state=TrialState.RUNNING, user_attrs={"worker": self.worker_id, "host": socket.gethostname(),
-                                                  "pid": os.getpid(), "started": time.time()}))
-        self.storage.record_heartbeat(self._worker_trial)
+                                                  "pid": os.getpid(), "started": time.time(), "beat": 0}))
+
+    def start(self) -> "OptunaTrials":
+        """Announce this worker (a RUNNING trial in `<search>/workers`) and keep its beat
+        counter rising from a daemon thread."""
+        self._worker_trial = self._announce()
         self._thread = threading.Thread(target=self._beat, name="c2fnas-heartbeat", daemon=True)
         self._thread.start()
         return self
 
     def _beat(self) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        n = 0
         while not self._stop.wait(self.interval):
-            for trial_id in (self._worker_trial, self._current):
-                if trial_id is None:
-                    continue
+            n += 1
+            try:
+                self.storage.set_trial_user_attr(self._worker_trial, "beat", n)
+            except UpdateFinishedTrialError:  # judged dead while alive (beats came late): announce again
                 try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - a transient storage error: keep beating
+                    self._worker_trial = self._announce()
+                except Exception:  # noqa: BLE001 - a transient storage error: try at the next beat
                     self.heartbeat_errors += 1
+            except Exception:  # noqa: BLE001 - a transient storage error: keep beating
+                self.heartbeat_errors += 1
 
     def stop(self) -> None:
-        """End the heartbeat; a job still held (the evaluator raised) is failed and requeued
-        at once; the worker trial completes with the number of jobs this worker ran."""
+        """End the heartbeat; a job still held (the evaluator raised) is failed at once, so
+        another worker takes it; the worker trial completes with the number of jobs run."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
@@ -158,27 +225,22 @@ class OptunaTrials:
             self._thread.join(timeout=10)
         if self._current is not None:
             trial_id, self._current = self._current, None
-            try:
-                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                requeue_failed_job(self.study(self._current_stage), self.storage.get_trial(trial_id))
-            except UpdateFinishedTrialError:
-                pass  # already failed as stale by another worker, which requeued it
+            self._fail(trial_id)
         if self._worker_trial is not None:
             try:
                 self.storage.set_trial_state_values(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
             except UpdateFinishedTrialError:
-                pass  # judged dead meanwhile (its heartbeats were late): it already ended as FAIL
+                pass  # judged dead meanwhile (its beats were late): it already ended as FAIL
             self._worker_trial = None
 
     def alive(self, worker: str) -> bool:
-        """The worker's trial is still RUNNING after stale ones were failed (database clock)."""
-        from optuna.trial import TrialState
-
-        self.refresh("workers")
-        return any(t.user_attrs.get("worker") == worker for t in self._trials("workers", (TrialState.RUNNING,)))
+        """Whether `worker` holds a running worker trial whose beat changed within the last
+        `grace` seconds (as seen here; one first seen now counts as alive)."""
+        dead = self._observe()
+        return worker in self._announced and worker not in dead
 
     def workers(self) -> list[str]:
-        return sorted(t.user_attrs["worker"] for t in self._trials("workers"))
+        return sorted({t.user_attrs["worker"] for t in self._trials("workers")})
 
     # ---------------------------------------------------------------- reading
     def results(self, prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -209,61 +271,34 @@ class OptunaTrials:
         return {j for j, (_, c) in claims.items() if j not in done and c["state"] == "RUNNING"}
 
     # ---------------------------------------------------------------- taking and finishing a job
-    def _enqueue(self, job: Job) -> int:
-        """Add `job` as a WAITING trial proposed by this worker; its trial id."""
+    def try_claim(self, job: Job) -> Job | None:
+        """Take `job` unless an attempt at it runs or finished; the job, or None when another
+        worker had it first (then this worker's attempt is given up as a duplicate)."""
         from optuna.trial import TrialState, create_trial
 
+        live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        if any(t.state in live for t in self._job_trials(job.id)):
+            return None
         params, dists = _params(job.payload)
-        stage = stage_of(job.id)
-        return self.storage.create_new_trial(self._sid(stage), template_trial=create_trial(
-            state=TrialState.WAITING, params=params, distributions=dists,
+        trial_id = self.storage.create_new_trial(self._sid(stage_of(job.id)), template_trial=create_trial(
+            state=TrialState.RUNNING, params=params, distributions=dists,
             user_attrs={"job": job.id, "payload": job.payload, "worker": self.worker_id,
                         "genotype": " ".join(f"{k} {','.join(map(str, job.payload.get(k) or []))}"
                                              for k in ("levels", "ops"))}))
-
-    def try_claim(self, job: Job) -> Job | None:
-        """Take `job` (enqueueing it first when no trial of it waits); the job as stored
-        (its payload may be another worker's proposal for the same id), or None."""
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-
         trials = self._job_trials(job.id)
-        if any(t.state != TrialState.WAITING and t.state != TrialState.FAIL for t in trials):
-            return None  # running or finished
-        waiting = [(t._trial_id, t.user_attrs) for t in trials if t.state == TrialState.WAITING]
-        if not waiting:
-            waiting = [(self._enqueue(job), {"payload": job.payload, "worker": self.worker_id})]
-        for trial_id, attrs in waiting:
-            try:
-                if self._take(trial_id, job.id, attrs.get("worker") == self.worker_id):
-                    self._current, self._current_stage = trial_id, stage_of(job.id)
-                    return Job(job.id, attrs["payload"])
-            except UpdateFinishedTrialError:  # finished or failed by another worker meanwhile
-                continue
-        return None
-
-    def _take(self, trial_id: int, job_id: str, named: bool) -> bool:
-        """Move waiting trial `trial_id` to RUNNING for this worker (`named`: its `worker`
-        attribute already names this worker); False if another worker took it, or took
-        another copy of the job at the same moment."""
-        from optuna.trial import TrialState
-
-        self.storage.record_heartbeat(trial_id)  # beats before it runs: a kill right after taking it is seen
-        if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-            return False
-        if not named:
-            self.storage.set_trial_user_attr(trial_id, "worker", self.worker_id)
-        rivals = [o for o in self._job_trials(job_id) if o._trial_id != trial_id
-                  and o.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)]
+        mine = next(t for t in trials if t._trial_id == trial_id)
+        rivals = [t for t in trials if t._trial_id != trial_id and (
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.RUNNING and t.number < mine.number))]
         if rivals:
             self.storage.set_trial_user_attr(trial_id, "duplicate_of", rivals[0].number)
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            return False
-        return True
+            self._fail(trial_id)
+            return None
+        self._current, self._current_stage = trial_id, stage_of(job.id)
+        return job
 
     def finish(self, job: Job, answer: dict[str, Any]) -> bool:
-        """Publish the result; False when this worker's trial was failed meanwhile (judged
-        dead and requeued): then the requeued copy's result counts."""
+        """Publish the result; False when this worker's attempt was failed meanwhile (judged
+        dead): then another attempt's result counts."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
@@ -345,7 +380,7 @@ def clear_search(url: str, search: str) -> None:
     """Delete the search's studies (--overwrite)."""
     import optuna
 
-    storage = open_storage(url, 1, 2)
+    storage = open_storage(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     for stage in (*STAGES.values(), "workers"):
         if f"{search}/{stage}" in names:
@@ -356,7 +391,7 @@ def has_results(url: str, search: str) -> bool:
     """Whether the storage holds finished jobs of this search (a fresh start must not mix in)."""
     import optuna
 
-    storage = open_storage(url, 1, 2)
+    storage = open_storage(url)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     return any(s.study_name.startswith(f"{search}/") and s.study_name != f"{search}/workers" and s.n_trials
                for s in summaries)
@@ -367,7 +402,7 @@ def job_trials(url: str, search: str) -> list[dict[str, Any]]:
     duplicate_of, finished_at, seconds): for tests, benchmarks and a look from outside."""
     import optuna
 
-    storage = open_storage(url, 1, 2)
+    storage = open_storage(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     out = []
     for stage in STAGES.values():

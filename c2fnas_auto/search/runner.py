@@ -1,4 +1,4 @@
-"""Answering a generational stage's proposals through the shared trial folder.
+"""Answering a generational stage's proposals through the shared trials.
 
 The fine stage (and the stand-alone check) proposes batches (`fine_evolution`); every
 worker runs the same deterministic evolution, so all propose the same batch. Proposal i
@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from c2fnas_auto.search.state import CandidateRecord, SearchStateError
 from c2fnas_auto.search.jobs import Job
-from c2fnas_auto.search.optuna_trials import OptunaTrials as TrialStore
+from c2fnas_auto.search.optuna_trials import OptunaTrials
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ def timed(evaluate: Evaluate, rank: int = 0) -> Callable[[Job], dict[str, Any]]:
     return run
 
 
-def run_batch(store: TrialStore, jobs: Sequence[Job], evaluate: JobEvaluate,
+def run_batch(store: OptunaTrials, jobs: Sequence[Job], evaluate: JobEvaluate,
               on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
               check_stop: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
     """Work on `jobs` (ids with one prefix letter) with every other worker until all have a
     result; {job: result}. `check_stop()` is called after each job this worker finished and
-    while it waits; it raises to stop (the finished job is already published). Either engine."""
+    while it waits; it raises to stop (the finished job is already published)."""
     check = check_stop or (lambda: None)
     if not jobs:
         return {}
@@ -107,7 +107,7 @@ def record_from_result(index: int, stage: str, result: dict[str, Any]) -> Candid
 class CandidateRunner:
     """Turns batches of proposals into records, in proposal order (`records` grows)."""
 
-    def __init__(self, store: TrialStore, stage: str, prefix: str, evaluate: Evaluate, rank: int = 0,
+    def __init__(self, store: OptunaTrials, stage: str, prefix: str, evaluate: Evaluate, rank: int = 0,
                  on_record: Callable[[CandidateRecord, bool], None] | None = None,
                  on_finish: Callable[[], None] | None = None, check_stop: Callable[[], None] | None = None) -> None:
         self.store = store

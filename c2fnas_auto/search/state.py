@@ -1,9 +1,9 @@
 """The search state file: settings, clustering, every finished candidate, the winner.
 
-The truth is the per-candidate files of `trials.py` (each written the moment its
-candidate finishes, by whichever worker ran it); `state.json` is the summary the main
+The truth is the search's Optuna trials (`optuna_trials.py`; each result written the moment
+its candidate finishes, by whichever worker ran it); `state.json` is the summary the main
 worker rebuilds from them after each of its candidates and at the end. Resuming reads
-the trial files: the coarse schedule decides from what is there (`asha.py`), the fine
+the trials: the coarse schedule decides from what is there (`asha.py`), the fine
 stage *replays* (its evolution is a deterministic function of the seed and the scores,
 so the i-th proposal is answered from the i-th stored result; a stored result for
 another candidate shows the folder belongs to other settings).

@@ -11,6 +11,7 @@ from c2fnas_auto.search.api import SearchSettings, search_core
 from c2fnas_auto.search.report import expected_coarse_evaluations
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.search.stop import SearchStopped, StopFlag
+from c2fnas_auto.search.storage import JOURNAL_FILE
 from c2fnas_auto.search.jobs import WorkerOptions
 
 from .fakes import Boom, FakeHooks
@@ -94,7 +95,7 @@ def test_a_search_of_the_file_engine_is_not_resumed_silently(tmp_path):
     old = tmp_path / "search" / "trials" / "results"
     old.mkdir(parents=True)
     (old / "c00000-r0.json").write_text("{}")
-    (tmp_path / "search" / "search.db").unlink()
+    (tmp_path / "search" / JOURNAL_FILE).unlink()
     with pytest.raises(C2FNASError, match="trial files of the engine before Optuna"):
         _search(tmp_path, FakeHooks(), resume=True)
     _search(tmp_path, FakeHooks(), overwrite=True)
@@ -189,13 +190,3 @@ def test_bad_schedule_settings_are_user_errors(tmp_path):
         with pytest.raises(C2FNASError, match=text):
             SearchSettings(**{**SMALL, field: value}).validate()
 
-
-def test_the_files_engine_runs_a_whole_search(tmp_path):
-    fake = FakeHooks()
-    state = _search(tmp_path, fake, storage="files")
-    assert state.finished and not (tmp_path / "search" / "search.db").exists()
-    assert any((tmp_path / "search" / "trials" / "results").iterdir())
-    assert len(fake.coarse_calls) == len(set(fake.coarse_calls)) == len(state.coarse)
-    with pytest.raises(C2FNASError, match="results of an earlier search"):
-        (tmp_path / "search" / "state.json").unlink()
-        _search(tmp_path, FakeHooks(), storage="files")

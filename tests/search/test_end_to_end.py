@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import torch
 from c2fnas_auto.cli.search import main
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import search_results_dir
-from c2fnas_auto.search.storage import DB_FILE
+from c2fnas_auto.search.storage import JOURNAL_FILE
 from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.search.stop import STOPPED_EXIT_CODE
@@ -50,14 +49,13 @@ def _count_calls(monkeypatch, fake: bool = False):
     return calls
 
 
-def _completed_trials(db) -> int:
-    """A cheap look (no Optuna storage set-up) while the search runs: it must not finish first."""
-    if not db.is_file():
+def _completed_trials(journal) -> int:
+    """A cheap look (no Optuna storage set-up) while the search runs: it must not finish first.
+    Each line of Optuna's journal is one JSON operation; a completed trial is a state of 1."""
+    if not journal.is_file():
         return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
-        if not con.execute("SELECT name FROM sqlite_master WHERE name = 'trials'").fetchone():
-            return 0  # Optuna is still creating its tables
-        return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    lines = journal.read_bytes().splitlines()
+    return sum(1 for line in lines if b'"state":1' in line and b'"values":[' in line)
 
 
 def test_search_stopped_by_sigterm_then_continued(copy_task, monkeypatch, capsys):
@@ -68,7 +66,7 @@ def test_search_stopped_by_sigterm_then_continued(copy_task, monkeypatch, capsys
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if _completed_trials(sdir / DB_FILE):
+            if _completed_trials(sdir / JOURNAL_FILE):
                 break
             time.sleep(0.1)
         assert proc.poll() is None, "search ended before it could be stopped: " + proc.stderr.read().decode()[-2000:]

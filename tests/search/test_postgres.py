@@ -9,6 +9,7 @@ import time
 import pytest
 
 from c2fnas_auto.search.optuna_trials import job_trials
+from c2fnas_auto.search.storage import JOURNAL_FILE
 
 from .test_distributed import SETTINGS, _check_exactly_once, _finish, _start, _workers
 
@@ -43,7 +44,7 @@ def test_two_workers_share_a_search_on_postgresql(tmp_path, postgres_url):
     workers = _workers(tmp_path)
     assert all(w["coarse"] for w in workers), "both workers ran coarse candidates"
     _check_exactly_once(tmp_path, workers)
-    assert not (tmp_path / "search" / "search.db").exists(), "nothing stored in the embedded default"
+    assert not (tmp_path / "search" / JOURNAL_FILE).exists(), "nothing stored in the embedded default"
     trials = job_trials(postgres_url, "T")
     assert trials and not [t for t in trials if t["state"] in ("RUNNING", "WAITING")]
     assert json.loads((tmp_path / "search" / "report.json").read_text())["workers"] == 2

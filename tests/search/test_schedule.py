@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -14,11 +13,10 @@ from c2fnas_auto.search.kendall import kendall_tau_b
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.jobs import Job, WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials, job_trials, stage_of
-from c2fnas_auto.search.storage import default_url, shown
-from c2fnas_auto.search.trials import TrialStore
+from c2fnas_auto.search import storage as storage_mod
+from c2fnas_auto.search.storage import JOURNAL_FILE, LEGACY_DB_FILE, default_url, shown
 
-FAST = WorkerOptions(stale_seconds=2, poll_seconds=0.02)
-FILES_FAST = WorkerOptions(stale_seconds=0.4, poll_seconds=0.02)
+FAST = WorkerOptions(stale_seconds=1, poll_seconds=0.02)
 
 
 def test_kendall_tau_b_against_a_hand_computed_case():
@@ -127,89 +125,136 @@ def _job(c=0):
                               "epochs": 1})
 
 
-def test_claims_are_exclusive_and_a_dead_workers_job_is_requeued_once(tmp_path):
+def _states(tmp_path, job=None):
+    return sorted(t["state"] for t in job_trials(default_url(tmp_path), "T") if job is None or t["job"] == job.id)
+
+
+def _wait_until(cond, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.05)
+    return cond()
+
+
+def test_claims_are_exclusive_and_a_dead_workers_job_is_taken_again_once(tmp_path):
     a, b = _store(tmp_path, "hostA-1-aa"), _store(tmp_path, "hostA-1-bb")
     job = _job()
     assert a.try_claim(job) == job and b.try_claim(job) is None, "one claim per job"
-    a._stop.set()  # worker a hangs or dies: its heartbeats stop, nothing else happens
+    a._stop.set()  # worker a hangs or dies: its beats stop, nothing else happens
     a._thread.join()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not read_view(b).orphaned():
-        b.wait(0.2)
-    v = read_view(b)
-    assert v.orphaned() == [(0, 0)], "failed by Optuna's heartbeat check, requeued as a waiting trial"
-    assert b.try_claim(job) == job, "the requeued job is taken again"
+    assert _wait_until(lambda: read_view(b).orphaned() == [(0, 0)]), "failed once a's beat stood still for the grace"
+    assert not b.alive("hostA-1-aa") and b.alive("hostA-1-bb")
+    assert b.try_claim(job) == job, "the failed job is taken again"
     assert b.finish(job, {"score": 0.5})
     assert not a.finish(job, {"score": 0.1}), "a late result of the dead worker is not recorded"
     assert b.result(job.id)["answer"]["score"] == 0.5
-    assert b.result(job.id)["worker"] == "hostA-1-bb", "the requeued copy names the worker that took it"
+    assert b.result(job.id)["worker"] == "hostA-1-bb", "the result names the worker that ran it"
     assert b.try_claim(job) is None, "finished jobs are never claimed"
     for _ in range(3):
-        read_view(b)  # failing stale trials again requeues nothing more
-    states = sorted(t["state"] for t in job_trials(default_url(tmp_path), "T") if t["job"] == job.id)
-    assert states == ["COMPLETE", "FAIL"], "requeued exactly once"
+        read_view(b)  # looking for dead workers again fails and retakes nothing more
+    assert _states(tmp_path, job) == ["COMPLETE", "FAIL"], "run again exactly once"
     b.stop()
 
 
-def test_two_workers_taking_copies_of_one_job_at_once_run_it_once(tmp_path, monkeypatch):
+def test_two_workers_claiming_one_job_at_once_run_it_once(tmp_path, monkeypatch):
     a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
     job = _job()
-    a._enqueue(job)
-    a._enqueue(job)  # both workers enqueued it at the same moment: two waiting copies
-    beat = b.storage.record_heartbeat
+    create = a.storage.create_new_trial
 
-    def rival_takes_the_other_copy(trial_id):  # a takes a copy between b's look and b's take
-        monkeypatch.setattr(b.storage, "record_heartbeat", beat)
-        assert a.try_claim(job) == job
-        beat(trial_id)
+    def b_claims_in_between(*args, **kwargs):  # both looked and saw no attempt; b writes first
+        monkeypatch.setattr(a.storage, "create_new_trial", create)
+        assert b.try_claim(job) == job
+        return create(*args, **kwargs)
 
-    monkeypatch.setattr(b.storage, "record_heartbeat", rival_takes_the_other_copy)
-    assert b.try_claim(job) is None, "b sees a's running copy after taking its own and gives its own up"
-    trials = sorted(job_trials(default_url(tmp_path), "T"), key=lambda t: t["state"])
-    assert [(t["state"], t["worker"]) for t in trials] == [("FAIL", "b"), ("RUNNING", "a")]
-    assert trials[0]["duplicate_of"] == trials[1]["number"]
-    v = read_view(b)
-    assert v.running == {(0, 0)} and v.orphaned() == [], "the given-up copy does not make the job look orphaned"
-    assert a.finish(job, {"score": 1.0})
+    monkeypatch.setattr(a.storage, "create_new_trial", b_claims_in_between)
+    assert a.try_claim(job) is None, "a sees b's attempt under a lower trial number and gives its own up"
+    trials = sorted(job_trials(default_url(tmp_path), "T"), key=lambda t: t["number"])
+    assert [(t["state"], t["worker"]) for t in trials] == [("RUNNING", "b"), ("FAIL", "a")]
+    assert trials[1]["duplicate_of"] == trials[0]["number"]
+    v = read_view(a)
+    assert v.running == {(0, 0)} and v.orphaned() == [], "the given-up attempt does not make the job look orphaned"
+    assert b.finish(job, {"score": 1.0})
     a.stop()
     b.stop()
 
 
-def test_liveness_transient_heartbeat_error_and_a_crash_mid_job(tmp_path, monkeypatch):
-    me = _store(tmp_path, "me", WorkerOptions(stale_seconds=2, poll_seconds=0.01))
-    assert me.alive("me") and not me.alive("nobody")
+def test_a_job_finished_by_another_worker_while_being_claimed_is_left_alone(tmp_path, monkeypatch):
+    a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
+    job = _job()
+    create = b.storage.create_new_trial
+
+    def a_runs_it_first(*args, **kwargs):
+        monkeypatch.setattr(b.storage, "create_new_trial", create)
+        assert a.try_claim(job) == job and a.finish(job, {"score": 0.3})
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(b.storage, "create_new_trial", a_runs_it_first)
+    assert b.try_claim(job) is None
+    assert b.result(job.id)["worker"] == "a" and _states(tmp_path, job) == ["COMPLETE", "FAIL"]
+    a.stop()
+    b.stop()
+
+
+def test_liveness_survives_a_failed_beat_and_a_crash_mid_job_frees_the_job(tmp_path, monkeypatch):
+    me, other = _store(tmp_path, "me"), _store(tmp_path, "other")
+    assert me.alive("me") and other.alive("me") and not other.alive("nobody")
     calls = []
-    beat = me.storage.record_heartbeat
+    write = me.storage.set_trial_user_attr
 
-    def flaky(trial_id):
-        calls.append(trial_id)
-        if len(calls) == 1:
-            raise OSError("database briefly unreachable")
-        beat(trial_id)
+    def flaky(trial_id, key, value):
+        calls.append(key)
+        if key == "beat" and len(calls) == 1:
+            raise OSError("storage briefly unreachable")
+        write(trial_id, key, value)
 
-    monkeypatch.setattr(me.storage, "record_heartbeat", flaky)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(calls) < 4:
-        time.sleep(0.1)
-    assert me.heartbeat_errors == 1 and me._thread.is_alive(), "one failed write does not stop the heartbeat"
-    time.sleep(2.5)
-    assert me.alive("me"), "still alive past the grace period"
+    monkeypatch.setattr(me.storage, "set_trial_user_attr", flaky)
+    assert _wait_until(lambda: len(calls) >= 4)
+    assert me.heartbeat_errors == 1 and me._thread.is_alive(), "one failed write does not stop the beat"
+    for _ in range(6):  # past the grace period, looking now and then
+        time.sleep(0.3)
+        assert other.alive("me"), "still alive: its beat moves"
     job = _job(1)
     assert me.try_claim(job) == job
-    me.stop()  # the evaluator raised: the held job is failed and requeued at once
-    assert not me.alive("me"), "a stopped worker's trial is complete"
-    states = sorted(t["state"] for t in job_trials(default_url(tmp_path), "T"))
-    assert states == ["FAIL", "WAITING"]
+    me.stop()  # the evaluator raised: the held job is failed at once
+    assert not other.alive("me"), "a stopped worker's trial is complete"
+    assert _states(tmp_path, job) == ["FAIL"] and read_view(other).orphaned() == [(1, 0)]
+    other.stop()
+
+
+def test_a_worker_judged_dead_while_alive_announces_itself_again(tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
+    job = _job()
+    assert a.try_claim(job) == job
+    announce = a._announce
+
+    def unreachable_once():
+        monkeypatch.setattr(a, "_announce", announce)
+        raise OSError("storage briefly unreachable")
+
+    monkeypatch.setattr(a, "_announce", unreachable_once)
+    b.storage.set_trial_state_values(a._worker_trial, TrialState.FAIL)  # b judged a dead (a stalled) ...
+    b.storage.set_trial_state_values(a._current, TrialState.FAIL)  # ... and failed its job
+    assert not b.alive("a")
+    assert _wait_until(lambda: b.alive("a")), "a's next beats find its trial failed and announce a again"
+    assert a.heartbeat_errors == 1, "the first announcement failed and was tried again at the next beat"
+    assert not a.finish(job, {"score": 0.9}), "its result for the failed attempt is not recorded"
+    assert a.try_claim(job) == job and a.finish(job, {"score": 0.9}), "and it works on as a live worker"
+    assert len({t.user_attrs["worker"] for t in b._trials("workers")}) == 2
+    a.stop()
+    b.stop()
 
 
 def test_sqlite_readers_wait_for_no_writer_and_writers_still_queue(tmp_path):
     import sqlite3
     import threading
 
-    store = _store(tmp_path, "r", WorkerOptions(stale_seconds=60, poll_seconds=0.02))
+    url = f"sqlite:///{tmp_path / LEGACY_DB_FILE}"
+    store = OptunaTrials(url, "T", "r", WorkerOptions(stale_seconds=60, poll_seconds=0.02)).start()
     store.try_claim(_job())
-    read_view(store)  # stale jobs looked for (under the write lock): not again for a heartbeat interval (15 s)
-    lock = sqlite3.connect(tmp_path / "search.db", isolation_level=None)
+    read_view(store)  # dead workers looked for (writes): not again for a heartbeat interval (15 s)
+    lock = sqlite3.connect(tmp_path / LEGACY_DB_FILE, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # another worker is writing (holds SQLite's write lock)
     done = {}
     read = threading.Thread(target=lambda: done.update(read=read_view(store).claimed))
@@ -227,9 +272,31 @@ def test_sqlite_readers_wait_for_no_writer_and_writers_still_queue(tmp_path):
     store.stop()
 
 
-def test_bad_storage_and_job_ids_are_one_line_errors(tmp_path):
+def test_the_default_storage_is_the_journal_and_an_earlier_sqlite_search_is_still_opened(tmp_path):
+    assert default_url(tmp_path) == str(tmp_path.resolve() / JOURNAL_FILE)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / LEGACY_DB_FILE).write_bytes(b"")
+    assert default_url(old) == f"sqlite:///{old.resolve() / LEGACY_DB_FILE}", "resume reads what it wrote"
+    (old / JOURNAL_FILE).write_bytes(b"")
+    assert default_url(old) == str(old.resolve() / JOURNAL_FILE)
+
+
+def test_bad_storage_and_job_ids_are_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(C2FNASError, match=r"--storage nosuchdb://x: cannot open the search storage"):
         OptunaTrials("nosuchdb://x", "T")
+    bad = tmp_path / "bad.log"
+    bad.write_text("this is not JSON\n{}\n")
+    with pytest.raises(C2FNASError, match=rf"--storage {bad}: cannot open the search storage"):
+        OptunaTrials(str(bad), "T")
+    big = tmp_path / "big.log"
+    big.write_bytes(b"{}" * 64)
+    monkeypatch.setattr(storage_mod, "MAX_JOURNAL_BYTES", 100)
+    with pytest.raises(C2FNASError, match=r"big.log: 128 bytes, more than any search writes"):
+        OptunaTrials(str(big), "T")
+    for bad_seconds in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(C2FNASError, match=rf"--stale-seconds {bad_seconds}: must be a positive number"):
+            OptunaTrials(default_url(tmp_path), "T", options=WorkerOptions(stale_seconds=bad_seconds))
     assert shown("not a url") == "not a url"
     assert shown("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
     with pytest.raises(ValueError, match="job id 'x1'"):
@@ -254,24 +321,6 @@ def test_second_signal_kills_at_once(tmp_path):
     assert run.returncode == -signal.SIGTERM
 
 
-def test_a_job_finished_by_another_worker_while_being_taken_is_left_alone(tmp_path, monkeypatch):
-    a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
-    job = _job()
-    a._enqueue(job)
-    beat = b.storage.record_heartbeat
-
-    def rival_runs_it_first(trial_id):
-        monkeypatch.setattr(b.storage, "record_heartbeat", beat)
-        assert a.try_claim(job) == job and a.finish(job, {"score": 0.3})
-        beat(trial_id)
-
-    monkeypatch.setattr(b.storage, "record_heartbeat", rival_runs_it_first)
-    assert b.try_claim(job) is None
-    assert b.result(job.id)["worker"] == "a"
-    a.stop()
-    b.stop()
-
-
 def test_stopping_a_worker_already_judged_dead_requeues_nothing_more(tmp_path):
     from optuna.trial import TrialState
 
@@ -282,45 +331,3 @@ def test_stopping_a_worker_already_judged_dead_requeues_nothing_more(tmp_path):
     a.storage.set_trial_state_values(a._worker_trial, TrialState.FAIL)  # and to the worker's own trial
     a.stop()
     assert [t["state"] for t in job_trials(default_url(tmp_path), "T")] == ["FAIL"]
-
-
-def test_files_engine_claims_are_exclusive_and_orphans_are_retaken(tmp_path):
-    a = TrialStore(tmp_path, "hostA-1-aa", FILES_FAST).start()
-    b = TrialStore(tmp_path, "hostA-1-bb", FILES_FAST).start()
-    job = Job(job_id(0, 0), {"levels": [1] * 12, "ops": ["3d"] * 12, "cluster": 0, "candidate": 0, "rung": 0,
-                            "epochs": 1})
-    assert a.try_claim(job) == job and b.try_claim(job) is None, "one claim per job"
-    a.stop()  # worker a dies: its heartbeat goes stale
-    time.sleep(FILES_FAST.stale_seconds + 0.2)
-    v = read_view(b)
-    assert v.orphaned() == [(0, 0)]
-    assert b.try_claim(job) == job, "the orphaned job is claimed again (attempt 1)"
-    assert b.finish(job, {"score": 0.5})
-    assert not a.finish(job, {"score": 0.1}), "a late result of the dead worker is not recorded twice"
-    assert b.result(job.id)["answer"]["score"] == 0.5
-    assert b.try_claim(job) is None, "finished jobs are never claimed"
-    b.stop()
-
-
-def test_files_engine_liveness_missing_dead_foreign_and_removed_folder(tmp_path, monkeypatch):
-    import os
-
-    store = TrialStore(tmp_path / "t", "me", WorkerOptions(stale_seconds=60, poll_seconds=0.01)).start()
-    assert store.alive("me") and not store.alive("nobody"), "no heartbeat file: gone"
-    (tmp_path / "t" / "workers" / "ghost.json").write_text(json.dumps({"host": store.host, "pid": 2 ** 22 + 12345}))
-    assert not store.alive("ghost"), "same host, process gone: gone at once"
-    (tmp_path / "t" / "workers" / "other.json").write_text(json.dumps({"host": store.host, "pid": 1}))
-
-    def foreign(pid, sig):
-        raise PermissionError("another user's process")
-
-    monkeypatch.setattr(os, "kill", foreign)
-    assert store.alive("other"), "a process we may not signal exists: its heartbeat decides"
-    store.stop()
-    fast = TrialStore(tmp_path / "u", "x", WorkerOptions(stale_seconds=0.2, poll_seconds=0.01)).start()
-    import shutil
-
-    shutil.rmtree(tmp_path / "u")  # the folder is removed under a beating worker (another run's --overwrite)
-    fast._thread.join(timeout=5)
-    assert not fast._thread.is_alive(), "the heartbeat thread ends instead of raising"
-    fast.stop()
