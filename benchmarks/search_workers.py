@@ -1,5 +1,6 @@
-"""How well several workers share one search: the file engine (`--storage files`) vs Optuna's
-embedded SQLite vs Optuna on PostgreSQL, side by side in one run (issue 23).
+"""How well several workers share one search: the earlier per-candidate files engine vs
+Optuna's journal file (the default) vs Optuna on SQLite and on PostgreSQL, side by side in
+one run (issue 23).
 
 Fake evaluators that only sleep (so 2 shared CPU cores do not distort the figures), with
 a duration drawn per job from its topology (seeded, the same in every configuration):
@@ -21,11 +22,12 @@ utilisation (busy seconds / each worker's time from its first job to the stage's
 
 `--repeat R` runs every scenario R times, the engines interleaved within each (load drifts
 alike for all). `--real N,..` runs instead one real tiny search per engine (the demo's
-synthetic task and search settings, CPU) with N workers. The file engine runs from
-`--files-rev` (exported with `git archive`, so both engines can run the same scheduler code),
-the Optuna engines from this tree; PostgreSQL comes from `pgserver` (the `test` extra).
+synthetic task and search settings, CPU) with N workers. The files engine was removed in
+favour of Optuna; it runs from `--files-rev` (a commit that still had it, as `--storage
+files`, exported with `git archive` with this benchmark's worker copied in), the Optuna
+engines from this tree; PostgreSQL comes from `pgserver` (the `test` extra).
 
-    python -m benchmarks.search_workers [--unit 0.3] [--engines files,sqlite,postgres]
+    python -m benchmarks.search_workers [--unit 0.3] [--engines files,journal,sqlite,postgres]
         [--scenarios together_1,..] [--repeat R] [--real 1,2] [--out benchmarks/results/search_workers.json]
 """
 
@@ -48,7 +50,7 @@ from typing import Any
 
 SETTINGS = dict(coarse_candidates=27, min_epochs=1, eta=3, rungs=3, clusters=4, population=6, fine_epochs=0,
                 generations=1, iters_per_epoch=1, seed=0, tournament=3, standalone_sample=0)
-FILES_REV = "HEAD"  # a commit with the file engine (`--storage files`: claims by hard link, heartbeat files)
+FILES_REV = "f17816a"  # the last commit with the files engine (`--storage files`: claims by hard link, heartbeat files)
 FILES = "files"
 SKEW_S = 300.0
 WALL = time.time  # the real clock, for the evaluation logs (a skewed worker's time.time is not)
@@ -67,18 +69,18 @@ def _inject_heartbeat_error(after: int, files: bool) -> None:
     def beating() -> bool:
         return threading.current_thread().name == "c2fnas-heartbeat"
 
-    if not files:
-        import optuna
+    if not files:  # Optuna: the beat is a user attribute written by the heartbeat thread
+        from optuna.storages import JournalStorage
+        from optuna.storages._cached_storage import _CachedStorage  # what an RDBStorage is used through
 
-        real = optuna.storages.RDBStorage.record_heartbeat
+        for cls in (JournalStorage, _CachedStorage):
+            def flaky(self, trial_id, key, value, real=cls.set_trial_user_attr):
+                calls.append(trial_id) if beating() else None
+                if beating() and len(calls) == after:
+                    raise OSError("transient storage error")
+                return real(self, trial_id, key, value)
 
-        def flaky(self, trial_id):
-            calls.append(trial_id) if beating() else None
-            if beating() and len(calls) == after:
-                raise OSError("transient storage error")
-            return real(self, trial_id)
-
-        optuna.storages.RDBStorage.record_heartbeat = flaky
+            cls.set_trial_user_attr = flaky
         return
     real_utime = os.utime
 
@@ -153,9 +155,13 @@ class Engine:
     def env(self) -> dict[str, str]:
         return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(self.code))
 
+    def url(self, out: Path) -> str | None:
+        """The storage for a run writing to `out` (`{out}` in the engine's storage is replaced)."""
+        return self.storage.format(out=out) if self.storage else None
+
     def start(self, out: Path, opts: dict[str, Any], prefix: list[str] | None = None) -> subprocess.Popen:
         out.mkdir(parents=True, exist_ok=True)
-        opts = {**opts, "storage": self.storage, "name": f"Bench-{out.name}"}
+        opts = {**opts, "storage": self.url(out), "name": f"Bench-{out.name}"}
         cmd = [sys.executable, "-c", "import sys, json; from pathlib import Path; "
                "from benchmarks.search_workers import worker; worker(Path(sys.argv[1]), json.loads(sys.argv[2]))",
                str(out), json.dumps(opts)]
@@ -370,7 +376,7 @@ def real_search(engine: Engine, task: tuple[int, Path], n: int, rep: int) -> dic
     env = dict(engine.env(), C2FNAS_raw=str(task_root / "raw"), C2FNAS_preprocessed=str(out / "preprocessed"),
                C2FNAS_results=str(out / "results"))
     cmd = [sys.executable, "-m", "c2fnas_auto.cli.search", "-t", str(task_id), *REAL_SEARCH]
-    cmd += ["--storage", engine.storage] if engine.storage else []
+    cmd += ["--storage", engine.url(out)] if engine.storage else []
     t0 = time.perf_counter()
     start = lambda extra: subprocess.Popen(cmd + extra, env=env, cwd=str(engine.code),  # noqa: E731
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -401,8 +407,10 @@ def _engines(names: list[str], root: Path, files_rev: str, stack: Any) -> list[E
     for name in names:
         if name == "files":
             out.append(Engine(name, root, _tree(root, files_rev), FILES))
-        elif name == "sqlite":
+        elif name == "journal":  # the default: Optuna's journal file in the search folder
             out.append(Engine(name, root, here, None))
+        elif name == "sqlite":
+            out.append(Engine(name, root, here, "sqlite:///{out}/search.db"))
         elif name == "postgres":
             import pgserver
 
@@ -410,14 +418,14 @@ def _engines(names: list[str], root: Path, files_rev: str, stack: Any) -> list[E
             stack.callback(server.cleanup)
             out.append(Engine(name, root, here, server.get_uri()))
         else:
-            raise SystemExit(f"--engines: unknown engine {name!r} (files, sqlite, postgres)")
+            raise SystemExit(f"--engines: unknown engine {name!r} (files, journal, sqlite, postgres)")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--unit", type=float, default=0.3, help="seconds per epoch of a fake candidate (x U(0.5, 1.5))")
-    ap.add_argument("--engines", default="files,sqlite,postgres")
+    ap.add_argument("--engines", default="files,journal,sqlite,postgres")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="fake-evaluator scenarios to run")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions, engines interleaved in each")
     ap.add_argument("--real", default="", metavar="N,..",
