@@ -8,7 +8,9 @@ is the median of the per-repetition ratios, with the repetitions' spread. The re
 (`--rewrite`): `fused_upsample` (the wired head's ReLU -> trilinear -> 3x3x3 conv run as one
 conv at the low resolution, `nas.ops.upsample_conv3d`) and `axis_upsample` (every trilinear
 upsampling by factors of 1 and 2 run axis by axis, `nas.ops.upsample_x2`, instead of
-`F.interpolate`). A benchmark, not a test: nothing is asserted.
+`F.interpolate`), and one in the training step rather than the network: `channel_argmax`
+(the per-step confusion counts take `utils.tensors.channel_argmax` instead of PyTorch's
+argmax over the class axis). A benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -32,8 +34,24 @@ def switched_off(net, flag: str):
     return ref
 
 
-# rewrite -> the module flag that switches it (ConvBlock.fused_upsample, Upsample.fast)
-REWRITES = {"fused_upsample": "fused_upsample", "axis_upsample": "fast"}
+def with_torch_argmax(step):
+    """`step` with the training loop's confusion counts taking PyTorch's argmax (the
+    `channel_argmax` rewrite off), only while it runs: the other side runs in turn."""
+    from c2fnas_auto.training import loop
+
+    def run():
+        fast = loop.channel_argmax
+        loop.channel_argmax = lambda x, dim=1: x.argmax(dim)
+        try:
+            return step()
+        finally:
+            loop.channel_argmax = fast
+    return run
+
+
+# rewrite -> the module flag that switches it (ConvBlock.fused_upsample, Upsample.fast); None:
+# a rewrite of the training step, switched off by `with_torch_argmax`
+REWRITES = {"fused_upsample": "fused_upsample", "axis_upsample": "fast", "channel_argmax": None}
 
 
 @cli_entry
@@ -70,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions:
             net, config = our_network(plans)
             config.check_patch(patch)
+            flag = REWRITES[args.rewrite]
+            off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
+                              net=copy.deepcopy(net) if flag is None else switched_off(net, flag))
             steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision),
-                     "rewrite_off": our_stepper(plans, pre_dir, patch, batch, "device",
-                                                net=switched_off(net, REWRITES[args.rewrite]), precision=precision)}
+                     "rewrite_off": with_torch_argmax(off) if flag is None else off}
             for step in steps.values():
                 step()  # warm-up
             ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, args.reps)

@@ -22,6 +22,7 @@ from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
 from c2fnas_auto.training.start_check import StartMonitor
 from c2fnas_auto.utils.device import resolve_device
+from c2fnas_auto.utils.tensors import channel_argmax
 
 
 def _device(device) -> torch.device:
@@ -90,7 +91,7 @@ def score_cases(network: nn.Module, plans, preprocessed_dir: str | Path, case_id
                                         tuple(plans.patch_size), plans.num_classes, step_size=step_size,
                                         gaussian=True, mirror_axes=(0, 1, 2) if tta else None, device=dev,
                                         forward_fn=forward_fn, precision=precision)
-        pred = logits.argmax(0).numpy()
+        pred = channel_argmax(logits, 0).numpy()
         dice = case_dice(pred, np.asarray(seg[0]), plans.num_classes)
         per_case[cid] = {str(k): v for k, v in dice.items()}
         if dice:

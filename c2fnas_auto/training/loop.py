@@ -18,6 +18,7 @@ from tqdm import tqdm
 from c2fnas_auto.nas.execution import autocast, check_precision, grad_scaler
 from c2fnas_auto.training.schedule import GRAD_CLIP, warmed_up
 from c2fnas_auto.training.start_check import DeadHeadProbe
+from c2fnas_auto.utils.tensors import channel_argmax
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], "torch.Tensor | list[torch.Tensor]"]
 
@@ -79,17 +80,21 @@ class EpochStats:
 
 
 def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per foreground class (1..K-1) tp, fp, fn of argmax(logits) against target (B, 1, ...)."""
+    """Per foreground class (1..K-1) tp, fp, fn of argmax(logits) against target (B, 1, ...).
+
+    Runs every training step, so it is cheap: `channel_argmax` (PyTorch's argmax over the class
+    axis took 48 ms of a 1.5 s step at 2 x 3 x 32 x 64 x 64) and one `bincount` of a K x (K+1)
+    confusion matrix, a target outside 0..K-1 (an ignore label) in the extra column, so it
+    counts as a miss for the predicted class as `pred == c & target != c` would."""
     k = logits.shape[1]
-    pred = logits.argmax(1)
+    pred = channel_argmax(logits, 1)
     t = target[:, 0] if target.ndim == logits.ndim else target
-    tp, fp, fn = (np.zeros(k - 1) for _ in range(3))
-    for c in range(1, k):
-        p, r = pred == c, t == c
-        tp[c - 1] = (p & r).sum().item()
-        fp[c - 1] = (p & ~r).sum().item()
-        fn[c - 1] = (~p & r).sum().item()
-    return tp, fp, fn
+    t = t.long()
+    t = torch.where((t >= 0) & (t < k), t, torch.full_like(t, k))
+    m = torch.bincount((pred * (k + 1) + t).reshape(-1), minlength=k * (k + 1)).reshape(k, k + 1)
+    m = m.double().cpu().numpy()
+    tp = np.diag(m)[1:].copy()
+    return tp, m[1:].sum(1) - tp, m[:, 1:k].sum(0) - tp
 
 
 def per_class_pseudo_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> list[float]:
