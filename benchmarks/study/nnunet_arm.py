@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +54,15 @@ class NnunetPlan:
 
 
 def _tool(name: str) -> list[str]:
-    beside = Path(sys.executable).parent / name
-    if not beside.is_file():
-        raise C2FNASError(f"{beside}: nnU-Net v2 is not installed next to this Python; the study's nnU-Net arm "
-                          "needs it (pip install nnunetv2 in a benchmark venv, documentation/search_study.md)")
-    return [str(beside)]
+    """`workspace.nnunet_cmd`, its 'row skipped' as the study's one-line error."""
+    from benchmarks.common import RowSkipped
+    from benchmarks.workspace import nnunet_cmd
+
+    try:
+        return nnunet_cmd(name)
+    except RowSkipped as exc:
+        raise C2FNASError(f"{exc}: the study's nnU-Net arm needs it (pip install nnunetv2 in a benchmark venv, "
+                          "documentation/search_study.md)") from None
 
 
 def plan_nnunet(task_dir: Path, task_id: int, target_spacing: list[float], gpu_memory_gb: float,
