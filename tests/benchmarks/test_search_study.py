@@ -268,9 +268,19 @@ def test_nnunet_arm_trains_at_its_own_patch_and_batch(tmp_path, monkeypatch):
 def test_nnunet_plan_needs_nnunet_installed(tmp_path, monkeypatch):
     from benchmarks.study import nnunet_arm
 
-    monkeypatch.setattr(nnunet_arm.sys, "executable", str(tmp_path / "bin" / "python"))
-    with pytest.raises(C2FNASError, match="nnU-Net v2 is not installed"):
+    monkeypatch.setattr("sys.executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(C2FNASError, match=r"nnUNetv2_extract_fingerprint not found next to .*bin/python or on PATH "
+                                          r".*: the study's nnU-Net arm needs it"):
         nnunet_arm.plan_nnunet(tmp_path / "Dataset191_X", 191, [3.0, 1.0, 1.0], 0.25, tmp_path)
+
+
+def test_nnunet_scripts_on_path_are_used(tmp_path, monkeypatch):
+    from benchmarks.study import nnunet_arm
+
+    monkeypatch.setattr("sys.executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr("shutil.which", lambda name: str(tmp_path / "path" / name))
+    assert nnunet_arm._tool("nnUNetv2_plan_experiment") == [str(tmp_path / "path" / "nnUNetv2_plan_experiment")]
 
 
 def test_budget_summary_picks_the_smallest_budget_that_learns_the_lesion(tmp_path):
