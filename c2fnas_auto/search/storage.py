@@ -123,6 +123,9 @@ def open_storage(url: str) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
+    if url == "files":  # not a journal named "files" in the working folder
+        raise C2FNASError("--storage files: the per-candidate files engine was removed (documentation/search.md, "
+                          "'Which engine'); leave --storage out to use Optuna's journal file in the search folder")
     try:
         storage = _open_journal(Path(url)) if is_journal(url) else _open_rdb(url)
         if is_journal(url):

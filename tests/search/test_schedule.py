@@ -285,6 +285,8 @@ def test_the_default_storage_is_the_journal_and_an_earlier_sqlite_search_is_stil
 def test_bad_storage_and_job_ids_are_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(C2FNASError, match=r"--storage nosuchdb://x: cannot open the search storage"):
         OptunaTrials("nosuchdb://x", "T")
+    with pytest.raises(C2FNASError, match=r"--storage files: the per-candidate files engine was removed"):
+        OptunaTrials("files", "T")
     bad = tmp_path / "bad.log"
     bad.write_text("this is not JSON\n{}\n")
     with pytest.raises(C2FNASError, match=rf"--storage {bad}: cannot open the search storage"):
