@@ -117,13 +117,14 @@ class OptunaTrials:
         return sorted((t for t in self._trials(stage_of(job_id)) if t.user_attrs.get("job") == job_id),
                       key=lambda t: t.number)
 
-    def _fail(self, trial_id: int) -> bool:
-        """Fail a running trial; False when it had finished already (another worker won)."""
+    def _end(self, trial_id: int, state: Any = None, values: list[float] | None = None) -> bool:
+        """End a running trial (FAIL unless `state` says otherwise); False when it had
+        finished already (another worker failed it first)."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         try:
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            self.storage.set_trial_state_values(trial_id, state or TrialState.FAIL, values)
             return True
         except UpdateFinishedTrialError:
             return False
@@ -142,13 +143,15 @@ class OptunaTrials:
         for t in self._trials("workers"):
             trials.setdefault(t.user_attrs.get("worker", ""), []).append(t)
         dead = set()
-        self._announced = {w for w, ts in trials.items() if any(t.state == TrialState.RUNNING for t in ts)}
+        self._announced = set()
         for worker, ts in trials.items():
             running = [t for t in ts if t.state == TrialState.RUNNING]
-            key = tuple(sorted((t.number, t.user_attrs.get("beat")) for t in running))
-            seen = self._seen.get(worker)
+            if running:
+                self._announced.add(worker)
             if worker == self.worker_id:
                 continue
+            key = tuple(sorted((t.number, t.user_attrs.get("beat")) for t in running))
+            seen = self._seen.get(worker)
             if not running:
                 dead.add(worker)
             elif seen is None or seen[0] != key:
@@ -156,7 +159,7 @@ class OptunaTrials:
             elif now - seen[1] > self.grace:
                 dead.add(worker)
                 for t in running:
-                    self._fail(t._trial_id)
+                    self._end(t._trial_id)
         for worker, (_, since) in self._seen.items():
             if worker not in trials and now - since > self.grace:
                 dead.add(worker)
@@ -179,7 +182,7 @@ class OptunaTrials:
         dead = self._observe()
         for t in running:
             if t.user_attrs.get("worker", "") in dead:
-                self._fail(t._trial_id)
+                self._end(t._trial_id)
         self._checked[stage] = time.monotonic()
 
     # ---------------------------------------------------------------- heartbeat
@@ -217,7 +220,6 @@ class OptunaTrials:
     def stop(self) -> None:
         """End the heartbeat; a job still held (the evaluator raised) is failed at once, so
         another worker takes it; the worker trial completes with the number of jobs run."""
-        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         self._stop.set()
@@ -225,12 +227,10 @@ class OptunaTrials:
             self._thread.join(timeout=10)
         if self._current is not None:
             trial_id, self._current = self._current, None
-            self._fail(trial_id)
+            self._end(trial_id)
         if self._worker_trial is not None:
-            try:
-                self.storage.set_trial_state_values(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
-            except UpdateFinishedTrialError:
-                pass  # judged dead meanwhile (its beats were late): it already ended as FAIL
+            # False when judged dead meanwhile (its beats were late): it already ended as FAIL
+            self._end(self._worker_trial, TrialState.COMPLETE, [float(self._jobs_run)])
             self._worker_trial = None
 
     def alive(self, worker: str) -> bool:
@@ -291,7 +291,7 @@ class OptunaTrials:
             t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.RUNNING and t.number < mine.number))]
         if rivals:
             self.storage.set_trial_user_attr(trial_id, "duplicate_of", rivals[0].number)
-            self._fail(trial_id)
+            self._end(trial_id)
             return None
         self._current, self._current_stage = trial_id, stage_of(job.id)
         return job

@@ -98,7 +98,9 @@ def _open_journal(path: Path) -> Any:
     if path.is_file() and path.stat().st_size > MAX_JOURNAL_BYTES:
         raise C2FNASError(f"{path}: {path.stat().st_size} bytes, more than any search writes "
                           f"({MAX_JOURNAL_BYTES}); not a search journal")
-    return JournalStorage(JournalFileBackend(str(path)))  # symlink lock: Optuna's choice for NFS
+    storage = JournalStorage(JournalFileBackend(str(path)))  # symlink lock: Optuna's choice for NFS
+    storage.get_all_studies()  # reads the file now: a damaged one fails here, with its name
+    return storage
 
 
 def _open_rdb(url: str) -> Any:
@@ -127,10 +129,7 @@ def open_storage(url: str) -> Any:
         raise C2FNASError("--storage files: the per-candidate files engine was removed (documentation/search.md, "
                           "'Which engine'); leave --storage out to use Optuna's journal file in the search folder")
     try:
-        storage = _open_journal(Path(url)) if is_journal(url) else _open_rdb(url)
-        if is_journal(url):
-            storage.get_all_studies()  # reads the file now: a damaged one fails here, with its name
-        return storage
+        return _open_journal(Path(url)) if is_journal(url) else _open_rdb(url)
     except C2FNASError:
         raise
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, drivers, JSON and Optuna raise many kinds
