@@ -267,9 +267,9 @@ def _open(search_dir: Path, state_path: Path, task_name: str, settings: SearchSe
                                    "does not read: finish that search with the version that started it, or "
                                    "use --overwrite to search again")
         if overwrite and not resume:
+            clear_search(url, task_name)  # first: a storage that cannot be opened leaves the folder as it was
             (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)
-            clear_search(url, task_name)
         return open_state(state_path, task_name, settings.decisions(), resume, overwrite).to_dict()
     except C2FNASError as exc:
         return {"error": str(exc)}

@@ -190,3 +190,11 @@ def test_bad_schedule_settings_are_user_errors(tmp_path):
         with pytest.raises(C2FNASError, match=text):
             SearchSettings(**{**SMALL, field: value}).validate()
 
+
+def test_overwrite_with_a_storage_that_cannot_be_opened_deletes_nothing(tmp_path):
+    _search(tmp_path, FakeHooks())
+    supernet = tmp_path / "search" / "supernet.pth"
+    supernet.write_bytes(b"weights")  # what a real search leaves
+    with pytest.raises(C2FNASError, match="--storage nosuchdb://x: cannot open the search storage"):
+        _search(tmp_path, FakeHooks(), overwrite=True, storage="nosuchdb://x")
+    assert supernet.read_bytes() == b"weights" and (tmp_path / "search" / JOURNAL_FILE).is_file()
