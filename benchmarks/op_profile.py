@@ -163,7 +163,7 @@ def make_window(net, x, device, precision: str = "fp32"):
     return window
 
 
-def our_side(plans, pre_dir, patch, batch, device, precision="fp32", compile=False, channels_last=False):
+def our_side(plans, pre_dir, patch, batch, device, precision="fp32", compile=False, channels_last=None):
     """Our plans' network with deep supervision and our loss (row 4b's step), one real batch."""
     import torch
 
@@ -212,8 +212,8 @@ def nnunet_side(ws, nn_task, patch, batch, device, precision="fp32"):
 
 
 SIDES = {  # name -> our execution options (None: nnU-Net)
-    "ours": {}, "ours_channels_last": {"channels_last": True}, "ours_bf16": {"precision": "bf16"},
-    "ours_compile": {"compile": True}, "nnunet": None,
+    "ours": {}, "ours_ncdhw": {"channels_last": False}, "ours_bf16": {"precision": "bf16"},
+    "ours_bf16_ncdhw": {"precision": "bf16", "channels_last": False}, "ours_compile": {"compile": True}, "nnunet": None,
 }
 
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("quick", "full", "tiny"):
         g.add_argument(f"--{name}", action="store_const", const=name, dest="profile")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=["ours", "ours_channels_last", "nnunet"])
+    p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=["ours", "ours_ncdhw", "nnunet"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--repeats", type=int, default=1, help="profiled calls per side (mean)")
     p.add_argument("--conditions", default="", help="free text for the table's caption, e.g. 'under load'")

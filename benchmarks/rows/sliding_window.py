@@ -51,8 +51,9 @@ def reference_network(in_channels: int, num_classes: int, base_channels: int, de
 
 
 BATCH_SIZES = (1, 2)  # windows per forward, the same on both sides
+# the network as given (NCDHW) is both sides' headline; channels_last is our CPU default since 2026-12-06
 OPTION_SIDES = {"channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
-                "compile": {"compile": True}, "compile_channels_last": {"compile": True, "channels_last": True}}
+                "compile": {"compile": True}, "bf16_channels_last": {"precision": "bf16", "channels_last": True}}
 OUR_DEFAULT, MONAI_DEFAULT = 2, 1  # sliding_window_predict(tile_batch_size=2); SlidingWindowInferer(sw_batch_size=1)
 
 

@@ -16,8 +16,9 @@ only the pipeline differs from the nnU-Net side. The headline and the goal stay 
 default network.
 
 The options a user can switch on (issue 21) are sides too, on the default network with the
-device backend: `channels_last`, `bf16`, `compile` and `compile_channels_last`
-(`--channels-last`, `--precision bf16`, `--compile`; nas/execution.py). Their ratios to
+device backend: `bf16` and `compile` (`--precision bf16`, `--compile`; nas/execution.py),
+both in the CPU's default channels-last layout, and `ncdhw` and `bf16_ncdhw`
+(`--no-channels-last`: the layout that was the default before 2026-12-06). Their ratios to
 nnU-Net (fp32) are paired per repetition like the headline's; "best option" is the
 largest median of them. Compilation happens in the untimed warm-up call.
 """
@@ -41,12 +42,12 @@ def iterations_per_second(step, iterations: int) -> float:
     return iterations / (time.perf_counter() - t0)
 
 
-OPTION_SIDES = {"channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
-                "compile": {"compile": True}, "compile_channels_last": {"compile": True, "channels_last": True}}
+OPTION_SIDES = {"ncdhw": {"channels_last": False}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
+                "bf16_ncdhw": {"precision": "bf16", "channels_last": False}}
 
 
 def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, precision: str = "fp32",
-                compile: bool = False, channels_last: bool = False):
+                compile: bool = False, channels_last: bool | None = None):
     """Our loader and `train_step`, on the plans' network unless `net` is given, with the
     execution options a user can pick (nas/execution.py)."""
     import torch
@@ -92,8 +93,8 @@ def run(ws, profile: Profile) -> RowResult:
     residual, residual_config = our_network(plans, cell_style="residual")
     residual_config.check_patch(patch)
     steps["residual"] = our_stepper(plans, pre_dir, patch, batch, "device", net=residual)
-    steps["pipeline_same_net"] = our_stepper(
-        plans, pre_dir, patch, batch, "device",
+    steps["pipeline_same_net"] = our_stepper(  # nnU-Net's network in its own layout: only the pipeline differs
+        plans, pre_dir, patch, batch, "device", channels_last=False,
         net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))
     for name, opts in OPTION_SIDES.items():
         steps[name] = our_stepper(plans, pre_dir, patch, batch, "device", **opts)

@@ -173,7 +173,7 @@ class Predictor:
                  folds: Sequence[str | int] | str | int | None = None, device: str | torch.device | None = "auto",
                  step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2, checkpoint: str = "final",
                  postprocessing: bool | dict | str | os.PathLike | None = True, progress: bool = True,
-                 precision: str | None = None, compile: bool = False, channels_last: bool = False):
+                 precision: str | None = None, compile: bool = False, channels_last: bool | None = None):
         if isinstance(model_folders, (str, os.PathLike)):
             model_folders = [model_folders]
         folders = [Path(f) for f in model_folders]
@@ -209,7 +209,7 @@ class Predictor:
                       step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2,
                       postprocessing: dict | str | os.PathLike | None = None, progress: bool = True,
                       precision: str | None = None, compile: bool = False,
-                      channels_last: bool = False) -> "Predictor":
+                      channels_last: bool | None = None) -> "Predictor":
         """Networks already in memory (the trainer's final validation), all trained under `plans`."""
         self = cls.__new__(cls)
         dev = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
@@ -223,7 +223,7 @@ class Predictor:
 
     def _configure(self, models: list[FoldModel], device: torch.device, step_size: float, tta: bool,
                    tile_batch_size: int, postprocessing: Any, progress: bool, source: dict,
-                   precision: str | None = None, compile: bool = False, channels_last: bool = False) -> None:
+                   precision: str | None = None, compile: bool = False, channels_last: bool | None = None) -> None:
         """`precision`, `compile`, `channels_last`: how the networks run (nas/execution.py)."""
         if not 0 < step_size <= 1:
             raise InputError(f"step size {step_size} must be in (0, 1]")

@@ -8,7 +8,8 @@ autograd keeps for each block of the plan (checked against
 - ReLU keeps its output, which is also the tensor the following conv keeps;
 - a conv without a ReLU in front (the stem's first conv) keeps its input;
 - InstanceNorm keeps the conv output plus three per-channel vectors per sample
-  (repeated affine weight, mean, inverse std);
+  (repeated affine weight, mean, inverse std; the channels-last norm of layout.py
+  keeps two, a difference of a few bytes per channel that is not modelled);
 - trilinear upsampling and additions keep nothing.
 
 Mixed precision (`amp=True`, CUDA autocast float16): activations are counted at 2

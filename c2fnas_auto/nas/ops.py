@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from c2fnas_auto.nas.layout import InstanceNorm, is_channels_last, restore, spatial_last
 from c2fnas_auto.nas.plan import ConvUnit
 
 
@@ -30,9 +31,10 @@ class ConvBlock(nn.Module):
         self.relu = nn.ReLU(inplace=inplace_relu) if unit.relu else None
         self.conv = nn.Conv3d(unit.in_channels, unit.out_channels, unit.kernel, stride=unit.stride,
                               padding=unit.padding, bias=unit.bias)
-        self.norm = nn.InstanceNorm3d(unit.out_channels, affine=unit.affine) if unit.norm else None
+        self.norm = InstanceNorm(unit.out_channels, affine=unit.affine) if unit.norm else None
         # upsample -> 3x3x3 conv as one conv at the low resolution (see upsample_conv3d)
         self.fused_upsample = unit.fused_upsample
+        self.in_plane_unit = unit.kernel[1:] == (1, 1) and unit.stride == (1, 1, 1)  # 1x1x1 or 3x1x1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample is not None and self.unit.upsample_first:
@@ -45,11 +47,33 @@ class ConvBlock(nn.Module):
             x = upsample_conv3d(x, self.conv.weight, self.conv.bias, self.unit.upsample_factors)
         elif self.upsample is not None and not self.unit.upsample_first:
             x = self.conv(self.upsample(x))
+        elif self.in_plane_unit and single_thread_fp32_channels_last(x):
+            x = in_plane_unit_conv(x, self.conv.weight, self.conv.bias, self.unit.padding[0])
         else:
             x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+def single_thread_fp32_channels_last(x: torch.Tensor) -> bool:
+    """Where PyTorch runs a conv whose kernel is 1x1 in-plane (1x1x1, 3x1x1) slowly on NDHWC input
+    and hands back NCDHW: float32 on one thread, where it skips oneDNN (at 2 x 64 x 32^3, forward +
+    backward: 52 ms for a 1x1x1, 162 ms for a 3x1x1, against 21 and 35 ms for `in_plane_unit_conv`;
+    bf16 and 2+ threads take oneDNN and keep NDHWC)."""
+    return (x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
+            and torch.get_num_threads() == 1 and is_channels_last(x))
+
+
+def in_plane_unit_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int) -> torch.Tensor:
+    """A stride-1 conv with a (k, 1, 1) kernel on NDHWC input, NDHWC out: a 1x1x1 as one GEMM on the
+    (N, D, H, W, C) view, a k x 1 x 1 as a 2D conv over (D, H*W) (the merged axes are adjacent in
+    memory, so both are views)."""
+    o, c, k = weight.shape[:3]
+    if k == 1:
+        return F.linear(x.permute(0, 2, 3, 4, 1), weight.view(o, c), bias).permute(0, 4, 1, 2, 3)
+    n, _, d, h, w = x.shape
+    return F.conv2d(x.view(n, c, d, h * w), weight.view(o, c, k, 1), bias, padding=(pad, 0)).view(n, o, d, h, w)
 
 
 def make_op(units: Sequence[ConvUnit], own_input: bool = False) -> nn.Sequential:
@@ -92,17 +116,19 @@ def upsample_x2(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
     or 2 per spatial axis, one axis at a time (the interpolation is separable), fastest axis
     first. Along a doubled axis fine sample 2i is 0.25 x[i-1] + 0.75 x[i] and 2i+1 is
     0.75 x[i] + 0.25 x[i+1], with x clamped at the ends: two lerps on shifted views of the
-    edge-padded input, interleaved. Only elementwise ops and copies, so backward is as cheap."""
-    for axis in (4, 3, 2):
-        if factors[axis - 2] == 1:
+    edge-padded input, interleaved. Only elementwise ops and copies, so backward is as cheap.
+    Runs on the memory-ordered view (`layout.spatial_last`): the output keeps x's layout."""
+    v, axes = spatial_last(x)
+    for axis, f in reversed(list(zip(axes, factors))):
+        if f == 1:
             continue
-        n = x.shape[axis]
-        padded = torch.cat([x.narrow(axis, 0, 1), x, x.narrow(axis, n - 1, 1)], axis)
+        n = v.shape[axis]
+        padded = torch.cat([v.narrow(axis, 0, 1), v, v.narrow(axis, n - 1, 1)], axis)
         centre = padded.narrow(axis, 1, n)
         even = torch.lerp(centre, padded.narrow(axis, 0, n), 0.25)
         odd = torch.lerp(centre, padded.narrow(axis, 2, n), 0.25)
-        x = torch.stack([even, odd], axis + 1).flatten(axis, axis + 1)
-    return x
+        v = torch.stack([even, odd], axis + 1).flatten(axis, axis + 1)
+    return restore(v, axes)
 
 
 # One axis of a x2 trilinear upsampling (align_corners=False) followed by a 3-tap conv, as
@@ -114,10 +140,11 @@ _PHASE_TAPS = {1: ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
 
 
 def _phase_kernel(weight: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
-    """(O, C, 3, 3, 3) fine-grid kernel -> (O * phases, C, 3, 3, 3) coarse-grid kernels, one
-    per output phase (z, y, x phases vary fastest last)."""
+    """(O, C, 3, 3, 3) fine-grid kernel -> (phases * O, C, 3, 3, 3) coarse-grid kernels, one
+    per output phase, phase-major (z, y, x phases vary fastest last), so that in either layout
+    each phase's O channels stay together for the interleave."""
     taps = [torch.tensor(_PHASE_TAPS[f], dtype=weight.dtype, device=weight.device).view(f, 3, 3) for f in factors]
-    k = torch.einsum("pat,qbu,rdv,octuv->opqrcabd", *taps, weight)
+    k = torch.einsum("pat,qbu,rdv,octuv->pqrocabd", *taps, weight)
     return k.reshape(-1, weight.shape[1], 3, 3, 3)
 
 
@@ -140,10 +167,14 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     for f in reversed(phases):
         pad += [1, 1] if f == 2 else [0, 0]
     y = F.conv3d(F.pad(x, pad, mode="replicate"), _phase_kernel(weight, phases),
-                 None if bias is None else bias.repeat_interleave(n_phases),
+                 None if bias is None else bias.repeat(n_phases),
                  padding=tuple(1 if f == 1 else 0 for f in phases))
-    y = (y.view(b, out_ch, *phases, *size).permute(0, 1, 5, 2, 6, 3, 7, 4)
-         .reshape(b, out_ch, *(n * f for n, f in zip(size, phases))))
+    fine = [n * f for n, f in zip(size, phases)]
+    if is_channels_last(y):  # (b, D, H, W, pz, py, px, O) in memory -> (b, D, pz, H, py, W, px, O)
+        v = y.permute(0, 2, 3, 4, 1).reshape(b, *size, *phases, out_ch).permute(0, 1, 4, 2, 5, 3, 6, 7)
+        y = v.reshape(b, *fine, out_ch).permute(0, 4, 1, 2, 3)
+    else:  # (b, pz, py, px, O, D, H, W) -> (b, O, D, pz, H, py, W, px)
+        y = y.view(b, *phases, out_ch, *size).permute(0, 4, 5, 1, 6, 2, 7, 3).reshape(b, out_ch, *fine)
     for axis, f in enumerate(phases):
         if f == 2:
             for last in (False, True):

@@ -79,7 +79,7 @@ class SearchSettings:
     fold: int = 0
     precision: str | None = None  # fp32 / bf16 / fp16; None: the device's default (fp16 AMP on CUDA, fp32 on CPU)
     compile: bool = False  # torch.compile each candidate (the supernet cell by cell)
-    channels_last: bool = False
+    channels_last: bool | None = None
 
     def validate(self) -> "SearchSettings":
         from c2fnas_auto.nas.execution import PRECISIONS

@@ -37,7 +37,7 @@ class TrainingContext:
     iters_per_epoch: int
     precision: str | None = None  # how candidates run (nas/execution.py); None: the device's default
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: the device's default
 
     def execution(self) -> dict[str, Any]:
         """The keyword arguments of `fit` that say how a network runs."""
@@ -45,10 +45,10 @@ class TrainingContext:
 
     def answer_fields(self) -> dict[str, Any]:
         """How this worker ran a candidate, kept in its record: workers (and a resumed run) may differ."""
-        from c2fnas_auto.nas.execution import check_precision
+        from c2fnas_auto.nas.execution import check_channels_last, check_precision
 
         return {"precision": check_precision(self.precision, self.device), "compile": self.compile,
-                "channels_last": self.channels_last}
+                "channels_last": check_channels_last(self.channels_last, self.device)}
 
     @property
     def memory_budget_bytes(self) -> float:

@@ -34,7 +34,7 @@ def fit(network: nn.Module, plans, preprocessed_dir: str | Path, train_ids: Sequ
         patch_size: Sequence[int] | None = None, num_workers: int = 0, forward_fn=None, augment: bool = True,
         progress: bool = False, augmentation: str | None = None, warmup_iterations: int = 0,
         monitor: StartMonitor | None = None, precision: str | None = None, compile: bool = False,
-        channels_last: bool = False) -> list[float]:
+        channels_last: bool | None = None) -> list[float]:
     """Train `network` in place (SGD + poly LR, Dice+CE, nnU-Net augmentation); mean loss per epoch.
 
     `augmentation` is the backend ("batchgenerators" or "device"); None picks

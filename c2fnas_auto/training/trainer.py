@@ -28,7 +28,7 @@ from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augme
 from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
                                               split_batch)
 from c2fnas_auto.training.logger import TrainingLog
-from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas.execution import check_channels_last, prepare_network
 from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
@@ -65,7 +65,7 @@ class TrainerOptions:
     foreground_classes: str = "uniform"  # class rule of forced-foreground samples (dataloader)
     precision: str | None = None  # fp32 / bf16 / fp16; None: fp16 AMP on CUDA, fp32 on CPU (nas/execution.py)
     compile: bool = False  # torch.compile the network
-    channels_last: bool = False  # channels-last (NDHWC) activations
+    channels_last: bool | None = None  # channels-last (NDHWC) activations; None: the device's default
 
     def check(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
@@ -249,7 +249,8 @@ class Trainer:
                  f"deep supervision {'on' if self.network_config.deep_supervision else 'off'}")
         self.say(f"device {self.device}, precision {self.ctx.precision}"
                  f"{', compiled' if self.options.compile else ''}"
-                 f"{', channels-last' if self.options.channels_last else ''}, {self.options.epochs} epochs x "
+                 f"{', channels-last' if check_channels_last(self.options.channels_last, self.device) else ''}, "
+                 f"{self.options.epochs} epochs x "
                  f"{self.options.iters_per_epoch} iterations, seed {self.options.seed}")
 
     def _reduce(self, stats: EpochStats) -> EpochStats:

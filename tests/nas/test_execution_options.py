@@ -6,7 +6,8 @@ import torch
 from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
 from c2fnas_auto.inference.sliding_window import sliding_window_predict
 from c2fnas_auto.nas.config import NetworkConfig
-from c2fnas_auto.nas.execution import ExecutionError, autocast, check_precision, grad_scaler
+from c2fnas_auto.nas.execution import (ExecutionError, autocast, check_channels_last, check_precision, grad_scaler,
+                                        prepare_network)
 from c2fnas_auto.nas.genotype import reference_genotype
 from c2fnas_auto.nas.network import build_network
 from c2fnas_auto.training.loop import StepContext, train_step
@@ -33,6 +34,8 @@ def batch():
 def test_defaults_keep_the_old_rule():
     assert check_precision(None, CPU) == "fp32"
     assert check_precision(None, torch.device("cuda")) == "fp16"
+    assert check_channels_last(None, CPU) and not check_channels_last(None, torch.device("cuda"))
+    assert not check_channels_last(False, CPU) and check_channels_last(True, torch.device("cuda"))
     ctx = StepContext(net(), build_optimizer(net()), DeepSupervisionLoss(), CPU)
     assert ctx.precision == "fp32" and not ctx.amp and not ctx.scaler.is_enabled()
 
@@ -106,9 +109,10 @@ def test_cli_flags_become_keyword_arguments():
 
     p = argparse.ArgumentParser()
     add_execution_flags(p)
-    assert execution_kwargs(p.parse_args([])) == {"precision": None, "compile": False, "channels_last": False}
+    assert execution_kwargs(p.parse_args([])) == {"precision": None, "compile": False, "channels_last": None}
     assert execution_kwargs(p.parse_args(["--precision", "bf16", "--compile", "--channels-last"])) == \
         {"precision": "bf16", "compile": True, "channels_last": True}
+    assert execution_kwargs(p.parse_args(["--no-channels-last"]))["channels_last"] is False
     with pytest.raises(SystemExit):
         p.parse_args(["--precision", "fp8"])
 
@@ -125,3 +129,12 @@ def test_predictor_applies_the_options_and_refuses_fp16_on_cpu():
     assert next(n.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
     with pytest.raises(ExecutionError, match="needs a CUDA device"):
         Predictor.from_networks([net(ds=False)], Plans(), device="cpu", precision="fp16", progress=False)
+    plain = net(ds=False)
+    Predictor.from_networks([plain], Plans(), device="cpu", channels_last=False, progress=False)
+    assert next(plain.parameters()).is_contiguous()
+
+
+def test_a_network_on_the_cpu_is_channels_last_unless_asked_otherwise():
+    cl = torch.channels_last_3d
+    assert all(p.is_contiguous(memory_format=cl) for p in prepare_network(net()).parameters() if p.dim() == 5)
+    assert all(p.is_contiguous() for p in prepare_network(net(), channels_last=False).parameters())
