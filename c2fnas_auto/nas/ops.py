@@ -191,8 +191,7 @@ def _border_plane(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     dim = axis + 2
     take = min(2, x.shape[dim])
     slab = x.narrow(dim, x.shape[dim] - take if last else 0, take)
-    u = F.interpolate(slab, size=[n * f for n, f in zip(slab.shape[2:], factors)], mode="trilinear",
-                      align_corners=False)
+    u = upsample_x2(slab, factors)  # F.interpolate's values; its kernel is slow, in bf16 more so
     u = u.narrow(dim, u.shape[dim] - 2 if last else 0, 2)
     zero = [0, 0] * 3
     zero[2 * (4 - dim) + (1 if last else 0)] = 1  # F.pad lists the last axis first
