@@ -51,6 +51,7 @@ _BACKWARD_RULES = (
 )
 NODE_PREFIX = "autograd::engine::evaluate_function: "
 UPSAMPLE_RANGE = "c2fnas::upsample_x2"  # = c2fnas_auto.nas.ops.UPSAMPLE_RANGE (kept import-free: see test)
+NORM_RANGE = "c2fnas::instance_norm_ndhwc"  # = c2fnas_auto.nas.layout.NORM_RANGE (likewise)
 
 
 def _aten_group(name: str) -> str | None:
@@ -80,6 +81,8 @@ def classify(chain: list[str]) -> str:
         return "compiled (fused) regions"
     if UPSAMPLE_RANGE in chain:
         return "upsampling"
+    if NORM_RANGE in chain:
+        return "norm"
     for name in reversed(chain):  # the outermost aten op decides
         if name.startswith("aten::"):
             return _aten_group(name) or GROUPS[-1]

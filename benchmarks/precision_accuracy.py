@@ -27,8 +27,10 @@ from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry
 
+# fp32, bf16 and compile run in the device's default layout (channels-last on a CPU since
+# 2026-12-06); ncdhw and bf16_ncdhw in the layout that was the default before
 OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
-           "channels_last": {"channels_last": True}}
+           "ncdhw": {"channels_last": False}, "bf16_ncdhw": {"precision": "bf16", "channels_last": False}}
 OUT = Path(__file__).resolve().parent / "results" / "precision_accuracy"
 
 

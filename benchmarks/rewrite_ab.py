@@ -8,9 +8,11 @@ is the median of the per-repetition ratios, with the repetitions' spread. The re
 (`--rewrite`): `fused_upsample` (the wired head's ReLU -> trilinear -> 3x3x3 conv run as one
 conv at the low resolution, `nas.ops.upsample_conv3d`) and `axis_upsample` (every trilinear
 upsampling by factors of 1 and 2 run axis by axis, `nas.ops.upsample_x2`, instead of
-`F.interpolate`), and one in the training step rather than the network: `channel_argmax`
+`F.interpolate`), one in the training step rather than the network: `channel_argmax`
 (the per-step confusion counts take `utils.tensors.channel_argmax` instead of PyTorch's
-argmax over the class axis). A benchmark, not a test: nothing is asserted.
+argmax over the class axis), and the layout: `channels_last` (the CPU default, NDHWC kept
+from the first conv to the last, `nas.layout`) against `--no-channels-last` (NCDHW).
+A benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def with_torch_argmax(step):
 
 
 # rewrite -> the module flag that switches it (ConvBlock.fused_upsample, Upsample.fast); None:
-# a rewrite of the training step, switched off by `with_torch_argmax`
-REWRITES = {"fused_upsample": "fused_upsample", "axis_upsample": "fast", "channel_argmax": None}
+# a rewrite of the training step, switched off by `with_torch_argmax`; LAYOUT: the execution option
+LAYOUT = "channels_last"
+REWRITES = {"fused_upsample": "fused_upsample", "axis_upsample": "fast", "channel_argmax": None, LAYOUT: LAYOUT}
 
 
 @cli_entry
@@ -89,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             net, config = our_network(plans)
             config.check_patch(patch)
             flag = REWRITES[args.rewrite]
-            off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
-                              net=copy.deepcopy(net) if flag is None else switched_off(net, flag))
-            steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision),
+            if flag == LAYOUT:
+                off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
+                                  net=copy.deepcopy(net), channels_last=False)
+            else:
+                off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
+                                  net=copy.deepcopy(net) if flag is None else switched_off(net, flag))
+            steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision,
+                                               channels_last=True if flag == LAYOUT else None),
                      "rewrite_off": with_torch_argmax(off) if flag is None else off}
             for step in steps.values():
                 step()  # warm-up

@@ -11,14 +11,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.op_profile import GROUPS, UPSAMPLE_RANGE, classify, make_step, make_window, markdown, profiled  # noqa: E402
+from benchmarks.op_profile import GROUPS, NORM_RANGE, UPSAMPLE_RANGE, classify, make_step, make_window, markdown, profiled  # noqa: E402
 from benchmarks.precision_accuracy import main as accuracy_main, summary, verdict  # noqa: E402
 
 
-def test_upsample_range_name_is_the_networks():
+def test_range_names_are_the_networks():
+    from c2fnas_auto.nas.layout import NORM_RANGE as NET_NORM
     from c2fnas_auto.nas.ops import UPSAMPLE_RANGE as NET_RANGE
 
-    assert UPSAMPLE_RANGE == NET_RANGE
+    assert UPSAMPLE_RANGE == NET_RANGE and NORM_RANGE == NET_NORM
 
 
 def test_ops_go_to_their_group_by_phase_node_and_outermost_aten_op():
@@ -32,6 +33,8 @@ def test_ops_go_to_their_group_by_phase_node_and_outermost_aten_op():
     assert classify(["aten::cat", UPSAMPLE_RANGE, "phase:forward"]) == "upsampling"
     assert classify(["aten::lerp", "LerpBackward1", "autograd::engine::evaluate_function: LerpBackward1"]) \
         == "upsampling"
+    assert classify(["aten::addcmul", "InstanceNormNDHWC", NORM_RANGE, "phase:forward"]) == "norm"
+    assert classify(["aten::mul", "autograd::engine::evaluate_function: InstanceNormNDHWCBackward"]) == "norm"
     assert classify(["aten::copy_", "aten::cat"]) == "concatenation/copies"
     assert classify(["aten::relu_"]) == "activation"
     assert classify(["aten::mul", "phase:loss"]) == "loss"
