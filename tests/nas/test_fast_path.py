@@ -286,6 +286,11 @@ def test_channels_last_float32_keeps_the_layout_and_the_weights_names(style, thr
     for a, b, t in zip(got[0], want[0], truth[0], strict=True):  # as close to float64 as the NCDHW network
         assert (a.double() - t).abs().max() <= 2 * (b.double() - t).abs().max() + 1e-5
     assert got[1].keys() == want[1].keys()
+    with torch.no_grad():  # bf16 in NDHWC: rounding, not another function (this tiny network with its
+        fp32 = ref.eval()(x)  # one-voxel deep levels magnifies bf16's error: compare with NCDHW's)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a, b = net.eval()(x).float(), ref(x).float()
+    assert (a - fp32).abs().mean() <= 2.5 * (b - fp32).abs().mean()
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
     fresh = build_network(reference_genotype(), config(style))
     fresh.load_state_dict(net.state_dict())  # a channels-last checkpoint loads into a plain network
