@@ -109,7 +109,10 @@ def make_task(work: Path, dry: bool):
 
 OPTIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"},
            "bf16_compile": {"precision": "bf16", "compile": True},
-           "bf16_channels_last": {"precision": "bf16", "channels_last": True}}
+           "bf16_channels_last": {"precision": "bf16", "channels_last": True},
+           # the CUDA default (fp16) in NDHWC: decides whether channels-last, the CPU default since
+           # 2026-12-06, should be CUDA's too (off there until measured)
+           "fp16_channels_last": {"precision": "fp16", "channels_last": True}}
 
 
 def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, workers: int,
