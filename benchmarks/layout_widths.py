@@ -1,10 +1,10 @@
-"""python -m benchmarks.layout_widths [--widths 4 8 16 32] [--patch 32x64x64] [--threads 2] [--reps 5] [--out FILE]
+"""python -m benchmarks.layout_widths [--widths 4 8 16 32] [--patch 32 64 64] [--threads 2] [--reps 5] [--out FILE]
 
 Is channels-last (NDHWC, the CPU default since 2026-12-06) faster than NCDHW at every width,
 thread count and precision? One SGD step (forward, cross-entropy on the full-resolution
 output, backward, update) of the reference genotype at each base width, batch 2, for fp32
-and bf16, in both layouts; the four variants of a width take turns in every repetition and
-each reports its median. Synthetic input: this measures the network, not a loader.
+and bf16, in both layouts; the four variants of a width take turns in every repetition
+(`rows.data_pipeline.rotate`: each repetition starts one later) and each reports its median. Synthetic input: this measures the network, not a loader.
 A benchmark, not a test: nothing is asserted.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry
@@ -51,34 +50,29 @@ def stepper(base: int, patch: tuple[int, int, int], precision: str, channels_las
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.layout_widths", description=__doc__.split("\n\n")[1])
     p.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16, 32])
-    p.add_argument("--patch", default="32x64x64")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), default=(32, 64, 64))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="JSON with every repetition")
     args = p.parse_args(argv)
     import torch
 
-    from benchmarks.common import median
+    from benchmarks.common import median, timed
+    from benchmarks.rows.data_pipeline import rotate
     from c2fnas_auto.utils.io import atomic_write_json
 
-    patch = tuple(int(a) for a in args.patch.split("x"))
+    patch = tuple(args.patch)
     torch.set_num_threads(args.threads)
     result: dict = {"patch": list(patch), "batch": 2, "threads": args.threads, "torch": torch.__version__,
                     "loadavg_start": list(os.getloadavg()), "widths": {}}
     for base in args.widths:
-        variants = {(prec, cl): stepper(base, patch, prec, cl) for prec in ("fp32", "bf16") for cl in (False, True)}
-        times: dict = {k: [] for k in variants}
+        variants = {f"{prec}_{layout}": stepper(base, patch, prec, layout == "ndhwc")
+                    for prec in ("fp32", "bf16") for layout in ("ncdhw", "ndhwc")}
         for step in variants.values():
             step()
             step()  # warm-up: first-call allocations and kernel choices
-        for _ in range(args.reps):
-            for k, step in variants.items():
-                t0 = time.perf_counter()
-                step()
-                times[k].append(time.perf_counter() - t0)
-        med = {k: median(v) for k, v in times.items()}
-        row = {f"{prec}_{'ndhwc' if cl else 'ncdhw'}": times[(prec, cl)] for prec, cl in variants}
-        ratios = {prec: med[(prec, True)] / med[(prec, False)] for prec in ("fp32", "bf16")}
+        row = rotate({k: (lambda s=step: timed(s)[0]) for k, step in variants.items()}, args.reps)
+        ratios = {prec: median(row[f"{prec}_ndhwc"]) / median(row[f"{prec}_ncdhw"]) for prec in ("fp32", "bf16")}
         result["widths"][str(base)] = {"seconds": row, "ndhwc_over_ncdhw": ratios}
         print(f"base width {base}: " + ", ".join(f"{k} {median(v) * 1e3:.0f} ms" for k, v in row.items())
               + f"; NDHWC/NCDHW time fp32 {ratios['fp32']:.2f}, bf16 {ratios['bf16']:.2f}", flush=True)

@@ -92,14 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             net, config = our_network(plans)
             config.check_patch(patch)
             flag = REWRITES[args.rewrite]
-            if flag == LAYOUT:
-                off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
-                                  net=copy.deepcopy(net), channels_last=False)
-            else:
-                off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
-                                  net=copy.deepcopy(net) if flag is None else switched_off(net, flag))
+            layout = flag == LAYOUT  # the layout is an execution option, not a module flag
+            off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
+                              net=copy.deepcopy(net) if flag in (None, LAYOUT) else switched_off(net, flag),
+                              channels_last=False if layout else None)
             steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision,
-                                               channels_last=True if flag == LAYOUT else None),
+                                               channels_last=True if layout else None),
                      "rewrite_off": with_torch_argmax(off) if flag is None else off}
             for step in steps.values():
                 step()  # warm-up
