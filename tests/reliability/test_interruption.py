@@ -4,7 +4,7 @@ The run must complete, finished work must not be redone (mtime unchanged), and a
 half-written file left by an "old run" (a truncated array, properties JSON or NIfTI
 under its final name, a stale temporary) must be detected and rewritten, never read.
 Training and search have their own kill-and-continue tests (tests/training,
-tests/search); see documentation/reliability.md.
+tests/search); see documentation/reference/reliability.md.
 """
 
 from __future__ import annotations
