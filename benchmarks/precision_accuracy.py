@@ -39,19 +39,20 @@ def train_and_score(task, option: str, seed: int, epochs: int, iters_per_epoch: 
     import torch
 
     from benchmarks.study.runner import class_dice
+    from c2fnas_auto.nas.execution import ExecutionOptions
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.api import fit, score_cases
 
-    opts = OPTIONS[option]
+    execution = ExecutionOptions(**OPTIONS[option])
     torch.manual_seed(seed)
     net = build_network(task.plans.genotype, task.plans.network_config())
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     losses = fit(net, task.plans, task.preprocessed, task.train_ids, epochs=epochs,
-                 iters_per_epoch=iters_per_epoch, device="cpu", seed=seed, **opts)
+                 iters_per_epoch=iters_per_epoch, device="cpu", seed=seed, execution=execution)
     t1 = time.perf_counter()
     scores = score_cases(net, task.plans, task.heldout_dir, task.heldout_ids, device="cpu",
-                         precision=opts.get("precision"))
+                         execution=execution)
     return {"mean_fg_dice": scores["mean_fg_dice"],
             "class_dice": class_dice(scores["per_case"], task.plans.num_classes),
             "final_loss": float(losses[-1]) if losses else None, "train_seconds": round(t1 - t0, 1),

@@ -63,7 +63,7 @@ def run(ws, profile: Profile) -> RowResult:
     from monai.inferers import sliding_window_inference
 
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
 
     num_classes = 3
     torch.manual_seed(0)
@@ -106,8 +106,8 @@ def run(ws, profile: Profile) -> RowResult:
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
     opt_times, opt_ratios, opt_diff = {}, {}, {}
     for name, opts in OPTION_SIDES.items():
-        variant = prepare_network(copy.deepcopy(net), compile=opts.get("compile", False),
-                                  channels_last=opts.get("channels_last", False)).eval()
+        execution = ExecutionOptions(compile=opts.get("compile", False), channels_last=opts.get("channels_last", False))
+        variant = prepare_network(copy.deepcopy(net), execution).eval()
         precision = opts.get("precision", "fp32")
         opt_times[name] = {}
         for bs in BATCH_SIZES:

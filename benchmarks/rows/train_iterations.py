@@ -52,7 +52,7 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     execution options a user can pick (nas/execution.py)."""
     import torch
 
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
     from c2fnas_auto.training.loop import StepContext, train_step
     from c2fnas_auto.training.loss import DeepSupervisionLoss
     from c2fnas_auto.training.schedule import build_optimizer
@@ -61,7 +61,7 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     if net is None:
         net, config = our_network(plans)
         config.check_patch(patch)
-    prepare_network(net, compile=compile, channels_last=channels_last)
+    prepare_network(net, ExecutionOptions(compile=compile, channels_last=channels_last))
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"), precision=precision)
     batches = our_iterator(pre_dir, patch, batch, augmentation)
     net.train()

@@ -46,7 +46,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     moved = adopt_old_folder(task_name, search_dir) if (resume and dist.is_main and not join) else ""
     try:
         dev = rank_device(device, dist)
-        check_precision(settings.precision, dev)  # e.g. fp16 on a CPU: refused before anything runs
+        check_precision(settings.execution.precision, dev)  # e.g. fp16 on a CPU: refused before anything runs
         heldout = heldout_cases(task_name, pre, settings.heldout_fraction, settings.seed)
         hooks = real_hooks(plans, pre, settings, dev, search_dir, heldout, progress=progress and dist.is_main)
         plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),

@@ -25,10 +25,10 @@ from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
 from c2fnas_auto.search.report import plot_progress, plot_ranking, ranking_checks, write_report
-from c2fnas_auto.search.runner import CandidateRunner, Proposal
 from c2fnas_auto.search.saving import Saver, check_same, open_search
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies, default_topologies
-from c2fnas_auto.search.stages import cluster_once, coarse_stage, fine_stage, standalone_sample, supernet_stage
+from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, standalone_stage,
+                                       supernet_stage)
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.search.stop import StopFlag
 from c2fnas_auto.search.storage import default_url
@@ -88,27 +88,12 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
             store.mark("main", {"worker": store.worker_id}, replace=True)
         clustering = cluster_once(state, topo, settings)
         save()
-        levels, coarse_best = coarse_stage(store, state, settings, rungs, hooks, topo, clustering, dist, bar, stop,
-                                            save, main)
-        supernet = supernet_stage(store, state, hooks, levels, save, main, stop)
-        fine_best = fine_stage(store, state, settings, topo, hooks.fine_evaluator(supernet), levels, dist, bar,
-                                stop, save)
-        if settings.standalone_sample and hooks.standalone_evaluate is not None:
-            sample = standalone_sample(state.fine, settings.standalone_sample)
-            runner = CandidateRunner(store, "standalone", "s", hooks.standalone_evaluate, dist.rank, bar.record,
-                                     None, stop.check)
-
-            def standalone_finished() -> None:
-                if save.main:  # the others' state is never written: no need to read the trials
-                    state.standalone = runner.partial()
-                    save.soon()
-
-            runner.on_finish = standalone_finished
-            bar.start(len(sample), "stand-alone")
-            runner.run([Proposal(levels=tuple(r.levels), ops=tuple(r.ops), epochs=rungs.epochs(rungs.top),
-                                 generation=r.index) for r in sample])
-            bar.close()
-            state.standalone = runner.records
+        ctx = StageContext(store=store, state=state, settings=settings, hooks=hooks, topo=topo, dist=dist, bar=bar,
+                           stop=stop, save=save, main=main)
+        levels, coarse_best = coarse_stage(ctx, rungs, clustering)
+        supernet = supernet_stage(ctx, levels)
+        fine_best = fine_stage(ctx, hooks.fine_evaluator(supernet), levels)
+        standalone_stage(ctx, rungs)
         state.ranking = ranking_checks(state)
         state.winner = {"levels": list(fine_best.levels), "ops": list(fine_best.ops), "fine_score": fine_best.score,
                         "coarse_score": coarse_best.score, "coarse_rung": coarse_best.rung,
@@ -129,7 +114,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
 
 
 def write_outputs(search_dir: Path, state: SearchState, hooks: SearchHooks,
-                   extra: dict[str, Any] | None = None) -> None:
+                  extra: dict[str, Any] | None = None) -> None:
     report_extra = dict(hooks.describe or {})
     report_extra.update(extra or {})
     write_report(search_dir / REPORT_FILE, state, SearchSettings().to_dict(), report_extra)

@@ -33,8 +33,7 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
     train_ids, val_ids = search_cases(preprocessed, settings.fold, heldout)
     ctx = TrainingContext(plans=plans, preprocessed_dir=preprocessed, train_ids=list(train_ids),
                           val_ids=list(val_ids), device=device, seed=settings.seed,
-                          iters_per_epoch=settings.iters_per_epoch, precision=settings.precision,
-                          compile=settings.compile, channels_last=settings.channels_last)
+                          iters_per_epoch=settings.iters_per_epoch, execution=settings.execution)
     evaluate = make_coarse_evaluator(ctx, settings.min_epochs)
     return SearchHooks(
         coarse_evaluate=evaluate,

@@ -4,23 +4,25 @@ and the `Topologies` it chooses from."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.execution import EXECUTION_FIELDS, PRECISIONS, ExecutionOptions, flat_asdict
 from c2fnas_auto.search.asha import Rungs, check_rungs
 from c2fnas_auto.search.runner import Evaluate
 
 
-# how candidates run (nas/execution.py), not which ones are proposed: like the device, they
-# may differ between workers and across a resume, so the resume check leaves them out
-EXECUTION_FIELDS = ("precision", "compile", "channels_last")
+# `EXECUTION_FIELDS` say how candidates run (nas/execution.py), not which ones are proposed:
+# like the device, they may differ between workers and across a resume, so the resume check
+# leaves them out
+__all__ = ["EXECUTION_FIELDS", "SearchHooks", "SearchSettings", "Topologies", "default_topologies"]
 
 
 @dataclass
 class SearchSettings:
     """Every option that changes the search's decisions (the device and workers do not), and the
-    execution options of its trainings and scorings (`EXECUTION_FIELDS`).
+    execution options of its trainings and scorings (`execution`, stored under `EXECUTION_FIELDS`).
     Defaults: about one GPU-day on one modern GPU, see documentation/search.md."""
 
     coarse_candidates: int = 81  # topologies trained at rung 0
@@ -40,12 +42,9 @@ class SearchSettings:
     standalone_sample: int = 6  # fine-stage op choices also trained stand-alone (0: off)
     heldout_fraction: float = 0.2  # carved from the training cases when there is no labelled imagesTs
     fold: int = 0
-    precision: str | None = None  # fp32 / bf16 / fp16; None: the device's default (fp16 AMP on CUDA, fp32 on CPU)
-    compile: bool = False  # torch.compile each candidate (the supernet cell by cell)
-    channels_last: bool | None = None
+    execution: ExecutionOptions = ExecutionOptions()  # every candidate, the supernet and the stand-alone check
 
     def validate(self) -> "SearchSettings":
-        from c2fnas_auto.nas.execution import PRECISIONS
         from c2fnas_auto.nas.genotype import OPS
 
         for name in ("coarse_candidates", "clusters", "population", "generations", "iters_per_epoch", "tournament"):
@@ -63,15 +62,17 @@ class SearchSettings:
             raise C2FNASError(f"--coarse-op {self.coarse_op!r}: expected one of {', '.join(OPS)}")
         if self.max_gflops is not None and self.max_gflops <= 0:
             raise C2FNASError(f"--max-gflops {self.max_gflops}: must be positive")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise C2FNASError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        precision = self.execution.precision
+        if precision is not None and precision not in PRECISIONS:
+            raise C2FNASError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         return self
 
     def schedule(self) -> Rungs:
         return check_rungs(self.min_epochs, self.eta, self.rungs)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        """Flat, as the state, report and genotype provenance store the settings."""
+        return json.loads(json.dumps(flat_asdict(self)))
 
     def decisions(self) -> dict[str, Any]:
         """The settings a resumed or joining worker must share (the execution options need not)."""

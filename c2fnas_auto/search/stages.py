@@ -1,8 +1,10 @@
-"""The search's stages: clustering, the coarse rungs, the supernet and the fine evolution."""
+"""The search's stages: clustering, the coarse rungs, the supernet, the fine evolution and the
+stand-alone check, each given the run's `StageContext`."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from c2fnas_auto.errors import C2FNASError
@@ -12,11 +14,41 @@ from c2fnas_auto.search.distributed import DistContext
 from c2fnas_auto.search.evolution import fine_evolution, propose_topology
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
-from c2fnas_auto.search.runner import CandidateRunner, Evaluate, record_from_result, timed
+from c2fnas_auto.search.runner import CandidateRunner, Evaluate, Proposal, record_from_result, timed
 from c2fnas_auto.search.saving import Saver
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies
 from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError
 from c2fnas_auto.search.stop import StopFlag
+
+
+@dataclass
+class StageContext:
+    """The runtime objects of one worker's search, built once by `search_core` and handed to
+    every stage. `main`: this worker writes the state (rank 0, not a joiner)."""
+
+    store: OptunaTrials
+    state: SearchState
+    settings: SearchSettings
+    hooks: SearchHooks
+    topo: Topologies
+    dist: DistContext
+    bar: Progress
+    stop: StopFlag
+    save: Saver
+    main: bool
+
+    def runner(self, stage: str, evaluate: Evaluate) -> CandidateRunner:
+        """A runner for a generational stage whose records also go to `state.<stage>` as they finish."""
+        runner = CandidateRunner(self.store, stage, evaluate, rank=self.dist.rank, on_record=self.bar.record,
+                                 check_stop=self.stop.check)
+
+        def on_finish() -> None:
+            if self.save.main:  # the others' state is never written: no need to read the trials
+                setattr(self.state, stage, runner.partial())
+                self.save.soon()
+
+        runner.on_finish = on_finish
+        return runner
 
 
 _DISTANCES: dict[tuple, Any] = {}
@@ -78,9 +110,10 @@ def wait_for_supernet(store: OptunaTrials, stop: StopFlag) -> dict[str, Any]:
         store.wait()
 
 
-def coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSettings, rungs: Rungs, hooks: SearchHooks,
-                  topo: Topologies, clustering: Clustering, dist: DistContext, bar: Progress, stop: StopFlag,
-                  save: Saver, main: bool) -> tuple[list[int], CandidateRecord]:
+def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering) -> tuple[list[int], CandidateRecord]:
+    """The coarse rungs: topologies proposed by evolution within clusters, trained under ASHA;
+    returns the best one's levels and record."""
+    store, state, settings, topo, save = ctx.store, ctx.state, ctx.settings, ctx.topo, ctx.save
     t0 = time.perf_counter()
 
     def propose(n: int, view: CoarseView) -> dict[str, Any] | None:
@@ -94,20 +127,20 @@ def coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSettin
 
     def finished(job, answer) -> None:
         rec = record_from_result(0, "coarse", {"payload": job.payload, "answer": answer, "worker": store.worker_id})
-        bar.record(rec, False)
-        if main and save.due():  # every worker's results, in the order they finished
+        ctx.bar.record(rec, False)
+        if ctx.main and save.due():  # every worker's results, in the order they finished
             from c2fnas_auto.search.asha import read_view
 
             state.coarse = coarse_records(read_view(store))
             save()
-        elif main:  # this worker's own result: in the state a stop signal saves, without a read
+        elif ctx.main:  # this worker's own result: in the state a stop signal saves, without a read
             rec.index, rec.finished_at = len(state.coarse), time.time()
             state.coarse.append(rec)
 
-    bar.start(sum(settings.coarse_candidates // settings.eta ** r for r in range(rungs.count)), "coarse")
-    view = run_coarse(store, rungs, settings.coarse_candidates, propose, timed(hooks.coarse_evaluate, dist.rank),
-                      finished, stop.check)
-    bar.close()
+    ctx.bar.start(sum(settings.coarse_candidates // settings.eta ** r for r in range(rungs.count)), "coarse")
+    view = run_coarse(store, rungs, settings.coarse_candidates, propose,
+                      timed(ctx.hooks.coarse_evaluate, ctx.dist.rank), finished, ctx.stop.check)
+    ctx.bar.close()
     state.coarse = coarse_records(view)
     state.stage_seconds["coarse"] = state.stage_seconds.get("coarse", 0.0) + time.perf_counter() - t0
     best = best_candidate(view)
@@ -121,44 +154,50 @@ def coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSettin
     return list(record.levels), record
 
 
-def supernet_stage(store: OptunaTrials, state: SearchState, hooks: SearchHooks, levels: list[int],
-              save: Saver, main: bool, stop: StopFlag) -> Any:
+def supernet_stage(ctx: StageContext, levels: list[int]) -> Any:
     """The main worker trains (or loads) the supernet; the others wait for it, then load it."""
-    if main:
-        supernet, info = hooks.train_supernet(levels)
-        state.supernet = {"levels": levels, **{k: v for k, v in info.items() if k != "loaded"}}
-        save()
-        store.mark("supernet", {"levels": levels})
-        stop.check()
+    if ctx.main:
+        supernet, info = ctx.hooks.train_supernet(levels)
+        ctx.state.supernet = {"levels": levels, **{k: v for k, v in info.items() if k != "loaded"}}
+        ctx.save()
+        ctx.store.mark("supernet", {"levels": levels})
+        ctx.stop.check()
         return supernet
-    mark = wait_for_supernet(store, stop)
+    mark = wait_for_supernet(ctx.store, ctx.stop)
     if list(mark["levels"]) != list(levels):
-        raise SearchStateError(f"{store.folder}: the supernet was trained on {mark['levels']} but this worker's "
+        raise SearchStateError(f"{ctx.store.folder}: the supernet was trained on {mark['levels']} but this worker's "
                                f"coarse winner is {levels}; use --overwrite")
-    return hooks.train_supernet(levels)[0]
+    return ctx.hooks.train_supernet(levels)[0]
 
 
-def fine_stage(store: OptunaTrials, state: SearchState, settings: SearchSettings, topo: Topologies,
-                evaluate: Evaluate, levels: list[int], dist: DistContext, bar: Progress, stop: StopFlag,
-                save: Saver) -> CandidateRecord:
-    runner = CandidateRunner(store, "fine", "f", evaluate, dist.rank, bar.record, None, stop.check)
-
-    def on_finish() -> None:
-        if save.main:  # the others' state is never written: no need to read the trials
-            state.fine = runner.partial()
-            save.soon()
-
-    runner.on_finish = on_finish
+def fine_stage(ctx: StageContext, evaluate: Evaluate, levels: list[int]) -> CandidateRecord:
+    """The fine evolution of the op choices on the coarse winner's levels; returns the best."""
+    settings, topo = ctx.settings, ctx.topo
+    runner = ctx.runner("fine", evaluate)
     p = settings.population
-    bar.start(p + (settings.generations - 1) * (p - max(1, p // 2)), "fine")
+    ctx.bar.start(p + (settings.generations - 1) * (p - max(1, p // 2)), "fine")
     fine = fine_evolution(levels, topo.op_choices, runner.run, population=settings.population,
                           generations=settings.generations, seed=settings.seed + 1,
                           start_ops=[settings.coarse_op] * topo.num_cells)
-    bar.close()
-    state.fine = runner.records
-    state.fine_generations = fine.generations
+    ctx.bar.close()
+    ctx.state.fine = runner.records
+    ctx.state.fine_generations = fine.generations
     if fine.best is None:
-        raise C2FNASError(f"{store.folder}: no op choice met the constraints (e.g. --max-gflops "
+        raise C2FNASError(f"{ctx.store.folder}: no op choice met the constraints (e.g. --max-gflops "
                           f"{settings.max_gflops}); relax them and rerun with --overwrite")
-    save()
+    ctx.save()
     return fine.best
+
+
+def standalone_stage(ctx: StageContext, rungs: Rungs) -> None:
+    """A sample of the fine stage's op choices trained from scratch for the longest rung, so the
+    report can say how well the supernet's scores rank them (off without the hook or a sample)."""
+    if not ctx.settings.standalone_sample or ctx.hooks.standalone_evaluate is None:
+        return
+    sample = standalone_sample(ctx.state.fine, ctx.settings.standalone_sample)
+    runner = ctx.runner("standalone", ctx.hooks.standalone_evaluate)
+    ctx.bar.start(len(sample), "stand-alone")
+    runner.run([Proposal(levels=tuple(r.levels), ops=tuple(r.ops), epochs=rungs.epochs(rungs.top),
+                         generation=r.index) for r in sample])
+    ctx.bar.close()
+    ctx.state.standalone = runner.records

@@ -9,7 +9,7 @@ from torch import nn
 
 from c2fnas_auto.nas.config import CELL_STYLES, NetworkConfig
 from c2fnas_auto.nas.cost import estimate_cost
-from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
 from c2fnas_auto.nas.genotype import Genotype, reference_genotype
 from c2fnas_auto.nas.network import build_network, count_parameters
 from c2fnas_auto.nas.supernet import build_supernet
@@ -243,7 +243,7 @@ def test_channels_last_network_equals_the_plain_one_in_float64(style, g, monkeyp
     with torch.no_grad():  # non-zero biases and norm weights, so every path of the gradient is checked
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    net = prepare_network(copy.deepcopy(ref), channels_last=True)
+    net = prepare_network(copy.deepcopy(ref), ExecutionOptions(channels_last=True))
     x = torch.randn(2, 2, *PATCH, dtype=torch.float64)
     want = outputs_and_grads(ref, x)
     seen = keep_channels_last(monkeypatch)
@@ -267,7 +267,7 @@ def test_channels_last_float32_keeps_the_layout_and_the_weights_names(style, thr
     torch.manual_seed(0)
     net = build_network(reference_genotype(), config(style)).train()
     ref = copy.deepcopy(net)
-    prepare_network(net, channels_last=True)
+    prepare_network(net, ExecutionOptions(channels_last=True))
     layouts: dict[str, bool] = {}
 
     def record(name):
@@ -365,7 +365,7 @@ def test_compiled_network_matches_and_keeps_state_dict_keys_and_the_probe():
         calls.append(fn)
         return torch.compile(fn, backend="eager")
 
-    prepare_network(net, compile=True, channels_last=False, compiler=compiler)
+    prepare_network(net, ExecutionOptions(compile=True, channels_last=False), compiler=compiler)
     assert len(calls) == 1 and list(net.state_dict()) == keys
     x = torch.randn(2, 2, *PATCH)
     with DeadHeadProbe(net) as probe:  # installed after compiling: the classifier runs eagerly
@@ -377,7 +377,7 @@ def test_compiled_network_matches_and_keeps_state_dict_keys_and_the_probe():
 def test_supernet_compiles_cell_by_cell():
     net = build_supernet(reference_genotype().levels, config("c2fnas"))
     names = []
-    prepare_network(net, compile=True, compiler=lambda fn: names.append(fn) or fn)
+    prepare_network(net, ExecutionOptions(compile=True), compiler=lambda fn: names.append(fn) or fn)
     assert len(names) == len(net.cells)
     net(torch.randn(2, 2, *PATCH), ["2d"] * 12)
 
@@ -393,7 +393,7 @@ def test_a_compiled_supernet_keeps_a_graph_per_cell_and_op_beyond_dynamos_defaul
     counters.clear()
     torch.manual_seed(0)
     sn = build_supernet(reference_genotype().levels, config("c2fnas")).train()
-    prepare_network(sn, compile=True, compiler=lambda fn: torch.compile(fn, backend="eager"))
+    prepare_network(sn, ExecutionOptions(compile=True), compiler=lambda fn: torch.compile(fn, backend="eager"))
     rng = random.Random(0)
     x = torch.randn(2, 2, *PATCH)
     for _ in range(6):
@@ -411,7 +411,7 @@ def test_compile_failure_at_first_call_falls_back_to_eager_with_one_line(capsys)
             raise RuntimeError("no C++ compiler found\nlong traceback text")
         return call
 
-    prepare_network(net, compile=True, compiler=broken)
+    prepare_network(net, ExecutionOptions(compile=True), compiler=broken)
     x = torch.randn(1, 2, *PATCH)
     with torch.no_grad():
         out = net(x)
@@ -427,7 +427,7 @@ def test_compile_refused_up_front_is_one_line_and_the_network_runs(capsys):
     def refuses(fn):
         raise RuntimeError("torch.compile is not supported on Python 3.99+")
 
-    prepare_network(net, compile=True, compiler=refuses)
+    prepare_network(net, ExecutionOptions(compile=True), compiler=refuses)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not available here" in err[0]
     with torch.no_grad():
@@ -438,7 +438,7 @@ def test_genuine_network_errors_still_raise_under_compile():
     from c2fnas_auto.nas.config import NetworkConfigError
 
     net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False))
-    prepare_network(net, compile=True, compiler=lambda fn: torch.compile(fn, backend="eager"))
+    prepare_network(net, ExecutionOptions(compile=True), compiler=lambda fn: torch.compile(fn, backend="eager"))
     with pytest.raises(NetworkConfigError):
         net(torch.randn(1, 5, *PATCH))
 
@@ -447,4 +447,4 @@ def test_compile_of_a_foreign_module_is_one_clear_error():
     from c2fnas_auto.nas.execution import ExecutionError
 
     with pytest.raises(ExecutionError, match="not a c2fnas network"):
-        prepare_network(nn.Conv3d(1, 1, 1), compile=True)
+        prepare_network(nn.Conv3d(1, 1, 1), ExecutionOptions(compile=True))
