@@ -78,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     from c2fnas_auto.search.api import run_search
     from c2fnas_auto.search.files import REPORT_FILE
     from c2fnas_auto.search.settings import SearchSettings
-    from c2fnas_auto.search.stop import STOPPED_EXIT_CODE, SearchStopped, StopFlag
+    from c2fnas_auto.search.stop import SearchStopped, search_stop_flag
+    from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
     from c2fnas_auto.search.jobs import WorkerOptions
 
     args = build_parser().parse_args(argv)
     settings = settings_from_args(SearchSettings, args)
-    stop = StopFlag().install()
+    stop = search_stop_flag().install()
     try:
         state = run_search(args.task, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress, join=args.join, stop=stop,

@@ -10,6 +10,7 @@ import argparse
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
+from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the network of the plans' genotype on one cross-validation fold. Results go to "
         "$C2FNAS_results/<task>/<plans>__<genotype id>/fold_<k>/ (one folder per genotype). Several GPUs: "
         "torchrun --nproc_per_node=N -m c2fnas_auto.cli.train TASK FOLD ... On SIGTERM or SIGUSR1 the running "
-        "iteration finishes, checkpoint_latest.pth is written and the exit code is 75; --continue resumes."))
+        "iteration finishes, checkpoint_latest.pth is written and the exit code is 3; --continue resumes."))
     p.add_argument("task", help="task id (7, 007) or preprocessed folder name (Task07_Pancreas)")
     p.add_argument("fold", help="fold 0-4 (as many folds as cases when there are fewer than 5) or 'all'")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"number of epochs (default {d.epochs})")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.training.signals import PREEMPTED_EXIT_CODE, TrainingStopped
+    from c2fnas_auto.training.signals import TrainingStopped
     from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
 
     args = build_parser().parse_args(argv)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trainer.run()
         except TrainingStopped:  # SIGTERM / SIGUSR1: checkpoint written, resume with --continue
-            return PREEMPTED_EXIT_CODE
+            return STOPPED_EXIT_CODE
     if trainer.is_main:
         print(f"results in {trainer.fold_dir}", flush=True)
     return 0

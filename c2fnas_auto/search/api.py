@@ -6,11 +6,11 @@ held-out cases, devices and torchrun workers, then writes the winner into the pl
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.core import search_core, write_outputs
-from c2fnas_auto.search.distributed import DistContext, init_distributed
 from c2fnas_auto.search.files import GENOTYPE_FILE, GENOTYPE_PNG
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.old_folders import adopt_old_folder
@@ -18,7 +18,8 @@ from c2fnas_auto.search.plans_writer import winner_genotype, write_into_plans
 from c2fnas_auto.search.real_training import rank_device, real_hooks
 from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.state import SearchState
-from c2fnas_auto.search.stop import StopFlag
+from c2fnas_auto.utils.distributed import DistContext, init_distributed
+from c2fnas_auto.utils.stop_signals import StopFlag
 
 
 def run_search(task: str | int, settings: SearchSettings, device: str | None = None, resume: bool = False,
@@ -42,7 +43,9 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
         raise C2FNASError(f"{plans_path}: no plans for task {task} (run c2fnas_plan_and_preprocess -t {task} first)")
     plans = Plans.load(plans_path)
     search_dir = search_results_dir(task_name)
-    dist = DistContext() if join else init_distributed("cuda" if (device or "").startswith("cuda") else "cpu")
+    # the other ranks wait in the one broadcast while rank 0 opens (or clears) the search's storage
+    dist = DistContext() if join else init_distributed("cuda" if (device or "").startswith("cuda") else "cpu",
+                                                       timeout=datetime.timedelta(minutes=30))
     moved = adopt_old_folder(task_name, search_dir) if (resume and dist.is_main and not join) else ""
     try:
         dev = rank_device(device, dist)

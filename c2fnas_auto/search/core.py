@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.distributed import DistContext
 from c2fnas_auto.search.files import PROGRESS_PNG, RANKING_PNG, REPORT_FILE, STATE_FILE
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials
@@ -27,10 +26,12 @@ from c2fnas_auto.search.progress import Progress
 from c2fnas_auto.search.report import plot_progress, plot_ranking, ranking_checks, write_report
 from c2fnas_auto.search.saving import Saver, check_same, open_search
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies, default_topologies
+from c2fnas_auto.utils.distributed import DistContext
+from c2fnas_auto.utils.stop_signals import StopFlag
 from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, standalone_stage,
                                        supernet_stage)
 from c2fnas_auto.search.state import SearchState
-from c2fnas_auto.search.stop import StopFlag
+from c2fnas_auto.search.stop import search_stop_flag
 from c2fnas_auto.search.storage import default_url
 
 
@@ -60,7 +61,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         raise C2FNASError("--join and --overwrite contradict each other: a joining worker never restarts a search")
     dist = dist or DistContext()
     main = dist.is_main and not join
-    stop = stop or StopFlag()
+    stop = stop or search_stop_flag()
     topo = topologies or default_topologies()
     search_dir = Path(search_dir)
     state_path = search_dir / STATE_FILE

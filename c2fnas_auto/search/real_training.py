@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from c2fnas_auto.search.distributed import DistContext
 from c2fnas_auto.search.files import SUPERNET_FILE
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings
+from c2fnas_auto.utils.distributed import DistContext
 
 
 def rank_device(device: str | None, dist: DistContext):
@@ -16,7 +16,7 @@ def rank_device(device: str | None, dist: DistContext):
     from c2fnas_auto.utils.device import resolve_device
 
     dev = resolve_device(device)
-    if dev.type == "cuda" and dist.active:
+    if dev.type == "cuda" and dist.enabled:
         dev = torch.device("cuda", dist.local_rank)
     return dev
 

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.asha import CoarseView, Rungs, best_candidate, run_coarse
 from c2fnas_auto.search.clustering import Clustering, distance_matrix, k_medoids
-from c2fnas_auto.search.distributed import DistContext
 from c2fnas_auto.search.evolution import fine_evolution, propose_topology
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
@@ -18,7 +17,8 @@ from c2fnas_auto.search.runner import CandidateRunner, Evaluate, Proposal, recor
 from c2fnas_auto.search.saving import Saver
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies
 from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError
-from c2fnas_auto.search.stop import StopFlag
+from c2fnas_auto.utils.distributed import DistContext
+from c2fnas_auto.utils.stop_signals import StopFlag
 
 
 @dataclass

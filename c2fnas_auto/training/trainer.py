@@ -18,25 +18,25 @@ from torch import nn
 
 from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.inference.experiments import experiment_dir
+from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from c2fnas_auto.paths import PLANS_FILE
 from c2fnas_auto.planning.size_check import check_training_fits
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
-from c2fnas_auto.inference.experiments import experiment_dir
-from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augmentation, default_augmentation,
                                              load_cases, make_batch_iterator)
-from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
-                                              split_batch)
-from c2fnas_auto.training.logger import TrainingLog
 from c2fnas_auto.nas.execution import ExecutionOptions, check_channels_last, flat_asdict, prepare_network
+from c2fnas_auto.training.logger import TrainingLog
 from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
-from c2fnas_auto.training.signals import StopFlag, TrainingStopped, stop_checked
-from c2fnas_auto.training.start_check import StartMonitor
+from c2fnas_auto.training.signals import TrainingStopped, stop_checked
 from c2fnas_auto.training.splits import fold_case_ids
+from c2fnas_auto.training.start_check import StartMonitor
 from c2fnas_auto.utils.device import resolve_device
+from c2fnas_auto.utils.distributed import DistContext, init_distributed, split_batch
 from c2fnas_auto.utils.io import remove_stale_temporaries
+from c2fnas_auto.utils.stop_signals import StopFlag
 
 
 def default_num_workers() -> int:
@@ -132,7 +132,7 @@ class Trainer:
         # resolved here so checkpoints and the log record the backend actually used
         self.augmentation_default = self.options.augmentation is None
         self.options.augmentation = self.options.augmentation or default_augmentation(self.device)
-        self.dist = DistInfo()
+        self.dist = DistContext()
         self.start_epoch = 0
         self.log = TrainingLog()
         self._ready = False
@@ -258,7 +258,7 @@ class Trainer:
 
     def _reduce(self, stats: EpochStats) -> EpochStats:
         k = len(stats.tp)
-        vals = all_reduce_sum([stats.loss] + list(stats.tp) + list(stats.fp) + list(stats.fn), self.dist)
+        vals = self.dist.all_reduce_sum([stats.loss] + list(stats.tp) + list(stats.fp) + list(stats.fn))
         return EpochStats(vals[0] / self.dist.world_size, np.array(vals[1:1 + k]), np.array(vals[1 + k:1 + 2 * k]),
                           np.array(vals[1 + 2 * k:]), stats.seconds, stats.iterations,
                           dead_head_fraction=stats.dead_head_fraction)  # this rank's: a signal, not a sum
@@ -300,10 +300,10 @@ class Trainer:
                 summary = self._final_validation()
             if self.is_main:
                 self.log.write(self.fold_dir)
-            barrier(self.dist)
+            self.dist.barrier()
             return summary
         finally:
-            cleanup(self.dist)
+            self.dist.close()
 
     def _epoch(self, epoch: int, train_batches, val_batches) -> None:
         opts = self.options
