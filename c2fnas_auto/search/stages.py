@@ -3,9 +3,12 @@ stand-alone check, each given the run's `StageContext`."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.asha import CoarseView, Rungs, best_candidate, run_coarse
@@ -51,16 +54,12 @@ class StageContext:
         return runner
 
 
-_DISTANCES: dict[tuple, Any] = {}
-
-
-def _distances(topo: Topologies):
-    """The pairwise distance matrix, computed once per process (about a second for 1486)."""
-    key = (topo.distance, tuple(topo.topologies))
-    if key not in _DISTANCES:
-        _DISTANCES.clear()
-        _DISTANCES[key] = distance_matrix(topo.topologies, topo.distance)
-    return _DISTANCES[key]
+@functools.lru_cache(maxsize=1)
+def distances(distance: Callable[[tuple[int, ...], tuple[int, ...]], float],
+              topologies: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """The pairwise distance matrix of `topologies`, kept for the last set asked for: it takes
+    about a second for the 1486 topologies, and tests run many searches in one process."""
+    return distance_matrix(list(topologies), distance)
 
 
 def cluster_once(state: SearchState, topo: Topologies, settings: SearchSettings) -> Clustering:
@@ -69,7 +68,8 @@ def cluster_once(state: SearchState, topo: Topologies, settings: SearchSettings)
     if c.get("labels") and len(c["labels"]) == len(topo.topologies):
         return Clustering(medoids=c["medoids"], labels=c["labels"], cost=c.get("cost", 0.0))
     t0 = time.perf_counter()
-    clustering = k_medoids(_distances(topo), settings.clusters, seed=settings.seed)
+    clustering = k_medoids(distances(topo.distance, tuple(topo.topologies)), settings.clusters,
+                          seed=settings.seed)
     state.clusters = {"k": settings.clusters, "medoids": clustering.medoids, "labels": clustering.labels,
                       "cost": clustering.cost,
                       "medoid_levels": [list(topo.topologies[i]) for i in clustering.medoids],
