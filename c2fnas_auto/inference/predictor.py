@@ -155,11 +155,6 @@ def _readable_companion(path: Path) -> bool:
     return True
 
 
-def _export_job(probs: np.ndarray, properties: dict, plans: Any, out_file: Path, save_probabilities: bool,
-                postprocessing: dict | None) -> None:
-    export_prediction(probs, properties, plans, out_file, save_probabilities, postprocessing)
-
-
 @dataclass
 class LoadedModels:
     """Networks ready to predict, where they came from (`Predictor.info()`) and their postprocessing."""
@@ -403,9 +398,9 @@ class Predictor:
                     probs = self.predict_probabilities(data).numpy()
                     del data
                     if pool is None:
-                        _export_job(probs, properties, plans, out_file, save_probabilities, pp)
+                        export_prediction(probs, properties, plans, out_file, save_probabilities, pp)
                         continue
-                    pending.append((case.case_id, pool.submit(_export_job, probs, properties, plans, out_file,
+                    pending.append((case.case_id, pool.submit(export_prediction, probs, properties, plans, out_file,
                                                               save_probabilities, pp)))
                     while len(pending) > 2 * num_export_workers:  # bound the probabilities held in memory
                         cid, fut = pending.pop(0)

@@ -1,4 +1,5 @@
-"""Moving a search left at an older location into the results folder."""
+"""Moving a search left where earlier 0.1.0 development versions kept it into the results folder
+(removed in 0.3, with `files.SEARCH_DIR`)."""
 
 from __future__ import annotations
 

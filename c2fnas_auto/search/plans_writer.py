@@ -33,16 +33,9 @@ def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
 
 def write_into_plans(plans_path: Path, genotype: Any) -> tuple[Any, str]:
     """Put the genotype into the source task's plans with patch/batch refitted to its budget."""
-    from c2fnas_auto.planning import planner
+    from c2fnas_auto.planning.planner import refit_plans
     from c2fnas_auto.planning.plans import Plans
 
-    plans = Plans.load(plans_path)
-    refit = getattr(planner, "refit_plans", None)
-    if refit is not None:
-        new, how = refit(plans, genotype), "patch/batch refitted by planning.planner.refit_plans"
-    else:  # planner without refit: keep patch/batch, say so in the report
-        new = plans.copy()
-        new.genotype = genotype
-        how = "planner has no refit_plans: patch/batch kept from the search plans"
+    new = refit_plans(Plans.load(plans_path), genotype)
     new.save(plans_path)
-    return new, how
+    return new, "patch/batch refitted by planning.planner.refit_plans"
