@@ -66,12 +66,11 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     search_dir = Path(search_dir)
     state_path = search_dir / STATE_FILE
     url = storage or default_url(search_dir)
-    payload = open_search(search_dir, state_path, task_name, settings, resume, overwrite, join, url) if (main or join) else None
+    opened = (open_search(search_dir, task_name, settings, resume=resume, overwrite=overwrite, join=join, url=url)
+              if (main or join) else None)
     if not join:
-        payload = dist.broadcast(payload)  # every rank starts once rank 0 has opened (or cleared) the folder
-    if "error" in payload:
-        raise C2FNASError(payload["error"])
-    state = SearchState.from_dict(payload, state_path)
+        opened = dist.broadcast(opened)  # every rank starts once rank 0 has opened (or cleared) the folder
+    state = SearchState.from_dict(opened.unwrap(), state_path)
     check_same(state, "plans", plans_info or {}, "plans", state_path)
     check_same(state, "heldout", heldout or {}, "held-out set", state_path)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.files import SUPERNET_FILE, TRIALS_DIR
+from c2fnas_auto.search.files import STATE_FILE, SUPERNET_FILE, TRIALS_DIR
 from c2fnas_auto.search.optuna_trials import clear_search, has_results
 from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.state import SearchState, SearchStateError, open_state
@@ -39,15 +40,31 @@ class Saver:
             self()
 
 
-def open_search(search_dir: Path, state_path: Path, task_name: str, settings: SearchSettings, resume: bool,
-          overwrite: bool, join: bool, url: str) -> dict[str, Any]:
-    """The state to work on as a dict (or {"error": ...}); the main worker clears an
-    overwritten search first."""
+@dataclass
+class Opened:
+    """The state to work on as a dict, or the one-line reason it cannot be opened: what the worker
+    that opens the folder broadcasts, so every rank starts, or stops with the same error."""
+
+    state: dict[str, Any] | None = None
+    error: str | None = None
+
+    def unwrap(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise C2FNASError(self.error)
+        assert self.state is not None
+        return self.state
+
+
+def open_search(search_dir: Path, task_name: str, settings: SearchSettings, *, resume: bool, overwrite: bool,
+                join: bool, url: str) -> Opened:
+    """Open (or, for the main worker, clear an overwritten search and create) the state in
+    `search_dir`; a refusal is returned, not raised, for the other ranks to see."""
+    state_path = search_dir / STATE_FILE
     try:
         if join:
             if not state_path.is_file():
                 raise SearchStateError(f"{state_path}: no search to join (start it without --join first)")
-            return open_state(state_path, task_name, settings.decisions(), True, False).to_dict()
+            return Opened(state=open_state(state_path, task_name, settings.decisions(), True, False).to_dict())
         remove_stale_temporaries(search_dir)  # left by a writer killed mid-rename
         if not (resume or overwrite or state_path.exists()) and has_results(url, task_name):
             raise SearchStateError(f"{shown(url)} holds results of an earlier search of {task_name}: use --continue "
@@ -61,9 +78,9 @@ def open_search(search_dir: Path, state_path: Path, task_name: str, settings: Se
             clear_search(url, task_name)  # first: a storage that cannot be opened leaves the folder as it was
             (search_dir / SUPERNET_FILE).unlink(missing_ok=True)
             shutil.rmtree(search_dir / TRIALS_DIR, ignore_errors=True)
-        return open_state(state_path, task_name, settings.decisions(), resume, overwrite).to_dict()
+        return Opened(state=open_state(state_path, task_name, settings.decisions(), resume, overwrite).to_dict())
     except C2FNASError as exc:
-        return {"error": str(exc)}
+        return Opened(error=str(exc))
 
 
 def check_same(state: SearchState, field_name: str, new: dict[str, Any], what: str, state_path: Path) -> None:

@@ -9,7 +9,7 @@ and runs the final validation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,9 @@ class Trainer:
         self.run_plans.patch_size = list(self.patch_size)
         # resolved here so checkpoints and the log record the backend actually used
         self.augmentation_default = self.options.augmentation is None
-        self.options.augmentation = self.options.augmentation or default_augmentation(self.device)
+        # a copy: the caller's options object stays as given (it may start several trainers)
+        self.options = replace(self.options,
+                               augmentation=self.options.augmentation or default_augmentation(self.device))
         self.dist = DistContext()
         self.start_epoch = 0
         self.log = TrainingLog()
