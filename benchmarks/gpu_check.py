@@ -8,7 +8,7 @@ The measurements a GPU machine is for, in one run of under 8 minutes (run it thr
 2. training iterations per second of the plans' network (loader workers + step, AMP) with
    each augmentation backend, and the GPU utilisation sampled meanwhile (`nvidia-smi`);
 3. CUDA peak memory of those steps against the cost model's `training_bytes`;
-3b. the execution options (issue 21) on the device backend: fp32, bf16, fp16 (the
+3b. the execution options (nas/execution.py) on the device backend: fp32, bf16, fp16 (the
    default), bf16 compiled, bf16 channels-last: it/s and peak memory vs the cost model
    (row 4b's and row 5's figures on CUDA);
 3c. sliding-window prediction of one preprocessed case under the same options (row 2's);
@@ -110,8 +110,8 @@ def make_task(work: Path, dry: bool):
 OPTIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"},
            "bf16_compile": {"precision": "bf16", "compile": True},
            "bf16_channels_last": {"precision": "bf16", "channels_last": True},
-           # the CUDA default (fp16) in NDHWC: decides whether channels-last, the CPU default since
-           # 2026-12-06, should be CUDA's too (off there until measured)
+           # the CUDA default (fp16) in NDHWC: decides whether channels-last, the CPU default,
+           # should be CUDA's too (off there until measured)
            "fp16_channels_last": {"precision": "fp16", "channels_last": True}}
 
 

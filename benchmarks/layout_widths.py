@@ -1,6 +1,6 @@
 """python -m benchmarks.layout_widths [--widths 4 8 16 32] [--patch 32 64 64] [--threads 2] [--reps 5] [--out FILE]
 
-Is channels-last (NDHWC, the CPU default since 2026-12-06) faster than NCDHW at every width,
+Is channels-last (NDHWC, the CPU default) faster than NCDHW at every width,
 thread count and precision? One SGD step (forward, cross-entropy on the full-resolution
 output, backward, update) of the reference genotype at each base width, batch 2, for fp32
 and bf16, in both layouts; the four variants of a width take turns in every repetition

@@ -1,7 +1,7 @@
 """python -m benchmarks.precision_accuracy [--profile quick] [--seeds N] [--options ...] [--threads 1]
 [--epochs E --iters-per-epoch I]
 
-Do the execution options (issue 21) cost accuracy? The same training (the plans' network and
+Do the execution options (nas/execution.py) cost accuracy? The same training (the plans' network and
 schedule of the search study's profile: `fit`, then `score_cases` on cases the training never
 read) under fp32 and under each option, with several seeds, on the study's source task (the
 demo-like synthetic task) and on its held-out CT-like task. An option passes on a task when
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry
 
-# fp32, bf16 and compile run in the device's default layout (channels-last on a CPU since
-# 2026-12-06); ncdhw and bf16_ncdhw in the layout that was the default before
+# fp32, bf16 and compile run in the device's default layout (channels-last on a CPU); ncdhw
+# and bf16_ncdhw in NCDHW, so the layout's own effect on accuracy shows
 OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
            "ncdhw": {"channels_last": False}, "bf16_ncdhw": {"precision": "bf16", "channels_last": False}}
 OUT = Path(__file__).resolve().parent / "results" / "precision_accuracy"

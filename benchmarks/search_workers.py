@@ -1,6 +1,6 @@
 """How well several workers share one search: the earlier per-candidate files engine vs
 Optuna's journal file (the default) vs Optuna on SQLite and on PostgreSQL, side by side in
-one run (issue 23).
+one run, on the same machine and load.
 
 Fake evaluators that only sleep (so 2 shared CPU cores do not distort the figures), with
 a duration drawn per job from its topology (seeded, the same in every configuration):

@@ -1,7 +1,8 @@
 """Coarse stage, real evaluation: train one topology from scratch, score it on the selection cases.
 
 Candidates are built at the plans' network width and trained at the plans' patch and
-batch size (no shrunken proxy, DESIGN §5), all with the same seed so scores compare.
+batch size (no shrunken proxy, whose ranking need not be the full network's), all with the
+same seed so scores compare.
 Anything over the plans' memory budget is skipped by the cost model before training.
 A candidate whose training did not start (training/start_check.py: no foreground ever
 predicted, loss flat) is retrained once with a fresh init seed, so the stage ranks

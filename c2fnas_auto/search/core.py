@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.search.asha import Rungs
 from c2fnas_auto.search.files import PROGRESS_PNG, RANKING_PNG, REPORT_FILE, STATE_FILE
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials
@@ -26,13 +27,13 @@ from c2fnas_auto.search.progress import Progress
 from c2fnas_auto.search.report import plot_progress, plot_ranking, ranking_checks, write_report
 from c2fnas_auto.search.saving import Saver, check_same, open_search
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies, default_topologies
-from c2fnas_auto.utils.distributed import DistContext
-from c2fnas_auto.utils.stop_signals import StopFlag
 from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, standalone_stage,
                                        supernet_stage)
-from c2fnas_auto.search.state import SearchState
+from c2fnas_auto.search.state import CandidateRecord, SearchState
 from c2fnas_auto.search.stop import search_stop_flag
 from c2fnas_auto.search.storage import default_url
+from c2fnas_auto.utils.distributed import DistContext
+from c2fnas_auto.utils.stop_signals import StopFlag
 
 
 def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hooks: SearchHooks,
@@ -55,10 +56,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     settings.validate()
     workers = (workers or WorkerOptions()).validate()
     rungs = settings.schedule()
-    if resume and overwrite:
-        raise C2FNASError("--continue and --overwrite contradict each other: choose one")
-    if join and overwrite:
-        raise C2FNASError("--join and --overwrite contradict each other: a joining worker never restarts a search")
+    check_modes(resume=resume, overwrite=overwrite, join=join)
     dist = dist or DistContext()
     main = dist.is_main and not join
     stop = stop or search_stop_flag()
@@ -86,22 +84,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     try:
         if main:
             store.mark("main", {"worker": store.worker_id}, replace=True)
-        clustering = cluster_once(state, topo, settings)
-        save()
-        ctx = StageContext(store=store, state=state, settings=settings, hooks=hooks, topo=topo, dist=dist, bar=bar,
-                           stop=stop, save=save, main=main)
-        levels, coarse_best = coarse_stage(ctx, rungs, clustering)
-        supernet = supernet_stage(ctx, levels)
-        fine_best = fine_stage(ctx, hooks.fine_evaluator(supernet), levels)
-        standalone_stage(ctx, rungs)
-        state.ranking = ranking_checks(state)
-        state.winner = {"levels": list(fine_best.levels), "ops": list(fine_best.ops), "fine_score": fine_best.score,
-                        "coarse_score": coarse_best.score, "coarse_rung": coarse_best.rung,
-                        "coarse_epochs": coarse_best.epochs, "coarse_candidate": coarse_best.candidate,
-                        "coarse_index": coarse_best.index, "fine_index": fine_best.index, "params": fine_best.params,
-                        "flops": fine_best.flops, "training_bytes": fine_best.training_bytes}
-        state.finished = True
-        save()
+        run_stages(StageContext(store=store, state=state, settings=settings, hooks=hooks, topo=topo, dist=dist,
+                                bar=bar, stop=stop, save=save, main=main), rungs)
         if main:
             write_outputs(search_dir, state, hooks)
         return state
@@ -111,6 +95,39 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     finally:
         bar.close()
         store.stop()
+
+
+def run_stages(ctx: StageContext, rungs: Rungs) -> None:
+    """Clustering, the coarse rungs, the supernet, the fine evolution and the stand-alone check,
+    then the winner and the finished state."""
+    state = ctx.state
+    clustering = cluster_once(state, ctx.topo, ctx.settings)
+    ctx.save()
+    levels, coarse_best = coarse_stage(ctx, rungs, clustering)
+    supernet = supernet_stage(ctx, levels)
+    fine_best = fine_stage(ctx, ctx.hooks.fine_evaluator(supernet), levels)
+    standalone_stage(ctx, rungs)
+    state.ranking = ranking_checks(state)
+    state.winner = winner_record(coarse_best, fine_best)
+    state.finished = True
+    ctx.save()
+
+
+def check_modes(*, resume: bool, overwrite: bool, join: bool) -> None:
+    """Refuse contradicting ways of starting a search before anything is opened."""
+    if resume and overwrite:
+        raise C2FNASError("--continue and --overwrite contradict each other: choose one")
+    if join and overwrite:
+        raise C2FNASError("--join and --overwrite contradict each other: a joining worker never restarts a search")
+
+
+def winner_record(coarse_best: CandidateRecord, fine_best: CandidateRecord) -> dict[str, Any]:
+    """The state's `winner`: the fine stage's best op choice and the coarse candidate it grew from."""
+    return {"levels": list(fine_best.levels), "ops": list(fine_best.ops), "fine_score": fine_best.score,
+            "coarse_score": coarse_best.score, "coarse_rung": coarse_best.rung,
+            "coarse_epochs": coarse_best.epochs, "coarse_candidate": coarse_best.candidate,
+            "coarse_index": coarse_best.index, "fine_index": fine_best.index, "params": fine_best.params,
+            "flops": fine_best.flops, "training_bytes": fine_best.training_bytes}
 
 
 def write_outputs(search_dir: Path, state: SearchState, hooks: SearchHooks,

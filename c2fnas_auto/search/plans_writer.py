@@ -11,7 +11,8 @@ from c2fnas_auto.search.state import SearchState
 
 
 def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
-    """The winner as a Genotype carrying its provenance (DESIGN §4 genotype JSON)."""
+    """The winner as a Genotype carrying its provenance (documentation/search_space.md), so a plans file
+    says where its network came from."""
     from c2fnas_auto.nas.genotype import Genotype
 
     w = state.winner or {}
