@@ -51,7 +51,8 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
         dev = rank_device(device, dist)
         check_precision(settings.execution.precision, dev)  # e.g. fp16 on a CPU: refused before anything runs
         heldout = heldout_cases(task_name, pre, settings.heldout_fraction, settings.seed)
-        hooks = real_hooks(plans, pre, settings, dev, search_dir, heldout, progress=progress and dist.is_main)
+        hooks = real_hooks(plans, pre, settings, device=dev, search_dir=search_dir, heldout=heldout,
+                           progress=progress and dist.is_main)
         plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
                       "network": plans.network.to_dict(), "gpu_memory_gb": float(plans.gpu_memory_gb)}
         state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,

@@ -69,8 +69,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     if not join:
         opened = dist.broadcast(opened)  # every rank starts once rank 0 has opened (or cleared) the folder
     state = SearchState.from_dict(opened.unwrap(), state_path)
-    check_same(state, "plans", plans_info or {}, "plans", state_path)
-    check_same(state, "heldout", heldout or {}, "held-out set", state_path)
+    check_same(state, "plans", plans_info or {}, what="plans", state_path=state_path)
+    check_same(state, "heldout", heldout or {}, what="held-out set", state_path=state_path)
 
     save = Saver(state, state_path, main)
 
@@ -79,7 +79,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
             write_outputs(search_dir, state, hooks)
         return state
 
-    store = OptunaTrials(url, task_name, worker_id, workers).start()
+    store = OptunaTrials(url, task_name, worker_id=worker_id, options=workers).start()
     bar = Progress(progress, main, lines)
     try:
         if main:
@@ -134,6 +134,6 @@ def write_outputs(search_dir: Path, state: SearchState, hooks: SearchHooks,
                   extra: dict[str, Any] | None = None) -> None:
     report_extra = dict(hooks.describe or {})
     report_extra.update(extra or {})
-    write_report(search_dir / REPORT_FILE, state, SearchSettings().to_dict(), report_extra)
+    write_report(search_dir / REPORT_FILE, state, default_settings=SearchSettings().to_dict(), extra=report_extra)
     plot_progress(state, search_dir / PROGRESS_PNG)
     plot_ranking(state, search_dir / RANKING_PNG)

@@ -118,8 +118,8 @@ def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering) -> tup
 
     def propose(n: int, view: CoarseView) -> dict[str, Any] | None:
         history = [(c, tuple(p["levels"]), view.rung_scores(0).get(c)) for c, p in sorted(view.candidates.items())]
-        i = propose_topology(n, topo.topologies, clustering, topo.neighbours, history, settings.population,
-                             settings.tournament, settings.seed)
+        i = propose_topology(n, topo.topologies, clustering, neighbours=topo.neighbours, history=history,
+                             population=settings.population, tournament=settings.tournament, seed=settings.seed)
         if i is None:
             return None
         return {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
@@ -138,8 +138,9 @@ def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering) -> tup
             state.coarse.append(rec)
 
     ctx.bar.start(sum(settings.coarse_candidates // settings.eta ** r for r in range(rungs.count)), "coarse")
-    view = run_coarse(store, rungs, settings.coarse_candidates, propose,
-                      timed(ctx.hooks.coarse_evaluate, ctx.dist.rank), finished, ctx.stop.check)
+    view = run_coarse(store, rungs, settings.coarse_candidates, propose=propose,
+                      evaluate=timed(ctx.hooks.coarse_evaluate, ctx.dist.rank), on_finish=finished,
+                      check_stop=ctx.stop.check)
     ctx.bar.close()
     state.coarse = coarse_records(view)
     state.stage_seconds["coarse"] = state.stage_seconds.get("coarse", 0.0) + time.perf_counter() - t0
