@@ -8,7 +8,7 @@ The measurements a GPU machine is for, in one run of under 8 minutes (run it thr
 2. training iterations per second of the plans' network (loader workers + step, AMP) with
    each augmentation backend, and the GPU utilisation sampled meanwhile (`nvidia-smi`);
 3. CUDA peak memory of those steps against the cost model's `training_bytes`;
-3b. the execution options (issue 21) on the device backend: fp32, bf16, fp16 (the
+3b. the execution options (nas/execution.py) on the device backend: fp32, bf16, fp16 (the
    default), bf16 compiled, bf16 channels-last: it/s and peak memory vs the cost model
    (row 4b's and row 5's figures on CUDA);
 3c. sliding-window prediction of one preprocessed case under the same options (row 2's);
@@ -110,8 +110,8 @@ def make_task(work: Path, dry: bool):
 OPTIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"},
            "bf16_compile": {"precision": "bf16", "compile": True},
            "bf16_channels_last": {"precision": "bf16", "channels_last": True},
-           # the CUDA default (fp16) in NDHWC: decides whether channels-last, the CPU default since
-           # 2026-12-06, should be CUDA's too (off there until measured)
+           # the CUDA default (fp16) in NDHWC: decides whether channels-last, the CPU default,
+           # should be CUDA's too (off there until measured)
            "fp16_channels_last": {"precision": "fp16", "channels_last": True}}
 
 
@@ -121,7 +121,7 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
     import torch
 
     from c2fnas_auto.nas.cost import estimate_cost
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.dataloader import load_cases, make_batch_iterator
     from c2fnas_auto.training.loop import StepContext, train_step
@@ -131,8 +131,9 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
 
     torch.manual_seed(0)
     config = plans.network_config()
-    net = prepare_network(build_network(plans.genotype, config).to(device), compile=compile,
-                          channels_last=channels_last, **({"compiler": compiler} if compiler else {}))
+    net = prepare_network(build_network(plans.genotype, config).to(device),
+                          ExecutionOptions(compile=compile, channels_last=channels_last),
+                          **({"compiler": compiler} if compiler else {}))
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device, precision=precision)
     train_ids, _ = fold_case_ids(pre_dir, 0)
     batches = make_batch_iterator(load_cases(pre_dir, train_ids), plans.patch_size, plans.batch_size, seed=0,
@@ -183,7 +184,7 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
     import torch
 
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.preprocessing.storage import load_case
     from c2fnas_auto.training.splits import fold_case_ids
@@ -191,7 +192,8 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
     opts = OPTIONS[name]
     torch.manual_seed(0)
     net = prepare_network(build_network(plans.genotype, plans.network_config()).to(device),
-                          compile=opts.get("compile", False), channels_last=opts.get("channels_last", False),
+                          ExecutionOptions(compile=opts.get("compile", False),
+                                           channels_last=opts.get("channels_last", False)),
                           **({"compiler": compiler} if compiler else {}))
     _, val_ids = fold_case_ids(pre_dir, 0)
     data, _, _ = load_case(pre_dir, val_ids[0], mmap=False)

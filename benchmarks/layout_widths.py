@@ -1,6 +1,6 @@
 """python -m benchmarks.layout_widths [--widths 4 8 16 32] [--patch 32 64 64] [--threads 2] [--reps 5] [--out FILE]
 
-Is channels-last (NDHWC, the CPU default since 2026-12-06) faster than NCDHW at every width,
+Is channels-last (NDHWC, the CPU default) faster than NCDHW at every width,
 thread count and precision? One SGD step (forward, cross-entropy on the full-resolution
 output, backward, update) of the reference genotype at each base width, batch 2, for fp32
 and bf16, in both layouts; the four variants of a width take turns in every repetition
@@ -22,7 +22,7 @@ def stepper(base: int, patch: tuple[int, int, int], precision: str, channels_las
     import torch
 
     from c2fnas_auto.nas.config import NetworkConfig
-    from c2fnas_auto.nas.execution import autocast, prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, autocast, prepare_network
     from c2fnas_auto.nas.genotype import reference_genotype
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.planning.planner import level_channels_for
@@ -31,7 +31,8 @@ def stepper(base: int, patch: tuple[int, int, int], precision: str, channels_las
     config = NetworkConfig(in_channels=1, num_classes=3, stem_channels=base, level_channels=level_channels_for(base),
                            strides=((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)))
     config.check_patch(patch)
-    net = prepare_network(build_network(reference_genotype(), config).train(), channels_last=channels_last)
+    net = prepare_network(build_network(reference_genotype(), config).train(),
+                          ExecutionOptions(channels_last=channels_last))
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x, y = torch.randn(2, 1, *patch), torch.randint(0, 3, (2, *patch))
 

@@ -172,14 +172,14 @@ def our_side(plans, pre_dir, patch, batch, device, precision="fp32", compile=Fal
 
     from benchmarks.rows.data_pipeline import our_iterator
     from benchmarks.rows.train_step import our_network
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
     from c2fnas_auto.training.loss import DeepSupervisionLoss
     from c2fnas_auto.training.schedule import GRAD_CLIP, build_optimizer
 
     torch.manual_seed(0)
     net, config = our_network(plans)
     config.check_patch(patch)
-    net = prepare_network(net.to(device), compile=compile, channels_last=channels_last)
+    net = prepare_network(net.to(device), ExecutionOptions(compile=compile, channels_last=channels_last))
     b = next(our_iterator(pre_dir, patch, batch, "device"))
     x, y = b["data"].to(device), b["target"].to(device)
     net.train()

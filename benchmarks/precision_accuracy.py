@@ -1,7 +1,7 @@
 """python -m benchmarks.precision_accuracy [--profile quick] [--seeds N] [--options ...] [--threads 1]
 [--epochs E --iters-per-epoch I]
 
-Do the execution options (issue 21) cost accuracy? The same training (the plans' network and
+Do the execution options (nas/execution.py) cost accuracy? The same training (the plans' network and
 schedule of the search study's profile: `fit`, then `score_cases` on cases the training never
 read) under fp32 and under each option, with several seeds, on the study's source task (the
 demo-like synthetic task) and on its held-out CT-like task. An option passes on a task when
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry
 
-# fp32, bf16 and compile run in the device's default layout (channels-last on a CPU since
-# 2026-12-06); ncdhw and bf16_ncdhw in the layout that was the default before
+# fp32, bf16 and compile run in the device's default layout (channels-last on a CPU); ncdhw
+# and bf16_ncdhw in NCDHW, so the layout's own effect on accuracy shows
 OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
            "ncdhw": {"channels_last": False}, "bf16_ncdhw": {"precision": "bf16", "channels_last": False}}
 OUT = Path(__file__).resolve().parent / "results" / "precision_accuracy"
@@ -39,19 +39,20 @@ def train_and_score(task, option: str, seed: int, epochs: int, iters_per_epoch: 
     import torch
 
     from benchmarks.study.runner import class_dice
+    from c2fnas_auto.nas.execution import ExecutionOptions
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.api import fit, score_cases
 
-    opts = OPTIONS[option]
+    execution = ExecutionOptions(**OPTIONS[option])
     torch.manual_seed(seed)
     net = build_network(task.plans.genotype, task.plans.network_config())
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     losses = fit(net, task.plans, task.preprocessed, task.train_ids, epochs=epochs,
-                 iters_per_epoch=iters_per_epoch, device="cpu", seed=seed, **opts)
+                 iters_per_epoch=iters_per_epoch, device="cpu", seed=seed, execution=execution)
     t1 = time.perf_counter()
     scores = score_cases(net, task.plans, task.heldout_dir, task.heldout_ids, device="cpu",
-                         precision=opts.get("precision"))
+                         execution=execution)
     return {"mean_fg_dice": scores["mean_fg_dice"],
             "class_dice": class_dice(scores["per_case"], task.plans.num_classes),
             "final_loss": float(losses[-1]) if losses else None, "train_seconds": round(t1 - t0, 1),

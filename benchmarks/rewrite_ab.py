@@ -18,7 +18,6 @@ A benchmark, not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import tempfile
@@ -27,34 +26,18 @@ from pathlib import Path
 from c2fnas_auto.cli._common import cli_entry
 
 
-def switched_off(net, flag: str):
-    """A copy of `net` (same weights) with the rewrite's flag off in every module that has it."""
-    ref = copy.deepcopy(net)
-    for m in ref.modules():
-        if getattr(m, flag, False):
-            setattr(m, flag, False)
+def network_copy(net, plans):
+    """The plans' network built now (under the fast-path switches in force) with `net`'s weights."""
+    from benchmarks.rows.train_step import our_network
+
+    ref, _ = our_network(plans)
+    ref.load_state_dict(net.state_dict())
     return ref
 
 
-def with_torch_argmax(step):
-    """`step` with the training loop's confusion counts taking PyTorch's argmax (the
-    `channel_argmax` rewrite off), only while it runs: the other side runs in turn."""
-    from c2fnas_auto.training import loop
-
-    def run():
-        fast = loop.channel_argmax
-        loop.channel_argmax = lambda x, dim=1: x.argmax(dim)
-        try:
-            return step()
-        finally:
-            loop.channel_argmax = fast
-    return run
-
-
-# rewrite -> the module flag that switches it (ConvBlock.fused_upsample, Upsample.fast); None:
-# a rewrite of the training step, switched off by `with_torch_argmax`; LAYOUT: the execution option
+# the rewrites are the fast-path switches (utils/fast_paths.py), the layout the execution option
 LAYOUT = "channels_last"
-REWRITES = {"fused_upsample": "fused_upsample", "axis_upsample": "fast", "channel_argmax": None, LAYOUT: LAYOUT}
+REWRITES = ("fused_upsample", "axis_upsample", "channel_argmax", LAYOUT)
 
 
 @cli_entry
@@ -76,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.rows.train_iterations import iterations_per_second, our_stepper
     from benchmarks.rows.train_step import our_network
     from benchmarks.workspace import Workspace
+    from c2fnas_auto.utils.fast_paths import fast_paths_set
     from c2fnas_auto.utils.io import atomic_write_json
 
     profile = PROFILES[args.profile]
@@ -91,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions:
             net, config = our_network(plans)
             config.check_patch(patch)
-            flag = REWRITES[args.rewrite]
-            layout = flag == LAYOUT  # the layout is an execution option, not a module flag
-            off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
-                              net=copy.deepcopy(net) if flag in (None, LAYOUT) else switched_off(net, flag),
-                              channels_last=False if layout else None)
+            layout = args.rewrite == LAYOUT
+            with fast_paths_set(**({} if layout else {args.rewrite: False})):  # the off side is built without it
+                off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
+                                  net=network_copy(net, plans), channels_last=False if layout else None)
             steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision,
                                                channels_last=True if layout else None),
-                     "rewrite_off": with_torch_argmax(off) if flag is None else off}
+                     "rewrite_off": off}
             for step in steps.values():
                 step()  # warm-up
             ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, args.reps)

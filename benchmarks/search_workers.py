@@ -1,6 +1,6 @@
 """How well several workers share one search: the earlier per-candidate files engine vs
 Optuna's journal file (the default) vs Optuna on SQLite and on PostgreSQL, side by side in
-one run (issue 23).
+one run, on the same machine and load.
 
 Fake evaluators that only sleep (so 2 shared CPU cores do not distort the figures), with
 a duration drawn per job from its topology (seeded, the same in every configuration):
@@ -112,7 +112,8 @@ def _skew_clock(seconds: float) -> None:
 
 def worker(out: Path, opts: dict[str, Any]) -> None:
     """One search worker with sleeping fake evaluators on `opts["storage"]` (None: SQLite)."""
-    from c2fnas_auto.search.api import SearchHooks, SearchSettings, search_core
+    from c2fnas_auto.search.core import search_core
+    from c2fnas_auto.search.settings import SearchHooks, SearchSettings
     from c2fnas_auto.search.jobs import WorkerOptions
 
     if opts.get("fault") == "heartbeat_error":

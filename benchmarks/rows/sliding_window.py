@@ -16,7 +16,7 @@ down to the smallest positive value (about 1e-10 for a roi of 16), so far-from-c
 voxels of a window weigh much less in ours. (With MONAI's map substituted into ours the
 outputs are identical: checked by hand.)
 
-The options a user can switch on (issue 21: `--channels-last`, `--precision bf16`,
+The options a user can switch on (nas/execution.py: `--channels-last`, `--precision bf16`,
 `--compile`, and compile with channels-last) are further sides of ours, each on its own copy
 of the same weights, each alternated with MONAI (fp32, plain network) at both windows per
 forward; their time ratios are in the note and the JSON, and the best of them is compared
@@ -51,7 +51,8 @@ def reference_network(in_channels: int, num_classes: int, base_channels: int, de
 
 
 BATCH_SIZES = (1, 2)  # windows per forward, the same on both sides
-# the network as given (NCDHW) is both sides' headline; channels_last is our CPU default since 2026-12-06
+# the network as given (NCDHW) is both sides' headline, so they compare like for like; channels_last
+# (our CPU default) is a side of its own
 OPTION_SIDES = {"channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
                 "compile": {"compile": True}, "bf16_channels_last": {"precision": "bf16", "channels_last": True}}
 OUR_DEFAULT, MONAI_DEFAULT = 2, 1  # sliding_window_predict(tile_batch_size=2); SlidingWindowInferer(sw_batch_size=1)
@@ -63,7 +64,7 @@ def run(ws, profile: Profile) -> RowResult:
     from monai.inferers import sliding_window_inference
 
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
 
     num_classes = 3
     torch.manual_seed(0)
@@ -106,8 +107,8 @@ def run(ws, profile: Profile) -> RowResult:
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
     opt_times, opt_ratios, opt_diff = {}, {}, {}
     for name, opts in OPTION_SIDES.items():
-        variant = prepare_network(copy.deepcopy(net), compile=opts.get("compile", False),
-                                  channels_last=opts.get("channels_last", False)).eval()
+        execution = ExecutionOptions(compile=opts.get("compile", False), channels_last=opts.get("channels_last", False))
+        variant = prepare_network(copy.deepcopy(net), execution).eval()
         precision = opts.get("precision", "fp32")
         opt_times[name] = {}
         for bs in BATCH_SIZES:

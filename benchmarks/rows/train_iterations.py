@@ -15,10 +15,10 @@ Two more sides say where a gap comes from (fp32, same patch and batch, device ba
 only the pipeline differs from the nnU-Net side. The headline and the goal stay on the
 default network.
 
-The options a user can switch on (issue 21) are sides too, on the default network with the
+The options a user can switch on (nas/execution.py) are sides too, on the default network with the
 device backend: `bf16` and `compile` (`--precision bf16`, `--compile`; nas/execution.py),
 both in the CPU's default channels-last layout, and `ncdhw` and `bf16_ncdhw`
-(`--no-channels-last`: the layout that was the default before 2026-12-06). Their ratios to
+(`--no-channels-last`: NCDHW, the layout nnU-Net runs in). Their ratios to
 nnU-Net (fp32) are paired per repetition like the headline's; "best option" is the
 largest median of them. Compilation happens in the untimed warm-up call.
 """
@@ -52,7 +52,7 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     execution options a user can pick (nas/execution.py)."""
     import torch
 
-    from c2fnas_auto.nas.execution import prepare_network
+    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
     from c2fnas_auto.training.loop import StepContext, train_step
     from c2fnas_auto.training.loss import DeepSupervisionLoss
     from c2fnas_auto.training.schedule import build_optimizer
@@ -61,7 +61,7 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     if net is None:
         net, config = our_network(plans)
         config.check_patch(patch)
-    prepare_network(net, compile=compile, channels_last=channels_last)
+    prepare_network(net, ExecutionOptions(compile=compile, channels_last=channels_last))
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"), precision=precision)
     batches = our_iterator(pre_dir, patch, batch, augmentation)
     net.train()

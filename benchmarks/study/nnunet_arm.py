@@ -1,5 +1,5 @@
-"""nnU-Net v2's own network as an arm of the study (issue 20: the paper's claim is that the
-searched network beats the hand-designed one).
+"""nnU-Net v2's own network as an arm of the study (the paper's claim is that the searched
+network beats the hand-designed one).
 
 nnU-Net's planner plans its network for the task at the same memory budget as ours
 (`-gpu_memory_target`, the profile's `gpu_memory_gb`), with its target spacing set to ours

@@ -1,5 +1,5 @@
 """Sizes of the study. `quick` fits 15 minutes and `full` 2 hours on 2 shared CPU cores;
-`power` is the study with enough genotypes and seeds to answer (issue 20: hours of CPU,
+`power` is the study with enough genotypes and seeds to answer (hours of CPU,
 resumed across sessions); `tiny` exists for the smoke test. Every profile runs the same code path as a GPU run
 (the planner picks patch and batch from a small memory budget and narrow width)."""
 

@@ -109,7 +109,8 @@ def task_summary(records: list[dict[str, Any]], task: str, n_boot: int, label: s
 
 def class_summaries(records: list[dict[str, Any]], task: str, n_boot: int,
                     labels: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """The task summary once per foreground label (organ and lesion apart, issue 20)."""
+    """The task summary once per foreground label (organ and lesion apart: a network can learn one
+    and not the other)."""
     return {name: task_summary(records, task, n_boot, str(v)) for name, v in labels.items() if int(v) != 0}
 
 

@@ -1,4 +1,4 @@
-"""The start study (issue 20): which change makes every short training of the default
+"""The start study: which change makes every short training of the default
 `c2fnas` network start learning, and at what cost in Dice when it would have started anyway.
 
 Each job trains one network variant of one genotype with one init seed (the weights'

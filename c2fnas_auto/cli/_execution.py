@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any, TypeVar
 
-from c2fnas_auto.nas.execution import PRECISIONS
+from c2fnas_auto.nas.execution import PRECISIONS, ExecutionOptions
+
+T = TypeVar("T")
 
 
 def add_execution_flags(p: argparse.ArgumentParser) -> None:
@@ -21,6 +25,15 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
                         "faster, off on CUDA")
 
 
-def execution_kwargs(args: argparse.Namespace) -> dict:
-    """The flags as keyword arguments of TrainerOptions, Predictor and SearchSettings."""
-    return {"precision": args.precision, "compile": args.compile, "channels_last": args.channels_last}
+def execution_from_args(args: argparse.Namespace) -> ExecutionOptions:
+    """The flags of `add_execution_flags` as the options TrainerOptions, Predictor and SearchSettings take."""
+    return ExecutionOptions.from_namespace(args)
+
+
+def settings_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """A settings dataclass from parsed flags whose `dest` is the field's name (a field without a
+    flag keeps its default; `execution` comes from the execution flags); `overrides` for the
+    fields a flag does not give as is."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values["execution"] = execution_from_args(args)
+    return cls(**{**values, **overrides})

@@ -7,7 +7,7 @@ import sys
 from contextlib import ExitStack
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
-from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
+from c2fnas_auto.cli._execution import add_execution_flags, execution_from_args
 from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor(folders, folds=args.folds, device=args.device, step_size=args.step_size,
                               tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
                               checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing,
-                              **execution_kwargs(args))
+                              execution=execution_from_args(args))
         failures = predictor.predict_files(args.input, args.output, save_probabilities=args.save_probabilities,
                                            continue_=args.continue_, num_export_workers=args.num_export_workers,
                                            file_ending=args.file_ending, num_parts=args.num_parts,

@@ -13,11 +13,12 @@ import argparse
 import os
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
-from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
+from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from c2fnas_auto.search.api import SearchSettings
+    from c2fnas_auto.nas.genotype import OPS
+    from c2fnas_auto.search.settings import SearchSettings
     from c2fnas_auto.search.jobs import WorkerOptions
 
     d = SearchSettings()
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
                    help="share of the training cases kept out of the search when the task has no labelled "
                         "imagesTs/labelsTs (0: none)")
-    p.add_argument("--coarse-op", default=d.coarse_op, choices=["2d", "3d", "p3d"],
+    p.add_argument("--coarse-op", default=d.coarse_op, choices=list(OPS),
                    help="the op of every cell during the coarse stage")
     p.add_argument("--max-gflops", type=float, default=None,
                    help="fine stage: skip op choices whose forward pass of one patch exceeds this")
@@ -74,19 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.search.api import REPORT_FILE, SearchSettings, run_search
-    from c2fnas_auto.search.stop import STOPPED_EXIT_CODE, SearchStopped, StopFlag
+    from c2fnas_auto.search.api import run_search
+    from c2fnas_auto.search.files import REPORT_FILE
+    from c2fnas_auto.search.settings import SearchSettings
+    from c2fnas_auto.search.stop import SearchStopped, search_stop_flag
+    from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
     from c2fnas_auto.search.jobs import WorkerOptions
 
     args = build_parser().parse_args(argv)
-    settings = SearchSettings(coarse_candidates=args.coarse_candidates, min_epochs=args.min_epochs, eta=args.eta,
-                              rungs=args.rungs, clusters=args.clusters, population=args.population,
-                              fine_epochs=args.fine_epochs, supernet_warmup=args.supernet_warmup, generations=args.generations,
-                              iters_per_epoch=args.iters_per_epoch, seed=args.seed, coarse_op=args.coarse_op,
-                              max_gflops=args.max_gflops, tournament=args.tournament,
-                              standalone_sample=args.standalone_sample, heldout_fraction=args.heldout_fraction,
-                              **execution_kwargs(args))
-    stop = StopFlag().install()
+    settings = settings_from_args(SearchSettings, args)
+    stop = search_stop_flag().install()
     try:
         state = run_search(args.task, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress, join=args.join, stop=stop,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
-from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
+from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
+from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the network of the plans' genotype on one cross-validation fold. Results go to "
         "$C2FNAS_results/<task>/<plans>__<genotype id>/fold_<k>/ (one folder per genotype). Several GPUs: "
         "torchrun --nproc_per_node=N -m c2fnas_auto.cli.train TASK FOLD ... On SIGTERM or SIGUSR1 the running "
-        "iteration finishes, checkpoint_latest.pth is written and the exit code is 75; --continue resumes."))
+        "iteration finishes, checkpoint_latest.pth is written and the exit code is 3; --continue resumes."))
     p.add_argument("task", help="task id (7, 007) or preprocessed folder name (Task07_Pancreas)")
     p.add_argument("fold", help="fold 0-4 (as many folds as cases when there are fewer than 5) or 'all'")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"number of epochs (default {d.epochs})")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class a forced-foreground patch is centred on: 'uniform' over the case's classes "
                         "(nnU-Net) or 'rarest' in the case (small lesions inside organs) "
                         f"(default {d.foreground_classes})")
-    p.add_argument("--genotype", default=None, metavar="FILE",
+    p.add_argument("--genotype", dest="genotype_file", default=None, metavar="FILE",
                    help="genotype JSON (or a plans file holding one) instead of the plans' genotype; trains "
                    "into that genotype's own experiment folder, its memory checked against the plans' budget")
     p.add_argument("--continue", dest="continue_training", action="store_true",
@@ -52,12 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help=f"write checkpoint_latest.pth every N epochs (default {d.checkpoint_every})")
-    p.add_argument("--no-final-validation", action="store_true",
+    p.add_argument("--no-final-validation", dest="final_validation", action="store_false",
                    help="skip the sliding-window validation of the fold's cases at the end")
     p.add_argument("--save-probabilities", action="store_true",
                    help="keep the final validation's softmax (validation/<case>.npz): "
                         "c2fnas_find_best_configuration scores ensembles from it (nnU-Net's --npz)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
     add_execution_flags(p)
     add_trust_flag(p)
     return p
@@ -65,24 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.training.signals import PREEMPTED_EXIT_CODE, TrainingStopped
+    from c2fnas_auto.training.signals import TrainingStopped
     from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
 
     args = build_parser().parse_args(argv)
-    options = TrainerOptions(
-        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-        batch_size=args.batch_size, patch_size=tuple(args.patch_size) if args.patch_size else None,
-        device=args.device, num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, final_validation=not args.no_final_validation,
-        continue_training=args.continue_training, genotype_file=args.genotype, progress=not args.no_progress,
-        save_probabilities=args.save_probabilities, augmentation=args.augmentation,
-        foreground_classes=args.foreground_classes, **execution_kwargs(args))
+    options = settings_from_args(
+        TrainerOptions, args, patch_size=tuple(args.patch_size) if args.patch_size else None,
+        num_workers=default_num_workers() if args.num_workers is None else args.num_workers)
     with trust_from_args(args):  # --continue from an older checkpoint_latest; new ones are plain data
         trainer = Trainer(args.task, args.fold, options)
         try:
             trainer.run()
         except TrainingStopped:  # SIGTERM / SIGUSR1: checkpoint written, resume with --continue
-            return PREEMPTED_EXIT_CODE
+            return STOPPED_EXIT_CODE
     if trainer.is_main:
         print(f"results in {trainer.fold_dir}", flush=True)
     return 0

@@ -114,7 +114,10 @@ def _case_geometry(rng: np.random.Generator, index: int, spacing_zyx: tuple[floa
 
 
 def _case_arrays(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(image (C, z, y, x), label (z, y, x)) for one case."""
+    """(image (C, z, y, x), label (z, y, x)) for one case.
+
+    One function: each structure is drawn from the previous draws of the same generator, so splitting it
+    would hand the generator and half-built arrays around."""
     shape = spec.shape
     zz, yy, xx = np.meshgrid(*(np.linspace(-1.0, 1.0, n) for n in shape), indexing="ij")
 

@@ -158,7 +158,9 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
 
     `reference_folder` holds the raw labels (e.g. the task's `labelsTr`) named like the
     validation predictions. Writes `out_file` (default `results_dir/postprocessing.json`).
-    """
+
+    One function: both decisions are made on the same loaded predictions in one pass, the second
+    building on the first."""
     from c2fnas_auto.data.image_io import read_segmentation
 
     results_dir = Path(results_dir)

@@ -32,7 +32,7 @@ from c2fnas_auto.inference.experiments import available_folds, genotype_id_of_fo
 from c2fnas_auto.inference.export import export_prediction, labels_from_probabilities, probabilities_to_original
 from c2fnas_auto.inference.postprocessing import find_postprocessing, load_postprocessing
 from c2fnas_auto.inference.sliding_window import sliding_window_predict
-from c2fnas_auto.nas.execution import check_precision, prepare_network
+from c2fnas_auto.nas.execution import ExecutionOptions, check_precision, prepare_network
 from c2fnas_auto.nas.checkpoint import checkpoint_file_name, trained_network
 from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.io import atomic_write_json
@@ -155,98 +155,106 @@ def _readable_companion(path: Path) -> bool:
     return True
 
 
-def _export_job(probs: np.ndarray, properties: dict, plans: Any, out_file: Path, save_probabilities: bool,
-                postprocessing: dict | None) -> None:
-    export_prediction(probs, properties, plans, out_file, save_probabilities, postprocessing)
+@dataclass
+class LoadedModels:
+    """Networks ready to predict, where they came from (`Predictor.info()`) and their postprocessing."""
+
+    models: list[FoldModel]
+    source: dict[str, Any]
+    postprocessing: dict | str | os.PathLike | None = None
+
+
+def load_experiments(model_folders: str | os.PathLike | Sequence[str | os.PathLike],
+                     folds: Sequence[str | int] | str | int | None, checkpoint: str, device: torch.device,
+                     postprocessing: bool | dict | str | os.PathLike | None) -> LoadedModels:
+    """The folds of one or several experiment folders (see `Predictor`), checked to fit together."""
+    if isinstance(model_folders, (str, os.PathLike)):
+        model_folders = [model_folders]
+    folders = [Path(f) for f in model_folders]
+    if not folders:
+        raise InputError("no model folder given")
+    resolved = [f.resolve() for f in folders]
+    twice = sorted({str(f) for f in folders if resolved.count(f.resolve()) > 1})
+    if twice:
+        raise InputError(f"{twice[0]}: model folder given twice (its folds would weigh double)")
+    checkpoint_file_name(checkpoint)
+    groups, fold_lists = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(f"{folder}: results folder not found (train a fold first)")
+        fold_list = _fold_list(folds) or available_folds(folder, checkpoint)
+        if not fold_list:
+            raise InputError(f"{folder}: no fold has {checkpoint_file_name(checkpoint)}")
+        group = [load_fold(folder, f, checkpoint, device) for f in fold_list]
+        _check_folds(group)
+        groups.append(group)
+        fold_lists.append(fold_list)
+    _check_experiments(groups)
+    if postprocessing is True:
+        pp_file = find_postprocessing(folders[0], fold_lists[0]) if len(folders) == 1 else None
+        postprocessing = load_postprocessing(pp_file) if pp_file is not None else None
+    return LoadedModels([m for g in groups for m in g],
+                        {"model_folders": [str(f) for f in folders], "folds": fold_lists, "checkpoint": checkpoint},
+                        postprocessing)
 
 
 class Predictor:
     """Trained folds of one or several experiments, loaded once.
 
     `model_folders`: one experiment folder (holding fold_k/) or several (an ensemble of
-    experiments). `folds`: None = every fold with the checkpoint, else a list (`"all"` is the
-    fold trained on all cases, as in nnU-Net). `postprocessing`: True = the experiment's own
-    decision (one experiment only), a dict or a file = that decision, False/None = none.
+    experiments), or networks already loaded (`LoadedModels`, see `from_networks`). `folds`:
+    None = every fold with the checkpoint, else a list (`"all"` is the fold trained on all
+    cases, as in nnU-Net). `postprocessing`: True = the experiment's own decision (one
+    experiment only), a dict or a file = that decision, False/None = none. `execution`: how
+    the networks run (nas/execution.py).
     """
 
-    def __init__(self, model_folders: str | os.PathLike | Sequence[str | os.PathLike],
+    def __init__(self, model_folders: str | os.PathLike | Sequence[str | os.PathLike] | LoadedModels,
                  folds: Sequence[str | int] | str | int | None = None, device: str | torch.device | None = "auto",
                  step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2, checkpoint: str = "final",
                  postprocessing: bool | dict | str | os.PathLike | None = True, progress: bool = True,
-                 precision: str | None = None, compile: bool = False, channels_last: bool | None = None):
-        if isinstance(model_folders, (str, os.PathLike)):
-            model_folders = [model_folders]
-        folders = [Path(f) for f in model_folders]
-        if not folders:
-            raise InputError("no model folder given")
-        resolved = [f.resolve() for f in folders]
-        twice = sorted({str(f) for f in folders if resolved.count(f.resolve()) > 1})
-        if twice:
-            raise InputError(f"{twice[0]}: model folder given twice (its folds would weigh double)")
-        checkpoint_file_name(checkpoint)
+                 execution: ExecutionOptions = ExecutionOptions()):
         dev = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
-        groups, fold_lists = [], []
-        for folder in folders:
-            if not folder.is_dir():
-                raise InputError(f"{folder}: results folder not found (train a fold first)")
-            fold_list = _fold_list(folds) or available_folds(folder, checkpoint)
-            if not fold_list:
-                raise InputError(f"{folder}: no fold has {checkpoint_file_name(checkpoint)}")
-            group = [load_fold(folder, f, checkpoint, dev) for f in fold_list]
-            _check_folds(group)
-            groups.append(group)
-            fold_lists.append(fold_list)
-        _check_experiments(groups)
-        if postprocessing is True:
-            pp_file = find_postprocessing(folders[0], fold_lists[0]) if len(folders) == 1 else None
-            postprocessing = load_postprocessing(pp_file) if pp_file is not None else None
-        self._configure([m for g in groups for m in g], dev, step_size, tta, tile_batch_size, postprocessing,
-                        progress, {"model_folders": [str(f) for f in folders], "folds": fold_lists,
-                                   "checkpoint": checkpoint}, precision, compile, channels_last)
-
-    @classmethod
-    def from_networks(cls, networks: Sequence[nn.Module], plans: Any, device: str | torch.device | None = "auto",
-                      step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2,
-                      postprocessing: dict | str | os.PathLike | None = None, progress: bool = True,
-                      precision: str | None = None, compile: bool = False,
-                      channels_last: bool | None = None) -> "Predictor":
-        """Networks already in memory (the trainer's final validation), all trained under `plans`."""
-        self = cls.__new__(cls)
-        dev = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
-        models = [FoldModel(str(i), n, plans) for i, n in enumerate(networks)]
-        if not models:
-            raise InputError("no network given")
-        self._configure(models, dev, step_size, tta, tile_batch_size, postprocessing, progress,
-                        {"model_folders": [], "folds": [], "checkpoint": "in memory"}, precision, compile,
-                        channels_last)
-        return self
-
-    def _configure(self, models: list[FoldModel], device: torch.device, step_size: float, tta: bool,
-                   tile_batch_size: int, postprocessing: Any, progress: bool, source: dict,
-                   precision: str | None = None, compile: bool = False, channels_last: bool | None = None) -> None:
-        """`precision`, `compile`, `channels_last`: how the networks run (nas/execution.py)."""
+        if isinstance(model_folders, LoadedModels):
+            loaded = model_folders
+            if not loaded.models:
+                raise InputError("no network given")
+        else:
+            loaded = load_experiments(model_folders, folds, checkpoint, dev, postprocessing)
         if not 0 < step_size <= 1:
             raise InputError(f"step size {step_size} must be in (0, 1]")
         if tile_batch_size < 1:
             raise InputError(f"tile batch size {tile_batch_size} must be at least 1")
         from c2fnas_auto.planning.size_check import check_prediction_fits
 
-        for m in models:  # a checkpoint's plans may come from someone else: its patch is checked first
+        for m in loaded.models:  # a checkpoint's plans may come from someone else: its patch is checked first
             check_prediction_fits(m.checkpoint_file or "network in memory", m.plans.patch_size, m.plans.num_channels,
                                   m.plans.num_classes, tile_batch_size)
-        if isinstance(postprocessing, (str, os.PathLike)):
-            postprocessing = load_postprocessing(postprocessing)
-        self.precision = check_precision(precision, device)
-        for m in models:
-            prepare_network(m.network, compile=compile, channels_last=channels_last)
-        self.models = models
-        self.device = device
+        pp = loaded.postprocessing
+        if isinstance(pp, (str, os.PathLike)):
+            pp = load_postprocessing(pp)
+        self.precision = check_precision(execution.precision, dev)
+        for m in loaded.models:
+            prepare_network(m.network, execution)
+        self.models = loaded.models
+        self.device = dev
         self.step_size = float(step_size)
         self.tta = bool(tta)
         self.tile_batch_size = int(tile_batch_size)
-        self.postprocessing: dict | None = postprocessing or None
+        self.postprocessing: dict | None = pp or None
         self.progress = progress
-        self._source = source
+        self._source = loaded.source
+
+    @classmethod
+    def from_networks(cls, networks: Sequence[nn.Module], plans: Any, device: str | torch.device | None = "auto",
+                      step_size: float = 0.5, tta: bool = True, tile_batch_size: int = 2,
+                      postprocessing: dict | str | os.PathLike | None = None, progress: bool = True,
+                      execution: ExecutionOptions = ExecutionOptions()) -> "Predictor":
+        """Networks already in memory (the trainer's final validation), all trained under `plans`."""
+        models = [FoldModel(str(i), n, plans) for i, n in enumerate(networks)]
+        return cls(LoadedModels(models, {"model_folders": [], "folds": [], "checkpoint": "in memory"}, postprocessing),
+                   device=device, step_size=step_size, tta=tta, tile_batch_size=tile_batch_size, progress=progress,
+                   execution=execution)
 
     @property
     def plans(self) -> Any:
@@ -390,9 +398,9 @@ class Predictor:
                     probs = self.predict_probabilities(data).numpy()
                     del data
                     if pool is None:
-                        _export_job(probs, properties, plans, out_file, save_probabilities, pp)
+                        export_prediction(probs, properties, plans, out_file, save_probabilities, pp)
                         continue
-                    pending.append((case.case_id, pool.submit(_export_job, probs, properties, plans, out_file,
+                    pending.append((case.case_id, pool.submit(export_prediction, probs, properties, plans, out_file,
                                                               save_probabilities, pp)))
                     while len(pending) > 2 * num_export_workers:  # bound the probabilities held in memory
                         cid, fut = pending.pop(0)

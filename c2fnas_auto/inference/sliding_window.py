@@ -109,7 +109,9 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
     here); two tiles per forward take the oneDNN path. The network is put in eval mode for the call and restored afterwards.
     `precision` ("fp32", "bf16", "fp16"; None: fp16 autocast on CUDA, fp32 elsewhere) is the
     network's compute precision; logits are accumulated in float32 whatever it is.
-    """
+
+    One function: tiling, mirroring and the Gaussian-weighted accumulation share the same buffers and
+    loop."""
     forward_fn = forward_fn or _default_forward
     if device is None:
         try:

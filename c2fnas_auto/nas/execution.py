@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,6 +22,42 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 class ExecutionError(C2FNASError):
     """An execution option this device cannot honour (one line, names the option)."""
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How a network runs, picked once by the user and passed whole to training, prediction and
+    the search, so that one choice means the same thing everywhere. None means "the device's
+    default"; `resolved(device)` fills those in. Frozen: a run never changes its caller's choice."""
+
+    precision: str | None = None  # fp32 / bf16 / fp16; None: fp16 AMP on CUDA, fp32 elsewhere
+    compile: bool = False  # torch.compile the network (the supernet cell by cell)
+    channels_last: bool | None = None  # channels-last (NDHWC) activations; None: the device's default
+
+    def resolved(self, device: torch.device) -> "ExecutionOptions":
+        """The options a run on `device` uses (an impossible explicit choice is one clear error)."""
+        return replace(self, precision=check_precision(self.precision, device),
+                       channels_last=check_channels_last(self.channels_last, device))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The three options under their own names, as the search record and checkpoints store them."""
+        return {"precision": self.precision, "compile": self.compile, "channels_last": self.channels_last}
+
+    @classmethod
+    def from_namespace(cls, args: Any) -> "ExecutionOptions":
+        """From parsed CLI flags (or any object) with attributes named like the fields."""
+        return cls(precision=args.precision, compile=bool(args.compile), channels_last=args.channels_last)
+
+
+EXECUTION_FIELDS = tuple(ExecutionOptions().to_dict())
+
+
+def flat_asdict(settings: Any) -> dict[str, Any]:
+    """`asdict` of a settings dataclass holding an `execution` field, with the execution options
+    at the top level: the files written before they were grouped keep their keys."""
+    d = asdict(settings)
+    d.update(d.pop("execution"))
+    return d
 
 
 def default_precision(device: torch.device) -> str:
@@ -157,13 +194,13 @@ def allow_recompiles(n: int) -> None:
             setattr(torch._dynamo.config, name, n)
 
 
-def prepare_network(network: nn.Module, compile: bool = False, channels_last: bool | None = None,
+def prepare_network(network: nn.Module, execution: ExecutionOptions = ExecutionOptions(),
                     compiler: Callable = torch.compile) -> nn.Module:
     """Apply the layout and compile options to a c2fnas network in place; returns it.
     `channels_last` None: the default of the device the network's weights are on."""
-    if check_channels_last(channels_last, next(network.parameters()).device):
+    if check_channels_last(execution.channels_last, next(network.parameters()).device):
         to_channels_last(network)
-    if compile:
+    if execution.compile:
         units = network.compile_units() if isinstance(network, Compilable) else None
         if not units:
             raise ExecutionError(f"--compile: {type(network).__name__} is not a c2fnas network")

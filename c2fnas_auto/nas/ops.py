@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from c2fnas_auto.nas.layout import InstanceNorm, is_channels_last, restore, spatial_last
 from c2fnas_auto.nas.plan import ConvUnit
+from c2fnas_auto.utils.fast_paths import fast_paths
 
 
 class ConvBlock(nn.Module):
@@ -33,7 +34,7 @@ class ConvBlock(nn.Module):
                               padding=unit.padding, bias=unit.bias)
         self.norm = InstanceNorm(unit.out_channels, affine=unit.affine) if unit.norm else None
         # upsample -> 3x3x3 conv as one conv at the low resolution (see upsample_conv3d)
-        self.fused_upsample = unit.fused_upsample
+        self.fused_upsample = unit.fused_upsample and fast_paths().fused_upsample
         self.in_plane_unit = unit.kernel[1:] == (1, 1) and unit.stride == (1, 1, 1)  # 1x1x1 or 3x1x1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,15 +94,16 @@ class Upsample(nn.Module):
 
     Factors of 1 and 2 (every stride the planner makes) run axis by axis (`upsample_x2`):
     the same values to float rounding, 2-5x faster than `F.interpolate`'s trilinear kernel
-    forward and backward on a CPU (which is slower still under bf16). `fast = False`, other
-    factors and ONNX export (a single Resize node) take `F.interpolate`.
+    forward and backward on a CPU (which is slower still under bf16). Built with the
+    `axis_upsample` fast path off (utils/fast_paths.py), other factors and ONNX export (a
+    single Resize node) take `F.interpolate`.
     """
 
     def __init__(self, scale: tuple[float, float, float]):
         super().__init__()
         self.scale = tuple(float(s) for s in scale)
         self.factors = tuple(int(s) for s in self.scale) if all(s in (1.0, 2.0) for s in self.scale) else None
-        self.fast = True
+        self.fast = fast_paths().axis_upsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast and self.factors is not None and not torch.onnx.is_in_onnx_export():

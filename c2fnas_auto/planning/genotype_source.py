@@ -18,7 +18,8 @@ from pathlib import Path
 from c2fnas_auto.errors import C2FNASError, PlansError
 from c2fnas_auto.paths import PLANS_FILE, SEARCH_GENOTYPE_FILE, preprocessed_dir, search_results_dir
 
-OLD_SEARCH_SUBDIR = "search"  # under the preprocessed task folder, before search results moved
+OLD_SEARCH_SUBDIR = "search"  # under the preprocessed task, where earlier 0.1.0 development versions
+# searched (with OLD_REPORT_FILE): removed in 0.3
 OLD_REPORT_FILE = "report.json"
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ NORMALIZATION_SCHEMES = ("CT", "zscore")
 
 
 def default_resampling(anisotropic: bool = False, threshold: float = 3.0) -> dict[str, Any]:
-    """DESIGN §3: images cubic, segmentations one-hot linear; nearest out of plane when anisotropic."""
+    """nnU-Net's resampling: images cubic, segmentations one-hot linear; nearest out of plane when anisotropic,
+    where interpolating across thick slices would invent structure between them."""
     return {
         "image_order": 3,
         "seg_order": 1,
@@ -145,7 +146,9 @@ class Plans:
 
     # --------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise PlansError naming the first inconsistent field."""
+        """Raise PlansError naming the first inconsistent field.
+
+        A flat list of checks, one per field, in the order the fields appear."""
         _check(isinstance(self.task_name, str) and self.task_name, "task_name must be a non-empty string")
         _check(isinstance(self.channel_names, dict) and len(self.channel_names) > 0,
                "channel_names must name at least one channel")

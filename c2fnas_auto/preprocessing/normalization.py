@@ -1,4 +1,4 @@
-"""Intensity normalization per channel, as the plans say (DESIGN §3).
+"""Intensity normalization per channel, as the plans say (nnU-Net's schemes).
 
 CT intensities are physical (HU), so every case gets the same dataset-wide
 transform: clip to the foreground 0.5/99.5 percentiles, then subtract the

@@ -63,7 +63,10 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
     """(data float32 (C, z, y, x), seg int8 (1, z, y, x) or None, properties) in preprocessed space.
 
     `image` = (array (C, z, y, x), Geometry) already in memory (`Predictor.predict_array`); then
-    `image_files` only names the case in messages."""
+    `image_files` only names the case in messages.
+
+    One function: crop, transpose, resample and normalize run in this order on the same arrays, as in
+    nnU-Net."""
     from c2fnas_auto.data.image_io import read_image, read_segmentation, strip_ending
 
     image_files = [Path(f) for f in image_files]

@@ -1,4 +1,4 @@
-"""Resampling between spacings (DESIGN §3), used by preprocessing and by export.
+"""Resampling between spacings (nnU-Net's scheme), used by preprocessing and by export.
 
 Images use a cubic spline. Segmentations are resampled one label at a time as a
 soft one-hot map with linear interpolation, and each voxel takes the label with the

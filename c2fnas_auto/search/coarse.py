@@ -1,7 +1,8 @@
 """Coarse stage, real evaluation: train one topology from scratch, score it on the selection cases.
 
 Candidates are built at the plans' network width and trained at the plans' patch and
-batch size (no shrunken proxy, DESIGN §5), all with the same seed so scores compare.
+batch size (no shrunken proxy, whose ranking need not be the full network's), all with the
+same seed so scores compare.
 Anything over the plans' memory budget is skipped by the cost model before training.
 A candidate whose training did not start (training/start_check.py: no foreground ever
 predicted, loss flat) is retrained once with a fresh init seed, so the stage ranks
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from c2fnas_auto.nas.execution import ExecutionOptions
 from c2fnas_auto.search.runner import Evaluate, Proposal
 
 GIB = 1024 ** 3
@@ -35,20 +37,11 @@ class TrainingContext:
     device: torch.device
     seed: int
     iters_per_epoch: int
-    precision: str | None = None  # how candidates run (nas/execution.py); None: the device's default
-    compile: bool = False
-    channels_last: bool | None = None  # None: the device's default
-
-    def execution(self) -> dict[str, Any]:
-        """The keyword arguments of `fit` that say how a network runs."""
-        return {"precision": self.precision, "compile": self.compile, "channels_last": self.channels_last}
+    execution: ExecutionOptions = ExecutionOptions()  # how candidates run (nas/execution.py)
 
     def answer_fields(self) -> dict[str, Any]:
         """How this worker ran a candidate, kept in its record: workers (and a resumed run) may differ."""
-        from c2fnas_auto.nas.execution import check_channels_last, check_precision
-
-        return {"precision": check_precision(self.precision, self.device), "compile": self.compile,
-                "channels_last": check_channels_last(self.channels_last, self.device)}
+        return self.execution.resolved(self.device).to_dict()
 
     @property
     def memory_budget_bytes(self) -> float:
@@ -109,7 +102,7 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
             network, losses, restarted = train_started(genotype, ctx, n_epochs)
             t1 = time.perf_counter()
             scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
-                                 precision=ctx.precision)
+                                 execution=ctx.execution)
             t2 = time.perf_counter()
         except torch.cuda.OutOfMemoryError:  # the cost model underestimated: record it, go on
             return oom_answer(out, time.perf_counter() - t0, "training")
@@ -140,7 +133,7 @@ def train_started(genotype, ctx: TrainingContext, epochs: int) -> tuple[Any, lis
         monitor = StartMonitor()
         losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                      iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed, progress=False,
-                     monitor=monitor, **ctx.execution())
+                     monitor=monitor, execution=ctx.execution)
         if attempt == 1 or not monitor.not_started(final=True):
             return network, losses, attempt
         del network

@@ -98,7 +98,8 @@ def fine_evolution(levels: Sequence[int], op_choices: Sequence[str], run_batch: 
     (elites, not re-scored) and fills up with children: uniform crossover of two elites
     (with `crossover_prob`) followed by a one-cell op change. Children never repeat an
     op choice already proposed in this stage (up to `max_tries` draws).
-    """
+
+    One function: the generations share the population, the seen set and the generator."""
     rng = random.Random(seed)
     n = len(levels)
     lv = tuple(levels)

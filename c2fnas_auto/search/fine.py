@@ -48,7 +48,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
                               f"epochs / warm-up {saved.get('warmup', 0.0)}, expected {list(levels)} / {epochs} / "
                               f"{warmup}; use --overwrite")
         supernet.load_state_dict(saved["state_dict"])
-        prepare_network(supernet.to(ctx.device), compile=ctx.compile, channels_last=ctx.channels_last)
+        prepare_network(supernet.to(ctx.device), ctx.execution)
         return supernet, {"epochs": epochs, "seconds": float(saved.get("seconds", 0.0)),
                           "losses": saved.get("losses", []), "restarted": int(saved.get("restarted", 0)),
                           "loaded": True}
@@ -66,7 +66,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
             losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                          iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed,
                          forward_fn=sampler, progress=progress, monitor=monitor,
-                         **ctx.execution()) if epochs > 0 else []
+                         execution=ctx.execution) if epochs > 0 else []
             restarted = attempt
             if not monitor.not_started(final=True):
                 break
@@ -95,7 +95,7 @@ def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float |
         ops = list(p.ops)
         try:
             scores = score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
-                                 forward_fn=lambda net, x: net(x, ops), precision=ctx.precision)
+                                 forward_fn=lambda net, x: net(x, ops), execution=ctx.execution)
         except torch.cuda.OutOfMemoryError:  # this op choice needs more than the estimate: skip it
             if torch.device(ctx.device).type == "cuda":
                 torch.cuda.empty_cache()

@@ -349,7 +349,8 @@ def _results(trials: Sequence[Any], prefix: str) -> dict[str, dict[str, Any]]:
 
 def _finished_at(trial: Any) -> float:
     """When the job's result was published: the trial's completion time (written by the
-    finishing worker in its local time), or the `finished_at` attribute earlier versions wrote."""
+    finishing worker in its local time), or the `finished_at` attribute earlier 0.1.0
+    development versions wrote (removed in 0.3)."""
     if "finished_at" in trial.user_attrs:
         return float(trial.user_attrs["finished_at"])
     return trial.datetime_complete.timestamp() if trial.datetime_complete is not None else 0.0

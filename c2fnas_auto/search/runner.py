@@ -16,7 +16,9 @@ from typing import Any, Callable, Sequence
 
 from c2fnas_auto.search.state import CandidateRecord, SearchStateError
 from c2fnas_auto.search.jobs import Job
-from c2fnas_auto.search.optuna_trials import OptunaTrials
+from c2fnas_auto.search.optuna_trials import STAGES, OptunaTrials
+
+STAGE_PREFIXES = {stage: letter for letter, stage in STAGES.items()}
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,12 @@ def record_from_result(index: int, stage: str, result: dict[str, Any]) -> Candid
 class CandidateRunner:
     """Turns batches of proposals into records, in proposal order (`records` grows)."""
 
-    def __init__(self, store: OptunaTrials, stage: str, prefix: str, evaluate: Evaluate, rank: int = 0,
+    def __init__(self, store: OptunaTrials, stage: str, evaluate: Evaluate, *, rank: int = 0,
                  on_record: Callable[[CandidateRecord, bool], None] | None = None,
                  on_finish: Callable[[], None] | None = None, check_stop: Callable[[], None] | None = None) -> None:
         self.store = store
         self.stage = stage
-        self.prefix = prefix
+        self.prefix = STAGE_PREFIXES[stage]  # job ids start with the stage's letter (optuna_trials.STAGES)
         self.evaluate = timed(evaluate, rank)
         self.on_record = on_record
         self.on_finish = on_finish

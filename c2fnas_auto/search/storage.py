@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from c2fnas_auto.errors import C2FNASError
 
 JOURNAL_FILE = "optuna_journal.log"  # optuna-dashboard opens a *.log path as a journal file
-LEGACY_DB_FILE = "search.db"  # the SQLite default of earlier versions
+LEGACY_DB_FILE = "search.db"  # SQLite default of earlier 0.1.0 development versions, still opened; removed in 0.3
 SQLITE_TIMEOUT_S = 60.0
 MAX_JOURNAL_BYTES = 1 << 30  # ~100x a large search's journal; a bigger file is not ours
 _READING = threading.local()  # per thread: the heartbeat thread writes while the worker reads

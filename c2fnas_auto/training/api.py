@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
 from c2fnas_auto.training.dataloader import default_augmentation, load_cases, make_batch_iterator
 from c2fnas_auto.training.loop import StepContext, default_forward, run_epoch
 from c2fnas_auto.training.loss import DeepSupervisionLoss
@@ -33,26 +33,25 @@ def fit(network: nn.Module, plans, preprocessed_dir: str | Path, train_ids: Sequ
         iters_per_epoch: int, device, seed: int = 0, batch_size: int | None = None,
         patch_size: Sequence[int] | None = None, num_workers: int = 0, forward_fn=None, augment: bool = True,
         progress: bool = False, augmentation: str | None = None, warmup_iterations: int = 0,
-        monitor: StartMonitor | None = None, precision: str | None = None, compile: bool = False,
-        channels_last: bool | None = None) -> list[float]:
+        monitor: StartMonitor | None = None, execution: ExecutionOptions = ExecutionOptions()) -> list[float]:
     """Train `network` in place (SGD + poly LR, Dice+CE, nnU-Net augmentation); mean loss per epoch.
 
     `augmentation` is the backend ("batchgenerators" or "device"); None picks
     `dataloader.default_augmentation(device)`, so callers such as the search get the default.
     `monitor` receives each epoch's start signals (training/start_check.py), so a caller can
-    tell a training that never started from one that learned little. `precision`, `compile`,
-    `channels_last`: how the network runs (nas/execution.py), the search's candidates and
-    supernet included."""
+    tell a training that never started from one that learned little. `execution`: how the
+    network runs (nas/execution.py), the search's candidates and supernet included."""
     dev = _device(device)
     torch.manual_seed(seed)
     network.to(dev)
-    prepare_network(network, compile=compile, channels_last=channels_last)
+    prepare_network(network, execution)
     cases = load_cases(preprocessed_dir, list(train_ids))
     batches = make_batch_iterator(cases, patch_size or plans.patch_size, batch_size or plans.batch_size,
                                   seed=seed, num_workers=num_workers, augment=augment,
                                   augmentation=augmentation or default_augmentation(dev), device=dev)
     ctx = StepContext(network, build_optimizer(network), DeepSupervisionLoss(), dev,
-                      forward_fn or default_forward, warmup_iterations=warmup_iterations, precision=precision)
+                      forward_fn or default_forward, warmup_iterations=warmup_iterations,
+                      precision=execution.precision)
     losses = []
     for epoch in range(epochs):
         set_lr(ctx.optimizer, poly_lr(epoch, epochs))
@@ -76,8 +75,10 @@ def case_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[int, 
 
 @torch.no_grad()
 def score_cases(network: nn.Module, plans, preprocessed_dir: str | Path, case_ids: Sequence[str], device,
-                forward_fn=None, tta: bool = False, step_size: float = 0.5, precision: str | None = None) -> dict:
-    """Sliding-window Dice on preprocessed cases: {"mean_fg_dice", "per_case": {case: {label: dice}}}."""
+                forward_fn=None, tta: bool = False, step_size: float = 0.5,
+                execution: ExecutionOptions = ExecutionOptions()) -> dict:
+    """Sliding-window Dice on preprocessed cases: {"mean_fg_dice", "per_case": {case: {label: dice}}}.
+    Of `execution` only the precision applies: the network was prepared by whoever built it."""
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
     from c2fnas_auto.preprocessing.storage import load_case
 
@@ -90,7 +91,7 @@ def score_cases(network: nn.Module, plans, preprocessed_dir: str | Path, case_id
         logits = sliding_window_predict(network, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
                                         tuple(plans.patch_size), plans.num_classes, step_size=step_size,
                                         gaussian=True, mirror_axes=(0, 1, 2) if tta else None, device=dev,
-                                        forward_fn=forward_fn, precision=precision)
+                                        forward_fn=forward_fn, precision=execution.precision)
         pred = channel_argmax(logits, 0).numpy()
         dice = case_dice(pred, np.asarray(seg[0]), plans.num_classes)
         per_case[cid] = {str(k): v for k, v in dice.items()}

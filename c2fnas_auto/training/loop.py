@@ -18,6 +18,7 @@ from tqdm import tqdm
 from c2fnas_auto.nas.execution import autocast, check_precision, grad_scaler
 from c2fnas_auto.training.schedule import GRAD_CLIP, warmed_up
 from c2fnas_auto.training.start_check import DeadHeadProbe
+from c2fnas_auto.utils.fast_paths import fast_paths
 from c2fnas_auto.utils.tensors import channel_argmax
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], "torch.Tensor | list[torch.Tensor]"]
@@ -25,6 +26,11 @@ ForwardFn = Callable[[nn.Module, torch.Tensor], "torch.Tensor | list[torch.Tenso
 
 def default_forward(network: nn.Module, x: torch.Tensor):
     return network(x)
+
+
+def class_argmax() -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The argmax over the class axis the fast-path switches pick: `channel_argmax` or torch's."""
+    return channel_argmax if fast_paths().channel_argmax else torch.argmax
 
 
 @dataclass
@@ -46,6 +52,8 @@ class StepContext:
     steps_done: int = 0
     precision: str | None = None
     skipped_steps: int = 0  # bf16 steps whose gradients were not finite (see train_step)
+    # how confusion_counts takes the argmax over classes, fixed when the context is built (utils/fast_paths.py)
+    argmax: Callable[[torch.Tensor, int], torch.Tensor] = field(default_factory=class_argmax)
 
     def __post_init__(self):
         if self.precision is None:
@@ -79,7 +87,9 @@ class EpochStats:
         return self.seconds / max(self.iterations, 1)
 
 
-def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor,
+                     argmax: Callable[[torch.Tensor, int], torch.Tensor] = channel_argmax,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per foreground class (1..K-1) tp, fp, fn of argmax(logits) against target (B, 1, ...).
 
     Runs every training step, so it is cheap: `channel_argmax` (PyTorch's argmax over the class
@@ -87,7 +97,7 @@ def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[np.nda
     confusion matrix, a target outside 0..K-1 (an ignore label) in the extra column, so it
     counts as a miss for the predicted class as `pred == c & target != c` would."""
     k = logits.shape[1]
-    pred = channel_argmax(logits, 1)
+    pred = argmax(logits, 1)
     t = target[:, 0] if target.ndim == logits.ndim else target
     t = t.long()
     t = torch.where((t >= 0) & (t < k), t, torch.full_like(t, k))
@@ -135,7 +145,7 @@ def train_step(ctx: StepContext, batch: dict) -> tuple[float, tuple[np.ndarray, 
     ctx.scaler.update()
     ctx.steps_done += 1
     with torch.no_grad():
-        counts = confusion_counts(_full_res(out).detach(), y)
+        counts = confusion_counts(_full_res(out).detach(), y, ctx.argmax)
     return float(loss.detach().item()), counts
 
 
@@ -167,7 +177,7 @@ def run_validation(ctx: StepContext, batches: Iterator[dict], iterations: int, p
         with ctx.autocast():
             out = _full_res(ctx.forward_fn(ctx.network, x))
             losses.append(float(ctx.loss_fn(out, y).item()))
-        a, b, c = confusion_counts(out, y)
+        a, b, c = confusion_counts(out, y, ctx.argmax)
         tp, fp, fn = tp + a, fp + b, fn + c
     ctx.network.train()
     return EpochStats(float(np.mean(losses)) if losses else float("nan"), np.asarray(tp), np.asarray(fp),

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (nnU-Net defaults, see DESIGN §3)."""
+"""Optimiser and learning-rate schedule: nnU-Net's defaults, so trainings compare with its results."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 SLURM sends SIGTERM before it preempts or cancels a job, and `--signal=USR1@SECONDS` sends
 SIGUSR1 ahead of the time limit. Either signal only sets a flag here; the trainer sees it
 before it starts the next training iteration (the running one finishes), writes
-checkpoint_latest.pth atomically and exits with `PREEMPTED_EXIT_CODE`, so a job script can
-tell "stopped on request, resume me" apart from success and from a crash. `--continue`
-resumes from that checkpoint.
+checkpoint_latest.pth atomically and exits with `STOPPED_EXIT_CODE` (utils/stop_signals.py),
+so a job script can tell "stopped on request, resume me" apart from success and from a crash.
+`--continue` resumes from that checkpoint. A second signal is ignored: the running iteration
+ends within seconds.
 
 Under torchrun every rank checks the flag each iteration and the ranks agree (a max over
 ranks), so all of them stop at the same iteration and no collective is left waiting.
@@ -18,19 +19,11 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from c2fnas_auto.utils.stop_signals import STOP_SIGNALS, StopFlag
-
-__all__ = ["PREEMPTED_EXIT_CODE", "STOP_SIGNALS", "StopFlag", "TrainingStopped", "agreed_stop", "stop_checked"]
-
-PREEMPTED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: "temporary failure, try again"
+from c2fnas_auto.utils.stop_signals import StopFlag, Stopped
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(Stopped):
     """Raised between iterations once a stop signal arrived; `signal_name` names it."""
-
-    def __init__(self, signal_name: str):
-        super().__init__(f"stopped by {signal_name}")
-        self.signal_name = signal_name
 
 
 def agreed_stop(flag: StopFlag, dist_info, device: torch.device) -> bool:

@@ -9,7 +9,7 @@ and runs the final validation.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +18,25 @@ from torch import nn
 
 from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.inference.experiments import experiment_dir
+from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from c2fnas_auto.paths import PLANS_FILE
 from c2fnas_auto.planning.size_check import check_training_fits
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
-from c2fnas_auto.inference.experiments import experiment_dir
-from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augmentation, default_augmentation,
                                              load_cases, make_batch_iterator)
-from c2fnas_auto.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup, init_distributed,
-                                              split_batch)
+from c2fnas_auto.nas.execution import ExecutionOptions, check_channels_last, flat_asdict, prepare_network
 from c2fnas_auto.training.logger import TrainingLog
-from c2fnas_auto.nas.execution import check_channels_last, prepare_network
 from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
 from c2fnas_auto.training.schedule import build_optimizer, poly_lr, set_lr
-from c2fnas_auto.training.signals import StopFlag, TrainingStopped, stop_checked
-from c2fnas_auto.training.start_check import StartMonitor
+from c2fnas_auto.training.signals import TrainingStopped, stop_checked
 from c2fnas_auto.training.splits import fold_case_ids
+from c2fnas_auto.training.start_check import StartMonitor
 from c2fnas_auto.utils.device import resolve_device
+from c2fnas_auto.utils.distributed import DistContext, init_distributed, split_batch
 from c2fnas_auto.utils.io import remove_stale_temporaries
+from c2fnas_auto.utils.stop_signals import StopFlag
 
 
 def default_num_workers() -> int:
@@ -63,9 +63,11 @@ class TrainerOptions:
     augment: bool = True
     augmentation: str | None = None  # backend; None = default_augmentation(device), resolved by the Trainer
     foreground_classes: str = "uniform"  # class rule of forced-foreground samples (dataloader)
-    precision: str | None = None  # fp32 / bf16 / fp16; None: fp16 AMP on CUDA, fp32 on CPU (nas/execution.py)
-    compile: bool = False  # torch.compile the network
-    channels_last: bool | None = None  # channels-last (NDHWC) activations; None: the device's default
+    execution: ExecutionOptions = ExecutionOptions()  # precision, compile, layout (nas/execution.py)
+
+    def to_dict(self) -> dict:
+        """Flat, as checkpoints store the options (the execution options under their own names)."""
+        return flat_asdict(self)
 
     def check(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters", "checkpoint_every"):
@@ -129,8 +131,10 @@ class Trainer:
         self.run_plans.patch_size = list(self.patch_size)
         # resolved here so checkpoints and the log record the backend actually used
         self.augmentation_default = self.options.augmentation is None
-        self.options.augmentation = self.options.augmentation or default_augmentation(self.device)
-        self.dist = DistInfo()
+        # a copy: the caller's options object stays as given (it may start several trainers)
+        self.options = replace(self.options,
+                               augmentation=self.options.augmentation or default_augmentation(self.device))
+        self.dist = DistContext()
         self.start_epoch = 0
         self.log = TrainingLog()
         self._ready = False
@@ -184,9 +188,9 @@ class Trainer:
         self.train_ids, self.val_ids = fold_case_ids(self.preprocessed_dir, self.fold)
         self.network: nn.Module = build_network(self.genotype, self.network_config).to(self.device)
         self.optimizer = build_optimizer(self.network)
-        prepare_network(self.network, compile=self.options.compile, channels_last=self.options.channels_last)
+        prepare_network(self.network, self.options.execution)
         self.ctx = StepContext(self.network, self.optimizer, DeepSupervisionLoss(), self.device,
-                               precision=self.options.precision)
+                               precision=self.options.execution.precision)
         if self.is_main:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.fold_dir)
@@ -231,7 +235,7 @@ class Trainer:
                         optimizer_state=self.optimizer.state_dict(), scaler_state=self.ctx.scaler.state_dict(),
                         epoch=epoch, log_state=self.log.state_dict(), plans=plans,
                         genotype=self.genotype.to_dict(), network_config=self.network_config.to_dict(),
-                        extra={"trainer_options": asdict(self.options), "fold": self.fold})
+                        extra={"trainer_options": self.options.to_dict(), "fold": self.fold})
 
     # ------------------------------------------------------------------- run
     def _describe(self) -> None:
@@ -247,15 +251,16 @@ class Trainer:
                  f"{' (default on ' + self.device.type + ')' if self.augmentation_default else ''}, {region}, "
                  f"{'2D-style' if use_2d_augmentation(self.patch_size) else '3D'} spatial augmentation, "
                  f"deep supervision {'on' if self.network_config.deep_supervision else 'off'}")
+        execution = self.options.execution
         self.say(f"device {self.device}, precision {self.ctx.precision}"
-                 f"{', compiled' if self.options.compile else ''}"
-                 f"{', channels-last' if check_channels_last(self.options.channels_last, self.device) else ''}, "
+                 f"{', compiled' if execution.compile else ''}"
+                 f"{', channels-last' if check_channels_last(execution.channels_last, self.device) else ''}, "
                  f"{self.options.epochs} epochs x "
                  f"{self.options.iters_per_epoch} iterations, seed {self.options.seed}")
 
     def _reduce(self, stats: EpochStats) -> EpochStats:
         k = len(stats.tp)
-        vals = all_reduce_sum([stats.loss] + list(stats.tp) + list(stats.fp) + list(stats.fn), self.dist)
+        vals = self.dist.all_reduce_sum([stats.loss] + list(stats.tp) + list(stats.fp) + list(stats.fn))
         return EpochStats(vals[0] / self.dist.world_size, np.array(vals[1:1 + k]), np.array(vals[1 + k:1 + 2 * k]),
                           np.array(vals[1 + 2 * k:]), stats.seconds, stats.iterations,
                           dead_head_fraction=stats.dead_head_fraction)  # this rank's: a signal, not a sum
@@ -297,10 +302,10 @@ class Trainer:
                 summary = self._final_validation()
             if self.is_main:
                 self.log.write(self.fold_dir)
-            barrier(self.dist)
+            self.dist.barrier()
             return summary
         finally:
-            cleanup(self.dist)
+            self.dist.close()
 
     def _epoch(self, epoch: int, train_batches, val_batches) -> None:
         opts = self.options

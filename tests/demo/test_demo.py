@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_and_prints_a_dice_table(tmp_path, capsys):
     task = next((work / "raw").glob("Task*_SyntheticDemo"))
     plans = json.loads((work / "preprocessed" / task.name / "plans.json").read_text())
     assert plans["genotype"]["provenance"].get("source_task") == task.name  # the search wrote its winner
-    assert plans["network"]["cell_style"] == "c2fnas"  # the default wiring (issue 20: it learns the lesion now)
+    assert plans["network"]["cell_style"] == "c2fnas"  # the default wiring (it learns the lesion in the demo's budget)
     from c2fnas_auto.nas.genotype import Genotype
     from c2fnas_auto.paths import experiment_name
 

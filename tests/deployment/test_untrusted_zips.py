@@ -1,4 +1,4 @@
-"""Model zips from someone else (issue 22): no code runs, no machine is exhausted, sizes are checked.
+"""Model zips from someone else: no code runs, no machine is exhausted, sizes are checked.
 
 Each crafted zip is a real exported model with one thing changed, so every other check
 passes and the one under test is what refuses it.

@@ -275,6 +275,10 @@ def test_missing_fold_and_bad_settings(copy_task, tmp_path):
         Predictor(tmp_path / "nowhere", device="cpu")
     with pytest.raises(InputError, match="input folder not found"):
         Predictor(model, device="cpu").predict_files(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(InputError, match="no model folder given"):
+        Predictor([], device="cpu")
+    with pytest.raises(InputError, match="no network given"):
+        Predictor.from_networks([], copy_task.plans, device="cpu")
 
 
 def test_unusable_checkpoints_are_named(copy_task):

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
+from c2fnas_auto.cli._execution import add_execution_flags, execution_from_args, settings_from_args
 from c2fnas_auto.inference.sliding_window import sliding_window_predict
 from c2fnas_auto.nas.config import NetworkConfig
-from c2fnas_auto.nas.execution import (ExecutionError, autocast, check_channels_last, check_precision, grad_scaler,
-                                        prepare_network)
+from c2fnas_auto.nas.execution import (ExecutionError, ExecutionOptions, autocast, check_channels_last,
+                                        check_precision, grad_scaler, prepare_network)
 from c2fnas_auto.nas.genotype import reference_genotype
 from c2fnas_auto.nas.network import build_network
 from c2fnas_auto.training.loop import StepContext, train_step
@@ -104,17 +104,47 @@ def test_bf16_sliding_window_agrees_with_fp32_and_accumulates_in_fp32():
         sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="fp16")
 
 
-def test_cli_flags_become_keyword_arguments():
+def test_cli_flags_become_execution_options():
     import argparse
 
     p = argparse.ArgumentParser()
     add_execution_flags(p)
-    assert execution_kwargs(p.parse_args([])) == {"precision": None, "compile": False, "channels_last": None}
-    assert execution_kwargs(p.parse_args(["--precision", "bf16", "--compile", "--channels-last"])) == \
-        {"precision": "bf16", "compile": True, "channels_last": True}
-    assert execution_kwargs(p.parse_args(["--no-channels-last"]))["channels_last"] is False
+    assert execution_from_args(p.parse_args([])) == ExecutionOptions()
+    assert execution_from_args(p.parse_args(["--precision", "bf16", "--compile", "--channels-last"])) == \
+        ExecutionOptions(precision="bf16", compile=True, channels_last=True)
+    assert execution_from_args(p.parse_args(["--no-channels-last"])).channels_last is False
     with pytest.raises(SystemExit):
         p.parse_args(["--precision", "fp8"])
+
+
+def test_cli_settings_take_every_flag_named_like_a_field():
+    from c2fnas_auto.cli.search import build_parser as search_parser
+    from c2fnas_auto.cli.train import build_parser as train_parser
+    from c2fnas_auto.search.settings import SearchSettings
+    from c2fnas_auto.training.trainer import TrainerOptions
+
+    args = search_parser().parse_args(["-t", "4", "--coarse-candidates", "7", "--coarse-op", "p3d", "--max-gflops",
+                                       "2.5", "--heldout-fraction", "0.1", "--precision", "bf16"])
+    s = settings_from_args(SearchSettings, args)
+    assert (s.coarse_candidates, s.coarse_op, s.max_gflops, s.heldout_fraction, s.fold) == (7, "p3d", 2.5, 0.1, 0)
+    assert s.execution == ExecutionOptions(precision="bf16")
+    args = train_parser().parse_args(["4", "0", "--genotype", "g.json", "--no-progress", "--no-final-validation",
+                                      "--patch-size", "8", "16", "16", "--compile"])
+    o = settings_from_args(TrainerOptions, args, patch_size=tuple(args.patch_size))
+    assert (o.genotype_file, o.progress, o.final_validation, o.patch_size) == ("g.json", False, False, (8, 16, 16))
+    assert o.execution == ExecutionOptions(compile=True) and o.to_dict()["compile"] is True
+    assert "execution" not in o.to_dict(), "checkpoints keep the options under their own names"
+
+
+def test_execution_options_resolve_to_the_device_defaults_and_stay_frozen():
+    import dataclasses
+
+    opts = ExecutionOptions()
+    assert opts.resolved(CPU) == ExecutionOptions(precision="fp32", channels_last=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.precision = "bf16"
+    with pytest.raises(ExecutionError, match="fp16 needs a CUDA device"):
+        ExecutionOptions(precision="fp16").resolved(CPU)
 
 
 def test_predictor_applies_the_options_and_refuses_fp16_on_cpu():
@@ -124,17 +154,19 @@ def test_predictor_applies_the_options_and_refuses_fp16_on_cpu():
         patch_size, num_channels, num_classes = list(PATCH), 1, 3
 
     n = net(ds=False)
-    p = Predictor.from_networks([n], Plans(), device="cpu", precision="bf16", channels_last=True, progress=False)
+    p = Predictor.from_networks([n], Plans(), device="cpu", progress=False,
+                                execution=ExecutionOptions(precision="bf16", channels_last=True))
     assert p.precision == "bf16"
     assert next(n.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
     with pytest.raises(ExecutionError, match="needs a CUDA device"):
-        Predictor.from_networks([net(ds=False)], Plans(), device="cpu", precision="fp16", progress=False)
+        Predictor.from_networks([net(ds=False)], Plans(), device="cpu", progress=False,
+                                execution=ExecutionOptions(precision="fp16"))
     plain = net(ds=False)
-    Predictor.from_networks([plain], Plans(), device="cpu", channels_last=False, progress=False)
+    Predictor.from_networks([plain], Plans(), device="cpu", progress=False, execution=ExecutionOptions(channels_last=False))
     assert next(plain.parameters()).is_contiguous()
 
 
 def test_a_network_on_the_cpu_is_channels_last_unless_asked_otherwise():
     cl = torch.channels_last_3d
     assert all(p.is_contiguous(memory_format=cl) for p in prepare_network(net()).parameters() if p.dim() == 5)
-    assert all(p.is_contiguous() for p in prepare_network(net(), channels_last=False).parameters())
+    assert all(p.is_contiguous() for p in prepare_network(net(), ExecutionOptions(channels_last=False)).parameters())

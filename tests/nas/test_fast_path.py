@@ -9,11 +9,12 @@ from torch import nn
 
 from c2fnas_auto.nas.config import CELL_STYLES, NetworkConfig
 from c2fnas_auto.nas.cost import estimate_cost
-from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
 from c2fnas_auto.nas.genotype import Genotype, reference_genotype
 from c2fnas_auto.nas.network import build_network, count_parameters
 from c2fnas_auto.nas.supernet import build_supernet
 from c2fnas_auto.training.start_check import DeadHeadProbe
+from c2fnas_auto.utils.fast_paths import fast_paths_set
 
 GENOTYPES = [reference_genotype(), Genotype([2, 3, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1], ["3d", "p3d", "2d"] * 4)]
 PATCH = (16, 32, 32)
@@ -64,13 +65,19 @@ def test_inplace_relus_give_the_unrewritten_outputs_and_gradients(style, g):
     assert count_parameters(net) == estimate_cost(g, config(style), PATCH).params
 
 
-def unfused(net: nn.Module) -> tuple[nn.Module, int]:
+def rebuilt(net: nn.Module, build, **switches: bool) -> nn.Module:
+    """`build()` with some fast paths off, holding `net`'s weights and mode."""
+    with fast_paths_set(**switches):
+        ref = build()
+    ref.load_state_dict(net.state_dict())
+    return ref.train(net.training)
+
+
+def unfused(net: nn.Module, build) -> tuple[nn.Module, int]:
     """The same weights with the head's upsample -> conv run as two ops (the network before the rewrite)."""
-    ref = copy.deepcopy(net)
-    blocks = [m for m in ref.modules() if getattr(m, "fused_upsample", False)]
-    for m in blocks:
-        m.fused_upsample = False
-    return ref, len(blocks)
+    ref = rebuilt(net, build, fused_upsample=False)
+    assert not any(getattr(m, "fused_upsample", False) for m in ref.modules())
+    return ref, sum(bool(getattr(m, "fused_upsample", False)) for m in net.modules())
 
 
 @pytest.mark.parametrize("strides", [((2, 2, 2),) * 4, ((1, 2, 2), (2, 2, 2), (2, 1, 2), (2, 2, 1))],
@@ -84,7 +91,7 @@ def test_fused_upsample_conv_gives_the_unrewritten_outputs_and_gradients(g, stri
     with torch.no_grad():  # non-zero biases and norm weights, so every path of the gradient is checked
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    ref, n = unfused(net)
+    ref, n = unfused(net, lambda: build_network(g, cfg))
     assert n == 1 and net.head_expand.fused_upsample, "the head's expand is the one fused block"
     x = torch.randn(2, 2, *PATCH)
     assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-4, atol=1e-4)
@@ -123,13 +130,13 @@ def test_upsample_conv3d_is_upsample_then_conv_in_float64(factors, size, layout,
 def test_fused_upsample_conv_matches_in_bf16_and_in_the_supernet():
     torch.manual_seed(0)
     net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False)).eval()
-    ref, _ = unfused(net)
+    ref, _ = unfused(net, lambda: build_network(reference_genotype(), config("c2fnas", deep_supervision=False)))
     x = torch.randn(2, 2, *PATCH)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         a, b = net(x).float(), ref(x).float()
     assert (a - b).abs().max() <= 0.05 * b.abs().max()  # bf16 rounding, not a different function
     sn = build_supernet(reference_genotype().levels, config("c2fnas")).train()
-    ref_sn, n = unfused(sn)
+    ref_sn, n = unfused(sn, lambda: build_supernet(reference_genotype().levels, config("c2fnas")))
     assert n == 1
     ops = ["3d", "p3d", "2d"] * 4
     assert_same(outputs_and_grads(sn, x, ops), outputs_and_grads(ref_sn, x, ops), rtol=1e-4, atol=1e-4)
@@ -157,14 +164,13 @@ def test_upsample_x2_is_trilinear_interpolation_in_float64(factors, size, layout
                                rtol=1e-12, atol=1e-12)
 
 
-def interpolating(net: nn.Module) -> tuple[nn.Module, int]:
+def interpolating(net: nn.Module, build) -> tuple[nn.Module, int]:
     """The same weights with every Upsample through F.interpolate (the network before the rewrite)."""
     from c2fnas_auto.nas.ops import Upsample
 
-    ref = copy.deepcopy(net)
+    ref = rebuilt(net, build, axis_upsample=False)
     ups = [m for m in ref.modules() if isinstance(m, Upsample)]
-    for m in ups:
-        m.fast = False
+    assert not any(m.fast for m in ups) and all(m.fast for m in net.modules() if isinstance(m, Upsample))
     return ref, len(ups)
 
 
@@ -175,7 +181,7 @@ def test_axis_by_axis_upsampling_gives_the_interpolating_network_and_supernet(st
                         strides=((1, 2, 2), (2, 2, 2), (2, 1, 2), (2, 2, 1)), cell_style=style)
     g = GENOTYPES[1]
     net = build_network(g, cfg).train()
-    ref, n = interpolating(net)
+    ref, n = interpolating(net, lambda: build_network(g, cfg))
     assert n >= 3, "the up steps (and the residual head) upsample"
     x = torch.randn(2, 2, *PATCH)
     assert_same(outputs_and_grads(net, x), outputs_and_grads(ref, x), rtol=1e-5, atol=1e-5)
@@ -183,7 +189,7 @@ def test_axis_by_axis_upsampling_gives_the_interpolating_network_and_supernet(st
         a, b = net.eval()(x)[0].float(), ref.eval()(x)[0].float()
     assert (a - b).abs().max() <= 0.05 * b.abs().max()  # bf16 rounding, not a different function
     sn = build_supernet(g.levels, cfg).train()
-    ref_sn, _ = interpolating(sn)
+    ref_sn, _ = interpolating(sn, lambda: build_supernet(g.levels, cfg))
     assert_same(outputs_and_grads(sn, x, g.ops), outputs_and_grads(ref_sn, x, g.ops), rtol=1e-5, atol=1e-5)
 
 
@@ -243,7 +249,7 @@ def test_channels_last_network_equals_the_plain_one_in_float64(style, g, monkeyp
     with torch.no_grad():  # non-zero biases and norm weights, so every path of the gradient is checked
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    net = prepare_network(copy.deepcopy(ref), channels_last=True)
+    net = prepare_network(copy.deepcopy(ref), ExecutionOptions(channels_last=True))
     x = torch.randn(2, 2, *PATCH, dtype=torch.float64)
     want = outputs_and_grads(ref, x)
     seen = keep_channels_last(monkeypatch)
@@ -267,7 +273,7 @@ def test_channels_last_float32_keeps_the_layout_and_the_weights_names(style, thr
     torch.manual_seed(0)
     net = build_network(reference_genotype(), config(style)).train()
     ref = copy.deepcopy(net)
-    prepare_network(net, channels_last=True)
+    prepare_network(net, ExecutionOptions(channels_last=True))
     layouts: dict[str, bool] = {}
 
     def record(name):
@@ -365,7 +371,7 @@ def test_compiled_network_matches_and_keeps_state_dict_keys_and_the_probe():
         calls.append(fn)
         return torch.compile(fn, backend="eager")
 
-    prepare_network(net, compile=True, channels_last=False, compiler=compiler)
+    prepare_network(net, ExecutionOptions(compile=True, channels_last=False), compiler=compiler)
     assert len(calls) == 1 and list(net.state_dict()) == keys
     x = torch.randn(2, 2, *PATCH)
     with DeadHeadProbe(net) as probe:  # installed after compiling: the classifier runs eagerly
@@ -377,7 +383,7 @@ def test_compiled_network_matches_and_keeps_state_dict_keys_and_the_probe():
 def test_supernet_compiles_cell_by_cell():
     net = build_supernet(reference_genotype().levels, config("c2fnas"))
     names = []
-    prepare_network(net, compile=True, compiler=lambda fn: names.append(fn) or fn)
+    prepare_network(net, ExecutionOptions(compile=True), compiler=lambda fn: names.append(fn) or fn)
     assert len(names) == len(net.cells)
     net(torch.randn(2, 2, *PATCH), ["2d"] * 12)
 
@@ -393,7 +399,7 @@ def test_a_compiled_supernet_keeps_a_graph_per_cell_and_op_beyond_dynamos_defaul
     counters.clear()
     torch.manual_seed(0)
     sn = build_supernet(reference_genotype().levels, config("c2fnas")).train()
-    prepare_network(sn, compile=True, compiler=lambda fn: torch.compile(fn, backend="eager"))
+    prepare_network(sn, ExecutionOptions(compile=True), compiler=lambda fn: torch.compile(fn, backend="eager"))
     rng = random.Random(0)
     x = torch.randn(2, 2, *PATCH)
     for _ in range(6):
@@ -411,7 +417,7 @@ def test_compile_failure_at_first_call_falls_back_to_eager_with_one_line(capsys)
             raise RuntimeError("no C++ compiler found\nlong traceback text")
         return call
 
-    prepare_network(net, compile=True, compiler=broken)
+    prepare_network(net, ExecutionOptions(compile=True), compiler=broken)
     x = torch.randn(1, 2, *PATCH)
     with torch.no_grad():
         out = net(x)
@@ -427,7 +433,7 @@ def test_compile_refused_up_front_is_one_line_and_the_network_runs(capsys):
     def refuses(fn):
         raise RuntimeError("torch.compile is not supported on Python 3.99+")
 
-    prepare_network(net, compile=True, compiler=refuses)
+    prepare_network(net, ExecutionOptions(compile=True), compiler=refuses)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not available here" in err[0]
     with torch.no_grad():
@@ -438,7 +444,7 @@ def test_genuine_network_errors_still_raise_under_compile():
     from c2fnas_auto.nas.config import NetworkConfigError
 
     net = build_network(reference_genotype(), config("c2fnas", deep_supervision=False))
-    prepare_network(net, compile=True, compiler=lambda fn: torch.compile(fn, backend="eager"))
+    prepare_network(net, ExecutionOptions(compile=True), compiler=lambda fn: torch.compile(fn, backend="eager"))
     with pytest.raises(NetworkConfigError):
         net(torch.randn(1, 5, *PATCH))
 
@@ -447,4 +453,4 @@ def test_compile_of_a_foreign_module_is_one_clear_error():
     from c2fnas_auto.nas.execution import ExecutionError
 
     with pytest.raises(ExecutionError, match="not a c2fnas network"):
-        prepare_network(nn.Conv3d(1, 1, 1), compile=True)
+        prepare_network(nn.Conv3d(1, 1, 1), ExecutionOptions(compile=True))

@@ -241,7 +241,7 @@ def _predict_args(trained_task, inp: Path, out: Path) -> list:
 
 def test_predict_fails_a_case_with_the_wrong_channel_count_alone(trained_task, tmp_path):
     """The case is reported failed by name (exit 1 at the end) and gets no output; the model and
-    input are untouched (issue 22: the other cases of the folder are still predicted)."""
+    input are untouched (the other cases of the folder are still predicted)."""
     inp = tmp_path / "in"
     inp.mkdir()
     src = sorted((trained_task.task_folder / "imagesTs").glob("*.nii.gz"))[0]

@@ -1,4 +1,4 @@
-"""Library-level checks behind issue 22: every refusal path of the safe loaders, sources,
+"""Library-level checks of untrusted input: every refusal path of the safe loaders, sources,
 size checks and task names, one line each (the command-level scenarios are in
 test_untrusted_inputs.py and tests/deployment/test_untrusted_zips.py)."""
 

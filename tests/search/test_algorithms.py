@@ -117,7 +117,7 @@ def test_initial_population_fills_from_clusters(space):
 
 
 def _runner(tmp_path, evaluate, name="store"):
-    return CandidateRunner(OptunaTrials(default_url(tmp_path / name), "T").start(), "fine", "f", evaluate)
+    return CandidateRunner(OptunaTrials(default_url(tmp_path / name), "T").start(), "fine", evaluate)
 
 
 def test_fine_evolution_seeded_and_finds_better_ops(tmp_path):

@@ -7,10 +7,11 @@ import json
 import pytest
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.api import SearchSettings, search_core
+from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.report import expected_coarse_evaluations
 from c2fnas_auto.search.state import SearchState
-from c2fnas_auto.search.stop import SearchStopped, StopFlag
+from c2fnas_auto.search.stop import SearchStopped, search_stop_flag
 from c2fnas_auto.search.storage import JOURNAL_FILE
 from c2fnas_auto.search.jobs import WorkerOptions
 
@@ -129,7 +130,7 @@ def test_resume_mid_rung_never_reevaluates(tmp_path, stage):
 
 
 def test_stop_flag_finishes_the_candidate_then_stops(tmp_path):
-    stop = StopFlag()
+    stop = search_stop_flag()
 
     class StopAfterTwo(FakeHooks):
         def coarse(self, p):

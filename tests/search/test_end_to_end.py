@@ -20,7 +20,7 @@ from c2fnas_auto.paths import search_results_dir
 from c2fnas_auto.search.storage import JOURNAL_FILE
 from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.search.state import SearchState
-from c2fnas_auto.search.stop import STOPPED_EXIT_CODE
+from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
 
 TINY = ["-t", "98", "--coarse-candidates", "2", "--clusters", "2", "--population", "2", "--min-epochs", "1",
         "--eta", "2", "--rungs", "2", "--fine-epochs", "1", "--generations", "2", "--iters-per-epoch", "2",

@@ -11,9 +11,11 @@ import torch
 
 from c2fnas_auto.cli.search import main
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.execution import ExecutionOptions
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import search_results_dir
-from c2fnas_auto.search.api import EXECUTION_FIELDS, SearchSettings, search_core
+from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.settings import EXECUTION_FIELDS, SearchSettings
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.state import SearchState
 
@@ -33,18 +35,17 @@ def _spy(monkeypatch) -> dict:
     fit, score, prepare = api.fit, api.score_cases, execution.prepare_network
 
     def spy_fit(*a, **k):
-        seen["fit"].append({name: k.get(name) for name in EXECUTION_FIELDS})
+        seen["fit"].append(k["execution"].to_dict())
         return fit(*a, **k)
 
     def spy_score(*a, **k):
-        seen["score"].append(k.get("precision"))
+        seen["score"].append(k["execution"].precision)
         return score(*a, **k)
 
-    def spy_prepare(network, compile=False, channels_last=False, compiler=None):
+    def spy_prepare(network, execution=ExecutionOptions(), compiler=None):
         units = []
-        prepare(network, compile=compile, channels_last=channels_last,
-                compiler=lambda fn: units.append(fn.__self__) or fn)
-        seen["prepared"].append((compile, channels_last, units))
+        prepare(network, execution, compiler=lambda fn: units.append(fn.__self__) or fn)
+        seen["prepared"].append((execution.compile, execution.channels_last, units))
         return network
 
     monkeypatch.setattr(api, "fit", spy_fit)
@@ -86,7 +87,7 @@ def test_a_loaded_supernet_is_prepared_like_a_trained_one(copy_task):
 
     train_ids, val_ids = fold_case_ids(copy_task.preprocessed_dir, 0)
     ctx = dataclasses.replace(_ctx(copy_task), train_ids=list(train_ids), val_ids=list(val_ids), iters_per_epoch=1,
-                              precision="bf16", channels_last=True)
+                              execution=ExecutionOptions(precision="bf16", channels_last=True))
     ckpt = copy_task.root / "supernet.pth"
     trained, info = train_supernet((1,) * 12, ctx, 1, ckpt, progress=False)
     loaded, again = train_supernet((1,) * 12, ctx, 1, ckpt, progress=False)
@@ -112,7 +113,7 @@ def test_a_state_saved_without_the_options_resumes_under_any_of_them(tmp_path):
     (folder / "state.json").write_text(json.dumps(old))
 
     again = FakeHooks()
-    state = search_core(folder, "T", SearchSettings(**SMALL, **OPTIONS), again.hooks(), resume=True,
+    state = search_core(folder, "T", SearchSettings(**SMALL, execution=ExecutionOptions(**OPTIONS)), again.hooks(), resume=True,
                         progress=False, workers=FAST)
     assert state.finished and not set(crash.coarse_calls) & set(again.coarse_calls), "nothing evaluated twice"
     with pytest.raises(C2FNASError, match="changed settings.*seed"):  # a decision still has to match
@@ -127,4 +128,4 @@ def test_impossible_options_are_one_line_before_anything_runs(copy_task, capsys,
     assert err.count("\n") == 0 and "fp16 needs a CUDA device" in err
     assert seen["fit"] == [] and not (search_results_dir(copy_task.task_name) / "state.json").exists()
     with pytest.raises(C2FNASError, match="--precision 'int8'"):
-        SearchSettings(precision="int8").validate()
+        SearchSettings(execution=ExecutionOptions(precision="int8")).validate()

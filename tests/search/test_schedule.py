@@ -311,8 +311,8 @@ def test_second_signal_kills_at_once(tmp_path):
     import sys
 
     code = ("import os, signal, time\n"
-            "from c2fnas_auto.search.stop import StopFlag\n"
-            "flag = StopFlag().install()\n"
+            "from c2fnas_auto.search.stop import search_stop_flag\n"
+            "flag = search_stop_flag().install()\n"
             "os.kill(os.getpid(), signal.SIGUSR1)\n"
             "assert flag.is_set and flag.signal_name == 'SIGUSR1'\n"
             "print('first signal only set the flag', flush=True)\n"

@@ -150,11 +150,11 @@ def test_training_log_ema_best_and_files(tmp_path):
 
 
 def test_split_batch_covers_the_global_batch_and_keeps_oversampling():
-    from c2fnas_auto.training.distributed import DistInfo, split_batch
+    from c2fnas_auto.utils.distributed import DistContext, split_batch
 
     case = _case()
     for world, batch in [(2, 2), (2, 5), (3, 7)]:
-        shares = [split_batch(batch, DistInfo(rank=r, world_size=world)) for r in range(world)]
+        shares = [split_batch(batch, DistContext(rank=r, world_size=world)) for r in range(world)]
         assert sum(s for s, _ in shares) == batch
         assert [o for _, o in shares] == [sum(s for s, _ in shares[:r]) for r in range(world)]
         forced = [PatchSampler([case], (4, 4, 4), s, global_batch=batch, offset=o).force_foreground(i)

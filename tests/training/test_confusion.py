@@ -49,3 +49,25 @@ def test_confusion_counts_equal_the_per_class_masks_ignore_labels_included(k):
                    torch.randint(0, k, (2, 4, 6, 5), generator=g).to(torch.uint8)):  # no channel axis
         for ours, plain in zip(confusion_counts(logits, target), _plain_counts(logits, target)):
             np.testing.assert_array_equal(ours, plain)
+
+
+def test_fast_path_switches_are_read_when_a_step_context_is_built_and_restored_after():
+    from torch import nn
+
+    from c2fnas_auto.training.loop import StepContext
+    from c2fnas_auto.utils.fast_paths import fast_paths, fast_paths_set
+
+    net = nn.Linear(1, 1)
+
+    def make() -> StepContext:
+        return StepContext(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), torch.device("cpu"))
+
+    with fast_paths_set(channel_argmax=False) as switches:
+        assert not switches.channel_argmax and switches.axis_upsample and switches.fused_upsample
+        off = make()
+    on = make()
+    assert off.argmax is torch.argmax and on.argmax is channel_argmax, "each context keeps what it was built with"
+    with pytest.raises(RuntimeError):
+        with fast_paths_set(axis_upsample=False):
+            raise RuntimeError("the block failed")
+    assert fast_paths() == type(fast_paths())(), "every switch back on, also after an error"

@@ -1,5 +1,5 @@
 """SIGTERM / SIGUSR1 during training: the running iteration finishes, checkpoint_latest is
-written, the exit code is PREEMPTED_EXIT_CODE, and --continue goes on from there."""
+written, the exit code is STOPPED_EXIT_CODE, and --continue goes on from there."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch
 
 from c2fnas_auto.nas.checkpoint import load_checkpoint
 from c2fnas_auto.paths import experiment_name
-from c2fnas_auto.training.distributed import DistInfo
-from c2fnas_auto.training.signals import PREEMPTED_EXIT_CODE, StopFlag, TrainingStopped, stop_checked
+from c2fnas_auto.utils.distributed import DistContext
+from c2fnas_auto.training.signals import TrainingStopped, stop_checked
+from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE, StopFlag
 
 FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress",
         "--patch-size", "8", "16", "16", "--no-final-validation"]
@@ -27,7 +28,7 @@ def test_flag_catches_both_signals_and_restores_handlers():
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         flag = StopFlag().install()
         try:
-            batches = stop_checked(iter(range(100)), flag, DistInfo(), torch.device("cpu"))
+            batches = stop_checked(iter(range(100)), flag, DistContext(), torch.device("cpu"))
             assert [next(batches), next(batches)] == [0, 1]
             os.kill(os.getpid(), sig)
             os.kill(os.getpid(), signal.SIGUSR1 if sig == signal.SIGTERM else signal.SIGTERM)  # second: ignored
@@ -92,7 +93,7 @@ def test_signal_to_a_real_training_run(copy_task, tmp_path, sig):
     fold = _fold(copy_task)
     cmd = [sys.executable, *TRAIN]
     rc, out = _signal_after_first_epoch(cmd + ["--epochs", "200"], fold, sig, tmp_path / "train.out")
-    assert rc == PREEMPTED_EXIT_CODE, out[-2000:]
+    assert rc == STOPPED_EXIT_CODE, out[-2000:]
     assert f"{signal.Signals(sig).name} received" in out
     done = _check_stopped(fold)
     if sig == signal.SIGTERM:
@@ -112,6 +113,6 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_iteration(copy_task, tmp_pa
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *TRAIN,
            "--epochs", "200"]
     rc, out = _signal_after_first_epoch(cmd, fold, signal.SIGTERM, tmp_path / "torchrun.out")
-    assert rc != 0  # torchrun reports its own signal, not the workers' 75
+    assert rc != 0  # torchrun reports its own signal, not the workers' 3
     assert "SIGTERM received" in out, out[-3000:]
     _check_stopped(fold)

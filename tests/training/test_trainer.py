@@ -202,6 +202,8 @@ def test_continue_without_checkpoint_starts_clean(copy_task):
     trainer.setup()
     assert trainer.start_epoch == 0
     assert any("starting from scratch" in line for line in trainer.log.lines)
+    assert opts.augmentation is None and trainer.options.augmentation == "device", \
+        "the trainer resolves the default on its own copy, not on the caller's options"
 
 
 def test_fit_with_deep_supervision(copy_task):

@@ -1,0 +1,139 @@
+"""`search_core`: the search's stages in order, on one folder, for every worker.
+
+`search_core` is the search without training or plans: it takes `SearchHooks`
+(coarse evaluator, supernet trainer, fine evaluator factory, stand-alone evaluator), so
+tests drive the whole flow -- clustering, the asynchronous rung schedule, evolution,
+shared trial files, resume, report, plots -- with fake evaluators. `run_search`
+(`search/api.py`) builds the real hooks from the plans and `training.api`.
+
+Every worker (torchrun rank, or a process started later with `join=True`) runs
+`search_core` on the same folder; the main worker (rank 0, not joined) also trains the
+supernet and writes state, report and plots. See `optuna_trials.py` for how workers share
+work (Optuna trials in the journal file `optuna_journal.log` in the search folder, or the
+`storage` URL).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.search.asha import Rungs
+from c2fnas_auto.search.files import PROGRESS_PNG, RANKING_PNG, REPORT_FILE, STATE_FILE
+from c2fnas_auto.search.jobs import WorkerOptions
+from c2fnas_auto.search.optuna_trials import OptunaTrials
+from c2fnas_auto.search.progress import Progress
+from c2fnas_auto.search.report import plot_progress, plot_ranking, ranking_checks, write_report
+from c2fnas_auto.search.saving import Saver, check_same, open_search
+from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies, default_topologies
+from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, standalone_stage,
+                                       supernet_stage)
+from c2fnas_auto.search.state import CandidateRecord, SearchState
+from c2fnas_auto.search.stop import search_stop_flag
+from c2fnas_auto.search.storage import default_url
+from c2fnas_auto.utils.distributed import DistContext
+from c2fnas_auto.utils.stop_signals import StopFlag
+
+
+def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hooks: SearchHooks,
+                resume: bool = False, overwrite: bool = False, dist: DistContext | None = None,
+                progress: bool = True, topologies: Topologies | None = None, lines: bool = True,
+                plans_info: dict[str, Any] | None = None, heldout: dict[str, Any] | None = None,
+                join: bool = False, stop: StopFlag | None = None, workers: WorkerOptions | None = None,
+                worker_id: str | None = None, storage: str | None = None) -> SearchState:
+    """Clustering -> coarse rungs (ASHA + evolution) -> supernet -> fine evolution ->
+    stand-alone check; every finished candidate is published at once.
+
+    `plans_info` (patch, batch, network, memory budget the candidates are trained at) and
+    `heldout` (the cases kept out) are stored with a new state; resuming an unfinished
+    state under different ones refuses, because its scores would no longer compare.
+    `join=True`: a worker added to a running search (never the main worker).
+    `stop.check()` runs after every candidate; it raises `SearchStopped` after a signal.
+    `storage`: an Optuna storage shared by the workers, a database URL or a journal file path
+    (default: the journal file in `search_dir`, which nodes sharing that folder can use too).
+    """
+    settings.validate()
+    workers = (workers or WorkerOptions()).validate()
+    rungs = settings.schedule()
+    check_modes(resume=resume, overwrite=overwrite, join=join)
+    dist = dist or DistContext()
+    main = dist.is_main and not join
+    stop = stop or search_stop_flag()
+    topo = topologies or default_topologies()
+    search_dir = Path(search_dir)
+    state_path = search_dir / STATE_FILE
+    url = storage or default_url(search_dir)
+    opened = (open_search(search_dir, task_name, settings, resume=resume, overwrite=overwrite, join=join, url=url)
+              if (main or join) else None)
+    if not join:
+        opened = dist.broadcast(opened)  # every rank starts once rank 0 has opened (or cleared) the folder
+    state = SearchState.from_dict(opened.unwrap(), state_path)
+    check_same(state, "plans", plans_info or {}, what="plans", state_path=state_path)
+    check_same(state, "heldout", heldout or {}, what="held-out set", state_path=state_path)
+
+    save = Saver(state, state_path, main)
+
+    if state.finished:  # replay: nothing is trained or scored again
+        if main:
+            write_outputs(search_dir, state, hooks)
+        return state
+
+    store = OptunaTrials(url, task_name, worker_id=worker_id, options=workers).start()
+    bar = Progress(progress, main, lines)
+    try:
+        if main:
+            store.mark("main", {"worker": store.worker_id}, replace=True)
+        run_stages(StageContext(store=store, state=state, settings=settings, hooks=hooks, topo=topo, dist=dist,
+                                bar=bar, stop=stop, save=save, main=main), rungs)
+        if main:
+            write_outputs(search_dir, state, hooks)
+        return state
+    except BaseException:
+        save()  # the in-memory state holds every candidate finished so far (stop signal, crash)
+        raise
+    finally:
+        bar.close()
+        store.stop()
+
+
+def run_stages(ctx: StageContext, rungs: Rungs) -> None:
+    """Clustering, the coarse rungs, the supernet, the fine evolution and the stand-alone check,
+    then the winner and the finished state."""
+    state = ctx.state
+    clustering = cluster_once(state, ctx.topo, ctx.settings)
+    ctx.save()
+    levels, coarse_best = coarse_stage(ctx, rungs, clustering)
+    supernet = supernet_stage(ctx, levels)
+    fine_best = fine_stage(ctx, ctx.hooks.fine_evaluator(supernet), levels)
+    standalone_stage(ctx, rungs)
+    state.ranking = ranking_checks(state)
+    state.winner = winner_record(coarse_best, fine_best)
+    state.finished = True
+    ctx.save()
+
+
+def check_modes(*, resume: bool, overwrite: bool, join: bool) -> None:
+    """Refuse contradicting ways of starting a search before anything is opened."""
+    if resume and overwrite:
+        raise C2FNASError("--continue and --overwrite contradict each other: choose one")
+    if join and overwrite:
+        raise C2FNASError("--join and --overwrite contradict each other: a joining worker never restarts a search")
+
+
+def winner_record(coarse_best: CandidateRecord, fine_best: CandidateRecord) -> dict[str, Any]:
+    """The state's `winner`: the fine stage's best op choice and the coarse candidate it grew from."""
+    return {"levels": list(fine_best.levels), "ops": list(fine_best.ops), "fine_score": fine_best.score,
+            "coarse_score": coarse_best.score, "coarse_rung": coarse_best.rung,
+            "coarse_epochs": coarse_best.epochs, "coarse_candidate": coarse_best.candidate,
+            "coarse_index": coarse_best.index, "fine_index": fine_best.index, "params": fine_best.params,
+            "flops": fine_best.flops, "training_bytes": fine_best.training_bytes}
+
+
+def write_outputs(search_dir: Path, state: SearchState, hooks: SearchHooks,
+                  extra: dict[str, Any] | None = None) -> None:
+    report_extra = dict(hooks.describe or {})
+    report_extra.update(extra or {})
+    write_report(search_dir / REPORT_FILE, state, default_settings=SearchSettings().to_dict(), extra=report_extra)
+    plot_progress(state, search_dir / PROGRESS_PNG)
+    plot_ranking(state, search_dir / RANKING_PNG)
