@@ -1,0 +1,138 @@
+"""A cost budget for the search: which networks it may train, and widths scaled to fill it.
+
+A budget caps parameters and/or forward GFLOPs (the cost model's prices, `cost.py`). With a
+`band`, a network must also use at least `1 - band` of the budget: then every candidate
+costs about the same and a win is the topology's, not a bigger network's. Where widths may
+change, `solve_width_multiplier` finds the factor on every width (stem and levels) that
+brings a genotype to the budget, so candidates are compared at equal cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.cost import CostEstimate, estimate_cost
+from c2fnas_auto.nas.genotype import Genotype
+
+MIN_WIDTH_MULTIPLIER = 1 / 16  # below this a level is a few channels wide: not a network worth training
+MAX_WIDTH_MULTIPLIER = 16.0
+
+
+class BudgetError(C2FNASError):
+    """A budget value is out of range, or no width brings a network inside it."""
+
+
+@dataclass(frozen=True)
+class CostBudget:
+    """Upper limits (None: no limit on that measure) and the share below them a network may stay."""
+
+    max_params: int | None = None
+    max_gflops: float | None = None
+    band: float | None = None  # None: limits only; b: also at least (1 - b) x each limit
+
+    def __post_init__(self) -> None:
+        if self.max_params is not None and (isinstance(self.max_params, bool) or self.max_params < 1):
+            raise BudgetError(f"--max-params {self.max_params}: must be a positive integer")
+        if self.max_gflops is not None and not self.max_gflops > 0:
+            raise BudgetError(f"--max-gflops {self.max_gflops}: must be positive")
+        if self.band is not None and not 0.0 < self.band < 1.0:
+            raise BudgetError(f"--budget-band {self.band}: must be in (0, 1)")
+
+    @property
+    def active(self) -> bool:
+        return self.max_params is not None or self.max_gflops is not None
+
+    def usage(self, params: float, flops: float) -> dict[str, float]:
+        """Share of each set limit a network uses (1.0 = exactly the limit)."""
+        out = {}
+        if self.max_params is not None:
+            out["params"] = float(params) / self.max_params
+        if self.max_gflops is not None:
+            out["gflops"] = float(flops) / 1e9 / self.max_gflops
+        return out
+
+    def reason(self, params: float, flops: float) -> str:
+        """Why a network with these prices is outside the budget; '' when it is inside."""
+        for name, share in self.usage(params, flops).items():
+            limit = self.max_params if name == "params" else self.max_gflops
+            shown = f"{params:,.0f} parameters" if name == "params" else f"{flops / 1e9:.2f} GFLOPs"
+            flag = "--max-params" if name == "params" else "--max-gflops"
+            if share > 1.0 + 1e-9:
+                return f"{shown} > {flag} {limit}"
+            if self.band is not None and share < 1.0 - self.band - 1e-9:
+                return f"{shown} < {1 - self.band:.0%} of {flag} {limit} (--budget-band {self.band})"
+        return ""
+
+    def admits(self, cost: CostEstimate) -> bool:
+        return not self.reason(cost.params, cost.flops)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return dataclasses.asdict(self)
+
+
+def scale_widths(config: NetworkConfig, multiplier: float) -> NetworkConfig:
+    """The config with the stem and every level `multiplier` times as wide (rounded, at least 1)."""
+    if not multiplier > 0:
+        raise BudgetError(f"width multiplier {multiplier}: must be positive")
+    return dataclasses.replace(config, stem_channels=max(1, round(config.stem_channels * multiplier)),
+                               level_channels=tuple(max(1, round(c * multiplier)) for c in config.level_channels))
+
+
+Price = Callable[[NetworkConfig], CostEstimate]
+
+
+def genotype_price(genotype: Genotype, patch_size: Sequence[int], batch_size: int = 2) -> Price:
+    """config -> the genotype's cost at that config (the function `solve_width_multiplier` searches)."""
+    return lambda config: estimate_cost(genotype, config, patch_size, batch_size=batch_size)
+
+
+def _share(budget: CostBudget, cost: CostEstimate) -> float:
+    return max(budget.usage(cost.params, cost.flops).values())
+
+
+def solve_width_multiplier(price: Price, config: NetworkConfig, budget: CostBudget,
+                           iterations: int = 40) -> tuple[float, CostEstimate]:
+    """The largest width multiplier whose network stays within every limit of `budget`, with its cost.
+
+    Parameters and FLOPs grow about with the square of the width, so the search starts
+    there and bisects on a log scale; rounding channels to integers makes the price a
+    step function, hence the largest multiplier at or below the limits, not an exact hit.
+    """
+    if not budget.active:
+        raise BudgetError("a width can only be solved for a budget with --max-params or --max-gflops")
+    share = _share(budget, price(config))
+    lo, hi = MIN_WIDTH_MULTIPLIER, MAX_WIDTH_MULTIPLIER
+    guess = min(max(1.0 / math.sqrt(share), lo), hi)
+    lo_ok = _share(budget, price(scale_widths(config, lo))) <= 1.0
+    if not lo_ok:
+        raise BudgetError(f"even at {lo:g} x the widths the network costs more than the budget "
+                          f"({_describe(budget)}): raise the budget")
+    if _share(budget, price(scale_widths(config, hi))) <= 1.0:
+        return hi, price(scale_widths(config, hi))
+    if _share(budget, price(scale_widths(config, guess))) <= 1.0:
+        lo = guess
+    else:
+        hi = guess
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if _share(budget, price(scale_widths(config, mid))) <= 1.0:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1.0 + 1e-4:
+            break
+    return lo, price(scale_widths(config, lo))
+
+
+def _describe(budget: CostBudget) -> str:
+    parts = []
+    if budget.max_params is not None:
+        parts.append(f"{budget.max_params:,} parameters")
+    if budget.max_gflops is not None:
+        parts.append(f"{budget.max_gflops:g} GFLOPs")
+    return ", ".join(parts) or "no limit"
