@@ -136,3 +136,31 @@ def _describe(budget: CostBudget) -> str:
     if budget.max_gflops is not None:
         parts.append(f"{budget.max_gflops:g} GFLOPs")
     return ", ".join(parts) or "no limit"
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The cost model at one search's plans: what a candidate costs, at the plans' widths or scaled."""
+
+    config: NetworkConfig
+    patch_size: tuple[int, ...]
+    batch_size: int = 2
+
+    def genotype(self, levels: Sequence[int], ops: Sequence[str]) -> Genotype:
+        return Genotype(levels=list(levels), ops=list(ops)).validate()
+
+    def config_for(self, width_multiplier: float | None = None) -> NetworkConfig:
+        return self.config if width_multiplier is None else scale_widths(self.config, width_multiplier)
+
+    def cost(self, levels: Sequence[int], ops: Sequence[str], width_multiplier: float | None = None) -> CostEstimate:
+        return estimate_cost(self.genotype(levels, ops), self.config_for(width_multiplier), self.patch_size,
+                             batch_size=self.batch_size)
+
+    def width_for(self, levels: Sequence[int], ops: Sequence[str], budget: CostBudget) -> tuple[float, CostEstimate]:
+        """The width multiplier that brings this candidate to the budget, and its cost there."""
+        return solve_width_multiplier(genotype_price(self.genotype(levels, ops), self.patch_size, self.batch_size),
+                                      self.config, budget)
+
+    def admitted(self, topologies: Sequence[Sequence[int]], op: str, budget: CostBudget) -> list[int]:
+        """Indices of the topologies that, with `op` in every cell, are inside the budget at the plans' widths."""
+        return [i for i, t in enumerate(topologies) if budget.admits(self.cost(t, [op] * len(t)))]

@@ -67,3 +67,19 @@ def test_scale_widths_scales_every_width():
     assert c.stem_channels == 8 and c.level_channels == (16, 32, 64, 128)
     with pytest.raises(BudgetError):
         scale_widths(config(), 0.0)
+
+
+def test_pricing_admits_only_topologies_inside_the_budget():
+    from c2fnas_auto.nas.budget import Pricing
+    from c2fnas_auto.nas.topology import enumerate_topologies
+
+    pricing = Pricing(config(), PATCH)
+    topologies = [tuple(t) for t in enumerate_topologies()[:60]] + [tuple(SHALLOW.levels), tuple(DEEP.levels)]
+    costs = [pricing.cost(t, ["3d"] * 12).params for t in topologies]
+    limit = sorted(costs)[len(costs) // 2]
+    kept = pricing.admitted(topologies, "3d", CostBudget(max_params=limit))
+    assert kept and len(kept) < len(topologies)
+    assert all(costs[i] <= limit for i in kept) and all(costs[i] > limit for i in set(range(len(costs))) - set(kept))
+    m, cost = pricing.width_for(DEEP.levels, DEEP.ops, CostBudget(max_params=limit))
+    assert m < 1 and 0.95 * limit <= cost.params <= limit
+    assert pricing.cost(DEEP.levels, DEEP.ops, m).params == cost.params

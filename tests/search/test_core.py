@@ -50,7 +50,7 @@ def test_full_search_writes_state_report_plots(tmp_path):
     assert report["counts"]["coarse_trained_per_rung"]["0"] == 9
     assert report["workers"] == 1
     assert len(report["fine_generations"]) == 3
-    assert set(report["compute_seconds"]) == {"clustering", "coarse", "supernet", "fine", "standalone"}
+    assert set(report["compute_seconds"]) == {"clustering", "coarse", "supernet", "fine", "standalone", "repeats"}
     # ranking checks: promoted candidates between rungs, stand-alone vs shared weights
     rank = report["ranking"]
     assert [(x["from_rung"], x["to_rung"]) for x in rank["coarse_rungs"]] == [(0, 1), (1, 2)]
