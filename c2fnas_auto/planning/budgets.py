@@ -10,8 +10,9 @@ spacing. The second is priced here from nnU-Net's documented layout, not built:
 - per encoder stage two conv-norm-ReLU blocks, the first one strided (stage 0: stride 1);
   kernel 3 on an axis, 1 while its spacing is more than twice the finest (anisotropic data);
 - per decoder stage a transposed conv (kernel = stride) from the stage below, then two
-  convs on the concatenation with the skip; a 1x1x1 classifier; convs with bias,
-  instance norms with affine weights.
+  convs on the concatenation with the skip; a 1x1x1 classifier (plus the deep-supervision
+  heads nnU-Net's decoder always holds, as parameters); convs with bias, instance norms with
+  affine weights.
 
 Parameters and forward FLOPs count the convolutions the same way `nas/cost.py` does
 (2 x multiply-adds), so the two prices compare.
@@ -74,29 +75,54 @@ def nnunet_stages(spacing: Sequence[float], patch: Sequence[int]) -> tuple[list[
     return strides, kernels
 
 
-def nnunet_cost(in_channels: int, num_classes: int, spacing: Sequence[float],
-                patch: Sequence[int]) -> tuple[int, int, int]:
-    """(parameters, forward FLOPs, stages) of nnU-Net's default network at `patch`."""
-    strides, kernels = nnunet_stages(spacing, patch)
-    widths = [min(NNUNET_BASE_FEATURES * 2 ** i, NNUNET_MAX_FEATURES) for i in range(len(strides))]
+def plain_unet_cost(in_channels: int, num_classes: int, patch: Sequence[int], features: Sequence[int],
+                    kernels: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
+                    convs_per_stage: Sequence[int] | int = NNUNET_CONVS_PER_STAGE,
+                    convs_per_decoder_stage: Sequence[int] | int = NNUNET_CONVS_PER_STAGE) -> tuple[int, int]:
+    """(parameters, forward FLOPs) of a plain U-Net described stage by stage, as nnU-Net's plans'
+    `arch_kwargs` describe one (features_per_stage, kernel_sizes, strides, n_conv_per_stage...)."""
+    n = len(features)
+    enc = [convs_per_stage] * n if isinstance(convs_per_stage, int) else list(convs_per_stage)
+    dec = [convs_per_decoder_stage] * (n - 1) if isinstance(convs_per_decoder_stage, int) \
+        else list(convs_per_decoder_stage)
+    if not (len(kernels) == len(strides) == len(enc) == n and len(dec) == n - 1):
+        raise PlansError(f"a plain U-Net of {n} stages needs {n} kernels, strides and encoder conv counts and "
+                         f"{n - 1} decoder conv counts")
     c = _Count()
     sizes = []
     size = [int(p) for p in patch]
     cin = in_channels
-    for st, k, w in zip(strides, kernels, widths):
-        size = [-(-n // f) for n, f in zip(size, st)]
+    for st, k, w, m in zip(strides, kernels, features, enc):
+        size = [-(-a // int(f)) for a, f in zip(size, st)]
         sizes.append(size)
         c.conv(cin, w, k, size)
-        for _ in range(NNUNET_CONVS_PER_STAGE - 1):
+        for _ in range(m - 1):
             c.conv(w, w, k, size)
         cin = w
-    for s in range(len(strides) - 2, -1, -1):
-        c.conv(widths[s + 1], widths[s], strides[s + 1], sizes[s + 1], norm=False)  # transposed conv, low resolution
-        c.conv(2 * widths[s], widths[s], kernels[s], sizes[s])
-        for _ in range(NNUNET_CONVS_PER_STAGE - 1):
-            c.conv(widths[s], widths[s], kernels[s], sizes[s])
-    c.conv(widths[0], num_classes, (1, 1, 1), sizes[0], norm=False)
-    return c.params, c.flops, len(strides)
+    for s in range(n - 2, -1, -1):  # decoder stage s: nnU-Net lists them deepest first
+        c.conv(features[s + 1], features[s], strides[s + 1], sizes[s + 1], norm=False)  # transposed conv
+        c.conv(2 * features[s], features[s], kernels[s], sizes[s])
+        for _ in range(dec[n - 2 - s] - 1):
+            c.conv(features[s], features[s], kernels[s], sizes[s])
+    c.conv(features[0], num_classes, (1, 1, 1), sizes[0], norm=False)
+    # nnU-Net's decoder holds a 1x1x1 head per stage for deep supervision whether it is on or
+    # not: their weights count, their FLOPs only when deep supervision runs (not priced here)
+    c.params += sum(features[s] * num_classes + num_classes for s in range(1, n - 1))
+    return c.params, c.flops
+
+
+def nnunet_features(stages: int, width_multiplier: float = 1.0) -> list[int]:
+    """nnU-Net's default widths (32 doubling per stage, capped at 320), optionally scaled."""
+    return [max(1, round(min(NNUNET_BASE_FEATURES * 2 ** i, NNUNET_MAX_FEATURES) * width_multiplier))
+            for i in range(stages)]
+
+
+def nnunet_cost(in_channels: int, num_classes: int, spacing: Sequence[float],
+                patch: Sequence[int]) -> tuple[int, int, int]:
+    """(parameters, forward FLOPs, stages) of nnU-Net's default network at `patch`."""
+    strides, kernels = nnunet_stages(spacing, patch)
+    params, flops = plain_unet_cost(in_channels, num_classes, patch, nnunet_features(len(strides)), kernels, strides)
+    return params, flops, len(strides)
 
 
 def named_budget(name: str, plans: Any) -> NamedBudget:

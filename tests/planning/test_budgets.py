@@ -42,3 +42,51 @@ def test_named_budgets_from_plans():
     assert nn.to_dict()["name"] == "nnunet" and "stages" in nn.network
     with pytest.raises(PlansError, match="--budget 'big'"):
         named_budget("big", plans)
+
+
+def _torch_plain_unet(cin, ncls, features, kernels, strides):
+    """The layout the price assumes, built from torch modules (conv-norm-ReLU x2, transposed conv up)."""
+    import torch.nn as nn
+
+    def block(a, b, k, st):
+        pad = [x // 2 for x in k]
+        return [nn.Conv3d(a, b, k, st, pad, bias=True), nn.InstanceNorm3d(b, affine=True), nn.ReLU()]
+
+    layers, c = [], cin
+    for w, k, st in zip(features, kernels, strides):
+        layers += block(c, w, k, st) + block(w, w, k, [1, 1, 1])
+        c = w
+    for s in range(len(features) - 2, -1, -1):
+        layers.append(nn.ConvTranspose3d(features[s + 1], features[s], strides[s + 1], strides[s + 1], bias=True))
+        layers += block(2 * features[s], features[s], kernels[s], [1, 1, 1]) + \
+            block(features[s], features[s], kernels[s], [1, 1, 1])
+    layers += [nn.Conv3d(features[s], ncls, 1, bias=True) for s in range(len(features) - 1)]  # + the ds heads
+    return nn.ModuleList(layers)
+
+
+def test_plain_unet_price_counts_what_torch_builds():
+    from c2fnas_auto.planning.budgets import plain_unet_cost
+
+    features, kernels, strides = [4, 8, 16], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    params, flops = plain_unet_cost(2, 3, [8, 16, 16], features, kernels, strides)
+    net = _torch_plain_unet(2, 3, features, kernels, strides)
+    assert params == sum(p.numel() for p in net.parameters())
+    first = 2 * 2 * 4 * 9 * 8 * 16 * 16  # stage 0's first conv: 2 -> 4 channels, 1x3x3, at every voxel
+    assert first < flops < 100 * first
+    with pytest.raises(PlansError, match="3 stages needs"):
+        plain_unet_cost(2, 3, [8, 16, 16], features, kernels[:2], strides)
+
+
+def test_plain_unet_price_matches_nnunets_own_network():
+    """Where nnU-Net's network package is installed: the price equals its parameter count."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    import torch.nn as nn
+
+    from c2fnas_auto.planning.budgets import nnunet_features, plain_unet_cost
+
+    strides, kernels = nnunet_stages([3.0, 1.0, 1.0], [16, 64, 64])
+    features = nnunet_features(len(strides), 0.5)
+    net = unet.PlainConvUNet(1, len(strides), features, nn.Conv3d, kernels, strides, 2, 3, 2, conv_bias=True,
+                             norm_op=nn.InstanceNorm3d, norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU)
+    params, _ = plain_unet_cost(1, 3, [16, 64, 64], features, kernels, strides)
+    assert params == sum(p.numel() for p in net.parameters())
