@@ -57,16 +57,24 @@ class CostBudget:
         return out
 
     def reason(self, params: float, flops: float) -> str:
-        """Why a network with these prices is outside the budget; '' when it is inside."""
-        for name, share in self.usage(params, flops).items():
-            limit = self.max_params if name == "params" else self.max_gflops
-            shown = f"{params:,.0f} parameters" if name == "params" else f"{flops / 1e9:.2f} GFLOPs"
-            flag = "--max-params" if name == "params" else "--max-gflops"
+        """Why a network with these prices is outside the budget; '' when it is inside. With a
+        band, the limit it comes closest to (the one that binds) must be used to 1 - band."""
+        usage = self.usage(params, flops)
+        for name, share in usage.items():
             if share > 1.0 + 1e-9:
-                return f"{shown} > {flag} {limit}"
-            if self.band is not None and share < 1.0 - self.band - 1e-9:
-                return f"{shown} < {1 - self.band:.0%} of {flag} {limit} (--budget-band {self.band})"
+                return f"{self._shown(name, params, flops)} > {self._flag(name)}"
+        if self.band is not None and usage and max(usage.values()) < 1.0 - self.band - 1e-9:
+            name = max(usage, key=lambda k: usage[k])
+            return (f"{self._shown(name, params, flops)} < {1 - self.band:.0%} of {self._flag(name)} "
+                    f"(--budget-band {self.band})")
         return ""
+
+    def _flag(self, name: str) -> str:
+        return f"--max-params {self.max_params}" if name == "params" else f"--max-gflops {self.max_gflops}"
+
+    @staticmethod
+    def _shown(name: str, params: float, flops: float) -> str:
+        return f"{params:,.0f} parameters" if name == "params" else f"{flops / 1e9:.2f} GFLOPs"
 
     def admits(self, cost: CostEstimate) -> bool:
         return not self.reason(cost.params, cost.flops)

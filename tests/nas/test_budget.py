@@ -83,3 +83,10 @@ def test_pricing_admits_only_topologies_inside_the_budget():
     m, cost = pricing.width_for(DEEP.levels, DEEP.ops, CostBudget(max_params=limit))
     assert m < 1 and 0.95 * limit <= cost.params <= limit
     assert pricing.cost(DEEP.levels, DEEP.ops, m).params == cost.params
+
+
+def test_the_band_applies_to_the_limit_that_binds():
+    cost = estimate_cost(reference_genotype(), config(), PATCH)
+    both = CostBudget(max_params=cost.params, max_gflops=10 * cost.flops / 1e9, band=0.15)
+    assert both.admits(cost), "parameters fill their limit; the FLOPs limit is far and does not bind"
+    assert not CostBudget(max_params=2 * cost.params, max_gflops=10 * cost.flops / 1e9, band=0.15).admits(cost)
