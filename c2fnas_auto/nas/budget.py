@@ -103,38 +103,44 @@ def _share(budget: CostBudget, cost: CostEstimate) -> float:
     return max(budget.usage(cost.params, cost.flops).values())
 
 
-def solve_width_multiplier(price: Price, config: NetworkConfig, budget: CostBudget,
-                           iterations: int = 40) -> tuple[float, CostEstimate]:
-    """The largest width multiplier whose network stays within every limit of `budget`, with its cost.
+def largest_multiplier(share: Callable[[float], float], start: float = 1.0, iterations: int = 40) -> float | None:
+    """The largest width multiplier m in [MIN_WIDTH_MULTIPLIER, MAX_WIDTH_MULTIPLIER] with
+    share(m) <= 1, for a share that grows with m (None when even the smallest is over).
 
-    Parameters and FLOPs grow about with the square of the width, so the search starts
-    there and bisects on a log scale; rounding channels to integers makes the price a
-    step function, hence the largest multiplier at or below the limits, not an exact hit.
-    """
-    if not budget.active:
-        raise BudgetError("a width can only be solved for a budget with --max-params or --max-gflops")
-    share = _share(budget, price(config))
+    Prices grow about with the square of the width, so the first guess is start / sqrt(share);
+    then bisection on a log scale. Channels are rounded to integers, so the price is a step
+    function and the answer the largest multiplier at or below the limit, not an exact hit."""
     lo, hi = MIN_WIDTH_MULTIPLIER, MAX_WIDTH_MULTIPLIER
-    guess = min(max(1.0 / math.sqrt(share), lo), hi)
-    lo_ok = _share(budget, price(scale_widths(config, lo))) <= 1.0
-    if not lo_ok:
-        raise BudgetError(f"even at {lo:g} x the widths the network costs more than the budget "
-                          f"({_describe(budget)}): raise the budget")
-    if _share(budget, price(scale_widths(config, hi))) <= 1.0:
-        return hi, price(scale_widths(config, hi))
-    if _share(budget, price(scale_widths(config, guess))) <= 1.0:
+    if share(lo) > 1.0:
+        return None
+    if share(hi) <= 1.0:
+        return hi
+    guess = min(max(start / math.sqrt(max(share(start), 1e-12)), lo), hi)
+    if share(guess) <= 1.0:
         lo = guess
     else:
         hi = guess
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
-        if _share(budget, price(scale_widths(config, mid))) <= 1.0:
+        if share(mid) <= 1.0:
             lo = mid
         else:
             hi = mid
         if hi / lo < 1.0 + 1e-4:
             break
-    return lo, price(scale_widths(config, lo))
+    return lo
+
+
+def solve_width_multiplier(price: Price, config: NetworkConfig, budget: CostBudget,
+                           iterations: int = 40) -> tuple[float, CostEstimate]:
+    """The largest width multiplier whose network stays within every limit of `budget`, with its cost."""
+    if not budget.active:
+        raise BudgetError("a width can only be solved for a budget with --max-params or --max-gflops")
+    m = largest_multiplier(lambda x: _share(budget, price(scale_widths(config, x))), 1.0, iterations)
+    if m is None:
+        raise BudgetError(f"even at {MIN_WIDTH_MULTIPLIER:g} x the widths the network costs more than the budget "
+                          f"({_describe(budget)}): raise the budget")
+    return m, price(scale_widths(config, m))
 
 
 def _describe(budget: CostBudget) -> str:

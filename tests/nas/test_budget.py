@@ -90,3 +90,11 @@ def test_the_band_applies_to_the_limit_that_binds():
     both = CostBudget(max_params=cost.params, max_gflops=10 * cost.flops / 1e9, band=0.15)
     assert both.admits(cost), "parameters fill their limit; the FLOPs limit is far and does not bind"
     assert not CostBudget(max_params=2 * cost.params, max_gflops=10 * cost.flops / 1e9, band=0.15).admits(cost)
+
+
+def test_largest_multiplier_bounds():
+    from c2fnas_auto.nas.budget import MAX_WIDTH_MULTIPLIER, largest_multiplier
+
+    assert largest_multiplier(lambda m: m / 1000) == MAX_WIDTH_MULTIPLIER
+    assert largest_multiplier(lambda m: 1000 * m) is None
+    assert largest_multiplier(lambda m: m * m / 4) == pytest.approx(2.0, rel=1e-3)
