@@ -94,6 +94,9 @@ def decide(d: Mapping[str, float | None], reference_p_holm: float | None, winner
     low, high = d.get("low"), d.get("high")
     beat = reference_p_holm is not None and reference_p_holm < ALPHA
     args = (low, high, beat, winner_sd, genotype_sd_value)
+    if genotype_sd_value == 0.0:
+        return Decision("unreliable", "random genotypes of this cost do not differ beyond seed noise: no "
+                                      "topology to find at this budget", *args)
     if winner_sd is not None and genotype_sd_value is not None and winner_sd >= genotype_sd_value:
         return Decision("unreliable", f"the winners of the search runs spread (sd {winner_sd:.3f}) as much as "
                                       f"random genotypes do (sd {genotype_sd_value:.3f})", *args)
