@@ -112,7 +112,8 @@ def _skew_clock(seconds: float) -> None:
 
 def worker(out: Path, opts: dict[str, Any]) -> None:
     """One search worker with sleeping fake evaluators on `opts["storage"]` (None: SQLite)."""
-    from c2fnas_auto.search.api import SearchHooks, SearchSettings, search_core
+    from c2fnas_auto.search.core import search_core
+    from c2fnas_auto.search.settings import SearchHooks, SearchSettings
     from c2fnas_auto.search.jobs import WorkerOptions
 
     if opts.get("fault") == "heartbeat_error":

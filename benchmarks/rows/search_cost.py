@@ -118,6 +118,6 @@ def report_speeds(rep: dict) -> dict:
 def _default_settings() -> dict:
     from dataclasses import asdict
 
-    from c2fnas_auto.search.api import SearchSettings
+    from c2fnas_auto.search.settings import SearchSettings
 
     return asdict(SearchSettings())

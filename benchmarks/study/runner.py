@@ -83,7 +83,7 @@ def prepare_task(spec: TaskSpec, profile: StudyProfile, workdir: Path, real_data
 def search_settings(overrides: dict[str, Any]):
     """SearchSettings from the profile, keeping only fields this engine has (the engine
     gains options over time; a profile must not break on an older or newer one)."""
-    from c2fnas_auto.search.api import SearchSettings
+    from c2fnas_auto.search.settings import SearchSettings
 
     known = {f.name for f in dataclasses.fields(SearchSettings)}
     return SearchSettings(**{k: v for k, v in overrides.items() if k in known})

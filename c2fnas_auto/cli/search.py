@@ -17,7 +17,7 @@ from c2fnas_auto.cli._execution import add_execution_flags, execution_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from c2fnas_auto.search.api import SearchSettings
+    from c2fnas_auto.search.settings import SearchSettings
     from c2fnas_auto.search.jobs import WorkerOptions
 
     d = SearchSettings()
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.search.api import REPORT_FILE, SearchSettings, run_search
+    from c2fnas_auto.search.api import run_search
+    from c2fnas_auto.search.files import REPORT_FILE
+    from c2fnas_auto.search.settings import SearchSettings
     from c2fnas_auto.search.stop import STOPPED_EXIT_CODE, SearchStopped, StopFlag
     from c2fnas_auto.search.jobs import WorkerOptions
 

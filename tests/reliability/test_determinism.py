@@ -74,7 +74,8 @@ _SEARCH_SCRIPT = r"""
 import json, sys, zlib
 from pathlib import Path
 from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, topology_neighbours
-from c2fnas_auto.search.api import SearchHooks, SearchSettings, Topologies, search_core
+from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies
 
 def score(levels, ops):  # deterministic pseudo-noise: the same candidate always scores the same
     return (zlib.crc32(repr((list(levels), list(ops))).encode()) % 1000) / 1000.0

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fakes import FakeHooks  # noqa: E402
 
-from c2fnas_auto.search.api import SearchSettings, search_core  # noqa: E402
+from c2fnas_auto.search.core import search_core  # noqa: E402
+from c2fnas_auto.search.settings import SearchSettings  # noqa: E402
 from c2fnas_auto.search.distributed import init_distributed  # noqa: E402
 from c2fnas_auto.search.jobs import WorkerOptions  # noqa: E402
 

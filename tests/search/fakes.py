@@ -6,7 +6,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from c2fnas_auto.search.api import SearchHooks
+from c2fnas_auto.search.settings import SearchHooks
 from c2fnas_auto.search.runner import Proposal
 
 TARGET_LEVELS = (1, 1, 2, 2, 3, 4, 3, 3, 2, 1, 1, 1)

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.api import SearchSettings, search_core
+from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.report import expected_coarse_evaluations
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.search.stop import SearchStopped, StopFlag

@@ -13,7 +13,8 @@ from c2fnas_auto.cli.search import main
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import search_results_dir
-from c2fnas_auto.search.api import EXECUTION_FIELDS, SearchSettings, search_core
+from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.settings import EXECUTION_FIELDS, SearchSettings
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.state import SearchState
 

@@ -1,0 +1,48 @@
+"""The search's winner as a genotype with its provenance, written into the task's plans."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from c2fnas_auto.search.settings import SearchSettings
+from c2fnas_auto.search.state import SearchState
+
+
+def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
+    """The winner as a Genotype carrying its provenance (DESIGN §4 genotype JSON)."""
+    from c2fnas_auto.nas.genotype import Genotype
+
+    w = state.winner or {}
+    provenance = {
+        "source": "c2fnas_search",
+        "source_task": state.task_name,
+        "gpu_memory_gb": state.plans.get("gpu_memory_gb", float(plans.gpu_memory_gb)),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fine_score": w.get("fine_score"),
+        "coarse_score": w.get("coarse_score"),
+        "coarse_epochs": w.get("coarse_epochs"),
+        "heldout": {k: state.heldout.get(k) for k in ("source", "case_ids", "seed", "fraction")},
+        "searched_patch_size": state.plans.get("patch_size", list(plans.patch_size)),
+        "searched_batch_size": state.plans.get("batch_size", int(plans.batch_size)),
+        "settings": settings.to_dict(),
+    }
+    return Genotype(levels=w["levels"], ops=w["ops"], provenance=provenance).validate()
+
+
+def write_into_plans(plans_path: Path, genotype: Any) -> tuple[Any, str]:
+    """Put the genotype into the source task's plans with patch/batch refitted to its budget."""
+    from c2fnas_auto.planning import planner
+    from c2fnas_auto.planning.plans import Plans
+
+    plans = Plans.load(plans_path)
+    refit = getattr(planner, "refit_plans", None)
+    if refit is not None:
+        new, how = refit(plans, genotype), "patch/batch refitted by planning.planner.refit_plans"
+    else:  # planner without refit: keep patch/batch, say so in the report
+        new = plans.copy()
+        new.genotype = genotype
+        how = "planner has no refit_plans: patch/batch kept from the search plans"
+    new.save(plans_path)
+    return new, how

@@ -1,0 +1,47 @@
+"""The real `SearchHooks`: candidates trained and scored with `training.api` on the task's cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from c2fnas_auto.search.distributed import DistContext
+from c2fnas_auto.search.files import SUPERNET_FILE
+from c2fnas_auto.search.settings import SearchHooks, SearchSettings
+
+
+def rank_device(device: str | None, dist: DistContext):
+    import torch
+
+    from c2fnas_auto.utils.device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dist.active:
+        dev = torch.device("cuda", dist.local_rank)
+    return dev
+
+
+def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device: Any,
+               search_dir: Path, heldout: Any, progress: bool = True) -> SearchHooks:
+    """Coarse: `fit` from scratch + `score_cases`; fine: supernet with shared weights;
+    stand-alone: an op choice trained from scratch like a coarse candidate. All train on
+    the fold's training cases and score on its selection cases, held-out cases removed."""
+    from c2fnas_auto.search.coarse import TrainingContext, make_coarse_evaluator
+    from c2fnas_auto.search.fine import make_fine_evaluator, train_supernet
+    from c2fnas_auto.search.heldout import search_cases
+
+    train_ids, val_ids = search_cases(preprocessed, settings.fold, heldout)
+    ctx = TrainingContext(plans=plans, preprocessed_dir=preprocessed, train_ids=list(train_ids),
+                          val_ids=list(val_ids), device=device, seed=settings.seed,
+                          iters_per_epoch=settings.iters_per_epoch, precision=settings.precision,
+                          compile=settings.compile, channels_last=settings.channels_last)
+    evaluate = make_coarse_evaluator(ctx, settings.min_epochs)
+    return SearchHooks(
+        coarse_evaluate=evaluate,
+        train_supernet=lambda levels: train_supernet(levels, ctx, settings.fine_epochs, search_dir / SUPERNET_FILE,
+                                                     progress=progress, warmup=settings.supernet_warmup),
+        fine_evaluator=lambda supernet: make_fine_evaluator(supernet, ctx, settings.max_gflops),
+        standalone_evaluate=evaluate,
+        describe={"device": str(device), "execution": ctx.answer_fields(), "fold": settings.fold,
+                  "num_train_cases": len(train_ids),
+                  "num_selection_cases": len(val_ids), "selection_cases": list(val_ids)})
