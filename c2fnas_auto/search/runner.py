@@ -109,7 +109,7 @@ def record_from_result(index: int, stage: str, result: dict[str, Any]) -> Candid
                            rank=int(ans.get("rank", 0)), extra={k: v for k, v in ans.items() if k not in RESULT_FIELDS},
                            candidate=p.get("candidate"), rung=p.get("rung"), epochs=p.get("epochs"),
                            worker=str(result.get("worker", "")), finished_at=float(result.get("finished_at", 0.0)),
-                           seed=p.get("seed"))
+                           seed=p.get("seed"), width_multiplier=p.get("width_multiplier"))
 
 
 class CandidateRunner:

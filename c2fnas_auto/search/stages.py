@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.asha import CoarseView, Rungs, best_candidate, run_coarse
 from c2fnas_auto.search.clustering import Clustering, distance_matrix, k_medoids
 from c2fnas_auto.search.distributed import DistContext
 from c2fnas_auto.search.evolution import fine_evolution, propose_topology
+from c2fnas_auto.search.noise import spread_sample
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
-from c2fnas_auto.search.runner import CandidateRunner, Evaluate, record_from_result, timed
+from c2fnas_auto.search.runner import CandidateRunner, Evaluate, Proposal, record_from_result, timed
 from c2fnas_auto.search.saving import Saver
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies
 from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError
@@ -53,15 +54,9 @@ def coarse_records(view: CoarseView) -> list[CandidateRecord]:
 
 
 def standalone_sample(records: Sequence[CandidateRecord], n: int) -> list[CandidateRecord]:
-    """n distinct scored op choices spread evenly over the fitness ranking (best and worst included)."""
+    """n distinct scored candidates spread evenly over the fitness ranking (best and worst included)."""
     done = sorted((r for r in records if r.status == "done" and r.score is not None), key=lambda r: (-r.score, r.index))
-    if n <= 0 or not done:
-        return []
-    if n >= len(done):
-        return done
-    if n == 1:
-        return done[:1]
-    return [done[round(i * (len(done) - 1) / (n - 1))] for i in range(n)]
+    return spread_sample(done, n)
 
 
 def wait_for_supernet(store: OptunaTrials, stop: StopFlag) -> dict[str, Any]:
@@ -80,7 +75,9 @@ def wait_for_supernet(store: OptunaTrials, stop: StopFlag) -> dict[str, Any]:
 
 def coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSettings, rungs: Rungs, hooks: SearchHooks,
                   topo: Topologies, clustering: Clustering, dist: DistContext, bar: Progress, stop: StopFlag,
-                  save: Saver, main: bool) -> tuple[list[int], CandidateRecord]:
+                  save: Saver, main: bool, width: Callable[[Sequence[int], Sequence[str]], float | None] | None = None
+                  ) -> tuple[list[int], CandidateRecord]:
+    """`width(levels, ops)`: the equal-cost search's width multiplier for a new candidate."""
     t0 = time.perf_counter()
 
     def propose(n: int, view: CoarseView) -> dict[str, Any] | None:
@@ -89,8 +86,11 @@ def coarse_stage(store: OptunaTrials, state: SearchState, settings: SearchSettin
                              settings.tournament, settings.seed)
         if i is None:
             return None
-        return {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
-                "cluster": clustering.labels[i]}
+        payload = {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
+                   "cluster": clustering.labels[i]}
+        if width is not None:
+            payload["width_multiplier"] = width(payload["levels"], payload["ops"])
+        return payload
 
     def finished(job, answer) -> None:
         rec = record_from_result(0, "coarse", {"payload": job.payload, "answer": answer, "worker": store.worker_id})
@@ -158,7 +158,35 @@ def fine_stage(store: OptunaTrials, state: SearchState, settings: SearchSettings
     state.fine = runner.records
     state.fine_generations = fine.generations
     if fine.best is None:
-        raise C2FNASError(f"{store.folder}: no op choice met the constraints (e.g. --max-gflops "
-                          f"{settings.max_gflops}); relax them and rerun with --overwrite")
+        raise C2FNASError(f"{store.folder}: no op choice met the constraints (the budget: --max-params "
+                          f"{settings.max_params}, --max-gflops {settings.max_gflops}, --budget {settings.budget}, "
+                          f"--budget-band {settings.budget_band}); relax them and rerun with --overwrite")
     save()
     return fine.best
+
+
+# added to the search seed for the noise check's second training of a candidate
+REPEAT_SEED_OFFSET = 1
+
+
+def repeat_stage(store: OptunaTrials, state: SearchState, stage: str, prefix: str, sample: Sequence[CandidateRecord],
+                 evaluate: Evaluate, epochs: int | None, seed: int, dist: DistContext, bar: Progress, stop: StopFlag,
+                 save: Saver, width: float | None = None) -> list[CandidateRecord]:
+    """Train `sample` again with `seed` (the noise check, noise.py); the records go to `state.<stage>`."""
+    runner = CandidateRunner(store, stage, prefix, evaluate, dist.rank, bar.record, None, stop.check)
+
+    def on_finish() -> None:
+        if save.main:
+            setattr(state, stage, runner.partial())
+            save.soon()
+
+    runner.on_finish = on_finish
+    bar.start(len(sample), f"{stage.replace('_', ' ')}s")
+    runner.run([Proposal(levels=tuple(r.levels), ops=tuple(r.ops), epochs=epochs, seed=seed, rung=r.rung,
+                         candidate=r.candidate, generation=r.index,
+                         width_multiplier=r.width_multiplier if r.width_multiplier is not None else width)
+                for r in sample])
+    bar.close()
+    setattr(state, stage, runner.records)
+    save()
+    return runner.records

@@ -52,6 +52,7 @@ class CandidateRecord:
     worker: str = ""  # which worker ran it (host-pid-token)
     finished_at: float = 0.0  # wall clock when its result was published
     seed: int | None = None  # repeats: the training seed (None: the search's seed)
+    width_multiplier: float | None = None  # equal-cost search: the widths it was trained at (None: the plans')
 
     def key(self) -> tuple:
         return tuple(self.levels), tuple(self.ops)

@@ -18,7 +18,8 @@ from c2fnas_auto.search.jobs import WorkerOptions
 from .fakes import Boom, FakeHooks
 
 SMALL = dict(coarse_candidates=9, min_epochs=1, eta=3, rungs=3, clusters=4, population=4, fine_epochs=1,
-             generations=3, iters_per_epoch=2, seed=7, tournament=2, standalone_sample=3)
+             generations=3, iters_per_epoch=2, seed=7, tournament=2, standalone_sample=3,
+             noise_repeats=0, standalone_repeats=0)  # the noise check's repeats: test_budget_noise.py
 FAST = WorkerOptions(stale_seconds=0.5, poll_seconds=0.02)
 
 
