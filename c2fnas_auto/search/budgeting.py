@@ -44,7 +44,11 @@ def restrict_topologies(topo: Topologies, pricing: Pricing, budget: CostBudget, 
     if not keep:
         raise C2FNASError(f"no topology with {op} cells fits the budget ({budget.reason(0, 0) or 'too small'}"
                           f"; {_limits(budget)}): raise it, or use --equal-cost to scale widths to it")
-    return dataclasses.replace(topo, topologies=[topo.topologies[i] for i in keep])
+    kept = [topo.topologies[i] for i in keep]
+    inside = set(map(tuple, kept))
+    neighbours = topo.neighbours
+    return dataclasses.replace(topo, topologies=kept,
+                               neighbours=lambda t: [n for n in neighbours(t) if tuple(n) in inside])
 
 
 def _limits(budget: CostBudget) -> str:

@@ -11,9 +11,13 @@ genotypes, and
 is the share of a single score's variance that ranks genotypes. Under a normal model the
 expected Kendall tau follows from it: with the genotypes' true order,
 (2/pi) asin(sqrt(reliability)); between two seeds of the same candidates,
-(2/pi) asin(reliability), the ceiling any cheaper proxy can reach. A stage is "within its
-noise" when the genotype variance does not exceed the seed variance (reliability < 0.5):
-a single score then says more about the seed than about the genotype.
+(2/pi) asin(reliability), the ceiling any cheaper proxy can reach.
+
+The verdict is one-sided: a stage's ranking is "above its noise" only when the data show the
+genotype variance exceeds the seed variance (reliability > 0.5, where a single score says more
+about the genotype than about its seed) at the 5% level: (score variance / seed variance) / 2
+against the F distribution of the two variances' degrees of freedom. Otherwise it is "within its
+noise" -- with few repeats that includes rankings that may be good but are not shown to be.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Hashable, Mapping, Sequence
 
 WITHIN_NOISE_RELIABILITY = 0.5
+ABOVE_NOISE_P = 0.05
 MIN_REPEATED = 2  # candidates with a second seed needed before any verdict
 
 
@@ -39,6 +44,7 @@ class NoiseCheck:
     reliability: float | None
     expected_tau: float | None  # single-seed ranking vs the genotypes' true order
     expected_tau_between_seeds: float | None  # two single-seed rankings of the same candidates
+    p_above_noise: float | None  # one-sided p of "reliability <= 0.5"
     within_noise: bool | None
 
     def to_dict(self) -> dict:
@@ -50,11 +56,13 @@ class NoiseCheck:
             return (f"{self.stage}: noise not measured ({self.repeated} candidate(s) re-trained with a second seed, "
                     f"{MIN_REPEATED} needed)")
         head = (f"{self.stage}: candidates spread sd {self.score_sd:.4f}, seed-to-seed sd {self.seed_sd:.4f} "
-                f"over {self.repeated} re-trained, reliability {self.reliability:.2f}, "
+                f"over {self.repeated} re-trained, reliability {self.reliability:.2f} (p {self.p_above_noise:.2f}), "
                 f"expected tau {self.expected_tau:.2f}")
-        if self.within_noise:
+        if not self.within_noise:
+            return head + ": the ranking is above its noise"
+        if self.reliability < WITHIN_NOISE_RELIABILITY:
             return head + ": the ranking is within its noise (a score says more about the seed than the genotype)"
-        return head + ": the ranking is above its noise"
+        return head + ": the ranking is within its noise (not shown above it; more repeats would tell)"
 
 
 def _var(values: Sequence[float]) -> float | None:
@@ -90,15 +98,30 @@ def noise_check(stage: str, first: Mapping[Hashable, float],
     seed_var, repeated = pooled_seed_variance(first, repeats)
     if total is None or seed_var is None or repeated < MIN_REPEATED:
         return NoiseCheck(stage, len(first), repeated, None if total is None else math.sqrt(total),
-                          None if seed_var is None else math.sqrt(seed_var), None, None, None, None, None)
+                          None if seed_var is None else math.sqrt(seed_var), None, None, None, None, None, None)
     genotype_var = max(0.0, total - seed_var)
     if genotype_var + seed_var == 0.0:  # every score identical: nothing ranks anything
         reliability = 0.0
     else:
         reliability = genotype_var / (genotype_var + seed_var)
+    p = p_above_noise(total, len(first) - 1, seed_var, seed_dof(first, repeats))
     return NoiseCheck(stage, len(first), repeated, math.sqrt(total), math.sqrt(seed_var), math.sqrt(genotype_var),
-                      reliability, expected_tau(math.sqrt(reliability)), expected_tau(reliability),
-                      reliability < WITHIN_NOISE_RELIABILITY)
+                      reliability, expected_tau(math.sqrt(reliability)), expected_tau(reliability), p,
+                      p >= ABOVE_NOISE_P)
+
+
+def seed_dof(first: Mapping[Hashable, float], repeats: Mapping[Hashable, Sequence[float]]) -> int:
+    return sum(len(more) for key, more in repeats.items() if key in first)
+
+
+def p_above_noise(total_var: float, total_dof: int, seed_var: float, dof: int) -> float:
+    """One-sided p of "genotype variance <= seed variance": at that boundary the score variance
+    is twice the seed variance, and (total / seed) / 2 follows F(total_dof, dof)."""
+    if seed_var == 0.0:
+        return 0.0 if total_var > 0.0 else 1.0
+    from scipy.stats import f
+
+    return float(f.sf(total_var / seed_var / 2.0, total_dof, dof))
 
 
 def spread_sample(ranked: Sequence, n: int) -> list:

@@ -151,16 +151,16 @@ def noise_checks(state: SearchState) -> dict[str, Any]:
     return {"stages": [c.to_dict() for c in checks], "messages": [c.message() for c in checks],
             "within_noise": [c.stage for c in checks if c.within_noise],
             "note": "reliability = genotype variance / (genotype + seed variance) of one score; expected tau "
-                    "assumes normal scores. Within noise: reliability < 0.5, a single score says more about "
-                    "its seed than about its genotype."}
+                    "assumes normal scores. Within noise unless reliability > 0.5 is shown at p < 0.05 (F test "
+                    "of the candidates' against the seeds' variance)."}
 
 
 def within_noise_warnings(report: dict[str, Any]) -> list[str]:
     """One plain line per stage whose ranking is within its noise (what the CLI prints)."""
     noise = report.get("noise") or {}
-    return [f"{s['stage']}'s ranking is within its noise (reliability {s['reliability']:.2f}: candidates spread "
-            f"sd {s['score_sd']:.4f}, seed-to-seed sd {s['seed_sd']:.4f}); its winner may be a lucky seed"
-            for s in noise.get("stages", []) if s.get("within_noise")]
+    return [f"{s['stage']}'s ranking is within its noise (reliability {s['reliability']:.2f}, p {s['p_above_noise']:.2f}"
+            f" that it is above: candidates spread sd {s['score_sd']:.4f}, seed-to-seed sd {s['seed_sd']:.4f}); "
+            "its winner may be a lucky seed" for s in noise.get("stages", []) if s.get("within_noise")]
 
 
 def _per_rung(records: list[CandidateRecord]) -> dict[str, int]:
