@@ -317,6 +317,29 @@ def _task_stats(records: list[dict[str, Any]], task: str, n_boot: int, label: st
     return out
 
 
+def _arm_scores(records: list[dict[str, Any]], task: str) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """Each arm's score on a task, and per seed (over the seeds every arm has)."""
+    from benchmarks.study import stats
+    from benchmarks.study.report import matrices
+
+    mats, seeds, _ = matrices(records, task)
+    if not seeds:
+        return {}, {}
+    per_seed = {s: {a: float(np.nanmean(m[i])) for a, m in mats.items()} for i, s in enumerate(seeds)}
+    return {a: stats.arm_score(m) for a, m in mats.items()}, per_seed
+
+
+def _seed_tau(per_seed: dict[int, dict[str, float]], arms: dict[str, float]) -> dict[str, Any] | None:
+    """The ceiling: Kendall tau between the first two seeds' rankings of the arms in `arms`."""
+    from benchmarks.study import budget_stats as bs
+
+    if len(per_seed) < 2:
+        return None
+    a, b = sorted(per_seed)[:2]
+    return bs.kendall_between({k: v for k, v in per_seed[a].items() if k in arms},
+                              {k: v for k, v in per_seed[b].items() if k in arms})
+
+
 def _holm_in_place(per_task: dict[str, dict[str, Any]]) -> None:
     from benchmarks.study.budget_stats import holm
 
@@ -347,11 +370,13 @@ def write_budget_summary(store: ResultStore, out: Path, profile: BudgetProfile) 
         decision = bs.decide(primary["D"], ref.get("p_holm"), primary["winner_sd"], primary["genotype_sd"]).to_dict()
     long_key = profile.search_task.key + LONG
     long_stats = _task_stats(records, long_key, profile.n_boot)
+    standard, standard_seeds = _arm_scores(records, profile.search_task.key)
+    long, long_seeds = _arm_scores(records, long_key)
     taus = {}
-    if long_stats.get("complete") and primary.get("complete"):
-        taus["standard_vs_long"] = bs.kendall_between(primary["scores"], long_stats["scores"])
-        taus["seed_ceiling_standard"] = primary.get("tau_between_seeds")
-        taus["seed_ceiling_long"] = long_stats.get("tau_between_seeds")
+    if standard and long:
+        taus["standard_vs_long"] = bs.kendall_between(standard, long)
+        taus["seed_ceiling_standard"] = _seed_tau(standard_seeds, long)
+        taus["seed_ceiling_long"] = _seed_tau(long_seeds, long)
     summary = {"profile": profile.name, "trainings": len(records), "decision": decision, "tasks": tasks,
                "classes": classes, "long_check": long_stats, "taus": taus,
                "arms": store.data.get("meta", {}).get("arms", {}), "rule": bs.decide.__doc__.split("\n\n")[0]}

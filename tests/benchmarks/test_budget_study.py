@@ -151,3 +151,5 @@ def test_too_narrow_a_band_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "MAX_RANDOM_DRAWS", 5)
     with pytest.raises(C2FNASError, match="widen the band"):
         study.matched_randoms(3, 0, plans, CostBudget(max_params=200_000), 200_000, 1e3, 0.01)
+    with pytest.raises(C2FNASError, match="only 0 of 5"):  # no width at all fits: every draw is passed over
+        study.matched_randoms(1, 0, plans, CostBudget(max_params=10), 10, 1e3, 0.5)
