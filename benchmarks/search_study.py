@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _budget_main(args: argparse.Namespace, shard: tuple[int, int]) -> int:
-    from benchmarks.study.budget_study import BUDGET_PROFILES, SUMMARY_MD, run_budget_study, write_budget_summary
+    from benchmarks.study.budget_report import SUMMARY_MD, write_budget_summary
+    from benchmarks.study.budget_study import BUDGET_PROFILES, run_budget_study
     from benchmarks.study.runner import load_store
 
     from c2fnas_auto.errors import InputError
