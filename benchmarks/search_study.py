@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                                 "full": "under 2 hours on 2 CPU cores",
                                 "power": "19 random genotypes, 5/3 seeds, nnU-Net arm: about 10 CPU-hours, "
                                          "resumable across sessions (needs nnunetv2)"}[name])
+    size.add_argument("--budget-study", dest="profile", action="store_const", const="budget",
+                      help="the budget study (documentation/studies/search_budget_study.md): 4 searches under a "
+                           "cost budget, arms scaled to it, about 14 CPU-hours (needs nnunetv2)")
+    size.add_argument("--budget-smoke", dest="profile", action="store_const", const="budget_smoke",
+                      help="the budget study at toy sizes: a minute or two, checks the whole flow")
     p.add_argument("--workdir", type=Path, default=None,
                    help="raw/preprocessed/search data (default benchmarks/work/search_study/<profile>)")
     p.add_argument("--out", type=Path, default=None,
@@ -58,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from c2fnas_auto.errors import InputError
 
-    profile = PROFILES[args.profile]
     shard = parse_shard(args.shard)
+    if args.profile.startswith("budget"):
+        return _budget_main(args, shard)
+    profile = PROFILES[args.profile]
     budgets = [parse_pair(b, "--calibrate", "x") for b in args.calibrate or []]
     if any(e < 1 or i < 1 for e, i in budgets):
         raise InputError(f"--calibrate {' '.join(args.calibrate)}: epochs and iterations must be at least 1")
@@ -87,6 +94,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"search finished: {Path(out) / 'searched_genotype.json'}")
             return 0
     print((Path(out) / "summary.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _budget_main(args: argparse.Namespace, shard: tuple[int, int]) -> int:
+    from benchmarks.study.budget_report import SUMMARY_MD, write_budget_summary
+    from benchmarks.study.budget_study import BUDGET_PROFILES, run_budget_study
+    from benchmarks.study.runner import load_store
+
+    from c2fnas_auto.errors import InputError
+
+    if args.calibrate:
+        raise InputError("--calibrate: the budget study trains at the power study's calibrated budget")
+    profile = BUDGET_PROFILES[args.profile]
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or RESULTS_ROOT / profile.name).resolve()
+    workdir = args.workdir or Path(__file__).resolve().parent / "work" / "search_study" / profile.name
+    if args.summary_only:
+        if not any(out.glob("results*.json")):
+            raise InputError(f"{out}: no results*.json yet (run the study first)")
+        write_budget_summary(load_store(out, profile.name), out, profile)
+    else:
+        run_budget_study(profile, workdir, out, progress=not args.no_progress, shard=shard,
+                         search_only=args.search_only)
+        if args.search_only:
+            print(f"searches finished: {out}")
+            return 0
+    print((out / SUMMARY_MD).read_text(encoding="utf-8"))
     return 0
 
 

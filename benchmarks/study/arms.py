@@ -18,6 +18,7 @@ class Arm:
     name: str
     genotype: Genotype | None  # None: nnU-Net's network, planned per task
     cell_style: str  # NetworkConfig.cell_style ("nnunet" for nnU-Net's network)
+    width_multiplier: float | None = None  # the budget study: widths scaled to the budget (None: the plans')
 
     @property
     def kind(self) -> str:
@@ -27,7 +28,8 @@ class Arm:
     def network_id(self) -> str:
         """Names the network in result keys: the genotype's id, or "nnunet" (its per-task plan
         is in the results' meta)."""
-        return self.genotype.short_id() if self.genotype is not None else self.cell_style
+        base = self.genotype.short_id() if self.genotype is not None else self.cell_style
+        return base if self.width_multiplier is None else f"{base}w{self.width_multiplier:.4f}"
 
 
 def random_genotypes(n: int, seed: int = 0) -> list[Genotype]:
@@ -61,7 +63,10 @@ def build_arms(searched: Genotype, num_random: int, random_seed: int, main_style
 
 
 def network_config(plans, arm: Arm):
-    """The plans' NetworkConfig in the arm's cell style."""
+    """The plans' NetworkConfig in the arm's cell style, at the arm's widths."""
     import dataclasses
 
-    return dataclasses.replace(plans.network_config(), cell_style=arm.cell_style)
+    from c2fnas_auto.nas.budget import scale_widths
+
+    config = dataclasses.replace(plans.network_config(), cell_style=arm.cell_style)
+    return config if arm.width_multiplier is None else scale_widths(config, arm.width_multiplier)

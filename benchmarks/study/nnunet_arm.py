@@ -94,10 +94,32 @@ def plan_nnunet(task_dir: Path, task_id: int, target_spacing: list[float], gpu_m
     return plan
 
 
-def build_nnunet_network(plan: NnunetPlan, num_input_channels: int, num_classes: int):
+def scaled_architecture(architecture: dict[str, Any], width_multiplier: float | None) -> dict[str, Any]:
+    """nnU-Net's architecture entry with every stage's width scaled (rounded, at least 1)."""
+    if width_multiplier is None:
+        return architecture
+    out = copy.deepcopy(architecture)
+    kw = out["arch_kwargs"]
+    kw["features_per_stage"] = [max(1, round(f * width_multiplier)) for f in kw["features_per_stage"]]
+    return out
+
+
+def architecture_price(architecture: dict[str, Any], num_input_channels: int, num_classes: int,
+                       patch_size, width_multiplier: float | None = None) -> tuple[int, int]:
+    """(parameters, forward FLOPs) of nnU-Net's planned network at `patch_size`, from its arch_kwargs."""
+    from c2fnas_auto.planning.budgets import plain_unet_cost
+
+    kw = scaled_architecture(architecture, width_multiplier)["arch_kwargs"]
+    return plain_unet_cost(num_input_channels, num_classes, list(patch_size), kw["features_per_stage"],
+                           kw["kernel_sizes"], kw["strides"], kw["n_conv_per_stage"], kw["n_conv_per_stage_decoder"])
+
+
+def build_nnunet_network(plan: NnunetPlan, num_input_channels: int, num_classes: int,
+                         width_multiplier: float | None = None):
     from benchmarks.peers import network_from_architecture
 
-    return network_from_architecture(plan.architecture, num_input_channels, num_classes, deep_supervision=False)
+    return network_from_architecture(scaled_architecture(plan.architecture, width_multiplier), num_input_channels,
+                                     num_classes, deep_supervision=False)
 
 
 def plans_for(plans, plan: NnunetPlan):

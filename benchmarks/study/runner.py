@@ -141,7 +141,7 @@ def train_and_score(task: PreparedTask, arm: Arm, seed: int, profile: StudyProfi
     if arm.genotype is None:  # nnU-Net's network, its own patch and batch
         from benchmarks.study.nnunet_arm import build_nnunet_network, plans_for
 
-        net = build_nnunet_network(task.nnunet, len(plans.channel_names), plans.num_classes)
+        net = build_nnunet_network(task.nnunet, len(plans.channel_names), plans.num_classes, arm.width_multiplier)
         plans = plans_for(plans, task.nnunet)
         size = {"patch_size": list(task.nnunet.patch_size), "batch_size": task.nnunet.batch_size}
     else:

@@ -20,6 +20,8 @@ from c2fnas_auto.errors import InputError
 from c2fnas_auto.utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 
 REAL_DATA = Path("/work/shared/data/totalsegmentator")
+HIPPOCAMPUS = Path("/work/shared/data/hippocampus/Task04_Hippocampus")
+HIPPOCAMPUS_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 REAL_CT, REAL_SEG = "example_ct_sm.nii.gz", "example_seg.nii.gz"
 # TotalSegmentator v2 ids -> our labels (both kidneys are one class)
 REAL_LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}
@@ -44,6 +46,9 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
+        if self.kind == "hippocampus":
+            return (f"real MRI (MSD Task04 hippocampus, anterior/posterior), {self.num_train} train / "
+                    f"{self.num_test} held-out subjects")
         if self.kind == "real_ct":
             return (f"real CT (TotalSegmentator example, liver/spleen/kidney), crops {self.shape} at 3 mm, "
                     f"{self.num_train} train / {self.num_test} held-out crops from disjoint slabs")
@@ -62,7 +67,42 @@ def make_task(raw_root: Path, spec: TaskSpec, real_data: Path = REAL_DATA) -> Pa
                                    progress=False)
     if spec.kind == "real_ct":
         return make_real_ct_task(raw_root, spec, real_data)
-    raise InputError(f"task {spec.key}: unknown kind {spec.kind!r} (expected 'synthetic' or 'real_ct')")
+    if spec.kind == "hippocampus":
+        return make_hippocampus_task(raw_root, spec, Path(spec.extra.get("source", HIPPOCAMPUS)))
+    raise InputError(f"task {spec.key}: unknown kind {spec.kind!r} (expected 'synthetic', 'real_ct' or 'hippocampus')")
+
+
+def make_hippocampus_task(raw_root: Path, spec: TaskSpec, source: Path = HIPPOCAMPUS) -> Path:
+    """A seeded draw of `num_train` + `num_test` labelled subjects of MSD Task04 (real MRI), the
+    test subjects as imagesTs/labelsTs: held-out cases are other people, not other slices."""
+    import shutil
+
+    target = raw_root / f"Dataset{spec.task_id:03d}_{spec.name}"
+    meta_key = {"derived_from": "MSD Task04_Hippocampus", "spec": {"num_train": spec.num_train,
+                                                                   "num_test": spec.num_test, "seed": spec.seed}}
+    if (target / "dataset.json").is_file():
+        if json.loads((target / "dataset.json").read_text()).get("hippocampus") == meta_key:
+            return target
+        raise InputError(f"{target}: exists with other contents; remove it or choose another task id")
+    images = sorted((source / "imagesTr").glob("*.nii.gz"))
+    cases = [f.name[:-len(".nii.gz")] for f in images if (source / "labelsTr" / f.name).is_file()]
+    if len(cases) < spec.num_train + spec.num_test:
+        raise InputError(f"{source}: {len(cases)} labelled subjects, the task needs {spec.num_train + spec.num_test}")
+    rng = np.random.default_rng(spec.seed)
+    chosen = [cases[i] for i in rng.permutation(len(cases))[:spec.num_train + spec.num_test]]
+    build = raw_root / f".{target.name}.tmp"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (build / sub).mkdir(parents=True, exist_ok=True)
+    for i, case in enumerate(chosen):
+        split = "Tr" if i < spec.num_train else "Ts"
+        shutil.copyfile(source / "imagesTr" / f"{case}.nii.gz", build / f"images{split}" / f"{case}_0000.nii.gz")
+        shutil.copyfile(source / "labelsTr" / f"{case}.nii.gz", build / f"labels{split}" / f"{case}.nii.gz")
+    meta = {"name": spec.name, "description": "real hippocampus MRI, MSD Task04 (anterior, posterior)",
+            "channel_names": {"0": "MRI"}, "labels": dict(HIPPOCAMPUS_LABELS), "numTraining": spec.num_train,
+            "file_ending": ".nii.gz", "hippocampus": meta_key}
+    atomic_write_json(build / "dataset.json", meta)
+    build.rename(target)
+    return target
 
 
 def _slab_crop(rng: np.random.Generator, z_range: tuple[int, int], shape_yx: tuple[int, int],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
@@ -51,8 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "imagesTs/labelsTs (0: none)")
     p.add_argument("--coarse-op", default=d.coarse_op, choices=list(OPS),
                    help="the op of every cell during the coarse stage")
-    p.add_argument("--max-gflops", type=float, default=None,
-                   help="fine stage: skip op choices whose forward pass of one patch exceeds this")
+    b = p.add_argument_group("cost budget (both stages keep to it; documentation/search.md)")
+    b.add_argument("--max-gflops", type=float, default=None,
+                   help="no candidate whose forward pass of one patch exceeds this many GFLOPs")
+    b.add_argument("--max-params", type=int, default=None, help="no candidate with more parameters than this")
+    b.add_argument("--budget", choices=["reference", "nnunet"], default=None,
+                   help="the limits priced from the plans: the reference genotype's, or nnU-Net's default "
+                        "network's, parameters and GFLOPs at the plans' patch")
+    b.add_argument("--budget-band", type=float, default=None, metavar="B",
+                   help="candidates must also use at least (1 - B) of the budget (e.g. 0.15)")
+    b.add_argument("--equal-cost", action="store_true",
+                   help="scale each coarse candidate's widths to fill the budget, so topologies compete at equal "
+                        "cost; the winner keeps its widths in the plans")
+    n = p.add_argument_group("noise check (each stage's ranking against its seed noise)")
+    n.add_argument("--noise-repeats", type=int, default=d.noise_repeats,
+                   help="rung-0 candidates trained again with a second seed (0: off)")
+    n.add_argument("--standalone-repeats", type=int, default=d.standalone_repeats,
+                   help="stand-alone op choices trained again with a second seed (0: off)")
     p.add_argument("--tournament", type=int, default=d.tournament, help="coarse tournament size")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -103,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(fine Dice {w.get('fine_score', 0):.4f}, coarse Dice {w.get('coarse_score', 0):.4f} "
               f"at {w.get('coarse_epochs')} epochs)")
         print(f"written into plans.json and {folder / 'genotype.json'}; report: {folder / REPORT_FILE}")
+        from c2fnas_auto.search.report import within_noise_warnings
+
+        for line in within_noise_warnings({"noise": state.noise}):
+            print(f"c2fnas_search: warning: {line}", file=sys.stderr, flush=True)
     return 0
 
 

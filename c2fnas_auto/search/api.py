@@ -14,7 +14,8 @@ from c2fnas_auto.search.core import search_core, write_outputs
 from c2fnas_auto.search.files import GENOTYPE_FILE, GENOTYPE_PNG
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.old_folders import adopt_old_folder
-from c2fnas_auto.search.plans_writer import winner_genotype, write_into_plans
+from c2fnas_auto.search.budgeting import resolve_budget
+from c2fnas_auto.search.plans_writer import winner_genotype, winner_network, write_into_plans
 from c2fnas_auto.search.real_training import rank_device, real_hooks
 from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.state import SearchState
@@ -51,17 +52,18 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
         dev = rank_device(device, dist)
         check_precision(settings.execution.precision, dev)  # e.g. fp16 on a CPU: refused before anything runs
         heldout = heldout_cases(task_name, pre, settings.heldout_fraction, settings.seed)
+        budget = resolve_budget(settings, plans)
         hooks = real_hooks(plans, pre, settings, device=dev, search_dir=search_dir, heldout=heldout,
-                           progress=progress and dist.is_main)
+                           progress=progress and dist.is_main, budget=budget[0])
         plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
                       "network": plans.network.to_dict(), "gpu_memory_gb": float(plans.gpu_memory_gb)}
         state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,
                             progress=progress, plans_info=plans_info, heldout=heldout.to_dict(), join=join,
-                            stop=stop, workers=workers, storage=storage)
+                            stop=stop, workers=workers, storage=storage, budget=budget)
         if dist.is_main and not join:
             genotype = winner_genotype(state, plans, settings)
             genotype.save(search_dir / GENOTYPE_FILE)
-            new_plans, how = write_into_plans(plans_path, genotype)
+            new_plans, how = write_into_plans(plans_path, genotype, winner_network(state))
             plot_genotype(genotype, search_dir / GENOTYPE_PNG, cell_style=plans.network.cell_style,
                           title_extra=f"{task_name}: fine Dice {state.winner['fine_score']:.3f}")
             extra: dict[str, Any] = {"plans": {"file": str(plans_path), "refit": how,

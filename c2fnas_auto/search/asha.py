@@ -163,7 +163,8 @@ def run_coarse(store: OptunaTrials, rungs: Rungs, budget: int, propose: Callable
         else:
             key = action.key
             payload = view.candidates[key[0]]
-        job = Job(job_id(*key), {**{k: payload[k] for k in ("levels", "ops", "cluster")},
+        extra = {k: payload[k] for k in ("width_multiplier",) if payload.get(k) is not None}  # equal-cost search
+        job = Job(job_id(*key), {**{k: payload[k] for k in ("levels", "ops", "cluster")}, **extra,
                                  "candidate": key[0], "rung": key[1], "epochs": rungs.epochs(key[1])})
         claimed = store.try_claim(job)
         if claimed is None:

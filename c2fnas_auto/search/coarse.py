@@ -38,6 +38,8 @@ class TrainingContext:
     seed: int
     iters_per_epoch: int
     execution: ExecutionOptions = ExecutionOptions()  # how candidates run (nas/execution.py)
+    budget: Any = None  # nas.budget.CostBudget both stages screen against (None: memory only)
+    width_multiplier: float | None = None  # equal-cost search: the winner's widths, for the stages after the coarse
 
     def answer_fields(self) -> dict[str, Any]:
         """How this worker ran a candidate, kept in its record: workers (and a resumed run) may differ."""
@@ -52,10 +54,25 @@ class TrainingContext:
 
         return Genotype(levels=list(p.levels), ops=list(p.ops)).validate()
 
-    def cost(self, genotype):
+    def network_config(self, p: Proposal | None = None):
+        """The plans' network, its widths scaled by the proposal's multiplier (else the context's)."""
+        from c2fnas_auto.nas.budget import scale_widths
+
+        m = p.width_multiplier if p is not None and p.width_multiplier is not None else self.width_multiplier
+        config = self.plans.network_config()
+        return config if m is None else scale_widths(config, m)
+
+    def pricing(self):
+        """The cost model at these plans (nas.budget.Pricing), for the search's budget checks."""
+        from c2fnas_auto.nas.budget import Pricing
+
+        return Pricing(self.plans.network_config(), tuple(int(x) for x in self.plans.patch_size),
+                       int(self.plans.batch_size))
+
+    def cost(self, genotype, config=None):
         from c2fnas_auto.nas.cost import estimate_cost
 
-        return estimate_cost(genotype, self.plans.network_config(), list(self.plans.patch_size),
+        return estimate_cost(genotype, config or self.plans.network_config(), list(self.plans.patch_size),
                              batch_size=int(self.plans.batch_size))
 
     def cost_fields(self, cost) -> dict[str, Any]:
@@ -65,8 +82,10 @@ class TrainingContext:
         """Genotype, cost fields and a skip reason ('' when it may be evaluated): the checks
         both stages make before spending any training or scoring on a candidate."""
         genotype = self.genotype(p)
-        cost = self.cost(genotype)
+        cost = self.cost(genotype, self.network_config(p))
         reason = self.over_memory(cost)
+        if not reason and self.budget is not None:
+            reason = self.budget.reason(cost.params, cost.flops)
         if not reason and max_gflops is not None and cost.flops / 1e9 > max_gflops:
             reason = f"{cost.flops / 1e9:.1f} GFLOPs > --max-gflops {max_gflops}"
         return genotype, self.cost_fields(cost), reason
@@ -99,7 +118,7 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
         if reason:
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         try:
-            network, losses, restarted = train_started(genotype, ctx, n_epochs)
+            network, losses, restarted = train_started(genotype, ctx, n_epochs, ctx.network_config(p), p.seed)
             t1 = time.perf_counter()
             scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
                                  execution=ctx.execution)
@@ -110,6 +129,8 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
             network = None
             if torch.device(ctx.device).type == "cuda":
                 torch.cuda.empty_cache()
+        if p.width_multiplier is not None:
+            out["width_multiplier"] = p.width_multiplier
         return {**out, **ctx.answer_fields(), "score": float(scores["mean_fg_dice"]),
                 "seconds": time.perf_counter() - t0, "train_seconds": t1 - t0, "score_seconds": t2 - t1,
                 "train_iterations": (1 + restarted) * n_epochs * ctx.iters_per_epoch,
@@ -118,18 +139,21 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
     return evaluate
 
 
-def train_started(genotype, ctx: TrainingContext, epochs: int) -> tuple[Any, list[float], int]:
-    """Build and `fit` the candidate from the search seed (the same initial weights' generator
-    state for every candidate); if it did not start, once more from a fresh seed.
+def train_started(genotype, ctx: TrainingContext, epochs: int, config=None,
+                  seed: int | None = None) -> tuple[Any, list[float], int]:
+    """Build (at `config`, default the plans' network) and `fit` the candidate from the search
+    seed (the same initial weights' generator state for every candidate; `seed` for a repeat
+    of the noise check); if it did not start, once more from a fresh seed.
     Returns (network, losses, restarts)."""
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.training.api import fit
     from c2fnas_auto.training.start_check import StartMonitor
 
+    seed_base = seed
     for attempt in (0, 1):
-        seed = ctx.seed + attempt * RESTART_SEED_OFFSET
+        seed = (ctx.seed if seed_base is None else seed_base) + attempt * RESTART_SEED_OFFSET
         torch.manual_seed(seed)
-        network = build_network(genotype, ctx.plans.network_config())
+        network = build_network(genotype, config or ctx.plans.network_config())
         monitor = StartMonitor()
         losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                      iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed, progress=False,

@@ -15,6 +15,7 @@ work (Optuna trials in the journal file `optuna_journal.log` in the search folde
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from c2fnas_auto.search.files import PROGRESS_PNG, RANKING_PNG, REPORT_FILE, STA
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
-from c2fnas_auto.search.report import plot_progress, plot_ranking, ranking_checks, write_report
+from c2fnas_auto.search.budgeting import guard, resolve_budget, restrict_topologies, width_for
+from c2fnas_auto.search.report import noise_checks, plot_progress, plot_ranking, ranking_checks, write_report
 from c2fnas_auto.search.saving import Saver, check_same, open_search
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies, default_topologies
-from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, standalone_stage,
-                                       supernet_stage)
+from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, repeat_stage,
+                                       standalone_sample, standalone_stage, supernet_stage)
 from c2fnas_auto.search.state import CandidateRecord, SearchState
 from c2fnas_auto.search.stop import search_stop_flag
 from c2fnas_auto.search.storage import default_url
@@ -41,7 +43,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
                 progress: bool = True, topologies: Topologies | None = None, lines: bool = True,
                 plans_info: dict[str, Any] | None = None, heldout: dict[str, Any] | None = None,
                 join: bool = False, stop: StopFlag | None = None, workers: WorkerOptions | None = None,
-                worker_id: str | None = None, storage: str | None = None) -> SearchState:
+                worker_id: str | None = None, storage: str | None = None,
+                budget: tuple[Any, dict[str, Any]] | None = None) -> SearchState:
     """Clustering -> coarse rungs (ASHA + evolution) -> supernet -> fine evolution ->
     stand-alone check; every finished candidate is published at once.
 
@@ -52,6 +55,9 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     `stop.check()` runs after every candidate; it raises `SearchStopped` after a signal.
     `storage`: an Optuna storage shared by the workers, a database URL or a journal file path
     (default: the journal file in `search_dir`, which nodes sharing that folder can use too).
+    `budget`: (nas.budget.CostBudget, record) from `budgeting.resolve_budget` (default: the
+    settings' own limits); both stages keep to it through `hooks.pricing`, and each stage's
+    ranking is checked against its seed noise (`settings.noise_repeats`, `standalone_repeats`).
     """
     settings.validate()
     workers = (workers or WorkerOptions()).validate()
@@ -71,6 +77,18 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     state = SearchState.from_dict(opened.unwrap(), state_path)
     check_same(state, "plans", plans_info or {}, what="plans", state_path=state_path)
     check_same(state, "heldout", heldout or {}, what="held-out set", state_path=state_path)
+    limits, budget_info = budget or resolve_budget(settings)
+    check_same(state, "budget", budget_info, what="budget", state_path=state_path)
+    winner_width: dict[str, float | None] = {"m": None}  # the coarse winner's widths (equal-cost search)
+    widths = None
+    if limits.active:
+        if hooks.pricing is None:
+            raise C2FNASError("a budget needs the cost model at the plans (SearchHooks.pricing), these hooks have none")
+        hooks = _guarded(hooks, limits, winner_width)
+        if settings.equal_cost:
+            widths = width_for(hooks.pricing, limits)
+        else:
+            topo = restrict_topologies(topo, hooks.pricing, limits, settings.coarse_op)
 
     save = Saver(state, state_path, main)
 
@@ -85,7 +103,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         if main:
             store.mark("main", {"worker": store.worker_id}, replace=True)
         run_stages(StageContext(store=store, state=state, settings=settings, hooks=hooks, topo=topo, dist=dist,
-                                bar=bar, stop=stop, save=save, main=main), rungs)
+                                bar=bar, stop=stop, save=save, main=main), rungs, widths=widths,
+                   winner_width=winner_width)
         if main:
             write_outputs(search_dir, state, hooks)
         return state
@@ -97,18 +116,34 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
         store.stop()
 
 
-def run_stages(ctx: StageContext, rungs: Rungs) -> None:
-    """Clustering, the coarse rungs, the supernet, the fine evolution and the stand-alone check,
-    then the winner and the finished state."""
-    state = ctx.state
-    clustering = cluster_once(state, ctx.topo, ctx.settings)
+def run_stages(ctx: StageContext, rungs: Rungs, *, widths: Any = None,
+               winner_width: dict[str, float | None] | None = None) -> None:
+    """Clustering, the coarse rungs and their noise check, the supernet, the fine evolution, the
+    stand-alone check and its noise check, then the winner and the finished state. `widths`: the
+    equal-cost search's width multiplier per coarse candidate; `winner_width["m"]` receives the
+    coarse winner's, which every later stage trains at."""
+    state, settings, hooks = ctx.state, ctx.settings, ctx.hooks
+    clustering = cluster_once(state, ctx.topo, settings)
     ctx.save()
-    levels, coarse_best = coarse_stage(ctx, rungs, clustering)
+    levels, coarse_best = coarse_stage(ctx, rungs, clustering, widths)
+    width = coarse_best.width_multiplier
+    if winner_width is not None:
+        winner_width["m"] = width
+    if hooks.use_width is not None:
+        hooks.use_width(width)
+    if settings.noise_repeats:
+        repeat_stage(ctx, "coarse_repeat",
+                     standalone_sample([r for r in state.coarse if r.rung == 0], settings.noise_repeats),
+                     hooks.coarse_evaluate, epochs=rungs.epochs(0))
     supernet = supernet_stage(ctx, levels)
-    fine_best = fine_stage(ctx, ctx.hooks.fine_evaluator(supernet), levels)
-    standalone_stage(ctx, rungs)
+    fine_best = fine_stage(ctx, hooks.fine_evaluator(supernet), levels)
+    standalone_stage(ctx, rungs, width)
+    if settings.standalone_repeats and settings.standalone_sample and hooks.standalone_evaluate is not None:
+        repeat_stage(ctx, "standalone_repeat", standalone_sample(state.standalone, settings.standalone_repeats),
+                     hooks.standalone_evaluate, epochs=rungs.epochs(rungs.top), width=width)
     state.ranking = ranking_checks(state)
-    state.winner = winner_record(coarse_best, fine_best)
+    state.noise = noise_checks(state)
+    state.winner = winner_record(coarse_best, fine_best, width)
     state.finished = True
     ctx.save()
 
@@ -121,13 +156,31 @@ def check_modes(*, resume: bool, overwrite: bool, join: bool) -> None:
         raise C2FNASError("--join and --overwrite contradict each other: a joining worker never restarts a search")
 
 
-def winner_record(coarse_best: CandidateRecord, fine_best: CandidateRecord) -> dict[str, Any]:
-    """The state's `winner`: the fine stage's best op choice and the coarse candidate it grew from."""
+def winner_record(coarse_best: CandidateRecord, fine_best: CandidateRecord,
+                  width_multiplier: float | None = None) -> dict[str, Any]:
+    """The state's `winner`: the fine stage's best op choice and the coarse candidate it grew from
+    (`width_multiplier`: the widths it was searched at, equal-cost search)."""
     return {"levels": list(fine_best.levels), "ops": list(fine_best.ops), "fine_score": fine_best.score,
             "coarse_score": coarse_best.score, "coarse_rung": coarse_best.rung,
             "coarse_epochs": coarse_best.epochs, "coarse_candidate": coarse_best.candidate,
             "coarse_index": coarse_best.index, "fine_index": fine_best.index, "params": fine_best.params,
-            "flops": fine_best.flops, "training_bytes": fine_best.training_bytes}
+            "flops": fine_best.flops, "training_bytes": fine_best.training_bytes,
+            "width_multiplier": width_multiplier}
+
+
+def _guarded(hooks: SearchHooks, limits: Any, winner_width: dict[str, float | None]) -> SearchHooks:
+    """The hooks with every evaluator behind the budget's guard (nothing outside it is trained or scored)."""
+    pricing = hooks.pricing
+    fine_evaluator = hooks.fine_evaluator
+
+    def later() -> float | None:  # stages after the coarse one run at its winner's widths
+        return winner_width["m"]
+
+    return dataclasses.replace(
+        hooks, coarse_evaluate=guard(hooks.coarse_evaluate, pricing, limits),
+        fine_evaluator=lambda supernet: guard(fine_evaluator(supernet), pricing, limits, later),
+        standalone_evaluate=None if hooks.standalone_evaluate is None else
+        guard(hooks.standalone_evaluate, pricing, limits, later))
 
 
 def write_outputs(search_dir: Path, state: SearchState, hooks: SearchHooks,

@@ -36,12 +36,15 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     from c2fnas_auto.utils.io import atomic_torch_save
 
     torch.manual_seed(ctx.seed)
-    supernet = build_supernet(list(levels), ctx.plans.network_config())
+    supernet = build_supernet(list(levels), ctx.network_config())
     if checkpoint.exists():
         try:  # tensors and plain data only: a shared search folder cannot run code here
             saved = load_torch_file(checkpoint, "supernet checkpoint", trustable=False)
         except C2FNASError as exc:
             raise C2FNASError(f"{exc}; use --overwrite") from None
+        if saved.get("width_multiplier") != ctx.width_multiplier:
+            raise C2FNASError(f"{checkpoint}: supernet at width multiplier {saved.get('width_multiplier')}, expected "
+                              f"{ctx.width_multiplier}; use --overwrite")
         if (list(saved.get("levels", [])) != list(levels) or saved.get("epochs") != epochs
                 or float(saved.get("warmup", 0.0)) != float(warmup)):
             raise C2FNASError(f"{checkpoint}: supernet for levels {saved.get('levels')} / {saved.get('epochs')} "
@@ -60,7 +63,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
             seed = ctx.seed + attempt * RESTART_SEED_OFFSET
             if attempt:
                 torch.manual_seed(seed)
-                supernet = build_supernet(list(levels), ctx.plans.network_config())
+                supernet = build_supernet(list(levels), ctx.network_config())
             sampler = supernet.sampling_forward(seed=seed, uniform_steps=uniform_steps)  # seeded paths
             monitor = StartMonitor()
             losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
@@ -77,6 +80,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     seconds = time.perf_counter() - t0
     state_dict = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
     atomic_torch_save({"levels": list(levels), "epochs": epochs, "warmup": float(warmup), "seconds": seconds,
+                       "width_multiplier": ctx.width_multiplier,
                        "losses": [float(x) for x in losses], "restarted": restarted, "state_dict": state_dict},
                       checkpoint)
     return supernet, {"epochs": epochs, "warmup": float(warmup), "uniform_steps": uniform_steps, "seconds": seconds,

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
 from c2fnas_auto.search.storage import open_storage, reading, shown
 
-STAGES = {"c": "coarse", "f": "fine", "s": "standalone"}
+STAGES = {"c": "coarse", "f": "fine", "s": "standalone", "r": "coarse_repeat", "q": "standalone_repeat"}
 OP_DIGITS = {"p3d": "1", "2d": "2", "3d": "3"}
 MARK = "mark:"
 MIN_INTERVAL_S = 0.05

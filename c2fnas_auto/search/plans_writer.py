@@ -28,15 +28,34 @@ def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
         "searched_patch_size": state.plans.get("patch_size", list(plans.patch_size)),
         "searched_batch_size": state.plans.get("batch_size", int(plans.batch_size)),
         "settings": settings.to_dict(),
+        "width_multiplier": w.get("width_multiplier"),
+        "budget": state.budget or None,
     }
     return Genotype(levels=w["levels"], ops=w["ops"], provenance=provenance).validate()
 
 
-def write_into_plans(plans_path: Path, genotype: Any) -> tuple[Any, str]:
-    """Put the genotype into the source task's plans with patch/batch refitted to its budget."""
+def winner_network(state: SearchState):
+    """The network the equal-cost search chose widths for: the searched plans' network with its
+    widths scaled by the winner's multiplier (None when the widths were the plans' own). Read from
+    the state, not from plans.json, so writing the winner twice never scales twice."""
+    from c2fnas_auto.nas.budget import scale_widths
+    from c2fnas_auto.nas.config import NetworkConfig
+
+    m = (state.winner or {}).get("width_multiplier")
+    if m is None or not state.plans.get("network"):
+        return None
+    return scale_widths(NetworkConfig.from_dict(state.plans["network"]), m)
+
+
+def write_into_plans(plans_path: Path, genotype: Any, network: Any = None) -> tuple[Any, str]:
+    """Put the genotype (and `network`, the widths it was searched at) into the source task's
+    plans with patch/batch refitted to its budget."""
     from c2fnas_auto.planning.planner import refit_plans
     from c2fnas_auto.planning.plans import Plans
 
-    new = refit_plans(Plans.load(plans_path), genotype)
+    plans = Plans.load(plans_path)
+    if network is not None:
+        plans.network = network
+    new = refit_plans(plans, genotype)
     new.save(plans_path)
     return new, "patch/batch refitted by planning.planner.refit_plans"

@@ -31,7 +31,9 @@ class Progress:
         score = "-" if r.score is None else f"{r.score:.4f}"
         gflops = "-" if r.flops is None else f"{r.flops / 1e9:.1f}"
         where = {"coarse": f"cand {r.candidate} rung {r.rung} ({r.epochs} ep) cluster {r.cluster}",
-                 "fine": f"gen {r.generation}", "standalone": f"{r.epochs} ep"}[r.stage]
+                 "fine": f"gen {r.generation}", "standalone": f"{r.epochs} ep",
+                 "coarse_repeat": f"cand {r.candidate} {r.epochs} ep seed {r.seed}",
+                 "standalone_repeat": f"{r.epochs} ep seed {r.seed}"}[r.stage]
         tag = r.stage if r.stage == "coarse" else f"{r.stage} #{r.index}"
         line = (f"[{tag} {where}] levels {''.join(map(str, r.levels))} ops {','.join(r.ops)} "
                 f"{r.status} score {score} GFLOPs {gflops} {r.seconds:.1f}s {r.reason}").rstrip()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from c2fnas_auto.search.kendall import kendall_tau_b
+from c2fnas_auto.search.noise import noise_check
 from c2fnas_auto.search.state import CandidateRecord, SearchState
 from c2fnas_auto.utils.io import atomic_write_json, save_figure
 
@@ -41,6 +42,7 @@ def compute_seconds(state: SearchState) -> dict[str, float]:
         "supernet": round(float(state.supernet.get("seconds", 0.0)), 3),
         "fine": round(sum(r.seconds for r in state.fine), 3),
         "standalone": round(sum(r.seconds for r in state.standalone), 3),
+        "repeats": round(sum(r.seconds for r in state.coarse_repeat + state.standalone_repeat), 3),
     }
 
 
@@ -126,6 +128,41 @@ def ranking_checks(state: SearchState) -> dict[str, Any]:
                     "are the best of their rung, so the rung taus are taken over a narrowed range."}
 
 
+def _scores(records: list[CandidateRecord]) -> dict[tuple, float]:
+    return {r.key(): float(r.score) for r in records if r.status == "done" and r.score is not None}
+
+
+def _repeat_scores(records: list[CandidateRecord]) -> dict[tuple, list[float]]:
+    out: dict[tuple, list[float]] = {}
+    for r in records:
+        if r.status == "done" and r.score is not None:
+            out.setdefault(r.key(), []).append(float(r.score))
+    return out
+
+
+def noise_checks(state: SearchState) -> dict[str, Any]:
+    """Per stage, the spread of candidate scores against the seed-to-seed spread of the
+    candidates re-trained with another seed (noise.py): rung 0 of the coarse stage, and the
+    fine stage's op choices as trained stand-alone (shared-weight scores have no seed of
+    their own short of training the supernet again)."""
+    rung0 = [r for r in state.coarse if r.rung in (0, None)]
+    checks = [noise_check("coarse rung 0", _scores(rung0), _repeat_scores(state.coarse_repeat)),
+              noise_check("fine (stand-alone)", _scores(state.standalone), _repeat_scores(state.standalone_repeat))]
+    return {"stages": [c.to_dict() for c in checks], "messages": [c.message() for c in checks],
+            "within_noise": [c.stage for c in checks if c.within_noise],
+            "note": "reliability = genotype variance / (genotype + seed variance) of one score; expected tau "
+                    "assumes normal scores. Within noise unless reliability > 0.5 is shown at p < 0.05 (F test "
+                    "of the candidates' against the seeds' variance)."}
+
+
+def within_noise_warnings(report: dict[str, Any]) -> list[str]:
+    """One plain line per stage whose ranking is within its noise (what the CLI prints)."""
+    noise = report.get("noise") or {}
+    return [f"{s['stage']}'s ranking is within its noise (reliability {s['reliability']:.2f}, p {s['p_above_noise']:.2f}"
+            f" that it is above: candidates spread sd {s['score_sd']:.4f}, seed-to-seed sd {s['seed_sd']:.4f}); "
+            "its winner may be a lucky seed" for s in noise.get("stages", []) if s.get("within_noise")]
+
+
 def _per_rung(records: list[CandidateRecord]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in records:
@@ -150,6 +187,8 @@ def build_report(state: SearchState, default_settings: dict[str, Any],
         "heldout": state.heldout,
         "workers": len({r.worker for r in state.coarse + state.fine + state.standalone if r.worker}),
         "ranking": state.ranking or ranking_checks(state),
+        "noise": state.noise or noise_checks(state),
+        "budget": state.budget,
         "counts": {
             "coarse_candidates": len({r.candidate for r in state.coarse}),
             "coarse_trained": sum(r.status == "done" for r in state.coarse),
@@ -159,6 +198,8 @@ def build_report(state: SearchState, default_settings: dict[str, Any],
             "fine_proposed": len(state.fine),
             "fine_scored": sum(r.status == "done" for r in state.fine),
             "fine_skipped": sum(r.status == "skipped" for r in state.fine),
+            "coarse_repeats_trained": sum(r.status == "done" for r in state.coarse_repeat),
+            "standalone_repeats_trained": sum(r.status == "done" for r in state.standalone_repeat),
         },
         # trainings that did not start and were retrained once with a fresh init seed (coarse.train_started)
         "restarts": {"coarse": _restarts(state.coarse), "standalone": _restarts(state.standalone),

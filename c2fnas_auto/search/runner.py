@@ -33,19 +33,26 @@ class Proposal:
     rung: int | None = None
     epochs: int | None = None
     candidate: int | None = None
+    seed: int | None = None  # a repeat's training seed (None: the search's seed)
+    width_multiplier: float | None = None  # equal-cost search: widths scaled to the budget (None: the plans')
 
     def key(self) -> tuple:
         return tuple(self.levels), tuple(self.ops)
 
     def payload(self) -> dict[str, Any]:
-        return {"levels": list(self.levels), "ops": list(self.ops), "cluster": self.cluster,
-                "generation": self.generation, "rung": self.rung, "epochs": self.epochs, "candidate": self.candidate}
+        out = {"levels": list(self.levels), "ops": list(self.ops), "cluster": self.cluster,
+               "generation": self.generation, "rung": self.rung, "epochs": self.epochs, "candidate": self.candidate}
+        if self.seed is not None:  # only when set: the stored payloads of earlier searches stay the same
+            out["seed"] = self.seed
+        if self.width_multiplier is not None:
+            out["width_multiplier"] = self.width_multiplier
+        return out
 
     @classmethod
     def from_payload(cls, d: dict[str, Any]) -> "Proposal":
         return cls(levels=tuple(d["levels"]), ops=tuple(d["ops"]), cluster=d.get("cluster"),
                    generation=d.get("generation"), rung=d.get("rung"), epochs=d.get("epochs"),
-                   candidate=d.get("candidate"))
+                   candidate=d.get("candidate"), seed=d.get("seed"), width_multiplier=d.get("width_multiplier"))
 
 
 Evaluate = Callable[[Proposal], dict[str, Any]]
@@ -103,7 +110,8 @@ def record_from_result(index: int, stage: str, result: dict[str, Any]) -> Candid
                            seconds=float(ans.get("seconds", 0.0)), reason=str(ans.get("reason", "")),
                            rank=int(ans.get("rank", 0)), extra={k: v for k, v in ans.items() if k not in RESULT_FIELDS},
                            candidate=p.get("candidate"), rung=p.get("rung"), epochs=p.get("epochs"),
-                           worker=str(result.get("worker", "")), finished_at=float(result.get("finished_at", 0.0)))
+                           worker=str(result.get("worker", "")), finished_at=float(result.get("finished_at", 0.0)),
+                           seed=p.get("seed"), width_multiplier=p.get("width_multiplier"))
 
 
 class CandidateRunner:

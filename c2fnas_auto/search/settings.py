@@ -43,6 +43,14 @@ class SearchSettings:
     heldout_fraction: float = 0.2  # carved from the training cases when there is no labelled imagesTs
     fold: int = 0
     execution: ExecutionOptions = ExecutionOptions()  # every candidate, the supernet and the stand-alone check
+    # the cost budget both stages keep to (search/budgeting.py, documentation/search.md)
+    max_params: int | None = None
+    budget: str | None = None  # "reference" / "nnunet": the limits priced from the plans
+    budget_band: float | None = None  # candidates must use at least 1 - band of the budget
+    equal_cost: bool = False  # coarse candidates' widths scaled to fill the budget
+    # the noise check (search/noise.py): candidates trained again with a second seed
+    noise_repeats: int = 3  # rung-0 candidates
+    standalone_repeats: int = 2  # stand-alone op choices of the fine stage
 
     def validate(self) -> "SearchSettings":
         from c2fnas_auto.nas.genotype import OPS
@@ -50,7 +58,7 @@ class SearchSettings:
         for name in ("coarse_candidates", "clusters", "population", "generations", "iters_per_epoch", "tournament"):
             if getattr(self, name) < 1:
                 raise C2FNASError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        for name in ("fine_epochs", "standalone_sample"):
+        for name in ("fine_epochs", "standalone_sample", "noise_repeats", "standalone_repeats"):
             if getattr(self, name) < 0:
                 raise C2FNASError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
         check_rungs(self.min_epochs, self.eta, self.rungs)
@@ -65,7 +73,22 @@ class SearchSettings:
         precision = self.execution.precision
         if precision is not None and precision not in PRECISIONS:
             raise C2FNASError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self._validate_budget()
         return self
+
+    def _validate_budget(self) -> None:
+        from c2fnas_auto.nas.budget import CostBudget
+        from c2fnas_auto.planning.budgets import BUDGET_NAMES
+
+        if self.budget is not None and self.budget not in BUDGET_NAMES:
+            raise C2FNASError(f"--budget {self.budget!r}: expected one of {', '.join(BUDGET_NAMES)}")
+        if self.budget is not None and (self.max_params is not None or self.max_gflops is not None):
+            raise C2FNASError(f"--budget {self.budget} sets the limits from the plans: drop --max-params / "
+                              "--max-gflops, or drop --budget")
+        CostBudget(self.max_params, self.max_gflops, self.budget_band)  # range checks, one-line errors
+        limited = self.budget is not None or self.max_params is not None or self.max_gflops is not None
+        if (self.equal_cost or self.budget_band is not None) and not limited:
+            raise C2FNASError("--equal-cost and --budget-band need a budget: --max-params, --max-gflops or --budget")
 
     def schedule(self) -> Rungs:
         return check_rungs(self.min_epochs, self.eta, self.rungs)
@@ -89,6 +112,8 @@ class SearchHooks:
     fine_evaluator: Callable[[Any], Evaluate]  # supernet -> evaluate
     standalone_evaluate: Evaluate | None = None  # trains an op choice from scratch (None: no tau check)
     describe: dict[str, Any] | None = None
+    pricing: Any = None  # nas.budget.Pricing at the plans: the budget's checks (None: no budget can be kept)
+    use_width: Callable[[float | None], None] | None = None  # the coarse winner's width multiplier, for training
 
 
 @dataclass

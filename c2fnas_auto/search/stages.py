@@ -14,6 +14,7 @@ from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.asha import CoarseView, Rungs, best_candidate, run_coarse
 from c2fnas_auto.search.clustering import Clustering, distance_matrix, k_medoids
 from c2fnas_auto.search.evolution import fine_evolution, propose_topology
+from c2fnas_auto.search.noise import spread_sample
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
 from c2fnas_auto.search.runner import CandidateRunner, Evaluate, Proposal, record_from_result, timed
@@ -85,15 +86,9 @@ def coarse_records(view: CoarseView) -> list[CandidateRecord]:
 
 
 def standalone_sample(records: Sequence[CandidateRecord], n: int) -> list[CandidateRecord]:
-    """n distinct scored op choices spread evenly over the fitness ranking (best and worst included)."""
+    """n distinct scored candidates spread evenly over the fitness ranking (best and worst included)."""
     done = sorted((r for r in records if r.status == "done" and r.score is not None), key=lambda r: (-r.score, r.index))
-    if n <= 0 or not done:
-        return []
-    if n >= len(done):
-        return done
-    if n == 1:
-        return done[:1]
-    return [done[round(i * (len(done) - 1) / (n - 1))] for i in range(n)]
+    return spread_sample(done, n)
 
 
 def wait_for_supernet(store: OptunaTrials, stop: StopFlag) -> dict[str, Any]:
@@ -110,9 +105,12 @@ def wait_for_supernet(store: OptunaTrials, stop: StopFlag) -> dict[str, Any]:
         store.wait()
 
 
-def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering) -> tuple[list[int], CandidateRecord]:
+def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering,
+                 width: Callable[[Sequence[int], Sequence[str]], float | None] | None = None
+                 ) -> tuple[list[int], CandidateRecord]:
     """The coarse rungs: topologies proposed by evolution within clusters, trained under ASHA;
-    returns the best one's levels and record."""
+    returns the best one's levels and record. `width(levels, ops)`: the equal-cost search's width
+    multiplier for a new candidate."""
     store, state, settings, topo, save = ctx.store, ctx.state, ctx.settings, ctx.topo, ctx.save
     t0 = time.perf_counter()
 
@@ -122,8 +120,11 @@ def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering) -> tup
                              population=settings.population, tournament=settings.tournament, seed=settings.seed)
         if i is None:
             return None
-        return {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
-                "cluster": clustering.labels[i]}
+        payload = {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
+                   "cluster": clustering.labels[i]}
+        if width is not None:
+            payload["width_multiplier"] = width(payload["levels"], payload["ops"])
+        return payload
 
     def finished(job, answer) -> None:
         rec = record_from_result(0, "coarse", {"payload": job.payload, "answer": answer, "worker": store.worker_id})
@@ -184,21 +185,44 @@ def fine_stage(ctx: StageContext, evaluate: Evaluate, levels: list[int]) -> Cand
     ctx.state.fine = runner.records
     ctx.state.fine_generations = fine.generations
     if fine.best is None:
-        raise C2FNASError(f"{ctx.store.folder}: no op choice met the constraints (e.g. --max-gflops "
-                          f"{settings.max_gflops}); relax them and rerun with --overwrite")
+        raise C2FNASError(f"{ctx.store.folder}: no op choice met the constraints (the budget: --max-params "
+                          f"{settings.max_params}, --max-gflops {settings.max_gflops}, --budget {settings.budget}, "
+                          f"--budget-band {settings.budget_band}); relax them and rerun with --overwrite")
     ctx.save()
     return fine.best
 
 
-def standalone_stage(ctx: StageContext, rungs: Rungs) -> None:
+def standalone_stage(ctx: StageContext, rungs: Rungs, width: float | None = None) -> None:
     """A sample of the fine stage's op choices trained from scratch for the longest rung, so the
-    report can say how well the supernet's scores rank them (off without the hook or a sample)."""
+    report can say how well the supernet's scores rank them (off without the hook or a sample);
+    `width`: the coarse winner's width multiplier (equal-cost search)."""
     if not ctx.settings.standalone_sample or ctx.hooks.standalone_evaluate is None:
         return
     sample = standalone_sample(ctx.state.fine, ctx.settings.standalone_sample)
     runner = ctx.runner("standalone", ctx.hooks.standalone_evaluate)
     ctx.bar.start(len(sample), "stand-alone")
     runner.run([Proposal(levels=tuple(r.levels), ops=tuple(r.ops), epochs=rungs.epochs(rungs.top),
-                         generation=r.index) for r in sample])
+                         generation=r.index, width_multiplier=width) for r in sample])
     ctx.bar.close()
     ctx.state.standalone = runner.records
+
+
+# added to the search seed for the noise check's second training of a candidate
+REPEAT_SEED_OFFSET = 1
+
+
+def repeat_stage(ctx: StageContext, stage: str, sample: Sequence[CandidateRecord], evaluate: Evaluate, *,
+                 epochs: int | None, width: float | None = None) -> list[CandidateRecord]:
+    """Train `sample` again with a second seed (the noise check, noise.py); the records go to
+    `state.<stage>`."""
+    runner = ctx.runner(stage, evaluate)
+    seed = ctx.settings.seed + REPEAT_SEED_OFFSET
+    ctx.bar.start(len(sample), f"{stage.replace('_', ' ')}s")
+    runner.run([Proposal(levels=tuple(r.levels), ops=tuple(r.ops), epochs=epochs, seed=seed, rung=r.rung,
+                         candidate=r.candidate, generation=r.index,
+                         width_multiplier=r.width_multiplier if r.width_multiplier is not None else width)
+                for r in sample])
+    ctx.bar.close()
+    setattr(ctx.state, stage, runner.records)
+    ctx.save()
+    return runner.records

@@ -19,7 +19,7 @@ from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 STATE_VERSION = 2
-STAGES = ("coarse", "fine", "standalone")
+STAGES = ("coarse", "fine", "standalone", "coarse_repeat", "standalone_repeat")
 
 
 class SearchStateError(C2FNASError):
@@ -51,6 +51,8 @@ class CandidateRecord:
     epochs: int | None = None  # training epochs of this evaluation (coarse rung, stand-alone)
     worker: str = ""  # which worker ran it (host-pid-token)
     finished_at: float = 0.0  # wall clock when its result was published
+    seed: int | None = None  # repeats: the training seed (None: the search's seed)
+    width_multiplier: float | None = None  # equal-cost search: the widths it was trained at (None: the plans')
 
     def key(self) -> tuple:
         return tuple(self.levels), tuple(self.ops)
@@ -74,8 +76,13 @@ class SearchState:
     coarse: list[CandidateRecord] = field(default_factory=list)
     fine: list[CandidateRecord] = field(default_factory=list)
     standalone: list[CandidateRecord] = field(default_factory=list)
+    # candidates of a stage trained again with another seed: the noise check (noise.py)
+    coarse_repeat: list[CandidateRecord] = field(default_factory=list)
+    standalone_repeat: list[CandidateRecord] = field(default_factory=list)
     heldout: dict[str, Any] = field(default_factory=dict)  # heldout.HeldOut.to_dict(): never seen by the search
     ranking: dict[str, Any] = field(default_factory=dict)  # Kendall taus (report.ranking_checks)
+    noise: dict[str, Any] = field(default_factory=dict)  # per stage, report.noise_checks
+    budget: dict[str, Any] = field(default_factory=dict)  # the cost budget both stages kept to
     clusters: dict[str, Any] = field(default_factory=dict)
     plans: dict[str, Any] = field(default_factory=dict)  # patch/batch/network the candidates ran at
     supernet: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +96,7 @@ class SearchState:
     def records(self, stage: str) -> list[CandidateRecord]:
         if stage not in STAGES:
             raise ValueError(stage)
-        return {"coarse": self.coarse, "fine": self.fine, "standalone": self.standalone}[stage]
+        return getattr(self, stage)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,7 +113,10 @@ class SearchState:
                        coarse=[CandidateRecord.from_dict(r) for r in d.get("coarse", [])],
                        fine=[CandidateRecord.from_dict(r) for r in d.get("fine", [])],
                        standalone=[CandidateRecord.from_dict(r) for r in d.get("standalone", [])],
-                       heldout=d.get("heldout", {}), ranking=d.get("ranking", {}),
+                       coarse_repeat=[CandidateRecord.from_dict(r) for r in d.get("coarse_repeat", [])],
+                       standalone_repeat=[CandidateRecord.from_dict(r) for r in d.get("standalone_repeat", [])],
+                       heldout=d.get("heldout", {}), ranking=d.get("ranking", {}), noise=d.get("noise", {}),
+                       budget=d.get("budget", {}),
                        clusters=d.get("clusters", {}), plans=d.get("plans", {}), supernet=d.get("supernet", {}),
                        fine_generations=d.get("fine_generations", []),
                        stage_seconds=d.get("stage_seconds", {}), finished=bool(d.get("finished", False)),

@@ -249,7 +249,7 @@ def test_nnunet_arm_trains_at_its_own_patch_and_batch(tmp_path, monkeypatch):
     task.nnunet = plan
     built, seen = [], {}
     monkeypatch.setattr(nnunet_arm, "build_nnunet_network",
-                        lambda p, cin, cout: built.append(p) or torch.nn.Conv3d(cin, cout, 3, padding=1))
+                        lambda p, cin, cout, m=None: built.append(p) or torch.nn.Conv3d(cin, cout, 3, padding=1))
     from c2fnas_auto.training import api
 
     real_fit, real_score = api.fit, api.score_cases

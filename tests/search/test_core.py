@@ -18,7 +18,8 @@ from c2fnas_auto.search.jobs import WorkerOptions
 from .fakes import Boom, FakeHooks
 
 SMALL = dict(coarse_candidates=9, min_epochs=1, eta=3, rungs=3, clusters=4, population=4, fine_epochs=1,
-             generations=3, iters_per_epoch=2, seed=7, tournament=2, standalone_sample=3)
+             generations=3, iters_per_epoch=2, seed=7, tournament=2, standalone_sample=3,
+             noise_repeats=0, standalone_repeats=0)  # the noise check's repeats: test_budget_noise.py
 FAST = WorkerOptions(stale_seconds=0.5, poll_seconds=0.02)
 
 
@@ -51,7 +52,7 @@ def test_full_search_writes_state_report_plots(tmp_path):
     assert report["counts"]["coarse_trained_per_rung"]["0"] == 9
     assert report["workers"] == 1
     assert len(report["fine_generations"]) == 3
-    assert set(report["compute_seconds"]) == {"clustering", "coarse", "supernet", "fine", "standalone"}
+    assert set(report["compute_seconds"]) == {"clustering", "coarse", "supernet", "fine", "standalone", "repeats"}
     # ranking checks: promoted candidates between rungs, stand-alone vs shared weights
     rank = report["ranking"]
     assert [(x["from_rung"], x["to_rung"]) for x in rank["coarse_rungs"]] == [(0, 1), (1, 2)]

@@ -18,7 +18,8 @@ from c2fnas_auto.search.storage import default_url
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 SETTINGS = dict(coarse_candidates=8, min_epochs=1, eta=2, rungs=2, clusters=4, population=4, fine_epochs=1,
-                generations=2, iters_per_epoch=2, seed=11, tournament=2, standalone_sample=2)
+                generations=2, iters_per_epoch=2, seed=11, tournament=2, standalone_sample=2,
+                noise_repeats=0, standalone_repeats=0)  # counts below are of the stages' own jobs
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

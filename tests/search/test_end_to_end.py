@@ -24,7 +24,8 @@ from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
 
 TINY = ["-t", "98", "--coarse-candidates", "2", "--clusters", "2", "--population", "2", "--min-epochs", "1",
         "--eta", "2", "--rungs", "2", "--fine-epochs", "1", "--generations", "2", "--iters-per-epoch", "2",
-        "--standalone-sample", "1", "--device", "cpu", "--no-progress", "--seed", "3"]
+        "--standalone-sample", "1", "--device", "cpu", "--no-progress", "--seed", "3",
+        "--noise-repeats", "0", "--standalone-repeats", "0"]  # the repeats: test_budget_evaluators.py
 
 
 def _count_calls(monkeypatch, fake: bool = False):

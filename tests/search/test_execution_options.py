@@ -99,7 +99,8 @@ def test_a_loaded_supernet_is_prepared_like_a_trained_one(copy_task):
 
 
 SMALL = dict(coarse_candidates=9, min_epochs=1, eta=3, rungs=3, clusters=4, population=4, fine_epochs=1,
-             generations=3, iters_per_epoch=2, seed=7, tournament=2, standalone_sample=3)
+             generations=3, iters_per_epoch=2, seed=7, tournament=2, standalone_sample=3,
+             noise_repeats=0, standalone_repeats=0)
 FAST = WorkerOptions(stale_seconds=0.5, poll_seconds=0.02)
 
 
