@@ -122,7 +122,7 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
     return data.astype(np.float32, copy=False), seg, properties
 
 
-def _relevant_settings(plans) -> dict[str, Any]:
+def relevant_settings(plans) -> dict[str, Any]:
     """The plans fields that determine the preprocessed arrays (others may change freely)."""
     return {"preprocessing_version": PREPROCESSING_VERSION, "target_spacing": list(plans.target_spacing), "transpose_forward": list(plans.transpose_forward),
             "normalization": plans.normalization, "resampling": plans.resampling,
@@ -175,7 +175,7 @@ def preprocess_dataset(task_name: str, plans, num_workers: int = 1, dataset=None
     remove_stale_temporaries(folder)
 
     settings_path = folder / SETTINGS_FILE
-    settings = _relevant_settings(plans)
+    settings = relevant_settings(plans)
     previous = _read_json_or_none(settings_path)
     own = {c.case_id for c in dataset.training}
     for case_id in set(list_cases(folder)) - own:  # removed from dataset.json: never listed, trained or split
