@@ -364,6 +364,7 @@ class Predictor:
              num_export_workers: int) -> list[tuple[str, str]]:
         from c2fnas_auto.data.integrity import read_case_to_predict
         from c2fnas_auto.preprocessing.preprocessor import preprocess_case
+        from c2fnas_auto.preprocessing.resample_bound import check_case_header
 
         plans, pp = self.plans, self.postprocessing
         failures: list[tuple[str, str]] = []
@@ -373,6 +374,8 @@ class Predictor:
             tqdm.write(f"case {case_id}: {what}: {_one_line(exc)}", file=sys.stderr)
 
         def load(case: Any) -> tuple:  # checked like training input: channels, dimension, NaN/inf
+            if not case.problem:
+                check_case_header(case.image_files, plans)  # its resampled size, before reading it
             image = read_case_to_predict(case, plans.num_channels)
             return preprocess_case(case.image_files, plans, case_id=case.case_id, image=image)
 
