@@ -15,7 +15,6 @@ import pytest
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.paths import search_results_dir
-from c2fnas_auto.search import journal_guard
 from c2fnas_auto.search.jobs import Job, WorkerOptions
 from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.stop import SearchStopped, StopFlag
@@ -126,6 +125,8 @@ def test_lock_dangling_during_the_search_does_not_spin(copy_task, caplog):
 
 
 def test_lock_older_than_the_stale_time_is_removed(copy_task, caplog, monkeypatch):
+    from c2fnas_auto.search import journal_guard
+
     journal = _search_journal(copy_task)
     _publish(journal, copy_task.task_name, "c1-0")
     lock = journal.with_name(JOURNAL_FILE + ".lock")
@@ -218,6 +219,8 @@ def test_journal_that_is_a_folder_is_refused(copy_task):
 
 
 def test_lock_errors_other_than_a_held_lock_reach_the_caller(copy_task, monkeypatch):
+    from c2fnas_auto.search import journal_guard
+
     journal = _search_journal(copy_task)
     lock = journal_guard.GuardedLock(journal)
 
@@ -230,6 +233,8 @@ def test_lock_errors_other_than_a_held_lock_reach_the_caller(copy_task, monkeypa
 
 
 def test_a_failed_repair_releases_the_lock(copy_task, monkeypatch):
+    from c2fnas_auto.search import journal_guard
+
     journal = _search_journal(copy_task)
     journal.write_bytes(b'{"op_code":0}\n{"cut')
     lock = journal_guard.GuardedLock(journal)
