@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.preprocessing.resample_bound import add_max_resampled_flag, apply_max_resampled_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preprocess", action="store_true", help="write fingerprint and plans only")
     p.add_argument("--verify-only", action="store_true", help="only check the dataset's integrity")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_max_resampled_flag(p)
     return p
 
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from c2fnas_auto.preprocessing.storage import list_cases
 
     args = build_parser().parse_args(argv)
+    apply_max_resampled_flag(args)
     if args.num_workers < 1:
         raise C2FNASError(f"-np must be >= 1, got {args.num_workers}")
     progress = False if args.no_progress else True

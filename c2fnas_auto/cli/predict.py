@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 from c2fnas_auto.cli._execution import add_execution_flags, execution_from_args
 from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
+from c2fnas_auto.preprocessing.resample_bound import add_max_resampled_flag, apply_max_resampled_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-batch-size", type=int, default=2,
                    help="sliding-window tiles per forward pass (default 2: on a CPU, PyTorch runs single-sample 3D convolutions through a much slower kernel)")
     add_zip_limit_flags(p)
+    add_max_resampled_flag(p)
     add_execution_flags(p)
     add_trust_flag(p)
     return p
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_max_resampled_flag(args)
     from c2fnas_auto.errors import InputError
     from c2fnas_auto.inference.experiments import find_experiment
     from c2fnas_auto.inference.predictor import Predictor

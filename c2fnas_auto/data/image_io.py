@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from c2fnas_auto.data.geometry import Geometry
+from c2fnas_auto.data.nifti_header import affine_of_grid, warn_if_affines_disagree
 from c2fnas_auto.errors import InputError
 from c2fnas_auto.utils.io import atomic_path
 
@@ -293,6 +294,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     geometry = Geometry.from_sitk(img)
     if affine is not None:
         geometry = dataclasses.replace(geometry, original_affine=tuple(affine.ravel()))
+    elif file_ending(path) in NIFTI_ENDINGS:
+        warn_if_affines_disagree(path, affine_of_grid(geometry.spacing, geometry.origin, geometry.direction))
     return sitk.GetArrayFromImage(img), geometry
 
 

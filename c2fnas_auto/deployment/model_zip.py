@@ -36,6 +36,7 @@ from typing import Iterator, Sequence
 
 from c2fnas_auto.deployment.errors import DeploymentError
 from c2fnas_auto.deployment.zip_limits import ZipLimits, copy_bounded
+from c2fnas_auto.deployment.zip_names import check_names
 from c2fnas_auto.paths import parse_task_folder_name
 from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -196,12 +197,13 @@ def read_manifest(zip_file: Path, limits: ZipLimits | None = None) -> dict:
 
 
 def _parse_manifest(raw: bytes, zip_file: Path) -> dict:
-    import json
+    from c2fnas_auto.errors import InputError
+    from c2fnas_auto.utils.bounded_json import parse_json
 
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeploymentError(f"{zip_file}: {MANIFEST} is not valid JSON ({exc})") from None
+        manifest = parse_json(raw, f"{zip_file}: {MANIFEST}", "the manifest")
+    except InputError as exc:
+        raise DeploymentError(str(exc)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DeploymentError(f"{zip_file}: {MANIFEST} does not describe a c2fnas-auto model")
     if manifest.get("version") != VERSION:
@@ -219,6 +221,13 @@ def _parse_manifest(raw: bytes, zip_file: Path) -> dict:
         if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
                 or not isinstance(e.get("folds"), list) or not e["folds"]:
             raise DeploymentError(f"{zip_file}: {MANIFEST} has a malformed experiment entry {e!r:.80}")
+    from c2fnas_auto.nas.checkpoint import CHECKPOINTS
+
+    checkpoint = manifest.get("checkpoint", "final")
+    if not isinstance(checkpoint, str) or checkpoint not in CHECKPOINTS:
+        raise DeploymentError(f"{zip_file}: {MANIFEST} names checkpoint {checkpoint!r:.40}, not one of "
+                              f"{', '.join(CHECKPOINTS)}")
+    check_names(manifest, MANIFEST, f"checkpoint_{checkpoint}.pth", zip_file)
     return manifest
 
 

@@ -35,7 +35,7 @@ from c2fnas_auto.inference.sliding_window import sliding_window_predict
 from c2fnas_auto.nas.execution import ExecutionOptions, check_precision, prepare_network
 from c2fnas_auto.nas.checkpoint import checkpoint_file_name, trained_network
 from c2fnas_auto.utils.device import resolve_device
-from c2fnas_auto.utils.io import atomic_write_json
+from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 # plans fields experiments must share to be averaged: the same classes, and inputs preprocessed alike
 SHARED_ACROSS_EXPERIMENTS = ("labels", "num_classes", "channel_names", "normalization", "target_spacing",
@@ -149,8 +149,8 @@ def _readable_companion(path: Path) -> bool:
         if path.suffix == ".npz":
             with zipfile.ZipFile(path) as zf:
                 return "probabilities.npy" in zf.namelist()
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, zipfile.BadZipFile):
+        load_json(path, "case properties")
+    except (OSError, ValueError, zipfile.BadZipFile, InputError):
         return False
     return True
 
@@ -372,6 +372,7 @@ class Predictor:
              num_export_workers: int) -> list[tuple[str, str]]:
         from c2fnas_auto.data.integrity import read_case_to_predict
         from c2fnas_auto.preprocessing.preprocessor import preprocess_case
+        from c2fnas_auto.preprocessing.resample_bound import check_case_header
 
         plans, pp = self.plans, self.postprocessing
         failures: list[tuple[str, str]] = []
@@ -381,6 +382,8 @@ class Predictor:
             tqdm.write(f"case {case_id}: {what}: {_one_line(exc)}", file=sys.stderr)
 
         def load(case: Any) -> tuple:  # checked like training input: channels, dimension, NaN/inf
+            if not case.problem:
+                check_case_header(case.image_files, plans)  # its resampled size, before reading it
             image = read_case_to_predict(case, plans.num_channels)
             return preprocess_case(case.image_files, plans, case_id=case.case_id, image=image)
 

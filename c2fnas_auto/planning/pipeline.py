@@ -110,17 +110,34 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
     fingerprint, stale = _reusable_fingerprint(fp_path, dataset)
     if stale is not None:
         log.warning("%s: recomputing the fingerprint: %s", fp_path, stale)
-    if fingerprint is None:
+    new_fingerprint = fingerprint is None
+    if new_fingerprint:
         fingerprint = compute_fingerprint(dataset, num_workers=num_workers, progress=progress)
-        atomic_write_json(fp_path, fingerprint)
 
     plans = plan_experiment(fingerprint, dataset, gpu_memory_gb=gpu_memory_gb, base_channels=base_channels,
                             genotype=chosen, cell_style=cell_style)
+    if not preprocess:  # before anything is written: plans must never disagree with the arrays silently
+        _refuse_stale_arrays(out, plans, dataset)
+    if new_fingerprint:
+        atomic_write_json(fp_path, fingerprint)
     plans.save(plans_path)
     if preprocess:
         preprocess_dataset(plans.task_name, plans, num_workers=num_workers, dataset=dataset,
                            preprocessed_dir=out, progress=progress)
     return plans
+
+
+def _refuse_stale_arrays(out: Path, plans: Plans, dataset) -> None:
+    """`--no-preprocess` over existing arrays the new plans would not describe: refused, as
+    training would otherwise run on the old arrays under the new plans."""
+    from c2fnas_auto.data.sources import case_sources
+    from c2fnas_auto.preprocessing.provenance import replan_disagreement
+
+    why = replan_disagreement(out, plans, {c.case_id: case_sources(c, dataset.folder) for c in dataset.training})
+    if why is not None:
+        raise InputError(f"{out}: --no-preprocess refused: {why}, so the preprocessed arrays there would no longer "
+                         f"match plans.json; run c2fnas_plan_and_preprocess -t {plans.task_name} without "
+                         "--no-preprocess to redo them (nothing was written)")
 
 
 def summary_line(plans: Plans, num_cases: int | None = None) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from c2fnas_auto.errors import InputError
 from c2fnas_auto.preprocessing.cropping import crop_to_nonzero
 from c2fnas_auto.preprocessing.normalization import normalize
+from c2fnas_auto.preprocessing.resample_bound import check_case_grid, check_case_header
 from c2fnas_auto.preprocessing.resampling import compute_new_shape, resample_to_shape, separate_axis
 from c2fnas_auto.data.sources import case_sources
 from c2fnas_auto.preprocessing.storage import (CASES_FILE, case_paths, data_dir, is_case_finished, list_cases,
@@ -71,7 +72,10 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
 
     image_files = [Path(f) for f in image_files]
     case_id = case_id or strip_ending(image_files[0]).removesuffix("_0000")
+    if image is None:
+        check_case_header(image_files, plans)  # the header decides before any voxel is read
     data, geometry = image if image is not None else read_image(image_files)
+    check_case_grid(data.shape[1:], geometry.spacing_zyx, data.shape[0], plans, str(image_files[0]))
     if data.shape[0] != plans.num_channels:
         raise InputError(f"{image_files[0]}: {data.shape[0]} channel(s), the plans expect {plans.num_channels}")
     seg = None
@@ -125,7 +129,7 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
     return data.astype(np.float32, copy=False), seg, properties
 
 
-def _relevant_settings(plans) -> dict[str, Any]:
+def relevant_settings(plans) -> dict[str, Any]:
     """The plans fields that determine the preprocessed arrays (others may change freely)."""
     return {"preprocessing_version": PREPROCESSING_VERSION, "target_spacing": list(plans.target_spacing), "transpose_forward": list(plans.transpose_forward),
             "normalization": plans.normalization, "resampling": plans.resampling,
@@ -178,7 +182,7 @@ def preprocess_dataset(task_name: str, plans, num_workers: int = 1, dataset=None
     remove_stale_temporaries(folder)
 
     settings_path = folder / SETTINGS_FILE
-    settings = _relevant_settings(plans)
+    settings = relevant_settings(plans)
     previous = _read_json_or_none(settings_path)
     own = {c.case_id for c in dataset.training}
     for case_id in set(list_cases(folder)) - own:  # removed from dataset.json: never listed, trained or split

@@ -11,13 +11,13 @@ removed from dataset.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.utils.io import load_json
 
 DATA_SUBDIR = "data"
 CASES_FILE = "dataset_cases.json"
@@ -37,8 +37,8 @@ def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
 def read_properties(path: Path) -> dict[str, Any] | None:
     """The properties dict, or None when missing or unreadable (= case not finished)."""
     try:
-        props = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        props = load_json(path, "case properties")
+    except InputError:
         return None
     return props if isinstance(props, dict) and "case_id" in props else None
 
@@ -69,12 +69,12 @@ def list_cases(preprocessed_dir: str | Path, case_ids: Iterable[str] | None = No
 def dataset_case_ids(preprocessed_dir: str | Path) -> list[str]:
     """The training case ids of dataset.json, as recorded by the last preprocessing run."""
     path = data_dir(preprocessed_dir) / CASES_FILE
-    try:
-        ids = json.loads(path.read_text(encoding="utf-8"))["training"]
-    except FileNotFoundError:
+    if not path.is_file():
         raise InputError(f"{path}: missing: this folder was preprocessed by an older version or not at all "
-                         f"(rerun c2fnas_plan_and_preprocess)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+                         f"(rerun c2fnas_plan_and_preprocess)")
+    try:
+        ids = load_json(path, "case list")["training"]
+    except (InputError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: unreadable case list ({exc}); rerun c2fnas_plan_and_preprocess") from None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InputError(f"{path}: 'training' must be a list of case ids; rerun c2fnas_plan_and_preprocess")

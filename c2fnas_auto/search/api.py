@@ -34,6 +34,8 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     from c2fnas_auto.paths import preprocessed_dir, search_results_dir, task_name_from_id
     from c2fnas_auto.planning.pipeline import PLANS_FILE
     from c2fnas_auto.planning.plans import Plans
+    from c2fnas_auto.preprocessing.provenance import check_arrays_match_plans
+    from c2fnas_auto.preprocessing.storage import list_dataset_cases
     from c2fnas_auto.search.heldout import heldout_cases
 
     settings.validate()
@@ -43,6 +45,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     if not plans_path.is_file():
         raise C2FNASError(f"{plans_path}: no plans for task {task} (run c2fnas_plan_and_preprocess -t {task} first)")
     plans = Plans.load(plans_path)
+    check_arrays_match_plans(pre, plans, task_name, list_dataset_cases(pre))  # never search on stale arrays
     search_dir = search_results_dir(task_name)
     # the other ranks wait in the one broadcast while rank 0 opens (or clears) the search's storage
     dist = DistContext() if join else init_distributed("cuda" if (device or "").startswith("cuda") else "cpu",

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from c2fnas_auto.search.jobs import Job, WorkerOptions, new_worker_id
 from c2fnas_auto.search.storage import open_storage, reading, shown
+from c2fnas_auto.search.trial_attrs import usable_trials
 
 STAGES = {"c": "coarse", "f": "fine", "s": "standalone", "r": "coarse_repeat", "q": "standalone_repeat"}
 OP_DIGITS = {"p3d": "1", "2d": "2", "3d": "3"}
@@ -108,10 +109,12 @@ class OptunaTrials:
         return self._ids[stage]
 
     def _trials(self, stage: str, states: Sequence[Any] | None = None) -> list[Any]:
+        """The stage's trials whose attributes have the types the search writes."""
         sid = self._sid(stage)
         with reading():
-            return self.storage.get_all_trials(sid, deepcopy=False,
-                                               states=tuple(states) if states is not None else None)
+            trials = self.storage.get_all_trials(sid, deepcopy=False,
+                                                 states=tuple(states) if states is not None else None)
+        return usable_trials(trials, f"{self.folder} ({self.search}/{stage})")
 
     def _job_trials(self, job_id: str) -> list[Any]:
         return sorted((t for t in self._trials(stage_of(job_id)) if t.user_attrs.get("job") == job_id),
@@ -240,7 +243,7 @@ class OptunaTrials:
         return worker in self._announced and worker not in dead
 
     def workers(self) -> list[str]:
-        return sorted({t.user_attrs["worker"] for t in self._trials("workers")})
+        return sorted({t.user_attrs.get("worker", "") for t in self._trials("workers")})
 
     # ---------------------------------------------------------------- reading
     def results(self, prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -410,7 +413,7 @@ def job_trials(url: str, search: str) -> list[dict[str, Any]]:
         if f"{search}/{stage}" not in names:
             continue
         sid = storage.get_study_id_from_name(f"{search}/{stage}")
-        for t in storage.get_all_trials(sid, deepcopy=False):
+        for t in usable_trials(storage.get_all_trials(sid, deepcopy=False), f"{shown(url)} ({search}/{stage})"):
             a = t.user_attrs
             out.append({"job": a.get("job", ""), "stage": stage, "state": t.state.name, "worker": a.get("worker", ""),
                         "number": t.number, "duplicate_of": a.get("duplicate_of"),

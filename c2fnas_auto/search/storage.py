@@ -12,7 +12,8 @@ search does not need Optuna's: liveness is a beat counter observed on the reader
 
 An earlier version's `search.db` in the folder is still opened (resume keeps working).
 Nothing read from the storage is unpickled (params are numbers, attributes JSON), and a
-journal file larger than `MAX_JOURNAL_BYTES` is refused before it is read.
+journal file larger than `MAX_JOURNAL_BYTES` is refused before it is read; links, stale locks
+and a cut last line are dealt with before Optuna opens it (`journal_guard.py`).
 """
 
 from __future__ import annotations
@@ -94,11 +95,15 @@ def _open_journal(path: Path) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    from c2fnas_auto.search.journal_guard import check_journal_files, prepare_journal
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_journal_files(path)  # before anything follows a link
     if path.is_file() and path.stat().st_size > MAX_JOURNAL_BYTES:
         raise C2FNASError(f"{path}: {path.stat().st_size} bytes, more than any search writes "
                           f"({MAX_JOURNAL_BYTES}); not a search journal")
-    storage = JournalStorage(JournalFileBackend(str(path)))  # symlink lock: Optuna's choice for NFS
+    lock = prepare_journal(path)  # links refused, stale locks and a cut last line cleared
+    storage = JournalStorage(JournalFileBackend(str(path), lock_obj=lock))  # Optuna's symlink lock protocol
     storage.get_all_studies()  # reads the file now: a damaged one fails here, with its name
     return storage
 

@@ -22,6 +22,7 @@ from c2fnas_auto.inference.experiments import experiment_dir
 from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from c2fnas_auto.paths import PLANS_FILE
 from c2fnas_auto.planning.size_check import check_training_fits
+from c2fnas_auto.preprocessing.provenance import check_arrays_match_plans
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
 from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augmentation, default_augmentation,
                                              load_cases, make_batch_iterator)
@@ -186,6 +187,7 @@ class Trainer:
         torch.manual_seed(self.options.seed)
         np.random.seed(self.options.seed)
         self.train_ids, self.val_ids = fold_case_ids(self.preprocessed_dir, self.fold)
+        check_arrays_match_plans(self.preprocessed_dir, self.plans, self.task_name, [*self.train_ids, *self.val_ids])
         self.network: nn.Module = build_network(self.genotype, self.network_config).to(self.device)
         self.optimizer = build_optimizer(self.network)
         prepare_network(self.network, self.options.execution)

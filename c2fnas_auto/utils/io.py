@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.utils.bounded_json import MAX_JSON_BYTES, parse_json
 
 TMP_MARKER = ".tmp-"
 
@@ -111,15 +112,20 @@ def create_json_once(path: str | os.PathLike, obj: Any) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read JSON; a missing or malformed file raises InputError naming the file."""
+def load_json(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read JSON; a missing, malformed, oversized or too deeply nested file raises InputError
+    naming the file (utils/bounded_json.py: the one parser for files from others)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
+    size = path.stat().st_size
+    if size > max_bytes:  # before reading it into memory
+        raise InputError(f"{path}: {what} is {size} bytes, over the limit of {max_bytes}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    return parse_json(raw, path, what, max_bytes=max_bytes)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

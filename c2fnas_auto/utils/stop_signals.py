@@ -22,6 +22,8 @@ from c2fnas_auto.errors import C2FNASError
 
 STOPPED_EXIT_CODE = 3
 
+_INSTALLED: list["StopFlag"] = []  # flags bracketing a run in this process (`stop_requested`)
+
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None))
                      if s is not None)
 
@@ -64,12 +66,15 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            _INSTALLED.append(self)
         return self
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self in _INSTALLED:
+            _INSTALLED.remove(self)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.is_set:
@@ -78,3 +83,9 @@ class StopFlag:
                 os.kill(os.getpid(), signum)
             return
         self.set(signal.Signals(signum).name)
+
+
+def stop_requested() -> str:
+    """The name of the stop signal an installed flag caught ('' when none): for waits deep
+    inside a library call (a journal lock) that cannot be handed the run's flag."""
+    return next((f.signal_name for f in _INSTALLED if f.is_set), "")

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.utils.tensor_storage import check_tensor_storage
 
 TRUST_FLAG = "--trust-pickled-checkpoint"
 _trust = {"pickled": False}
@@ -95,11 +96,17 @@ def load_torch_file(path: str | Path, what: str = "checkpoint", map_location: An
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # objects beyond tensors and plain data (or not a torch file at all): decided below
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # objects beyond tensors and plain data (or not a torch file at all)
+        return _pickled(path, what, map_location, trustable)
     except Exception as exc:  # truncated or foreign files: one line for the user
         raise InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {_first_line(exc)})") from None
+    check_tensor_storage(loaded, path, what)  # before anything is sized from the file's shapes
+    return loaded
+
+
+def _pickled(path: Path, what: str, map_location: Any, trustable: bool) -> Any:
+    """A file that needs unpickling: loaded under the trust flag, else refused naming what it holds."""
     if _trust["pickled"] and trustable:
         return _load_trusted(path, what, map_location)
     found = _unsafe_globals(path)
@@ -117,9 +124,11 @@ def _load_trusted(path: Path, what: str, map_location: Any) -> Any:
     print(f"warning: {path}: loading a pickled {what} because of {TRUST_FLAG}; this runs any code the file "
           "holds", file=sys.stderr, flush=True)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        loaded = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - anything from a foreign pickle: one line
         raise InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {_first_line(exc)})") from None
+    check_tensor_storage(loaded, path, what)
+    return loaded
 
 
 def _unsafe_globals(path: Path) -> list[str] | None:

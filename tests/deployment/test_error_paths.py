@@ -28,9 +28,10 @@ def test_unreadable_probabilities_name_the_file(tmp_path):
 def _tiny_zip(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(model_zip.MANIFEST, '{"format": "c2fnas-model", "version": 1, "task": "Task01_T", '
-                                        '"experiments": [{"name": "E", "folds": ["0"]}], '
-                                        '"files": ["c2fnas_model.json", "Task01_T/E/x.txt"]}')
-        zf.writestr("Task01_T/E/x.txt", "x")
+                                        '"experiments": [{"name": "P__0123abcd", "folds": ["0"]}], '
+                                        '"files": ["c2fnas_model.json", '
+                                        '"Task01_T/P__0123abcd/fold_0/checkpoint_final.pth"]}')
+        zf.writestr("Task01_T/P__0123abcd/fold_0/checkpoint_final.pth", "x")
     return path
 
 
