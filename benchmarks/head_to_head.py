@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import repo_root
 from benchmarks.h2h.calibrate import CALIB_ITERS, calibrate
-from benchmarks.h2h.cells import cell_name, run_cell
+from benchmarks.h2h.cells import cell_name, is_current, run_cell
 from benchmarks.h2h.report import write_report
 from benchmarks.h2h.sides import ARMS, Schedule, Settings
 from benchmarks.h2h.tasks import HIPPOCAMPUS, SYNTHETIC, prepare_hippocampus, prepare_synthetic
@@ -83,14 +83,17 @@ def run(args) -> int:
                     if args.max_cells is not None and ran >= args.max_cells:
                         return 0
                     name = cell_name(spec.key, arm_name, budget, seed, settings.mirroring)
-                    if (results / "cells" / f"{name}.json").is_file():
-                        continue
                     arm = ARMS[arm_name]
-                    if arm.tool not in prepared:
-                        prepared[arm.tool] = arm.prepare(spec, settings)
                     redo = args.recalibrate and (spec.key, arm_name) not in recalibrated
+                    calibrated = (results / "calibration" / f"{spec.key}__{arm_name}.json").is_file()
+                    if (redo or not calibrated) and arm.tool not in prepared:  # calibration trains
+                        prepared[arm.tool] = arm.prepare(spec, settings)
                     cal = calibrate(arm, spec, settings, results, args.calibration_iters, redo=redo)
                     recalibrated.add((spec.key, arm_name))
+                    if is_current(results / "cells" / f"{name}.json", cal):
+                        continue  # done under this calibration
+                    if arm.tool not in prepared:
+                        prepared[arm.tool] = arm.prepare(spec, settings)
                     fixed = Schedule.for_iterations(args.iterations) if args.iterations else None
                     print(f"head_to_head: {name}: running", flush=True)
                     run_cell(spec, arm, cal, budget, seed, settings, results, prepared[arm.tool], fixed)

@@ -2,8 +2,8 @@
 
 A cell trains its arm's schedule for the budget, predicts the held-out test set, and scores
 it with our evaluator (`c2fnas_auto.evaluation`), cross-checked against nnU-Net's own
-`compute_metrics_on_folder_simple` where nnunetv2 is installed. A cell whose file exists is
-skipped, so the benchmark resumes where it stopped.
+`compute_metrics_on_folder_simple` where nnunetv2 is installed. A cell whose file exists
+under the arm's current calibration is skipped, so the benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -55,12 +55,20 @@ def nnunet_cross_check(spec: TaskSpec, pred: Path, out_json: Path) -> dict[str, 
             "dice_per_class": {str(k): float(v["Dice"]) for k, v in r["mean"].items()}}
 
 
+def is_current(path: Path, cal: Calibration) -> bool:
+    """The cell's file exists and was run under this calibration (a recalibration, in a quieter
+    session say, changes what a budget buys, so the cells run under the old one run again)."""
+    if not path.is_file():
+        return False
+    return load_json(path, "head-to-head cell").get("calibration", {}).get("date") == cal.date
+
+
 def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed: int, s: Settings,
              results_dir: Path, prepared: dict[str, Any], schedule: Schedule | None = None) -> Path:
     """Run the cell unless its results file exists; return that file."""
     name = cell_name(spec.key, arm.name, budget_min, seed, s.mirroring)
     path = results_dir / "cells" / f"{name}.json"
-    if path.is_file():
+    if is_current(path, cal):
         return path
     out = s.workdir / "cells" / name
     shutil.rmtree(out, ignore_errors=True)  # a cell cut off half-way starts again

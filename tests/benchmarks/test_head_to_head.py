@@ -126,3 +126,15 @@ def test_nnunet_arm_end_to_end(tmp_path):
     pytest.importorskip("nnunetv2")
     rec = _check_cell(_run(tmp_path, "nnunet"), "nnunet")
     assert rec["nnunet_evaluator"]["dice"] == pytest.approx(rec["test"]["dice"], abs=1e-6)
+
+
+def test_a_cell_counts_as_done_only_under_the_calibration_it_ran_with(tmp_path):
+    from benchmarks.h2h.cells import is_current
+
+    cal = Calibration("t", "ours", 1.0, 0.0, 1.0, 1.0, 2, [1.0], [0, 0, 0], [0, 0, 0], 2, "2026-01-01T00:00:00Z")
+    path = tmp_path / "cell.json"
+    assert not is_current(path, cal)
+    path.write_text(json.dumps({"calibration": {"date": cal.date}}))
+    assert is_current(path, cal)
+    path.write_text(json.dumps({"calibration": {"date": "2025-01-01T00:00:00Z"}}))
+    assert not is_current(path, cal)  # recalibrated since: the cell runs again
