@@ -90,7 +90,7 @@ def plot(cells: list[dict[str, Any]], out_png: Path) -> Path | None:
             for c in ac:
                 if c["val_curve"]:
                     row[1].plot([p[0] / 60 for p in c["val_curve"]], [p[1] for p in c["val_curve"]], color=col,
-                                alpha=0.7, label=f"{arm} {c['budget_min']:g} min s{c['seed']}")
+                                marker=".", alpha=0.7, label=f"{arm} {c['budget_min']:g} min s{c['seed']}")
         row[0].set(title=f"{task}: test Dice vs budget", xlabel="training budget (min)", ylabel="test Dice")
         row[1].set(title=f"{task}: validation pseudo Dice", xlabel="training wall-clock (min)",
                    ylabel="pseudo Dice (fold 0)")
