@@ -20,7 +20,10 @@ device backend: `bf16` and `compile` (`--precision bf16`, `--compile`; nas/execu
 both in the CPU's default channels-last layout, and `ncdhw` and `bf16_ncdhw`
 (`--no-channels-last`: NCDHW, the layout nnU-Net runs in). Their ratios to
 nnU-Net (fp32) are paired per repetition like the headline's; "best option" is the
-largest median of them. Compilation happens in the untimed warm-up call.
+largest median of them. Compilation happens in the untimed warm-up call. An option side that
+fails to build or to run its warm-up (torch.compile of the default network fails on the CPU
+with some torch releases) is recorded as failed with its one-line reason, and the row measures
+the other sides: an option a user cannot switch on here never costs the row.
 """
 
 from __future__ import annotations
@@ -68,6 +71,22 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     return lambda: train_step(ctx, next(batches))
 
 
+def option_steppers(make, names) -> tuple[dict, dict[str, str]]:
+    """Build and warm up one stepper per option side with `make(name)`; a side whose build or
+    first call raises goes to the second dict with its reason instead of failing the row."""
+    steps, failed = {}, {}
+    for name in names:
+        try:
+            step = make(name)
+            step()  # warm-up: compilation happens here
+        except Exception as exc:  # any failure of an optional backend (InductorError, RuntimeError...)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            failed[name] = f"{type(exc).__name__}: {first}"[:300]
+            continue
+        steps[name] = step
+    return steps, failed
+
+
 def nnunet_stepper(ws, nn_task, patch, batch):
     trainer = nnunet_trainer_for(ws, nn_task, patch, batch, deep_supervision=True)
     trainer.initialize()
@@ -96,10 +115,11 @@ def run(ws, profile: Profile) -> RowResult:
     steps["pipeline_same_net"] = our_stepper(  # nnU-Net's network in its own layout: only the pipeline differs
         plans, pre_dir, patch, batch, "device", channels_last=False,
         net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))
-    for name, opts in OPTION_SIDES.items():
-        steps[name] = our_stepper(plans, pre_dir, patch, batch, "device", **opts)
     for step in steps.values():
         step()  # warm-up: first-call allocations, file opening
+    options, failed = option_steppers(
+        lambda name: our_stepper(plans, pre_dir, patch, batch, "device", **OPTION_SIDES[name]), OPTION_SIDES)
+    steps.update(options)
     n = max(2, profile.dp_batches // 2)
     ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, profile.reps)
     med = {k: median(v) for k, v in ips.items()}
@@ -107,10 +127,11 @@ def run(ws, profile: Profile) -> RowResult:
     r_bg = paired_ratio(ips["batchgenerators"], ips["nnunet"])
     r_res = paired_ratio(ips["residual"], ips["nnunet"])
     r_same = paired_ratio(ips["pipeline_same_net"], ips["nnunet"])
-    r_opt = {k: paired_ratio(ips[k], ips["nnunet"]) for k in OPTION_SIDES}
+    r_opt = {k: paired_ratio(ips[k], ips["nnunet"]) if k in ips else None for k in OPTION_SIDES}
     spread = {k: [min(v), max(v)] for k, v in ips.items()}
     best = max((k for k in OPTION_SIDES if r_opt[k] is not None), key=lambda k: r_opt[k], default=None)
-    options_note = "; ".join(f"{k} {med[k]:.3f} it/s (ratio {_fmt(r_opt[k])})" for k in OPTION_SIDES)
+    options_note = "; ".join(f"{k} failed ({failed[k]})" if k in failed else
+                             f"{k} {med[k]:.3f} it/s (ratio {_fmt(r_opt[k])})" for k in OPTION_SIDES)
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"patch {'x'.join(map(str, patch))}, batch {batch}, {n} iterations per repetition, single process, "
@@ -128,7 +149,8 @@ def run(ws, profile: Profile) -> RowResult:
                  "iterations_per_second_ours_pipeline_nnunet_network": ips["pipeline_same_net"],
                  "median": med, "ratio_batchgenerators": r_bg, "ratio_residual": r_res,
                  "ratio_pipeline_same_network": r_same,
-                 "iterations_per_second_options": {k: ips[k] for k in OPTION_SIDES},
+                 "iterations_per_second_options": {k: ips[k] for k in OPTION_SIDES if k in ips},
+                 "failed_options": failed,
                  "ratio_options": r_opt, "best_option": best,
                  "best_option_ratio": r_opt[best] if best else None,
                  "best_option_goal_met": None if best is None else r_opt[best] >= 1.5,

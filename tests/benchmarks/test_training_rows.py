@@ -51,3 +51,27 @@ def test_our_network_switches_only_the_cell_style():
     assert isinstance(default.cells[0], WiredCell) and isinstance(residual.cells[0], Cell)
     assert residual.config.level_channels == config.level_channels and residual.genotype.ops == default.genotype.ops
     assert config.cell_style == "c2fnas"  # the plans' own config is not changed
+
+
+def test_a_failing_option_side_is_recorded_and_the_others_still_run():
+    from benchmarks.rows.train_iterations import option_steppers
+
+    calls = []
+
+    def make(name):
+        if name == "broken_build":
+            raise RuntimeError("cannot build\nsecond line")
+
+        def step():
+            calls.append(name)
+            if name == "compile":  # as torch.compile fails: lazily, on the first call
+                raise RuntimeError("InductorError: ValueRangeError: Invalid ranges [0:-1]")
+        return step
+
+    steps, failed = option_steppers(make, ["bf16", "compile", "broken_build", "ncdhw"])
+    assert sorted(steps) == ["bf16", "ncdhw"]
+    assert failed == {"compile": "RuntimeError: InductorError: ValueRangeError: Invalid ranges [0:-1]",
+                      "broken_build": "RuntimeError: cannot build"}
+    assert calls == ["bf16", "compile", "ncdhw"]  # each working side was warmed up once
+    steps["bf16"]()
+    assert calls[-1] == "bf16"

@@ -1,0 +1,102 @@
+"""One cell of the head-to-head: (task, arm, budget, seed) -> one results JSON.
+
+A cell trains its arm's schedule for the budget, predicts the held-out test set, and scores
+it with our evaluator (`c2fnas_auto.evaluation`), cross-checked against nnU-Net's own
+`compute_metrics_on_folder_simple` where nnunetv2 is installed. A cell whose file exists
+under the arm's current calibration is skipped, so the benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import have_module
+from benchmarks.h2h.calibrate import Calibration
+from benchmarks.h2h.sides import Arm, Schedule, Settings
+from benchmarks.h2h.tasks import TaskSpec
+from c2fnas_auto.evaluation.evaluate import evaluate_folders
+from c2fnas_auto.utils.io import atomic_write_json, load_json
+
+
+def cell_name(task: str, arm: str, budget_min: float, seed: int, mirroring: bool = True) -> str:
+    """The cell's file stem; cells predicted without test-time mirroring are kept apart."""
+    return f"{task}__{arm}__{budget_min:g}min__seed{seed}" + ("" if mirroring else "__nomirror")
+
+
+def score(spec: TaskSpec, pred: Path, out_json: Path) -> dict[str, Any]:
+    """Test Dice (foreground mean and per class) by our evaluator."""
+    s = evaluate_folders(spec.test_labels, pred, spec.labels, out_json, progress=False,
+                         case_ids=spec.test_ids)
+    per_class = {m["name"]: m["Dice"] for m in s["mean"].values()}
+    return {"dice": s["foreground_mean"]["Dice"], "dice_per_class": per_class, "nsd": s["foreground_mean"]["NSD"],
+            "dice_per_case": {c["case_id"]: _case_mean(c) for c in s["per_case"]}}
+
+
+def _case_mean(case: dict) -> float:
+    vals = [m["Dice"] for m in case.get("metrics", {}).values()]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def nnunet_cross_check(spec: TaskSpec, pred: Path, out_json: Path) -> dict[str, Any] | None:
+    """nnU-Net's own evaluator on the same folders (None where nnunetv2 is not installed)."""
+    if not have_module("nnunetv2"):
+        return None
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder_simple
+
+    labels = sorted(v for v in spec.labels.values() if v)
+    compute_metrics_on_folder_simple(str(spec.test_labels), str(pred), labels, str(out_json), num_processes=1,
+                                     chill=False)
+    r = load_json(out_json, "nnU-Net evaluation summary")
+    return {"dice": float(r["foreground_mean"]["Dice"]),
+            "dice_per_class": {str(k): float(v["Dice"]) for k, v in r["mean"].items()}}
+
+
+def is_current(path: Path, cal: Calibration) -> bool:
+    """The cell's file exists and was run under this calibration (a recalibration, in a quieter
+    session say, changes what a budget buys, so the cells run under the old one run again)."""
+    if not path.is_file():
+        return False
+    return load_json(path, "head-to-head cell").get("calibration", {}).get("date") == cal.date
+
+
+def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed: int, s: Settings,
+             results_dir: Path, prepared: dict[str, Any], schedule: Schedule | None = None) -> Path:
+    """Run the cell unless its results file exists; return that file."""
+    name = cell_name(spec.key, arm.name, budget_min, seed, s.mirroring)
+    path = results_dir / "cells" / f"{name}.json"
+    if is_current(path, cal):
+        return path
+    out = s.workdir / "cells" / name
+    shutil.rmtree(out, ignore_errors=True)  # a cell cut off half-way starts again
+    sched = schedule or cal.schedule(budget_min * 60.0)
+    load_before = list(os.getloadavg())
+    train = arm.train(spec, s, sched, seed, out)
+    load_after = list(os.getloadavg())
+    predict = arm.predict(spec, s, out)
+    pp = arm.postprocess(spec, s, out)
+    final_pred = out / ("pred_pp" if pp.get("applied") else "pred")
+    test = score(spec, final_pred, out / "summary.json")
+    raw_test = score(spec, out / "pred", out / "summary_raw.json") if pp.get("applied") else None
+    record = {
+        "task": spec.key, "arm": arm.name, "tool": arm.tool, "options": list(arm.extra),
+        "budget_min": budget_min, "seed": seed, "threads": s.threads, "mirroring": s.mirroring,
+        "final_validation": s.final_validation,
+        "gpu_memory_gb": s.gpu_memory_gb, "plan": prepared.get("plan"), "default_plan": prepared.get("default_plan"),
+        "schedule": {"epochs": sched.epochs, "iters_per_epoch": sched.iters, "val_iters_per_epoch": sched.val_iters,
+                     "iterations": sched.total},
+        "calibration": {"seconds_per_iteration": cal.seconds_per_iteration, "fixed_seconds": cal.fixed_seconds,
+                        "date": cal.date, "loadavg_before": cal.loadavg_before},
+        "predicted_train_s": cal.fixed_seconds + sched.total * cal.seconds_per_iteration,
+        "train": train.to_dict(), "predict": predict.to_dict(),
+        "loadavg_train_start": load_before, "loadavg_train_end": load_after,
+        "postprocessing": pp, "test": test, "test_without_postprocessing": raw_test,
+        "nnunet_evaluator": nnunet_cross_check(spec, final_pred, out / "summary_nnunet_eval.json"),
+        "val_curve": arm.curve(out), "test_cases": len(spec.test_ids), "train_cases": len(spec.train_ids),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(path, record)
+    return path

@@ -1,0 +1,108 @@
+"""Summary JSON and plots, regenerated from the cells' files (never from a run's memory)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from c2fnas_auto.utils.io import atomic_write_json, load_json, save_figure
+
+
+def load_cells(results_dir: Path) -> list[dict[str, Any]]:
+    return [load_json(p, "head-to-head cell") for p in sorted((results_dir / "cells").glob("*.json"))]
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    vals = [v for v in values if not math.isnan(v)]
+    return {"mean": statistics.fmean(vals) if vals else None,
+            "sd": statistics.stdev(vals) if len(vals) > 1 else None,
+            "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals)}
+
+
+NO_MIRROR = " (no mirroring)"
+
+
+def arm_label(cell: dict[str, Any]) -> str:
+    """The arm as the summary shows it; predictions without test-time mirroring are told apart."""
+    return cell["arm"] + ("" if cell.get("mirroring", True) else NO_MIRROR)
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task, budget and arm: test Dice over seeds (mean, sd, range, per seed, per class),
+    iterations, train wall/CPU time, peak memory; and each arm's Dice minus nnU-Net's."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        arm = arm_label(c)
+        groups.setdefault((c["task"], float(c["budget_min"]), arm), []).append(c)
+    out: dict[str, Any] = {}
+    for (task, budget, arm), cs in sorted(groups.items()):
+        cs = sorted(cs, key=lambda c: c["seed"])
+        classes = sorted({k for c in cs for k in c["test"]["dice_per_class"]})
+        entry = {
+            "seeds": [c["seed"] for c in cs],
+            "test_dice": _stats([c["test"]["dice"] for c in cs]),
+            "test_dice_per_seed": [c["test"]["dice"] for c in cs],
+            "test_dice_per_class": {k: _stats([c["test"]["dice_per_class"][k] for c in cs]) for k in classes},
+            "iterations": [c["schedule"]["iterations"] for c in cs],
+            "patch_size": cs[0]["plan"]["patch_size"], "batch_size": cs[0]["plan"]["batch_size"],
+            "train_wall_s": [c["train"]["wall_s"] for c in cs],
+            "train_cpu_s": [c["train"]["cpu_s"] for c in cs],
+            "predicted_train_s": [c["predicted_train_s"] for c in cs],
+            "peak_tree_pss_bytes": max((c["train"]["peak_tree_pss_bytes"] or 0) for c in cs),
+            "nnunet_evaluator_dice": [c["nnunet_evaluator"]["dice"] if c.get("nnunet_evaluator") else None
+                                      for c in cs],
+        }
+        out.setdefault(task, {}).setdefault(f"{budget:g}", {})[arm] = entry
+    for task in out.values():
+        for arms in task.values():
+            for arm, e in arms.items():
+                ref = arms.get("nnunet" + (NO_MIRROR if arm.endswith(NO_MIRROR) else ""), {}) \
+                    .get("test_dice", {}).get("mean")
+                m = e["test_dice"]["mean"]
+                e["minus_nnunet"] = None if ref is None or m is None else m - ref
+    return out
+
+
+def plot(cells: list[dict[str, Any]], out_png: Path) -> Path | None:
+    """Left per task: test Dice against budget per arm (a dot per seed, a line through the
+    means). Right per task: validation pseudo Dice against training wall-clock per run."""
+    if not cells:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({c["task"] for c in cells})
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
+    colours = {"nnunet": "tab:blue", "ours": "tab:orange", "ours_bf16": "tab:green"}
+    for row, task in zip(axes, tasks):
+        tc = [c for c in cells if c["task"] == task]
+        for arm in sorted({arm_label(c) for c in tc}):
+            ac = [c for c in tc if arm_label(c) == arm]
+            col = colours.get(arm.removesuffix(NO_MIRROR))
+            row[0].scatter([c["budget_min"] for c in ac], [c["test"]["dice"] for c in ac], color=col, s=14)
+            budgets = sorted({c["budget_min"] for c in ac})
+            means = [statistics.fmean(c["test"]["dice"] for c in ac if c["budget_min"] == b) for b in budgets]
+            row[0].plot(budgets, means, marker="o", color=col, label=arm)
+            for c in ac:
+                if c["val_curve"]:
+                    row[1].plot([p[0] / 60 for p in c["val_curve"]], [p[1] for p in c["val_curve"]], color=col,
+                                marker=".", alpha=0.7, label=f"{arm} {c['budget_min']:g} min s{c['seed']}")
+        row[0].set(title=f"{task}: test Dice vs budget", xlabel="training budget (min)", ylabel="test Dice")
+        row[1].set(title=f"{task}: validation pseudo Dice", xlabel="training wall-clock (min)",
+                   ylabel="pseudo Dice (fold 0)")
+        row[0].legend(fontsize=8)
+        row[1].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def write_report(results_dir: Path) -> dict[str, Any]:
+    cells = load_cells(results_dir)
+    summary = summarize(cells)
+    atomic_write_json(results_dir / "summary.json", summary)
+    plot(cells, results_dir / "head_to_head.png")
+    return summary

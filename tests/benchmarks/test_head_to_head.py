@@ -1,0 +1,140 @@
+"""The head-to-head benchmark's machinery on a tiny synthetic task with tiny schedules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import head_to_head  # noqa: E402
+from benchmarks.h2h.calibrate import Calibration, fit  # noqa: E402
+from benchmarks.h2h.cells import cell_name  # noqa: E402
+from benchmarks.h2h.report import summarize  # noqa: E402
+from benchmarks.h2h.sides import Schedule, StepFailed, measured, parse_nnunet_log  # noqa: E402
+from benchmarks.h2h.tasks import prepare_hippocampus, split_test  # noqa: E402
+from c2fnas_auto.errors import C2FNASError, InputError  # noqa: E402
+
+TINY = ["--tasks", "synthetic", "--synthetic-cases", "6", "2", "--synthetic-shape", "16", "32", "32",
+        "--budgets", "1", "--seeds", "0", "--iterations", "2", "--calibration-iters", "1", "--no-mirroring"]
+
+
+def test_schedule_keeps_epochs_near_nnunets_length():
+    assert Schedule.for_iterations(1200) == Schedule(5, 240)
+    assert Schedule.for_iterations(100) == Schedule(1, 100)
+    assert Schedule.for_iterations(0).total == 1
+    assert Schedule(5, 240).val_iters == 48 and Schedule(1, 3).val_iters == 1
+
+
+def test_calibration_fit_uses_the_steady_epochs_and_the_rest_is_fixed():
+    c, a = fit([30.0, 10.0, 12.0], iters=10, wall_s=80.0)
+    assert c == pytest.approx(1.1) and a == pytest.approx(28.0)
+    cal = Calibration("t", "ours", c, a, 80.0, 70.0, 30, [30.0, 10.0, 12.0], [1, 1, 1], [1, 1, 1], 2, "now")
+    assert cal.schedule(28.0 + 1.1 * 600).total == pytest.approx(600, abs=2)
+    assert cal.schedule(1.0).total >= 10  # a budget below the fixed cost still trains a little
+    with pytest.raises(C2FNASError, match="no epoch times"):
+        fit([], iters=10, wall_s=5.0)
+
+
+def test_test_split_is_seeded_disjoint_and_checked():
+    ids = [f"c{i:03d}" for i in range(20)]
+    train, test = split_test(ids, 5, seed=0)
+    assert (train, test) == split_test(list(reversed(ids)), 5, seed=0)
+    assert len(test) == 5 and not set(train) & set(test) and sorted(train + test) == ids
+    with pytest.raises(InputError, match="impossible"):
+        split_test(ids, 20, seed=0)
+
+
+def test_hippocampus_without_its_dataset_json_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="dataset.json: missing"):
+        prepare_hippocampus(tmp_path / "nope", tmp_path / "work")
+
+
+def test_nnunet_log_parsing_reads_numpy_reprs():
+    text = ("t: Pseudo dice [np.float32(0.5), np.float32(0.7)] \nt: Epoch time: 3.5 s \n"
+            "t: Pseudo dice [0.25, nan] \nt: Epoch time: 2.0 s \n")
+    curve = parse_nnunet_log(text)
+    assert curve[0] == [3.5, pytest.approx(0.6)] and curve[1][0] == 5.5
+
+
+def test_a_failing_tool_command_names_its_log(tmp_path):
+    log = tmp_path / "logs" / "x.log"
+    with pytest.raises(StepFailed, match="x.log.*exit code 3"):
+        measured([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log, env=None)
+    assert "boom" in log.read_text()
+
+
+def _cell(arm: str, seed: int, dice: float) -> dict:
+    return {"task": "t", "arm": arm, "budget_min": 20, "seed": seed, "mirroring": True,
+            "test": {"dice": dice, "dice_per_class": {"a": dice}}, "schedule": {"iterations": 100},
+            "plan": {"patch_size": [8, 8, 8], "batch_size": 2}, "train": {"wall_s": 1.0, "cpu_s": 2.0,
+                                                                         "peak_tree_pss_bytes": 5},
+            "predicted_train_s": 1.0, "nnunet_evaluator": None}
+
+
+def test_summary_gives_seed_spread_and_the_difference_to_nnunet():
+    s = summarize([_cell("nnunet", 0, 0.8), _cell("nnunet", 1, 0.6), _cell("ours", 0, 0.75)])["t"]["20"]
+    assert s["nnunet"]["test_dice"]["mean"] == pytest.approx(0.7) and s["nnunet"]["test_dice"]["sd"] > 0
+    assert s["ours"]["minus_nnunet"] == pytest.approx(0.05) and s["ours"]["test_dice"]["sd"] is None
+
+
+def test_missing_hippocampus_folder_is_a_one_line_cli_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        head_to_head.main(["--tasks", "hippocampus", "--workdir", str(tmp_path), "--results", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "head_to_head: error: --hippocampus DIR is required" in capsys.readouterr().err
+
+
+def _run(tmp_path, arm: str) -> Path:
+    results = tmp_path / "results"
+    assert head_to_head.main([*TINY, "--arms", arm, "--workdir", str(tmp_path / "work"),
+                              "--results", str(results)]) == 0
+    return results
+
+
+def _check_cell(results: Path, arm: str) -> dict:
+    cell = results / "cells" / f"{cell_name('synthetic', arm, 1, 0, mirroring=False)}.json"
+    rec = json.loads(cell.read_text())
+    assert rec["schedule"]["iterations"] == 2 and rec["mirroring"] is False
+    assert 0.0 <= rec["test"]["dice"] <= 1.0 and set(rec["test"]["dice_per_class"]) == {"organ", "lesion"}
+    assert rec["train"]["wall_s"] > 0 and rec["train"]["peak_tree_pss_bytes"]
+    assert rec["plan"]["gpu_memory_gb"] == 0.5 and rec["default_plan"]["gpu_memory_gb"] == 8.0
+    assert (results / "calibration" / f"synthetic__{arm}.json").is_file()
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["synthetic"]["1"][arm + " (no mirroring)"]["seeds"] == [0]
+    assert (results / "head_to_head.png").stat().st_size > 0
+    return rec
+
+
+def test_our_arm_end_to_end_and_resumable(tmp_path):
+    results = _run(tmp_path, "ours")
+    rec = _check_cell(results, "ours")
+    assert rec["val_curve"] and rec["tool"] == "ours"
+    cell = next((results / "cells").glob("*.json"))
+    before = cell.stat().st_mtime_ns
+    _run(tmp_path, "ours")  # the cell's file exists: nothing runs again
+    assert cell.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_nnunet_arm_end_to_end(tmp_path):
+    pytest.importorskip("nnunetv2")
+    rec = _check_cell(_run(tmp_path, "nnunet"), "nnunet")
+    assert rec["nnunet_evaluator"]["dice"] == pytest.approx(rec["test"]["dice"], abs=1e-6)
+
+
+def test_a_cell_counts_as_done_only_under_the_calibration_it_ran_with(tmp_path):
+    from benchmarks.h2h.cells import is_current
+
+    cal = Calibration("t", "ours", 1.0, 0.0, 1.0, 1.0, 2, [1.0], [0, 0, 0], [0, 0, 0], 2, "2026-01-01T00:00:00Z")
+    path = tmp_path / "cell.json"
+    assert not is_current(path, cal)
+    path.write_text(json.dumps({"calibration": {"date": cal.date}}))
+    assert is_current(path, cal)
+    path.write_text(json.dumps({"calibration": {"date": "2025-01-01T00:00:00Z"}}))
+    assert not is_current(path, cal)  # recalibrated since: the cell runs again
