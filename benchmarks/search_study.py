@@ -3,7 +3,7 @@
 Search on a synthetic source task, then train the searched genotype, the shipped
 reference, the searched topology with all cells 3d and N random valid genotypes with
 the same budget and several seeds, and score each on held-out cases of the source task
-and of two transfer tasks (documentation/search_study.md). Resumable: rerun the same
+and of two transfer tasks (documentation/studies/search_study.md). Resumable: rerun the same
 command and it continues where a stopped run left off. `--power` first needs its
 budget: `--power --calibrate 5x20 10x40 20x40` trains the reference at each budget and writes
 budget.json; `--shard K/N` splits the trainings over N processes (shard 0 runs the search

@@ -320,7 +320,7 @@ def _cell(runs: Any) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    """The results as the markdown table of documentation/search.md."""
+    """The results as the markdown table of documentation/howto/search.md."""
     engines = list(result["engines"])
     head = "| scenario | " + " | ".join(f"{e}: jobs / lost / dup / wall s / util" for e in engines) + " |"
     lines = [head, "|---|" + "---|" * len(engines)]

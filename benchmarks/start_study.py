@@ -1,6 +1,6 @@
 """`python -m benchmarks.start_study --phase screen [--shard 0/2] [--threads 1]`.
 
-The start study (documentation/search_study.md "Start study"): trains network
+The start study (documentation/studies/search_study.md "Start study"): trains network
 variants of several genotypes with several init and data seeds on the search study's
 source task, scores each on held-out cases and counts trainings that never started.
 Phases:

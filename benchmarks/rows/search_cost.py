@@ -3,7 +3,7 @@ and the default budget's projected hours at that speed.
 
 A small real search (`c2fnas_search`, the user's command) runs on a small synthetic task
 planned through the normal planner; its report holds the measured speeds and the
-projection of the default budget (documentation/search.md). On a CPU with narrow plans
+projection of the default budget (documentation/howto/search.md). On a CPU with narrow plans
 the projection describes *those* plans on *this* machine, not a GPU at deployment width:
 the table says so. The original C2FNAS search took 333 GPU-days; our bar is 24 GPU-hours.
 """

@@ -1,6 +1,6 @@
 """Row 7: is the searched genotype better than chance, on cases the search never saw?
 
-The row is the search study (benchmarks/search_study.py, documentation/search_study.md)
+The row is the search study (benchmarks/search_study.py, documentation/studies/search_study.md)
 at the benchmark's profile: quick and full resume the committed study results under
 benchmarks/results/search_study/<profile> (a finished study costs seconds; a missing
 one is run, resumably); tiny runs the toy study in the scratch workspace. No score here
@@ -41,7 +41,7 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
         note=(f"search study `{study.name}`: {src.get('num_random')} random valid genotypes, seeds {src.get('seeds')}, "
               f"{summary['budget'].get('epochs')} x {summary['budget'].get('iters_per_epoch')} iterations each, "
               f"mean foreground Dice on {src.get('cases')} held-out cases of the source task (never seen by the "
-              f"search); transfer tasks in documentation/search_study.md"),
+              f"search); transfer tasks in documentation/studies/search_study.md"),
         summary=Summary(ours=f"Dice {ours:.3f}, rank {cmp.get('rank_among_random')} of {src.get('num_random', 0) + 1}"
                         if ours is not None else "n/a",
                         peer=f"random median {median:.3f}" if median is not None else "n/a",

@@ -1,3 +1,3 @@
 """The search study: does the searched genotype beat the reference and random
 valid genotypes on held-out cases of its task and on transfer tasks? See
-documentation/search_study.md."""
+documentation/studies/search_study.md."""

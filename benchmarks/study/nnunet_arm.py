@@ -62,7 +62,7 @@ def _tool(name: str) -> list[str]:
         return nnunet_cmd(name)
     except RowSkipped as exc:
         raise C2FNASError(f"{exc}: the study's nnU-Net arm needs it (pip install nnunetv2 in a benchmark venv, "
-                          "documentation/search_study.md)") from None
+                          "documentation/studies/search_study.md)") from None
 
 
 def plan_nnunet(task_dir: Path, task_id: int, target_spacing: list[float], gpu_memory_gb: float,

@@ -42,7 +42,7 @@ def add_trust_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-pickled-checkpoint", action="store_true",
                         help="also load checkpoints that hold pickled objects (written by older c2fnas-auto); "
                              "unpickling runs any code a file holds: only for files you wrote yourself. "
-                             "Without it such files are refused (documentation/reliability.md, threat model)")
+                             "Without it such files are refused (documentation/reference/reliability.md, threat model)")
 
 
 def trust_from_args(args: argparse.Namespace) -> AbstractContextManager:

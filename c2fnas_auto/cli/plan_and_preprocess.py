@@ -20,11 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stem width; levels get 2x/4x/8x/16x, capped at 512 (default 32, as in the paper)")
     p.add_argument("--cell-style", default="c2fnas", choices=["c2fnas", "residual"],
                    help="cell wiring: 'c2fnas' as the paper's public network (default), or 'residual' cells "
-                        "with a full-resolution skip into the classifier (documentation/search_space.md)")
+                        "with a full-resolution skip into the classifier (documentation/explanation/search_space.md)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genotype", metavar="FILE", help="genotype JSON (or a plans file holding one) to deploy")
     g.add_argument("--genotype-from", metavar="TASK", help="use that task's genotype: its plans.json, else its search's "
-                   "genotype.json in C2FNAS_results (documentation/plans.md)")
+                   "genotype.json in C2FNAS_results (documentation/reference/plans.md)")
     p.add_argument("--no-preprocess", action="store_true", help="write fingerprint and plans only")
     p.add_argument("--verify-only", action="store_true", help="only check the dataset's integrity")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

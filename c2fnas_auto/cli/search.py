@@ -1,6 +1,6 @@
 """c2fnas_search -t 7: coarse-to-fine architecture search on a preprocessed task.
 
-Defaults are sized for about one GPU-day on one modern GPU (documentation/search.md).
+Defaults are sized for about one GPU-day on one modern GPU (documentation/howto/search.md).
 Several workers share one search through Optuna trials (Optuna's journal file in its
 results folder, which nodes sharing that folder can use too, or a database given with --storage):
 `torchrun --nproc_per_node N` (and --nnodes), and/or more processes started later with
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "imagesTs/labelsTs (0: none)")
     p.add_argument("--coarse-op", default=d.coarse_op, choices=list(OPS),
                    help="the op of every cell during the coarse stage")
-    b = p.add_argument_group("cost budget (both stages keep to it; documentation/search.md)")
+    b = p.add_argument_group("cost budget (both stages keep to it; documentation/howto/search.md)")
     b.add_argument("--max-gflops", type=float, default=None,
                    help="no candidate whose forward pass of one patch exceeds this many GFLOPs")
     b.add_argument("--max-params", type=int, default=None, help="no candidate with more parameters than this")

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentation", choices=AUGMENTATION_BACKENDS, default=None,
                    help="augmentation backend: 'device' runs batched torch transforms on the training device "
                         "after the copy, 'batchgenerators' runs them in the loader workers (default: device; "
-                        "see documentation/training.md)")
+                        "see documentation/howto/training.md)")
     p.add_argument("--foreground-classes", choices=FOREGROUND_CLASS_RULES, default=d.foreground_classes,
                    help="class a forced-foreground patch is centred on: 'uniform' over the case's classes "
                         "(nnU-Net) or 'rarest' in the case (small lesions inside organs) "

@@ -6,7 +6,7 @@ compares them with the files as they are now. Size + mtime, not a hash: a stat c
 nothing while hashing would read every voxel of every case on every rerun, and any normal
 replacement of a file (a new download, an edited label saved) changes its mtime. A
 replacement that keeps both size and mtime on purpose (`cp -p`, `rsync -t` of a same-size
-file) is not noticed; documentation/reliability.md says so.
+file) is not noticed; documentation/reference/reliability.md says so.
 """
 
 from __future__ import annotations

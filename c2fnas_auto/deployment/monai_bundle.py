@@ -9,7 +9,7 @@ MONAI reads images in (x, y, z) order while our networks expect the plans' trans
 (z, y, x) order, so the TorchScript model of a bundle permutes axes inside itself; every
 size in the bundle's configs is given in MONAI's order. What the bundle does differently
 from `c2fnas_predict` (no crop to the nonzero region, bilinear instead of cubic resampling,
-no mirroring) is listed in its README and in documentation/deployment.md.
+no mirroring) is listed in its README and in documentation/howto/deployment.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Segmentation metrics as the Medical Segmentation Decathlon reports them.
 
-Rules for empty masks (documented in documentation/inference.md):
+Rules for empty masks (documented in documentation/howto/inference.md):
 - reference and prediction both empty for a label -> Dice and NSD are NaN (nothing to
   score); callers exclude NaN from means and keep `n_ref = 0` in the per-case record.
 - exactly one of them empty -> Dice 0 and NSD 0 (a pure miss or a pure false alarm).

@@ -24,7 +24,7 @@ CELL_STYLES: tuple[str, ...] = ("c2fnas", "residual")
 LEGACY_CELL_STYLE = "residual"
 # The c2fnas head's classifier: "relu" = ReLU -> 1x1x1 conv without bias (the public module);
 # "linear" = 1x1x1 conv with bias on the last instance norm's output (chosen by the start study,
-# documentation/search_space.md "Classifier"). The residual head is not affected.
+# documentation/explanation/search_space.md "Classifier"). The residual head is not affected.
 CLASSIFIERS: tuple[str, ...] = ("linear", "relu")
 DEFAULT_CLASSIFIER = "linear"
 # A stored config without "classifier" predates the field and was trained with the public head.
@@ -48,7 +48,7 @@ class NetworkConfig:
     `strides[0]` is the stem's downsampling (input -> level 1) and `strides[i]` the step
     from level i to level i+1, each per axis (z, y, x) in preprocessed order; a 1 on an
     axis skips downsampling it (anisotropic data). `cell_style` picks the wiring
-    (CELL_STYLES, documentation/search_space.md).
+    (CELL_STYLES, documentation/explanation/search_space.md).
     """
 
     in_channels: int

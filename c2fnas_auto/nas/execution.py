@@ -101,7 +101,7 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 def default_channels_last(device: torch.device) -> bool:
     """What a run gets when the user says nothing: channels-last on the CPU, where an fp32 training
     step took 0.51-0.93 of the NCDHW time at every width on 1 and 2 threads and an inference
-    window 0.86 (documentation/benchmarks.md); the default layout on CUDA, where it has not been
+    window 0.86 (documentation/studies/channels_last.md); the default layout on CUDA, where it has not been
     measured."""
     return torch.device(device).type == "cpu"
 

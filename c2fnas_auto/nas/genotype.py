@@ -25,7 +25,7 @@ REFERENCE_FILE = "c2fnas_panc_genotype.json"
 def check_levels(levels: Sequence[int], num_levels: int = 4, num_cells: int = 12) -> None:
     """Raise GenotypeError naming the first broken topology rule.
 
-    Rules (documentation/search_space.md): exact length; every level in 1..num_levels; the stem counts as
+    Rules (documentation/explanation/search_space.md): exact length; every level in 1..num_levels; the stem counts as
     level 1 and consecutive cells differ by at most one level; U-shaped (never down
     again after the first up step); the last cell is on level 1.
     """
@@ -158,6 +158,6 @@ class Genotype:
 
 
 def reference_genotype() -> Genotype:
-    """C2FNAS-Panc as publicly re-implemented (package data, see documentation/search_space.md)."""
+    """C2FNAS-Panc as publicly re-implemented (package data, see documentation/explanation/search_space.md)."""
     text = resources.files("c2fnas_auto.resources").joinpath(REFERENCE_FILE).read_text(encoding="utf-8")
     return Genotype.from_dict(json.loads(text), source=f"package data {REFERENCE_FILE}")

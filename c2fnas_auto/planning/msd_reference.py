@@ -5,7 +5,7 @@ to the nonzero region, as reported in the nnU-Net paper's supplementary material
 channel names and labels from the MSD dataset.json files) are turned into synthetic
 fingerprints and planned with the real planner and cost model. No images needed:
 `python -m c2fnas_auto.planning.msd_reference [--gpu-memory-gb 8]` prints the
-markdown table kept in documentation/plans.md, and the tests plan all ten tasks.
+markdown table kept in documentation/reference/plans.md, and the tests plan all ten tasks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Experiment planner: fingerprint -> Plans (nnU-Net's rules, documentation/plans.md).
+"""Experiment planner: fingerprint -> Plans (nnU-Net's rules, documentation/reference/plans.md).
 
 Decisions, in order: target spacing (median, 10th percentile on the coarse axis of
 anisotropic data), transposition (coarse axis first), normalization per channel,

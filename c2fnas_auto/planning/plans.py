@@ -4,7 +4,7 @@
 `validate()` that names the broken field, so a hand-edited or stale plans file fails
 early with one clear line instead of deep inside training. Spacings, shapes, patch
 size and strides are in preprocessed (transposed) numpy order, see
-documentation/plans.md.
+documentation/reference/plans.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""On-disk format of preprocessed cases (documentation/architecture.md).
+"""On-disk format of preprocessed cases (documentation/reference/architecture.md).
 
 `data/<case>.npy` (float32 (C, z, y, x)), `data/<case>_seg.npy` (int8 (1, z, y, x))
 and `data/<case>.json` (properties). The properties file is written last, so a case

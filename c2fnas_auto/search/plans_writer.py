@@ -11,7 +11,7 @@ from c2fnas_auto.search.state import SearchState
 
 
 def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
-    """The winner as a Genotype carrying its provenance (documentation/search_space.md), so a plans file
+    """The winner as a Genotype carrying its provenance (documentation/explanation/search_space.md), so a plans file
     says where its network came from."""
     from c2fnas_auto.nas.genotype import Genotype
 

@@ -23,7 +23,7 @@ __all__ = ["EXECUTION_FIELDS", "SearchHooks", "SearchSettings", "Topologies", "d
 class SearchSettings:
     """Every option that changes the search's decisions (the device and workers do not), and the
     execution options of its trainings and scorings (`execution`, stored under `EXECUTION_FIELDS`).
-    Defaults: about one GPU-day on one modern GPU, see documentation/search.md."""
+    Defaults: about one GPU-day on one modern GPU, see documentation/howto/search.md."""
 
     coarse_candidates: int = 81  # topologies trained at rung 0
     min_epochs: int = 4  # rung 0 budget; rung r trains min_epochs * eta**r epochs
@@ -43,7 +43,7 @@ class SearchSettings:
     heldout_fraction: float = 0.2  # carved from the training cases when there is no labelled imagesTs
     fold: int = 0
     execution: ExecutionOptions = ExecutionOptions()  # every candidate, the supernet and the stand-alone check
-    # the cost budget both stages keep to (search/budgeting.py, documentation/search.md)
+    # the cost budget both stages keep to (search/budgeting.py, documentation/howto/search.md)
     max_params: int | None = None
     budget: str | None = None  # "reference" / "nnunet": the limits priced from the plans
     budget_band: float | None = None  # candidates must use at least 1 - band of the budget

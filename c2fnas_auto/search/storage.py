@@ -2,7 +2,7 @@
 folder (no server, any number of processes, and nodes sharing that folder), or any
 database URL (`--storage postgresql://...`).
 
-Why the journal file and not SQLite, measured with Optuna 5.1 (documentation/search.md):
+Why the journal file and not SQLite, measured with Optuna 5.1 (documentation/howto/search.md):
 a job costs the coarse stage 1.0-1.2 ms on the journal (its storage calls 0.6 ms) and about
 10 ms through SQLAlchemy on SQLite, which showed as 2-5% lost worker utilisation with short
 candidates; the journal is Optuna's documented storage for NFS, whereas SQLite's
@@ -131,8 +131,9 @@ def open_storage(url: str) -> Any:
 
     optuna.logging.set_verbosity(logging.WARNING)
     if url == "files":  # not a journal named "files" in the working folder
-        raise C2FNASError("--storage files: the per-candidate files engine was removed (documentation/search.md, "
-                          "'Which engine'); leave --storage out to use Optuna's journal file in the search folder")
+        raise C2FNASError("--storage files: the per-candidate files engine was removed "
+                          "(documentation/studies/search_engine.md); leave --storage out to use Optuna's journal "
+                          "file in the search folder")
     try:
         return _open_journal(Path(url)) if is_journal(url) else _open_rdb(url)
     except C2FNASError:

@@ -135,7 +135,7 @@ def train_step(ctx: StepContext, batch: dict) -> tuple[float, tuple[np.ndarray, 
     total_norm = torch.nn.utils.clip_grad_norm_(ctx.network.parameters(), GRAD_CLIP)
     if ctx.precision == "bf16" and not torch.isfinite(total_norm):
         # oneDNN's bf16 conv weight gradient is now and then non-finite on a CPU (torch 2.13 and
-        # 2.14, small spatial extents; documentation/benchmarks.md): skip the step, as fp16's
+        # 2.14, small spatial extents; documentation/studies/precision_accuracy.md): skip the step, as fp16's
         # grad scaler does, instead of writing NaN into every weight
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.skipped_steps += 1

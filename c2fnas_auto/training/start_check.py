@@ -1,7 +1,7 @@
 """Has this training started learning? Signals and a verdict, per epoch.
 
 A short training of the `c2fnas` wiring can sit in a state where it never predicts any
-foreground while its loss stays flat, at whatever value (documentation/training.md,
+foreground while its loss stays flat, at whatever value (documentation/howto/training.md,
 "A training that does not start"). Two signals name it cheaply during training:
 
 - the train pseudo Dice counts: no true-positive foreground voxel in an epoch;
@@ -98,7 +98,7 @@ class StartMonitor:
     (`final=True`): not started when no foreground was predicted in its last `patience`
     epochs (or in all of a shorter run), whatever the loss did: the run produced nothing.
     The measured failures' loss still drifted down (about -0.04 -> -0.19 over 4 epochs)
-    while no voxel ever turned foreground (documentation/search_study.md, start study)."""
+    while no voxel ever turned foreground (documentation/studies/search_study.md, start study)."""
 
     patience: int = PATIENCE_EPOCHS
     stall_tolerance: float = STALL_TOLERANCE
@@ -131,4 +131,4 @@ class StartMonitor:
         dead_text = f", {100 * dead:.1f}% of voxels with an all-<=0 classifier input" if math.isfinite(dead) else ""
         return (f"WARNING: training has not started: no foreground predicted in the last {n} epoch(s), "
                 f"loss flat at {last['loss']:.3f}{dead_text}; a fresh init seed (--seed) usually starts "
-                f"(documentation/training.md)")
+                f"(documentation/howto/training.md)")

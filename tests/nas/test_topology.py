@@ -9,7 +9,7 @@ def test_1486_topologies_all_valid_and_distinct():
     assert len(set(tops)) == 1486
     for t in tops:
         check_levels(t)
-    # forcing the first cell onto level 1 leaves 848 (documentation/search_space.md)
+    # forcing the first cell onto level 1 leaves 848 (documentation/explanation/search_space.md)
     assert sum(t[0] == 1 for t in tops) == 848
 
 
