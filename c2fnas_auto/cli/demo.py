@@ -90,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_search:
         t0 = _step("3/6 tiny coarse-to-fine search")
         # no stand-alone check (--standalone-sample 0): one sample gives no Kendall tau and the
-        # check never changes the winner; it cost 7 s of a ~150 s demo
+        # check never changes the winner; it cost 7 s of a ~150 s demo. No noise check either
+        # (--noise-repeats 0): three candidates give no spread to compare, and its repeats never
+        # change the winner but would add three trainings
         _check(search_cli.main(["-t", str(TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
-                                "--min-epochs", "1", "--rungs", "2", "--standalone-sample", "0", "--fine-epochs", "1", "--generations", "2",
+                                "--min-epochs", "1", "--rungs", "2", "--standalone-sample", "0", "--noise-repeats", "0",
+                                "--fine-epochs", "1", "--generations", "2",
                                 "--iters-per-epoch", "8", "--device", args.device, "--seed", str(args.seed),
                                 "--continue"]), "search")
         print(f"({time.perf_counter() - t0:.0f} s)")
