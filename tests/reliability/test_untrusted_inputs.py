@@ -81,7 +81,8 @@ def test_code_running_supernet_checkpoint_refused_even_with_trust(copy_task, tmp
     marker = tmp_path / "code ran"
     ckpt = tmp_path / "supernet.pth"
     torch.save({"levels": list(copy_task.plans.genotype.levels), "payload": CodeOnLoad(marker)}, ckpt)
-    ctx = SimpleNamespace(seed=0, plans=copy_task.plans)
+    ctx = SimpleNamespace(seed=0, plans=copy_task.plans, network_config=copy_task.plans.network_config,
+                          width_multiplier=None)
     for trusted in (False, True):
         with trusting_pickled_files(trusted), pytest.raises(C2FNASError) as err:
             train_supernet(copy_task.plans.genotype.levels, ctx, epochs=1, checkpoint=ckpt)
