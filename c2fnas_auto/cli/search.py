@@ -18,6 +18,8 @@ from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every flag of c2fnas_search, one after another: a parser reads best whole, in the order
+    `--help` prints it, so it is not split by group."""
     from c2fnas_auto.nas.genotype import OPS
     from c2fnas_auto.search.settings import SearchSettings
     from c2fnas_auto.search.jobs import WorkerOptions

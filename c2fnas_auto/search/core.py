@@ -80,15 +80,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     limits, budget_info = budget or resolve_budget(settings)
     check_same(state, "budget", budget_info, what="budget", state_path=state_path)
     winner_width: dict[str, float | None] = {"m": None}  # the coarse winner's widths (equal-cost search)
-    widths = None
-    if limits.active:
-        if hooks.pricing is None:
-            raise C2FNASError("a budget needs the cost model at the plans (SearchHooks.pricing), these hooks have none")
-        hooks = _guarded(hooks, limits, winner_width)
-        if settings.equal_cost:
-            widths = width_for(hooks.pricing, limits)
-        else:
-            topo = restrict_topologies(topo, hooks.pricing, limits, settings.coarse_op)
+    hooks, topo, widths = _within_budget(hooks, topo, settings, limits, winner_width)
 
     save = Saver(state, state_path, main)
 
@@ -166,6 +158,20 @@ def winner_record(coarse_best: CandidateRecord, fine_best: CandidateRecord,
             "coarse_index": coarse_best.index, "fine_index": fine_best.index, "params": fine_best.params,
             "flops": fine_best.flops, "training_bytes": fine_best.training_bytes,
             "width_multiplier": width_multiplier}
+
+
+def _within_budget(hooks: SearchHooks, topo: Topologies, settings: SearchSettings, limits: Any,
+                   winner_width: dict[str, float | None]) -> tuple[SearchHooks, Topologies, Any]:
+    """The hooks, topologies and coarse widths under an active budget: every evaluator guarded,
+    and either the widths that fill the budget (`--equal-cost`) or only the topologies inside it."""
+    if not limits.active:
+        return hooks, topo, None
+    if hooks.pricing is None:
+        raise C2FNASError("a budget needs the cost model at the plans (SearchHooks.pricing), these hooks have none")
+    hooks = _guarded(hooks, limits, winner_width)
+    if settings.equal_cost:
+        return hooks, topo, width_for(hooks.pricing, limits)
+    return hooks, restrict_topologies(topo, hooks.pricing, limits, settings.coarse_op), None
 
 
 def _guarded(hooks: SearchHooks, limits: Any, winner_width: dict[str, float | None]) -> SearchHooks:

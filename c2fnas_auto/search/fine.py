@@ -28,6 +28,8 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     Returns (supernet, info) where info has epochs, seconds and losses. `warmup` is the
     share of steps that give all cells one op (see `Supernet.sampling_forward`). A checkpoint
     for another topology, epoch count or warm-up is an error (the state says what was run).
+    Loading and training stay in one function: both build the same supernet and end in the same
+    checkpoint, and the checks between them decide which one runs.
     """
     from c2fnas_auto.nas.execution import prepare_network
     from c2fnas_auto.nas.supernet import build_supernet
