@@ -335,7 +335,7 @@ def real_table(result: dict[str, Any]) -> str:
     lines = ["| engine | workers | wall s (each run) | coarse s | coarse jobs (unique) / fine | winner |",
              "|---|---|---|---|---|---|"]
     for engine, rows in result["engines"].items():
-        for key, runs in rows.items():
+        for _key, runs in rows.items():
             r = runs[0]
             winner = " ".join("".join(str(v)[0] if k == "levels" else {"p3d": "p", "2d": "2", "3d": "3"}.get(v, "?")
                                       for v in (r.get("winner") or {}).get(k) or []) for k in ("levels", "ops"))

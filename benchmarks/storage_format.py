@@ -79,8 +79,8 @@ def measure(task: Path, patch: tuple[int, ...], reps: int = 20) -> dict:
             row["b2nd_write_s"] = time.perf_counter() - t0
             row["npy_bytes"], row["b2nd_bytes"] = _size(npy), _size(b2)
             cut = tuple(min(p, s) for p, s in zip(patch, data.shape[1:]))
-            row["npy_cut_s"] = _cut_seconds(lambda: np.load(npy[0], mmap_mode="r"), data.shape[1:], cut, rng, reps)
-            row["b2nd_cut_s"] = _cut_seconds(lambda: blosc2.open(str(b2[0]), mode="r"), data.shape[1:], cut, rng,
+            row["npy_cut_s"] = _cut_seconds(lambda npy=npy: np.load(npy[0], mmap_mode="r"), data.shape[1:], cut, rng, reps)
+            row["b2nd_cut_s"] = _cut_seconds(lambda b2=b2: blosc2.open(str(b2[0]), mode="r"), data.shape[1:], cut, rng,
                                              reps)
             rows.append(row)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k.endswith(("_s", "_bytes"))}

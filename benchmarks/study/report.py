@@ -231,7 +231,7 @@ def class_table(classes: dict[str, dict[str, Any]]) -> list[str]:
              "| rank p | searched - reference | searched - searched_3d | searched - nnunet | reference - nnunet |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in classes.items():
-        arm = lambda a: _fmt(t["arms"][a]["score"]) if a in t.get("arms", {}) else "n/a"  # noqa: E731
+        arm = lambda a, t=t: _fmt(t["arms"][a]["score"]) if a in t.get("arms", {}) else "n/a"  # noqa: E731
         vs = t.get("searched_vs_random_median") or {}
         lines.append(f"| {name} | {arm('searched')} | {arm('reference')} | {arm('searched_3d')} | {arm('nnunet')} | "
                      f"{_fmt(t.get('random_median'))} ({t.get('num_random', 0)}) | {_cmp(vs.get('bootstrap'))} | "

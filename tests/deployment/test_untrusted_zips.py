@@ -21,6 +21,7 @@ from c2fnas_auto.cli.predict import main as predict_main
 from c2fnas_auto.deployment.errors import DeploymentError
 from c2fnas_auto.deployment.model_zip import MANIFEST
 from c2fnas_auto.deployment.zip_limits import ZipLimits, copy_bounded
+from c2fnas_auto.errors import InputError
 
 FOLD0 = "fold_0/checkpoint_final.pth"
 
@@ -113,7 +114,7 @@ def test_trust_flag_loads_an_old_pickled_checkpoint_with_a_warning(trained, expo
     from c2fnas_auto.nas.checkpoint import FORMAT_VERSION, load_checkpoint
 
     installed = next(fresh_results.glob(f"*/*/{FOLD0}"))
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="refused to load"):
         load_checkpoint(installed)  # still the old file: the flag is needed each time
     again = tmp_path / "again.zip"
     assert export_main(["-m", str(installed.parent.parent), "-o", str(again), "--trust-pickled-checkpoint"]) == 0
