@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         # no stand-alone check (--standalone-sample 0): one sample gives no Kendall tau and the
         # check never changes the winner; it cost 7 s of a ~150 s demo
         _check(search_cli.main(["-t", str(TASK_ID), "--coarse-candidates", "3", "--clusters", "3", "--population", "3",
-                                "--min-epochs", "1", "--rungs", "2", "--standalone-sample", "0", "--fine-epochs", "1", "--generations", "2",
+                                "--min-epochs", "1", "--rungs", "2", "--standalone-sample", "0", "--fine-epochs", "1",
+                                "--generations", "2",
                                 "--iters-per-epoch", "8", "--device", args.device, "--seed", str(args.seed),
                                 "--continue"]), "search")
         print(f"({time.perf_counter() - t0:.0f} s)")
