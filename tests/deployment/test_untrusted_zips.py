@@ -170,7 +170,8 @@ def test_manifest_bytes_and_written_bytes_are_capped_whatever_the_headers_say(tm
     with zipfile.ZipFile(z) as zf, pytest.raises(DeploymentError, match="larger than the limit of 50 bytes"):
         limits.read_manifest_bytes(zf, MANIFEST, z)
     dst = io.BytesIO()
-    with pytest.raises(DeploymentError, match=r"m.zip: extracting wrote more than the limit .*declared sizes are wrong"):
+    with pytest.raises(DeploymentError,
+                       match=r"m.zip: extracting wrote more than the limit .*declared sizes are wrong"):
         copy_bounded(io.BytesIO(b"x" * 3000), dst, 2000, z, limits)
     assert dst.getvalue() == b""  # the chunk over the budget is never written
     assert copy_bounded(io.BytesIO(b"x" * 3000), io.BytesIO(), 3000, z, limits) == 3000
