@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the script, measures nothing")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--iterations", type=int, default=None, help="timed iterations per backend (default 30, half that per option; dry 2)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="timed iterations per backend (default 30, half that per option; dry 2)")
     args = p.parse_args(argv)
     import torch
 

@@ -4,7 +4,8 @@ Is channels-last (NDHWC, the CPU default) faster than NCDHW at every width,
 thread count and precision? One SGD step (forward, cross-entropy on the full-resolution
 output, backward, update) of the reference genotype at each base width, batch 2, for fp32
 and bf16, in both layouts; the four variants of a width take turns in every repetition
-(`rows.data_pipeline.rotate`: each repetition starts one later) and each reports its median. Synthetic input: this measures the network, not a loader.
+(`rows.data_pipeline.rotate`: each repetition starts one later) and each reports its median. Synthetic input: this
+measures the network, not a loader.
 A benchmark, not a test: nothing is asserted.
 """
 

@@ -1,4 +1,5 @@
-"""python -m benchmarks.rewrite_ab --quick | --full [--rewrite NAME] [--reps N] [--precisions fp32 bf16] [--workdir DIR] [--out FILE]
+"""python -m benchmarks.rewrite_ab --quick | --full [--rewrite NAME] [--reps N] [--precisions fp32 bf16]
+    [--workdir DIR] [--out FILE]
 
 Does an exact rewrite of the network make training faster beyond the noise? Row 4b's
 iterations per second (our loader and `train_step` on the plans' network, device backend,

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in ROWS if not args.only or n in args.only]
     info = machine_info()
     now = dt.datetime.now(dt.timezone.utc)
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a)
+                                                     for a in (argv if argv is not None else sys.argv[1:]))
     t_start = time.perf_counter()
     load_start = _loadavg()
     rows = []

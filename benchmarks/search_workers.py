@@ -335,7 +335,7 @@ def real_table(result: dict[str, Any]) -> str:
     lines = ["| engine | workers | wall s (each run) | coarse s | coarse jobs (unique) / fine | winner |",
              "|---|---|---|---|---|---|"]
     for engine, rows in result["engines"].items():
-        for key, runs in rows.items():
+        for _key, runs in rows.items():
             r = runs[0]
             winner = " ".join("".join(str(v)[0] if k == "levels" else {"p3d": "p", "2d": "2", "3d": "3"}.get(v, "?")
                                       for v in (r.get("winner") or {}).get(k) or []) for k in ("levels", "ops"))
@@ -392,7 +392,8 @@ def real_search(engine: Engine, task: tuple[int, Path], n: int, rep: int) -> dic
     if not states:
         return {"workers": n, "problem": problem or "no state written", "wall_s": round(wall, 1)}
     state = SearchState.load(states[0])
-    report = json.loads((states[0].parent / "report.json").read_text()) if (states[0].parent / "report.json").is_file() else {}
+    report_file = states[0].parent / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     jobs = [(r.candidate, r.rung) for r in state.coarse]
     return {"workers": n, "problem": problem, "wall_s": round(wall, 1),
             "coarse_s": round(state.stage_seconds.get("coarse", 0.0), 1),

@@ -106,7 +106,8 @@ def run(args) -> None:
 
     done = set(load_records(args.out))
     store.set_meta(task=task.spec.describe(), patch_size=list(task.plans.patch_size),
-                   batch_size=int(task.plans.batch_size), epochs=profile.epochs, iters_per_epoch=profile.iters_per_epoch,
+                   batch_size=int(task.plans.batch_size), epochs=profile.epochs,
+                   iters_per_epoch=profile.iters_per_epoch,
                    heldout_cases=task.heldout_ids, train_cases=len(task.train_ids),
                    genotypes={g: {"levels": list(x.levels), "ops": list(x.ops)} for g, x in genotypes.items()},
                    variants={v.name: v.describe for v in VARIANTS.values()})

@@ -3,7 +3,8 @@
 Measures the stored case format against a chunked, compressed alternative before adopting
 one: for every case of our preprocessed folder it writes the arrays again as (a) today's
 `.npy` and (b) blosc2 NDArrays (`.b2nd`, LZ4HC level 5 without shuffle in blocks of
-32^3 voxels: the settings nnU-Net v2's files carry, read back from them), and reports disk bytes per case, write seconds per case (what preprocessing would
+32^3 voxels: the settings nnU-Net v2's files carry, read back from them), and reports disk bytes per case, write
+seconds per case (what preprocessing would
 add) and seconds to cut one random patch-sized region (memory-mapped `.npy` slice vs
 blosc2 slice, which decompresses only the chunks the region touches). With --nnunet, the
 bytes per case of nnU-Net v2's own preprocessed folder of the same task are reported
@@ -79,8 +80,9 @@ def measure(task: Path, patch: tuple[int, ...], reps: int = 20) -> dict:
             row["b2nd_write_s"] = time.perf_counter() - t0
             row["npy_bytes"], row["b2nd_bytes"] = _size(npy), _size(b2)
             cut = tuple(min(p, s) for p, s in zip(patch, data.shape[1:]))
-            row["npy_cut_s"] = _cut_seconds(lambda: np.load(npy[0], mmap_mode="r"), data.shape[1:], cut, rng, reps)
-            row["b2nd_cut_s"] = _cut_seconds(lambda: blosc2.open(str(b2[0]), mode="r"), data.shape[1:], cut, rng,
+            row["npy_cut_s"] = _cut_seconds(lambda npy=npy: np.load(npy[0], mmap_mode="r"), data.shape[1:], cut, rng,
+                                            reps)
+            row["b2nd_cut_s"] = _cut_seconds(lambda b2=b2: blosc2.open(str(b2[0]), mode="r"), data.shape[1:], cut, rng,
                                              reps)
             rows.append(row)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k.endswith(("_s", "_bytes"))}

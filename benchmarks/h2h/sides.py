@@ -134,7 +134,8 @@ class Arm:
                                                     str(spec.task_id), "-c", "3d_fullres", "-f", "0", "-p",
                                                     NNUNET_PLANS, "-tr", "nnUNetTrainer", "-device", "cpu",
                                                     "-npp", str(s.threads), "-nps", str(s.threads),
-                                                    "--disable_progress_bar", *([] if s.mirroring else ["--disable_tta"])]
+                                                    "--disable_progress_bar",
+                                                    *([] if s.mirroring else ["--disable_tta"])]
         else:
             cmd = python_cmd("c2fnas_auto.cli.predict", "-i", str(spec.test_images), "-o", str(pred), "-t",
                              str(spec.task_id), "-f", "0", "--device", "cpu", *self.extra,

@@ -35,7 +35,8 @@ def run(ws: Workspace, profile: Profile) -> RowResult:
     return RowResult(
         row=ROW, title=TITLE,
         note=(f"`{demo_cmd}`" + ("" if not profile.demo_args else f" (shortened schedule for --{profile.name}; "
-                                  "--full runs the demo's defaults)") + f"; peak memory {fmt_bytes(res.peak_tree_rss_bytes)} (summed PSS of the process tree)"),
+                                  "--full runs the demo's defaults)")
+              + f"; peak memory {fmt_bytes(res.peak_tree_rss_bytes)} (summed PSS of the process tree)"),
         summary=Summary(ours=f"{fmt_seconds(res.seconds)}, {shown}", peer="-", ratio=None,
                         goal=f"under {SECONDS_GOAL:.0f} s, organ Dice >= {ORGAN_DICE_GOAL}, "
                              f"lesion Dice >= {LESION_DICE_GOAL}",

@@ -137,7 +137,8 @@ def budget_markdown(summary: dict[str, Any]) -> str:
         ref, nn = c.get("winners_vs_reference_scaled", {}), c.get("winners_vs_nnunet_scaled", {})
         lines.append(f"| {task} | {_f(s['D']['d'])} | {_f(s['D']['low'])} .. {_f(s['D']['high'])} | "
                      f"{_p(s['D']['p'])} | {_f(s['winner_sd'])} | {_f(s['genotype_sd'])} | "
-                     f"{_f(ref.get('diff'))} ({_p(ref.get('p_holm'))}) | {_f(nn.get('diff'))} ({_p(nn.get('p_holm'))}) |")
+                     f"{_f(ref.get('diff'))} ({_p(ref.get('p_holm'))}) | "
+                     f"{_f(nn.get('diff'))} ({_p(nn.get('p_holm'))}) |")
     taus = summary.get("taus") or {}
     if taus:
         lines += ["", "Kendall tau, standard vs long budget: "

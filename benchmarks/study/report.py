@@ -1,6 +1,7 @@
 """Summary of the study's results file: per task and arm the mean and spread over seeds,
 ranks, the p-values for "searched beats the random median", the search's own Kendall
-taus, a markdown table, a box plot, a per-class plot and Dice against size. Works on partial results (whatever is stored)."""
+taus, a markdown table, a box plot, a per-class plot and Dice against size. Works on partial results (whatever is
+stored)."""
 
 from __future__ import annotations
 
@@ -156,11 +157,13 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"**{task}** ({summary['task_info'].get(task, {}).get('describe', '')}); seeds {t['seeds']}, "
                      f"{t['cases']} held-out cases")
         lines.append("")
-        lines.append("| arm | genotype | cell style | seeds | Dice mean | sd over seeds | min | max | seeds at Dice 0 | rank |")
+        lines.append("| arm | genotype | cell style | seeds | Dice mean | sd over seeds | min | max | seeds at Dice 0 "
+                     "| rank |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for a, s in sorted(t["arms"].items(), key=lambda kv: kv[1]["rank"]):
             info = summary["arms"].get(a, {})
-            lines.append(f"| {a} | {info.get('genotype_id', '')} | {info.get('cell_style', '')} | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | "
+            lines.append(f"| {a} | {info.get('genotype_id', '')} | {info.get('cell_style', '')} | {s['n']} | "
+                         f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | "
                          f"{_fmt(s['max'])} | {s.get('zero_seeds', 0)} | {s['rank']} |")
         zero = sum(s.get("zero_seeds", 0) for s in t["arms"].values())
         total = sum(s["n"] for s in t["arms"].values())
@@ -185,7 +188,8 @@ def markdown(summary: dict[str, Any]) -> str:
         size = t.get("size") or {}
         if size.get("slope_per_decade") is not None:
             parts = [f"{name} {_fmt(size[name]['params'] / 1e6, 2)}M params, residual {_fmt(size[name]['residual'])}, "
-                     f"rank {size[name]['rank_among_random']} of {size['num_random'] + 1} (exact p {_fmt(size[name]['rank_p'])})"
+                     f"rank {size[name]['rank_among_random']} of {size['num_random'] + 1} "
+                     f"(exact p {_fmt(size[name]['rank_p'])})"
                      for name in COMPARED if name in size]
             lines.append(f"- size: among the random genotypes Dice against log10(params) has Spearman rho "
                          f"{_fmt(size['spearman_rho'], 2)}, slope {_fmt(size['slope_per_decade'])} per tenfold; "
@@ -194,7 +198,8 @@ def markdown(summary: dict[str, Any]) -> str:
             c = t.get(f"{a}_vs_{b}")
             if c and c.get("diff") is not None:
                 lines.append(f"- {a} vs {b} (paired by seed and case): difference {_fmt(c['diff'])} "
-                             f"(90% bootstrap interval {_fmt(c['low'])} .. {_fmt(c['high'])}), one-sided p {_fmt(c['p'])}")
+                             f"(90% bootstrap interval {_fmt(c['low'])} .. {_fmt(c['high'])}), "
+                             f"one-sided p {_fmt(c['p'])}")
         classes = summary.get("classes", {}).get(task)
         if classes:
             lines += ["", *class_table(classes)]
@@ -231,7 +236,7 @@ def class_table(classes: dict[str, dict[str, Any]]) -> list[str]:
              "| rank p | searched - reference | searched - searched_3d | searched - nnunet | reference - nnunet |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in classes.items():
-        arm = lambda a: _fmt(t["arms"][a]["score"]) if a in t.get("arms", {}) else "n/a"  # noqa: E731
+        arm = lambda a, t=t: _fmt(t["arms"][a]["score"]) if a in t.get("arms", {}) else "n/a"  # noqa: E731
         vs = t.get("searched_vs_random_median") or {}
         lines.append(f"| {name} | {arm('searched')} | {arm('reference')} | {arm('searched_3d')} | {arm('nnunet')} | "
                      f"{_fmt(t.get('random_median'))} ({t.get('num_random', 0)}) | {_cmp(vs.get('bootstrap'))} | "
@@ -358,7 +363,8 @@ def write_summary(store: ResultStore, out: Path, profile: StudyProfile) -> dict[
     summary = {"profile": profile.name, "trainings": len(records), "budget": meta.get("budget", {}),
                "task_info": meta.get("tasks", {}), "arms": meta.get("arms", {}),
                "tasks": {t: task_summary(records, t, profile.n_boot) for t in tasks},
-               "classes": {t: class_summaries(records, t, profile.n_boot, meta.get("tasks", {}).get(t, {}).get("labels", {}))
+               "classes": {t: class_summaries(records, t, profile.n_boot,
+                                              meta.get("tasks", {}).get(t, {}).get("labels", {}))
                            for t in tasks},
                "pooled": pooled(records, tasks, profile.n_boot),
                "search_kendall_taus": find_taus(report) if report else {},

@@ -176,7 +176,8 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
-def plan_jobs(profile: StudyProfile, arms: list[Arm], shard: tuple[int, int] = (0, 1)) -> list[tuple[TaskSpec, Arm, int]]:
+def plan_jobs(profile: StudyProfile, arms: list[Arm],
+              shard: tuple[int, int] = (0, 1)) -> list[tuple[TaskSpec, Arm, int]]:
     """Seed-major order across tasks (seed 0 of every task, then seed 1, ...): a run stopped
     part-way has every task at the same number of seeds for every arm. With `shard` (k, n),
     the k-th of n parallel processes gets every n-th distinct training (task, network, style,
@@ -355,7 +356,8 @@ def summarise_budget(out: Path, name: str, labels: dict, arm) -> dict:
                 continue
             vals = [r["scores"]["class_dice"].get(str(label)) for r in rs]
             vals = [0.0 if v is None else float(v) for v in vals]
-            row[f"{label_name}_dice"] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            row[f"{label_name}_dice"] = {"mean": float(np.mean(vals)),
+                                         "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
                                          "per_seed": vals}
         lesion_row = row[f"{next(k for k, v in labels.items() if str(v) == lesion)}_dice"]
         row["lesion_mean"] = lesion_row["mean"]

@@ -105,7 +105,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("he_leaky", "He init + LeakyReLU everywhere", lambda net: (_he(net.modules()), _leaky(net))),
     Variant("deep_supervision", "deep supervision on (planner default is off)", config={"deep_supervision": True}),
     Variant("warmup", "learning rate and momentum ramped over the first 20 iterations", fit={"warmup_iterations": 20}),
-    Variant("he_norm_free", "He init only of the convs with no norm after them", lambda net: _he(_norm_free_convs(net))),
+    Variant("he_norm_free", "He init only of the convs with no norm after them",
+            lambda net: _he(_norm_free_convs(net))),
     Variant("linear_classifier", "classifier reads the last norm directly (no ReLU) and has a bias",
             linear_classifier),
 )}
@@ -164,11 +165,13 @@ def train_job(task, job: Job, genotype, profile: StudyProfile, epochs: int | Non
                  iters_per_epoch=profile.iters_per_epoch, device="cpu", seed=job.data_seed, monitor=monitor,
                  **variant.fit)
     scores = score_cases(net, task.plans, task.heldout_dir, task.heldout_ids, device="cpu")
-    return {"mean_fg_dice": scores["mean_fg_dice"], "class_dice": class_dice(scores["per_case"], task.plans.num_classes), "per_case": scores["per_case"],
+    return {"mean_fg_dice": scores["mean_fg_dice"],
+            "class_dice": class_dice(scores["per_case"], task.plans.num_classes), "per_case": scores["per_case"],
             "final_loss": float(losses[-1]) if losses else None, "losses": [float(x) for x in losses],
             "epochs": monitor.history, "not_started_by_monitor": monitor.not_started(final=True),
             "dead_head_init": dead_init, "dead_head_end": monitor.history[-1]["dead_head_fraction"],
-            "non_start": scores["mean_fg_dice"] < NON_START_DICE, "params": int(sum(p.numel() for p in net.parameters())),
+            "non_start": scores["mean_fg_dice"] < NON_START_DICE,
+            "params": int(sum(p.numel() for p in net.parameters())),
             "cpu_seconds": round(time.process_time() - c0, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
             "loadavg_1min": round(os.getloadavg()[0], 2)}
 

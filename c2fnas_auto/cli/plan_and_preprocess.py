@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with a full-resolution skip into the classifier (documentation/explanation/search_space.md)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genotype", metavar="FILE", help="genotype JSON (or a plans file holding one) to deploy")
-    g.add_argument("--genotype-from", metavar="TASK", help="use that task's genotype: its plans.json, else its search's "
+    g.add_argument("--genotype-from", metavar="TASK",
+                   help="use that task's genotype: its plans.json, else its search's "
                    "genotype.json in C2FNAS_results (documentation/reference/plans.md)")
     p.add_argument("--no-preprocess", action="store_true", help="write fingerprint and plans only")
     p.add_argument("--verify-only", action="store_true", help="only check the dataset's integrity")
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.task:
         if args.verify_only:
             ds = load_task(task, verify=True, num_workers=args.num_workers, progress=progress)
-            print(f"{ds.folder.name}: {len(ds.training)} training and {len(ds.test)} test cases verified, no problems found")
+            print(f"{ds.folder.name}: {len(ds.training)} training and {len(ds.test)} test cases verified, "
+                  "no problems found")
             continue
         plans = plan_and_preprocess(task, gpu_memory_gb=args.gpu_memory_gb, base_channels=args.base_channels,
                                     num_workers=args.num_workers, genotype=args.genotype,

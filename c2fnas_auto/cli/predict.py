@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-id", type=int, default=0,
                    help="which part this job predicts, 0..num-parts-1 (every num-parts-th case in name order)")
     p.add_argument("--tile-batch-size", type=int, default=2,
-                   help="sliding-window tiles per forward pass (default 2: on a CPU, PyTorch runs single-sample 3D convolutions through a much slower kernel)")
+                   help="sliding-window tiles per forward pass (default 2: on a CPU, PyTorch runs single-sample "
+                   "3D convolutions through a much slower kernel)")
     add_zip_limit_flags(p)
     add_max_resampled_flag(p)
     add_execution_flags(p)

@@ -62,7 +62,8 @@ def _check_structure(case: Case, exp: _Expect, needs_label: bool) -> None:
     for c, f in enumerate(case.image_files):
         if not f.is_file():
             if exp.layout == "nnunet":
-                raise InputError(f"{f}: missing channel {c:04d} ({exp.channel_names.get(c, '?')}) of case {case.case_id}")
+                raise InputError(f"{f}: missing channel {c:04d} ({exp.channel_names.get(c, '?')}) "
+                                 f"of case {case.case_id}")
             raise InputError(f"{f}: image file not found")
     first = case.image_files[0]
     ref = None

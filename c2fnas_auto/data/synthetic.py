@@ -54,7 +54,9 @@ class SyntheticSpec:
     spacing_jitter: float = 0.0  # each case's spacing: spacing * (1 + U(-j, j)) per axis
 
     def folder_name(self) -> str:
-        return f"Task{self.task_id:02d}_{self.name}" if self.layout == "msd" else f"Dataset{self.task_id:03d}_{self.name}"
+        if self.layout == "msd":
+            return f"Task{self.task_id:02d}_{self.name}"
+        return f"Dataset{self.task_id:03d}_{self.name}"
 
     def channel_names(self) -> dict[str, str]:
         if self.modality == "CT":
@@ -175,7 +177,10 @@ def _case_arrays(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndar
             img = np.clip(img, 0.0, None) * body
         channels.append(img)
     image = np.stack(channels)
-    image = np.clip(np.round(image), -1024, 3071).astype(np.int16) if spec.modality == "CT" else image.astype(np.float32)
+    if spec.modality == "CT":
+        image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
+    else:
+        image = image.astype(np.float32)
     return image, label
 
 

@@ -40,7 +40,8 @@ def segmentation_files(folder: Path) -> dict[str, Path]:
 
 def _check_geometry(case_id: str, ref_geo: Any, pred_geo: Any, ref_shape: tuple, pred_shape: tuple) -> None:
     if tuple(ref_shape) != tuple(pred_shape):
-        raise InputError(f"case {case_id}: prediction shape {tuple(pred_shape)} differs from reference {tuple(ref_shape)}")
+        raise InputError(f"case {case_id}: prediction shape {tuple(pred_shape)} differs from reference "
+                         f"{tuple(ref_shape)}")
     for field in ("spacing", "origin", "direction"):
         a = np.asarray(getattr(ref_geo, field), dtype=float)
         b = np.asarray(getattr(pred_geo, field), dtype=float)

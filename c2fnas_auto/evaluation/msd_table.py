@@ -4,7 +4,8 @@ Walks `C2FNAS_results/<task>/<experiment>/fold_k/validation/summary.json` (an ex
 is `<plans>__<genotype id>`: each genotype trained on a task gets its own row), pools the per-case
 metrics of the trained folds (so the mean is over all validated cases, as a 5-fold
 cross-validation reports it) and lays out one row per task with one column per class,
-like the MSD table of the C2FNAS paper. Folders without fold_* (the search's) are skipped. Folds without a summary are listed as missing.
+like the MSD table of the C2FNAS paper. Folders without fold_* (the search's) are skipped. Folds without a summary
+are listed as missing.
 """
 
 from __future__ import annotations

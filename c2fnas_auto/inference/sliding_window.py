@@ -106,7 +106,8 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
     `mirror_axes` are spatial axes (0 = z). `progress=None` shows a bar only when the case
     has many tiles. `tile_batch_size` defaults to 2 because PyTorch's CPU heuristic sends
     single-sample 3D convolutions to a slow reference kernel (about 2x slower end to end
-    here); two tiles per forward take the oneDNN path. The network is put in eval mode for the call and restored afterwards.
+    here); two tiles per forward take the oneDNN path. The network is put in eval mode for the call and
+    restored afterwards.
     `precision` ("fp32", "bf16", "fp16"; None: fp16 autocast on CUDA, fp32 elsewhere) is the
     network's compute precision; logits are accumulated in float32 whatever it is.
 

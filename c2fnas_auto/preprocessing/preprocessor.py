@@ -131,7 +131,8 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
 
 def relevant_settings(plans) -> dict[str, Any]:
     """The plans fields that determine the preprocessed arrays (others may change freely)."""
-    return {"preprocessing_version": PREPROCESSING_VERSION, "target_spacing": list(plans.target_spacing), "transpose_forward": list(plans.transpose_forward),
+    return {"preprocessing_version": PREPROCESSING_VERSION, "target_spacing": list(plans.target_spacing),
+            "transpose_forward": list(plans.transpose_forward),
             "normalization": plans.normalization, "resampling": plans.resampling,
             "channel_names": {str(k): v for k, v in plans.channel_names.items()},
             "labels": dict(plans.labels)}

@@ -134,8 +134,10 @@ def best_candidate(view: CoarseView) -> tuple[int, int, float] | None:
     return c, rungs[0], scores[c]
 
 
-def run_coarse(store: OptunaTrials, rungs: Rungs, budget: int, propose: Callable[[int, CoarseView], dict[str, Any] | None],
-               evaluate: Callable[[Job], dict[str, Any]], on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
+def run_coarse(store: OptunaTrials, rungs: Rungs, budget: int,
+               propose: Callable[[int, CoarseView], dict[str, Any] | None],
+               evaluate: Callable[[Job], dict[str, Any]],
+               on_finish: Callable[[Job, dict[str, Any]], None] | None = None,
                check_stop: Callable[[], None] | None = None, max_candidates: int | None = None) -> CoarseView:
     """Work on the coarse stage until no job is left for anyone; returns the final view.
 

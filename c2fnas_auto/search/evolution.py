@@ -152,5 +152,5 @@ def fine_evolution(levels: Sequence[int], op_choices: Sequence[str], run_batch: 
             break
         elites = ok[:max(1, population // 2)]
         need = population - len(elites)
-        batch = [fresh(lambda: child_of(elites)) if elites else fresh(random_ops) for _ in range(need)]
+        batch = [fresh(lambda elites=elites: child_of(elites)) if elites else fresh(random_ops) for _ in range(need)]
     return FineResult(records=history, best=_best(history), generations=stats)

@@ -291,7 +291,8 @@ class OptunaTrials:
         trials = self._job_trials(job.id)
         mine = next(t for t in trials if t._trial_id == trial_id)
         rivals = [t for t in trials if t._trial_id != trial_id and (
-            t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.RUNNING and t.number < mine.number))]
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.RUNNING and t.number < mine.number))]
         if rivals:
             self.storage.set_trial_user_attr(trial_id, "duplicate_of", rivals[0].number)
             self._end(trial_id)

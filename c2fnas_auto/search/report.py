@@ -121,7 +121,8 @@ def ranking_checks(state: SearchState) -> dict[str, Any]:
         if shared is not None:
             fine_pairs.append([list(r.ops), shared, r.score])
     return {"coarse_rungs": coarse,
-            "fine_standalone": {"n": len(fine_pairs), "epochs": state.standalone[0].epochs if state.standalone else None,
+            "fine_standalone": {"n": len(fine_pairs),
+                                "epochs": state.standalone[0].epochs if state.standalone else None,
                                 "pairs": fine_pairs,
                                 "kendall_tau_b": kendall_tau_b([p[1] for p in fine_pairs], [p[2] for p in fine_pairs])},
             "note": "tau-b in [-1, 1]; None when fewer than 2 pairs or one side is constant. Promoted candidates "
@@ -158,8 +159,9 @@ def noise_checks(state: SearchState) -> dict[str, Any]:
 def within_noise_warnings(report: dict[str, Any]) -> list[str]:
     """One plain line per stage whose ranking is within its noise (what the CLI prints)."""
     noise = report.get("noise") or {}
-    return [f"{s['stage']}'s ranking is within its noise (reliability {s['reliability']:.2f}, p {s['p_above_noise']:.2f}"
-            f" that it is above: candidates spread sd {s['score_sd']:.4f}, seed-to-seed sd {s['seed_sd']:.4f}); "
+    return [f"{s['stage']}'s ranking is within its noise (reliability {s['reliability']:.2f}, "
+            f"p {s['p_above_noise']:.2f} that it is above: candidates spread sd {s['score_sd']:.4f}, "
+            f"seed-to-seed sd {s['seed_sd']:.4f}); "
             "its winner may be a lucky seed" for s in noise.get("stages", []) if s.get("within_noise")]
 
 

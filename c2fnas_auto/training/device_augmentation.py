@@ -149,8 +149,8 @@ def region_size(affine: np.ndarray, patch_size: Sequence[int]) -> tuple[int, ...
     """Smallest region (same for the batch) whose centre holds every sample's transformed patch.
 
     A rotated/scaled patch reads sum_j |A_ij| (P_j - 1) voxels along axis i, plus one on
-    each side for the linear interpolation (none on an axis no sample moves); the size keeps the parity of the patch so the centre crop of
-    the untransformed samples is exact."""
+    each side for the linear interpolation (none on an axis no sample moves); the size keeps the parity of the
+    patch so the centre crop of the untransformed samples is exact."""
     affine = np.asarray(affine).reshape(-1, 3, 3)
     if not len(affine):
         return tuple(int(p) for p in patch_size)

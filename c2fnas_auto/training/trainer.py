@@ -1,8 +1,8 @@
 """The nnU-Net-style training run of one fold: loop, checkpoints, logs, resume, final validation.
 
 Results go to `C2FNAS_results/<task>/<plans_name>__<genotype id>/fold_<k>/`: one folder per
-experiment, so training another genotype (`--genotype`) never touches the plans genotype's folds. Under torchrun every rank
-trains on its share of the global batch with its own data seed; rank 0 alone writes files
+experiment, so training another genotype (`--genotype`) never touches the plans genotype's folds. Under torchrun
+every rank trains on its share of the global batch with its own data seed; rank 0 alone writes files
 and runs the final validation.
 """
 
@@ -340,7 +340,8 @@ class Trainer:
         mark the epoch, and warn once each time the verdict turns to 'not started'."""
         monitor = StartMonitor()
         for e in self.log.epochs:
-            monitor.update(e["train_loss"], e.get("train_foreground_tp", 1.0), e.get("dead_head_fraction", float("nan")))
+            monitor.update(e["train_loss"], e.get("train_foreground_tp", 1.0),
+                           e.get("dead_head_fraction", float("nan")))
         rec["not_started"] = monitor.not_started()
         before = self.log.epochs[-2].get("not_started", False) if len(self.log.epochs) > 1 else False
         if rec["not_started"] and not before:

@@ -17,7 +17,8 @@ def test_layout_widths_writes_every_variant(tmp_path):
     out = tmp_path / "widths.json"
     before = torch.get_num_threads()
     try:
-        assert main(["--widths", "2", "--patch", "16", "16", "16", "--threads", "1", "--reps", "1", "--out", str(out)]) == 0
+        assert main(["--widths", "2", "--patch", "16", "16", "16", "--threads", "1", "--reps", "1",
+                     "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(before)
     got = json.loads(out.read_text())["widths"]["2"]

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.op_profile import GROUPS, NORM_RANGE, UPSAMPLE_RANGE, classify, make_step, make_window, markdown, profiled  # noqa: E402
+from benchmarks.op_profile import (  # noqa: E402
+    GROUPS, NORM_RANGE, UPSAMPLE_RANGE, classify, make_step, make_window, markdown, profiled)
 from benchmarks.precision_accuracy import main as accuracy_main, summary, verdict  # noqa: E402
 
 

@@ -192,7 +192,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     path.write_text(json.dumps(data))
     redone = []
     monkeypatch.setattr(runner, "train_and_score",
-                        lambda task, arm, seed, prof: redone.append((task.spec.key, arm.name, seed)) or dropped["scores"])
+                        lambda task, arm, seed, prof: redone.append((task.spec.key, arm.name, seed))
+                        or dropped["scores"])
     runner.run_study(profile, work, out, progress=False, shard=(0, 2))
     assert redone == []  # not shard 0's training
     runner.run_study(profile, work, out, progress=False, shard=(1, 2))

@@ -131,7 +131,8 @@ def test_cases_from_folder_both_styles(tasks):
 
 
 def test_cases_from_folder_wrong_channel_count(tasks, tmp_path):
-    with pytest.raises(InputError, match=r"imagesTs/syn_003: case has channel files 0000, 0001, the plans expect 0000$"):
+    with pytest.raises(InputError,
+                       match=r"imagesTs/syn_003: case has channel files 0000, 0001, the plans expect 0000$"):
         cases_from_folder(tasks["nnunet_mm"] / "imagesTs", 1)
     with pytest.raises(InputError, match=r"syn_003\.nii\.gz: case has 2 channel\(s\), the plans expect 3"):
         cases_from_folder(tasks["msd_mm"] / "imagesTs", 3)

@@ -142,7 +142,8 @@ def test_bad_zips_give_one_line_and_install_nothing(trained, model_zip, tmp_path
     fresh = tmp_path / "results"
     fresh.mkdir()
     os.environ["C2FNAS_results"] = str(fresh)
-    expected = {"not a zip": "not a readable zip", "truncated": "not a readable zip", "foreign": "not a c2fnas-auto model",
+    expected = {"not a zip": "not a readable zip", "truncated": "not a readable zip",
+                "foreign": "not a c2fnas-auto model",
                 "traversal": "unsafe path", "absolute": "unsafe path", "symlink": "symbolic link",
                 "missing file": "differ from its manifest", "wrong version": "version 99",
                 "bad checkpoint": "cannot read checkpoint", "outside task": "outside the task folder",

@@ -21,6 +21,7 @@ from c2fnas_auto.cli.predict import main as predict_main
 from c2fnas_auto.deployment.errors import DeploymentError
 from c2fnas_auto.deployment.model_zip import MANIFEST
 from c2fnas_auto.deployment.zip_limits import ZipLimits, copy_bounded
+from c2fnas_auto.errors import InputError
 
 FOLD0 = "fold_0/checkpoint_final.pth"
 
@@ -113,7 +114,7 @@ def test_trust_flag_loads_an_old_pickled_checkpoint_with_a_warning(trained, expo
     from c2fnas_auto.nas.checkpoint import FORMAT_VERSION, load_checkpoint
 
     installed = next(fresh_results.glob(f"*/*/{FOLD0}"))
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="refused to load"):
         load_checkpoint(installed)  # still the old file: the flag is needed each time
     again = tmp_path / "again.zip"
     assert export_main(["-m", str(installed.parent.parent), "-o", str(again), "--trust-pickled-checkpoint"]) == 0
@@ -169,7 +170,8 @@ def test_manifest_bytes_and_written_bytes_are_capped_whatever_the_headers_say(tm
     with zipfile.ZipFile(z) as zf, pytest.raises(DeploymentError, match="larger than the limit of 50 bytes"):
         limits.read_manifest_bytes(zf, MANIFEST, z)
     dst = io.BytesIO()
-    with pytest.raises(DeploymentError, match=r"m.zip: extracting wrote more than the limit .*declared sizes are wrong"):
+    with pytest.raises(DeploymentError,
+                       match=r"m.zip: extracting wrote more than the limit .*declared sizes are wrong"):
         copy_bounded(io.BytesIO(b"x" * 3000), dst, 2000, z, limits)
     assert dst.getvalue() == b""  # the chunk over the budget is never written
     assert copy_bounded(io.BytesIO(b"x" * 3000), io.BytesIO(), 3000, z, limits) == 3000

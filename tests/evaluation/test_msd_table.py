@@ -36,7 +36,8 @@ def test_collect_and_render(tmp_path, capsys):
     assert c2.dice == pytest.approx(0.6) and c2.n_cases == 2  # NaN case excluded
     assert liver.mean_dice == pytest.approx(0.75)
     md = render_markdown(results)
-    assert "| Task03_Liver | C2FNASPlans__0123abcd | 2/5 (missing 1,3,4) | liver: 90.00 / 90.00 | tumour: 60.00 / 30.00 |" in md
+    assert ("| Task03_Liver | C2FNASPlans__0123abcd | 2/5 (missing 1,3,4) | liver: 90.00 / 90.00 | "
+            "tumour: 60.00 / 30.00 |") in md
     assert "spleen: 95.00 / 97.00 |  | 95.00 / 97.00" in md
 
     from c2fnas_auto.cli.msd_table import main

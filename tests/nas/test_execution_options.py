@@ -162,7 +162,8 @@ def test_predictor_applies_the_options_and_refuses_fp16_on_cpu():
         Predictor.from_networks([net(ds=False)], Plans(), device="cpu", progress=False,
                                 execution=ExecutionOptions(precision="fp16"))
     plain = net(ds=False)
-    Predictor.from_networks([plain], Plans(), device="cpu", progress=False, execution=ExecutionOptions(channels_last=False))
+    Predictor.from_networks([plain], Plans(), device="cpu", progress=False,
+                            execution=ExecutionOptions(channels_last=False))
     assert next(plain.parameters()).is_contiguous()
 
 

@@ -99,7 +99,7 @@ def _write_msd_task(raw, name, cases):
 def test_coarse_x_axis_is_transposed_and_round_trips(roots):
     rng = np.random.default_rng(1)
     cases = []
-    for i, xs in enumerate([4.0, 4.0, 3.0]):
+    for xs in [4.0, 4.0, 3.0]:
         img = rng.normal(40, 10, (40, 30, 8)).astype(np.int16) + 100
         seg = np.zeros((40, 30, 8), np.uint8)
         seg[8:30, 6:24, 2:7] = 1
@@ -111,7 +111,7 @@ def test_coarse_x_axis_is_transposed_and_round_trips(roots):
     assert plans.target_spacing[0] == pytest.approx(np.percentile([4.0, 4.0, 3.0], 10))
     pre = roots / "preprocessed" / "Task96_Coarse"
     assert list_cases(pre) == ["case_0", "case_1", "case_2"]
-    for case_id, (img, seg, _) in zip(list_cases(pre), cases):
+    for case_id, (_img, seg, _) in zip(list_cases(pre), cases):
         data, pseg, props = load_case(pre, case_id, mmap=False)
         assert props["shape_original"] == [40, 30, 8] and props["spacing_original"][2] in (4.0, 3.0)
         assert pseg.shape[1] < pseg.shape[2]  # coarse axis first

@@ -43,6 +43,7 @@ def test_two_folds_in_parallel_share_one_splits_file(copy_task, tmp_path):
     assert splits == expected
     assert file_digest(pre / "plans.json") == plans_digest, "training changed plans.json"
     for fold in (0, 1):
-        fold_dir = experiment_dir(copy_task.task_name, copy_task.plans.plans_name, copy_task.plans.genotype) / f"fold_{fold}"
+        experiment = experiment_dir(copy_task.task_name, copy_task.plans.plans_name, copy_task.plans.genotype)
+        fold_dir = experiment / f"fold_{fold}"
         assert (fold_dir / "checkpoint_final.pth").is_file(), sorted(p.name for p in fold_dir.iterdir())
     assert not stale_temporaries(copy_task.root)

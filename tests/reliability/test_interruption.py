@@ -137,7 +137,8 @@ def _plant_truncated_checkpoint(task) -> tuple[Path, list]:
 
     from c2fnas_auto.inference.experiments import experiment_dir
 
-    path = experiment_dir(task.task_name, task.plans.plans_name, task.plans.genotype) / "fold_0" / "checkpoint_latest.pth"
+    experiment = experiment_dir(task.task_name, task.plans.plans_name, task.plans.genotype)
+    path = experiment / "fold_0" / "checkpoint_latest.pth"
     path.parent.mkdir(parents=True)
     torch.save({"network_weights": {"w": torch.zeros(64, 64)}, "epoch": 3}, path)
     truncate_file(path, 0.5)

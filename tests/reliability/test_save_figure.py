@@ -23,7 +23,7 @@ def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
 
 def test_a_failed_save_leaves_neither_file_nor_temporary(tmp_path):
     fig, _ = plt.subplots()
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="no_such_option"):
         save_figure(fig, tmp_path / "bad.png", no_such_option=1)
     plt.close(fig)
     assert list(tmp_path.iterdir()) == []

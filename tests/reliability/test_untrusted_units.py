@@ -140,7 +140,8 @@ def test_size_checks(tiny_task, monkeypatch):
     plans = tiny_task.plans
     cpu = torch.device("cpu")
     size_check.check_training_fits("plans.json", plans.genotype, plans.network, plans.patch_size, 2, 1, cpu)
-    monkeypatch.setattr(size_check, "host_memory_bytes", lambda: 64 * 2 ** 30)  # the loader (8 GiB) fits, the network not
+    # the loader (8 GiB) fits, the network not
+    monkeypatch.setattr(size_check, "host_memory_bytes", lambda: 64 * 2 ** 30)
     with pytest.raises(InputError, match=r"plans.json: patch \[512, 1024, 1024\].*estimated training memory .* "
                                          r"exceeds this machine's memory"):
         size_check.check_training_fits("plans.json", plans.genotype, plans.network, [512, 1024, 1024], 2, 1, cpu)

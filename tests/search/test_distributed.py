@@ -94,7 +94,8 @@ def test_killed_worker_loses_only_its_candidate_and_a_late_joiner_helps(tmp_path
     while time.monotonic() < deadline and not mine and doomed.poll() is None:
         mine = [t for t in _trials(tmp_path) if t["state"] == "RUNNING" and f"-{doomed.pid}-" in t["worker"]]
         time.sleep(0.1)
-    assert mine, "the joiner took a coarse candidate: " + (doomed.stderr.read().decode()[-2000:] if doomed.poll() is not None else "")
+    assert mine, "the joiner took a coarse candidate: " + (doomed.stderr.read().decode()[-2000:]
+                                                           if doomed.poll() is not None else "")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=30)
     lost = mine[0]["job"]

@@ -114,8 +114,8 @@ def test_a_state_saved_without_the_options_resumes_under_any_of_them(tmp_path):
     (folder / "state.json").write_text(json.dumps(old))
 
     again = FakeHooks()
-    state = search_core(folder, "T", SearchSettings(**SMALL, execution=ExecutionOptions(**OPTIONS)), again.hooks(), resume=True,
-                        progress=False, workers=FAST)
+    state = search_core(folder, "T", SearchSettings(**SMALL, execution=ExecutionOptions(**OPTIONS)), again.hooks(),
+                        resume=True, progress=False, workers=FAST)
     assert state.finished and not set(crash.coarse_calls) & set(again.coarse_calls), "nothing evaluated twice"
     with pytest.raises(C2FNASError, match="changed settings.*seed"):  # a decision still has to match
         search_core(folder, "T", SearchSettings(**{**SMALL, "seed": 8}), FakeHooks().hooks(), resume=True,

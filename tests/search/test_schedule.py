@@ -71,8 +71,8 @@ def test_next_action_order_orphan_promote_new_wait_done():
     v = _view(full, claimed=[(1, 1)], running=[(1, 1)])
     assert next_action(v, rungs, 9, 100, True).kind == "new"
     assert next_action(v, rungs, 3, 100, True).kind == "wait", "budget: 3 trained at rung 0, one job running"
-    assert next_action(_view(full, claimed=[(4, 0), (1, 1)], running=[(4, 0), (1, 1)]), rungs, 4, 100, True).kind == "wait", \
-        "a running rung-0 candidate counts against the budget"
+    view = _view(full, claimed=[(4, 0), (1, 1)], running=[(4, 0), (1, 1)])
+    assert next_action(view, rungs, 4, 100, True).kind == "wait", "a running rung-0 candidate counts against the budget"
     assert next_action(v, rungs, 9, 100, False).kind == "wait", "space exhausted"
     done = _view({0: full[0], 1: {1: 0.7}})
     assert next_action(done, rungs, 3, 100, True).kind == "done"

@@ -81,7 +81,7 @@ def _max_rel_diff(a: dict, b: dict) -> float:
 def test_two_nodes_match_one_node_and_one_process(copy_task):
     two_nodes = copy_task.root / "results_2nodes"
     outs = _run_two_nodes(two_nodes)
-    for rc, out, err in outs:
+    for rc, _out, err in outs:
         assert rc == 0, err[-3000:]
     assert sum(out.count("epoch 2/2") for _, out, _ in outs) == 1  # rank 0 alone reports
     ckpt2, epochs2, log2 = _final(two_nodes, copy_task)

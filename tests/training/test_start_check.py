@@ -134,7 +134,8 @@ def test_warmup_ramps_then_restores_the_schedule():
             g = opt.param_groups[0]
             seen.append((g["lr"], g["momentum"]))
         assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["momentum"] == 0.99
-    assert seen[0] == (pytest.approx(0.005), pytest.approx(WARMUP_START_MOMENTUM + 0.5 * (0.99 - WARMUP_START_MOMENTUM)))
+    assert seen[0] == (pytest.approx(0.005),
+                       pytest.approx(WARMUP_START_MOMENTUM + 0.5 * (0.99 - WARMUP_START_MOMENTUM)))
     assert seen[1] == (pytest.approx(0.01), pytest.approx(0.99))
     assert seen[2] == seen[3] == (0.01, 0.99)
     with pytest.raises(RuntimeError):
