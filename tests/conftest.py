@@ -65,3 +65,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _library_log_handlers_follow_stderr():
+    """Libraries keep the sys.stderr they saw first in their log handlers (Optuna's default
+    handler; a MONAI bundle's logging config installs one on the root logger): under pytest that
+    is an earlier test's capture, closed by now, and a later warning then prints a 'Logging
+    error' traceback into the stderr a test inspects. Point such handlers at this test's stderr."""
+    import logging
+    import sys
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
+    yield
