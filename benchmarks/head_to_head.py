@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--recalibrate", action="store_true", help="time every arm again (e.g. on a quiet machine)")
     p.add_argument("--calibration-iters", type=int, default=CALIB_ITERS)
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="calibrate the arms (with --recalibrate: again) and run no cell; the cells' results do not "
+                        "depend on the load, so they may run later beside other work")
     p.add_argument("--iterations", type=int, default=None,
                    help="fixed iterations per run instead of the calibrated budget (smoke tests)")
     p.add_argument("--max-cells", type=int, default=None, help="stop after running this many new cells")
@@ -90,6 +93,8 @@ def run(args) -> int:
                         prepared[arm.tool] = arm.prepare(spec, settings)
                     cal = calibrate(arm, spec, settings, results, args.calibration_iters, redo=redo)
                     recalibrated.add((spec.key, arm_name))
+                    if args.calibrate_only:
+                        continue
                     if is_current(results / "cells" / f"{name}.json", cal):
                         continue  # done under this calibration
                     if arm.tool not in prepared:
