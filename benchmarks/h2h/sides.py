@@ -240,14 +240,14 @@ def _ours_plans(pre_root: Path, spec: TaskSpec) -> Path | None:
 def _prepare_ours(spec: TaskSpec, s: Settings) -> dict[str, Any]:
     pre_root = s.workdir / "ours_preprocessed"
     log_dir = s.workdir / "logs" / spec.key
-    info: dict[str, Any] = {}
-    marker = pre_root / spec.name / ".h2h_done"
-    if not marker.is_file():
-        info["preprocess"] = measured(python_cmd("c2fnas_auto.cli.plan_and_preprocess", "-t", str(spec.task_id),
-                                                 "-np", str(s.threads), "--gpu-memory-gb", str(s.gpu_memory_gb),
-                                                 "--no-progress"),
-                                      log_dir / "ours_plan_and_preprocess.log", s.env()).to_dict()
-        marker.write_text("ok\n")
+    # Always run: our preprocessing redoes only the cases whose raw files or settings changed (a
+    # re-copied raw folder gets new mtimes, and the trainer then refuses the old arrays), and
+    # costs a few seconds of checks when nothing did.
+    info: dict[str, Any] = {
+        "preprocess": measured(python_cmd("c2fnas_auto.cli.plan_and_preprocess", "-t", str(spec.task_id),
+                                          "-np", str(s.threads), "--gpu-memory-gb", str(s.gpu_memory_gb),
+                                          "--no-progress"),
+                               log_dir / "ours_plan_and_preprocess.log", s.env()).to_dict()}
     default_root = s.workdir / "ours_default_plans"
     if _ours_plans(default_root, spec) is None:  # its own default target, planned only (recorded, not used)
         measured(python_cmd("c2fnas_auto.cli.plan_and_preprocess", "-t", str(spec.task_id), "--no-preprocess",

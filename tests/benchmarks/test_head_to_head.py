@@ -112,6 +112,11 @@ def _check_cell(results: Path, arm: str) -> dict:
 
 
 def test_our_arm_end_to_end_and_resumable(tmp_path):
+    results = tmp_path / "results"
+    assert head_to_head.main([*TINY, "--arms", "ours", "--workdir", str(tmp_path / "work"), "--results",
+                              str(results), "--calibrate-only"]) == 0
+    assert (results / "calibration" / "synthetic__ours.json").is_file()
+    assert not list((results / "cells").glob("*.json"))  # calibrated only: no cell ran
     results = _run(tmp_path, "ours")
     rec = _check_cell(results, "ours")
     assert rec["val_curve"] and rec["tool"] == "ours"
