@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from c2fnas_auto.utils.io import atomic_write_json, load_json, save_figure
+from c2fnas_auto.utils.io import atomic_write_json, atomic_write_text, load_json, save_figure
 
 
 def load_cells(results_dir: Path) -> list[dict[str, Any]]:
@@ -55,6 +55,9 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                       for c in cs],
         }
         out.setdefault(task, {}).setdefault(f"{budget:g}", {})[arm] = entry
+    for (task, budget, arm), cs in groups.items():
+        ref_cells = groups.get((task, budget, "nnunet" + (NO_MIRROR if arm.endswith(NO_MIRROR) else "")), [])
+        out[task][f"{budget:g}"][arm]["minutes_to_nnunet_final_val_dice"] = time_to_reach(cs, ref_cells)
     for task in out.values():
         for arms in task.values():
             for arm, e in arms.items():
@@ -63,6 +66,22 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 m = e["test_dice"]["mean"]
                 e["minus_nnunet"] = None if ref is None or m is None else m - ref
     return out
+
+
+def time_to_reach(cells: list[dict[str, Any]], nnunet_cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Training minutes until each run's validation pseudo Dice first reaches nnU-Net's final
+    one (the mean over nnU-Net's seeds of its last epoch's value, same budget); None per run
+    that never does, and None overall without nnU-Net runs. Each trainer computes its own
+    pseudo Dice (on sampled fold-0 validation patches), so this is a guide, not a test score."""
+    finals = [c["val_curve"][-1][1] for c in nnunet_cells if c.get("val_curve")]
+    if not finals:
+        return None
+    target = statistics.fmean(finals)
+    per_seed = []
+    for c in sorted(cells, key=lambda c: c["seed"]):
+        hit = next((t for t, d in c.get("val_curve") or [] if not math.isnan(d) and d >= target), None)
+        per_seed.append(None if hit is None else hit / 60.0)
+    return {"target": target, "per_seed": per_seed}
 
 
 def plot(cells: list[dict[str, Any]], out_png: Path) -> Path | None:
@@ -100,9 +119,36 @@ def plot(cells: list[dict[str, Any]], out_png: Path) -> Path | None:
     return save_figure(fig, out_png)
 
 
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary as the table documentation/studies/head_to_head.md shows (copied from here,
+    so the page's figures are the files' figures)."""
+    head = ("| task | budget | arm | patch x batch | iterations | test Dice mean (sd) | per seed | per class "
+            "| min to nnU-Net's final val Dice | train wall s | peak MB |\n" + "| --- " * 11 + "|\n")
+    rows = []
+    for task, budgets in summary.items():
+        for budget, arms in sorted(budgets.items(), key=lambda kv: float(kv[0])):
+            for arm, e in arms.items():
+                td = e["test_dice"]
+                classes = ", ".join(f"{k} {_fmt(v['mean'])}" for k, v in e["test_dice_per_class"].items())
+                reach = e.get("minutes_to_nnunet_final_val_dice")
+                reach_s = "n/a" if reach is None else " / ".join(
+                    "not reached" if m is None else f"{m:.1f}" for m in reach["per_seed"])
+                rows.append(f"| {task} | {budget} min | {arm} | {'x'.join(map(str, e['patch_size']))} x "
+                            f"{e['batch_size']} | {', '.join(map(str, e['iterations']))} | {_fmt(td['mean'])} "
+                            f"({_fmt(td['sd'])}) | {', '.join(_fmt(v) for v in e['test_dice_per_seed'])} | "
+                            f"{classes} | {reach_s} | {', '.join(f'{w:.0f}' for w in e['train_wall_s'])} | "
+                            f"{e['peak_tree_pss_bytes'] / 2**20:.0f} |")
+    return head + "\n".join(rows) + "\n"
+
+
 def write_report(results_dir: Path) -> dict[str, Any]:
     cells = load_cells(results_dir)
     summary = summarize(cells)
     atomic_write_json(results_dir / "summary.json", summary)
+    atomic_write_text(results_dir / "summary.md", markdown_table(summary))
     plot(cells, results_dir / "head_to_head.png")
     return summary

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import head_to_head  # noqa: E402
 from benchmarks.h2h.calibrate import Calibration, fit  # noqa: E402
 from benchmarks.h2h.cells import cell_name  # noqa: E402
-from benchmarks.h2h.report import summarize  # noqa: E402
+from benchmarks.h2h.report import markdown_table, summarize  # noqa: E402
 from benchmarks.h2h.sides import Schedule, StepFailed, measured, parse_nnunet_log  # noqa: E402
 from benchmarks.h2h.tasks import prepare_hippocampus, split_test  # noqa: E402
 from c2fnas_auto.errors import C2FNASError, InputError  # noqa: E402
@@ -78,9 +78,18 @@ def _cell(arm: str, seed: int, dice: float) -> dict:
 
 
 def test_summary_gives_seed_spread_and_the_difference_to_nnunet():
-    s = summarize([_cell("nnunet", 0, 0.8), _cell("nnunet", 1, 0.6), _cell("ours", 0, 0.75)])["t"]["20"]
+    cells = [_cell("nnunet", 0, 0.8), _cell("nnunet", 1, 0.6), _cell("ours", 0, 0.75), _cell("ours", 1, 0.7)]
+    cells[0]["val_curve"], cells[1]["val_curve"] = [[60.0, 0.1], [1200.0, 0.5]], [[1200.0, 0.3]]
+    cells[2]["val_curve"], cells[3]["val_curve"] = [[120.0, 0.2], [240.0, 0.45], [360.0, 0.3]], [[60.0, 0.1]]
+    s = summarize(cells)["t"]["20"]
     assert s["nnunet"]["test_dice"]["mean"] == pytest.approx(0.7) and s["nnunet"]["test_dice"]["sd"] > 0
-    assert s["ours"]["minus_nnunet"] == pytest.approx(0.05) and s["ours"]["test_dice"]["sd"] is None
+    assert s["ours"]["minus_nnunet"] == pytest.approx(0.025) and s["ours"]["test_dice"]["sd"] > 0
+    reach = s["ours"]["minutes_to_nnunet_final_val_dice"]  # nnU-Net's final: mean of 0.5 and 0.3
+    assert reach["target"] == pytest.approx(0.4) and reach["per_seed"] == [pytest.approx(4.0), None]
+    assert summarize([_cell("ours", 0, 0.7)])["t"]["20"]["ours"]["minutes_to_nnunet_final_val_dice"] is None
+    table = markdown_table(summarize(cells))
+    assert "| t | 20 min | ours | 8x8x8 x 2 | 100, 100 | 0.725 (0.035) | 0.750, 0.700 |" in table
+    assert "| 4.0 / not reached |" in table
 
 
 def test_missing_hippocampus_folder_is_a_one_line_cli_error(tmp_path, capsys):
