@@ -91,10 +91,13 @@ class Schedule:
         return max(1, self.iters // 5)
 
     @classmethod
-    def for_iterations(cls, n: int, per_epoch: int = 250) -> "Schedule":
-        """About `n` iterations in epochs of at most `per_epoch` (nnU-Net's default length)."""
+    def for_iterations(cls, n: int, per_epoch: int = 250, min_epochs: int = 10) -> "Schedule":
+        """About `n` iterations in epochs of at most `per_epoch` (nnU-Net's default length) and
+        at least `min_epochs` of them: both trainers step their poly learning rate once per
+        epoch, so a short budget in one epoch would train at the initial rate throughout (and
+        log one validation point); ten epochs let the rate decay as it does over a full run."""
         n = max(1, int(n))
-        epochs = max(1, math.ceil(n / per_epoch))
+        epochs = max(min(min_epochs, n), math.ceil(n / per_epoch))
         return cls(epochs, max(1, round(n / epochs)))
 
 

@@ -25,8 +25,10 @@ TINY = ["--tasks", "synthetic", "--synthetic-cases", "6", "2", "--synthetic-shap
 
 
 def test_schedule_keeps_epochs_near_nnunets_length():
-    assert Schedule.for_iterations(1200) == Schedule(5, 240)
-    assert Schedule.for_iterations(100) == Schedule(1, 100)
+    assert Schedule.for_iterations(5000) == Schedule(20, 250)
+    assert Schedule.for_iterations(1200) == Schedule(10, 120)  # at least 10 epochs: the poly rate decays
+    assert Schedule.for_iterations(122) == Schedule(10, 12)
+    assert Schedule.for_iterations(2) == Schedule(2, 1)
     assert Schedule.for_iterations(0).total == 1
     assert Schedule(5, 240).val_iters == 48 and Schedule(1, 3).val_iters == 1
 
