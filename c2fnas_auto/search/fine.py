@@ -16,8 +16,13 @@ from typing import Any, Sequence
 import torch
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas.supernet import build_supernet
 from c2fnas_auto.search.coarse import RESTART_SEED_OFFSET, TrainingContext, oom_answer
 from c2fnas_auto.search.runner import Evaluate, Proposal
+from c2fnas_auto.training.api import fit, score_cases
+from c2fnas_auto.training.start_check import StartMonitor
+from c2fnas_auto.utils.io import atomic_torch_save
 from c2fnas_auto.utils.torch_files import load_torch_file
 
 
@@ -31,12 +36,6 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     Loading and training stay in one function: both build the same supernet and end in the same
     checkpoint, and the checks between them decide which one runs.
     """
-    from c2fnas_auto.nas.execution import prepare_network
-    from c2fnas_auto.nas.supernet import build_supernet
-    from c2fnas_auto.training.api import fit
-    from c2fnas_auto.training.start_check import StartMonitor
-    from c2fnas_auto.utils.io import atomic_torch_save
-
     torch.manual_seed(ctx.seed)
     supernet = build_supernet(list(levels), ctx.network_config())
     if checkpoint.exists():
@@ -91,8 +90,6 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
 
 def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float | None = None) -> Evaluate:
     """`evaluate(proposal)`: constraints from the cost model, then shared-weight Dice on the selection cases."""
-    from c2fnas_auto.training.api import score_cases
-
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
         _, out, reason = ctx.screen(p, max_gflops)
