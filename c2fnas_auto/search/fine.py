@@ -17,7 +17,7 @@ import torch
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.nas.execution import prepare_network
-from c2fnas_auto.nas.supernet import build_supernet
+from c2fnas_auto.nas import supernet as nas_supernet  # called through the module: the tests' seam
 from c2fnas_auto.search.coarse import RESTART_SEED_OFFSET, TrainingContext, oom_answer
 from c2fnas_auto.search.runner import Evaluate, Proposal
 from c2fnas_auto.training import api as training_api  # called as training_api.fit: the tests' seam
@@ -37,7 +37,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     checkpoint, and the checks between them decide which one runs.
     """
     torch.manual_seed(ctx.seed)
-    supernet = build_supernet(list(levels), ctx.network_config())
+    supernet = nas_supernet.build_supernet(list(levels), ctx.network_config())
     if checkpoint.exists():
         try:  # tensors and plain data only: a shared search folder cannot run code here
             saved = load_torch_file(checkpoint, "supernet checkpoint", trustable=False)
@@ -64,7 +64,7 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
             seed = ctx.seed + attempt * RESTART_SEED_OFFSET
             if attempt:
                 torch.manual_seed(seed)
-                supernet = build_supernet(list(levels), ctx.network_config())
+                supernet = nas_supernet.build_supernet(list(levels), ctx.network_config())
             sampler = supernet.sampling_forward(seed=seed, uniform_steps=uniform_steps)  # seeded paths
             monitor = StartMonitor()
             losses = training_api.fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
