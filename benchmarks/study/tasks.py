@@ -72,6 +72,17 @@ def make_task(raw_root: Path, spec: TaskSpec, real_data: Path = REAL_DATA) -> Pa
     raise InputError(f"task {spec.key}: unknown kind {spec.kind!r} (expected 'synthetic', 'real_ct' or 'hippocampus')")
 
 
+def _publish_task(build: Path, target: Path, spec: TaskSpec, description: str, channel: str,
+                  labels: dict[str, int], provenance: dict[str, Any]) -> Path:
+    """Write the task's dataset.json, then rename the build folder into place: a task folder
+    exists only complete, and `provenance` (compared on the next call) says what it was made from."""
+    meta = {"name": spec.name, "description": description, "channel_names": {"0": channel},
+            "labels": dict(labels), "numTraining": spec.num_train, "file_ending": ".nii.gz", **provenance}
+    atomic_write_json(build / "dataset.json", meta)
+    build.rename(target)
+    return target
+
+
 def make_hippocampus_task(raw_root: Path, spec: TaskSpec, source: Path = HIPPOCAMPUS) -> Path:
     """A seeded draw of `num_train` + `num_test` labelled subjects of MSD Task04 (real MRI), the
     test subjects as imagesTs/labelsTs: held-out cases are other people, not other slices."""
@@ -97,12 +108,8 @@ def make_hippocampus_task(raw_root: Path, spec: TaskSpec, source: Path = HIPPOCA
         split = "Tr" if i < spec.num_train else "Ts"
         shutil.copyfile(source / "imagesTr" / f"{case}.nii.gz", build / f"images{split}" / f"{case}_0000.nii.gz")
         shutil.copyfile(source / "labelsTr" / f"{case}.nii.gz", build / f"labels{split}" / f"{case}.nii.gz")
-    meta = {"name": spec.name, "description": "real hippocampus MRI, MSD Task04 (anterior, posterior)",
-            "channel_names": {"0": "MRI"}, "labels": dict(HIPPOCAMPUS_LABELS), "numTraining": spec.num_train,
-            "file_ending": ".nii.gz", "hippocampus": meta_key}
-    atomic_write_json(build / "dataset.json", meta)
-    build.rename(target)
-    return target
+    return _publish_task(build, target, spec, "real hippocampus MRI, MSD Task04 (anterior, posterior)", "MRI",
+                         HIPPOCAMPUS_LABELS, {"hippocampus": meta_key})
 
 
 def _slab_crop(rng: np.random.Generator, z_range: tuple[int, int], shape_yx: tuple[int, int],
@@ -154,12 +161,8 @@ def make_real_ct_task(raw_root: Path, spec: TaskSpec, real_data: Path = REAL_DAT
         write_image(np.clip(np.round(img), -1024, 3071).astype(np.int16), geo,
                     build / f"images{split_name}" / f"{cid}_0000.nii.gz")
         write_segmentation(seg[crop], geo, build / f"labels{split_name}" / f"{cid}.nii.gz")
-    meta = {"name": spec.name, "description": "crops of the TotalSegmentator example CT (see README there)",
-            "channel_names": {"0": "CT"}, "labels": dict(REAL_LABELS), "numTraining": spec.num_train,
-            "file_ending": ".nii.gz", "real_ct": meta_key}
-    atomic_write_json(build / "dataset.json", meta)
-    build.rename(target)
-    return target
+    return _publish_task(build, target, spec, "crops of the TotalSegmentator example CT (see README there)", "CT",
+                         REAL_LABELS, {"real_ct": meta_key})
 
 
 def prepare_heldout(task_dir: Path, plans: Any, out_dir: Path) -> list[str]:

@@ -47,6 +47,7 @@ def add_trust_flag(parser: argparse.ArgumentParser) -> None:
 
 def trust_from_args(args: argparse.Namespace) -> AbstractContextManager:
     """The trust switch of utils/torch_files as the flag sets it, for the duration of a command."""
+    # start-up: torch_files loads numpy; most CLIs' --help imports only this module
     from c2fnas_auto.utils.torch_files import trusting_pickled_files
 
     return trusting_pickled_files(bool(getattr(args, "trust_pickled_checkpoint", False)))

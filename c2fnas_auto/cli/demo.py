@@ -16,6 +16,7 @@ from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.paths import preprocessed_dir, search_results_dir
 
 TASK_ID = 98
 TASK_NAME = "SyntheticDemo"
@@ -61,6 +62,7 @@ def _check(rc: int, what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """One function on purpose: the demo's six steps read top to bottom as the walkthrough they are."""
     args = _parser().parse_args(argv)
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.cli import predict as predict_cli
     from c2fnas_auto.cli import search as search_cli
     from c2fnas_auto.cli import train as train_cli
@@ -115,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({time.perf_counter() - t0:.0f} s)")
 
     t0 = _step("6/6 evaluate")
-    from c2fnas_auto.planning.plans import Plans
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.inference.experiments import experiment_dir
-    from c2fnas_auto.paths import preprocessed_dir, search_results_dir
+    from c2fnas_auto.planning.plans import Plans
 
     plans = Plans.load(preprocessed_dir(task_dir.name) / "plans.json")
     summary = evaluate_folders(task_dir / "labelsTs", pred_dir, plans.labels, work / "test_summary.json")
@@ -149,6 +151,7 @@ def _print_table(summary: dict, labels: dict[str, int]) -> None:
 
 def _pictures(work: Path, task_dir: Path, pred_dir: Path) -> Path | None:
     """A slice of image / truth / prediction for the first test case."""
+    # start-up: matplotlib costs about 1 s and only the demo's last step draws; Agg is chosen first
     import matplotlib
 
     matplotlib.use("Agg")

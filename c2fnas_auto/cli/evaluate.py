@@ -12,6 +12,7 @@ from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.paths import resolve_task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _task_labels(task: str) -> tuple[dict[str, int], Path | None]:
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.data.dataset import load_dataset
-    from c2fnas_auto.paths import resolve_task
 
     ds = load_dataset(resolve_task(task))
     label_files = [c.label_file for c in ds.training if c.label_file is not None]
@@ -51,6 +52,7 @@ def _fmt(x: float | None) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.evaluation.evaluate import evaluate_folders, labels_from_references
 
     labels: dict[str, int] | None = None
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = {names.get(v, str(v)): v for v in args.labels}
 
     if args.determine_postprocessing:
+        # start-up: the library loads only once the arguments are parsed, so --help stays fast
         from c2fnas_auto.inference.postprocessing import determine_postprocessing
 
         ref = Path(args.ref) if args.ref else task_ref

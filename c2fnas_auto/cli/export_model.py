@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
+from c2fnas_auto.deployment.errors import DeploymentError
 
 FORMATS = ("zip", "torchscript", "onnx", "monai-bundle")
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export_zip(args) -> str:
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.deployment.model_zip import export_model_zip
     from c2fnas_auto.deployment.trained import experiment_folder
     from c2fnas_auto.inference.experiments import find_experiment, list_experiments, task_results_dir
@@ -54,7 +56,7 @@ def _export_zip(args) -> str:
 
 
 def _export_network(args) -> str:
-    from c2fnas_auto.deployment.errors import DeploymentError
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.deployment.trained import experiment_folder, load_trained_fold
 
     if args.experiment and len(args.experiment) > 1 or args.folds and len(args.folds) > 1:
@@ -64,10 +66,12 @@ def _export_network(args) -> str:
     trained = load_trained_fold(folder, args.folds[0] if args.folds else None, args.checkpoint)
     out = Path(args.output)
     if args.format == "monai-bundle":
+        # start-up: the library loads only once the arguments are parsed, so --help stays fast
         from c2fnas_auto.deployment.monai_bundle import write_bundle
 
         check = write_bundle(trained.network, trained.plans, trained.genotype, trained.source(), out)
     else:
+        # start-up: the library loads only once the arguments are parsed, so --help stays fast
         from c2fnas_auto.deployment.network_files import export_network_file
 
         check = export_network_file(trained, args.format, out)

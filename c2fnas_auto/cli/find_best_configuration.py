@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 
+from c2fnas_auto import paths
 from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.deployment.errors import DeploymentError
+from c2fnas_auto.errors import C2FNASError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +33,8 @@ def _fmt(x: float) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from c2fnas_auto.deployment.errors import DeploymentError
-    from c2fnas_auto.deployment.selection import BEST_FILE, fold_summaries, find_best_configuration
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
+    from c2fnas_auto.deployment.selection import BEST_FILE, find_best_configuration, fold_summaries
     from c2fnas_auto.inference.experiments import list_experiments, task_results_dir
 
     if args.max_ensemble < 1:
@@ -61,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def _labels_and_reference(task_name: str, experiments):
     """Labels from the first experiment's fold checkpoint plans; reference labels from the raw task
     (None on a machine without it: ensembles are then not scored)."""
-    from c2fnas_auto import paths
-    from c2fnas_auto.errors import C2FNASError
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.deployment.selection import validation_cases
     from c2fnas_auto.training.validation import reference_label_folder
     from c2fnas_auto.utils.io import load_json

@@ -6,6 +6,11 @@ import argparse
 from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.cost import estimate_cost
+from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.utils.io import load_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,10 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(file: Path, args: argparse.Namespace):
     """NetworkConfig, patch and batch: command line over plans over defaults."""
-    from c2fnas_auto.errors import C2FNASError
-    from c2fnas_auto.nas.config import NetworkConfig
-    from c2fnas_auto.utils.io import load_json
-
     raw = load_json(file, "genotype file")
     plans = raw if isinstance(raw, dict) and "genotype" in raw and "levels" not in raw else {}
     net = dict(plans.get("network") or {})
@@ -50,11 +51,10 @@ def _settings(file: Path, args: argparse.Namespace):
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.nas.cost import estimate_cost
-    from c2fnas_auto.nas.genotype import Genotype
+    args = build_parser().parse_args(argv)
+    # start-up: nas.plot imports matplotlib (about a second); --help should not wait for it
     from c2fnas_auto.nas.plot import plot_genotype
 
-    args = build_parser().parse_args(argv)
     file = Path(args.file)
     genotype = Genotype.load(file)
     config, patch, batch = _settings(file, args)

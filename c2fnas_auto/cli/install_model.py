@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from c2fnas_auto import paths
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
 
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from c2fnas_auto import paths
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.deployment.model_zip import install_model_zip
 
     with trust_from_args(args):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.paths import results_root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.evaluation.msd_table import write_msd_table
 
     if args.results:
         root = Path(args.results)
     else:
-        from c2fnas_auto.paths import results_root
-
         root = results_root()
     if not root.is_dir():
         raise InputError(f"{root}: results folder not found")

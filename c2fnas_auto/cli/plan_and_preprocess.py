@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
+from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.paths import preprocessed_dir
 from c2fnas_auto.preprocessing.resample_bound import add_max_resampled_flag, apply_max_resampled_flag
+from c2fnas_auto.preprocessing.storage import list_cases
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,12 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.errors import C2FNASError
-    from c2fnas_auto.planning.pipeline import load_task, plan_and_preprocess, summary_line
-    from c2fnas_auto.preprocessing.storage import list_cases
-
     args = build_parser().parse_args(argv)
     apply_max_resampled_flag(args)
+    # start-up: the pipeline pulls in SimpleITK, scipy and scikit-image; --help should not wait for them
+    from c2fnas_auto.planning.pipeline import load_task, plan_and_preprocess, summary_line
+
     if args.num_workers < 1:
         raise C2FNASError(f"-np must be >= 1, got {args.num_workers}")
     progress = False if args.no_progress else True
@@ -54,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
                                     num_workers=args.num_workers, genotype=args.genotype,
                                     genotype_from=args.genotype_from, preprocess=not args.no_preprocess,
                                     progress=progress, cell_style=args.cell_style)
-        from c2fnas_auto.paths import preprocessed_dir
-
         n = None if args.no_preprocess else len(list_cases(preprocessed_dir(plans.task_name)))
         print(summary_line(plans, n))
     return 0

@@ -9,6 +9,8 @@ from contextlib import ExitStack
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 from c2fnas_auto.cli._execution import add_execution_flags, execution_from_args
 from c2fnas_auto.deployment.zip_limits import add_zip_limit_flags, zip_limits_from_args
+from c2fnas_auto.errors import InputError
+from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.preprocessing.resample_bound import add_max_resampled_flag, apply_max_resampled_flag
 
 
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_max_resampled_flag(args)
-    from c2fnas_auto.errors import InputError
+    # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.inference.experiments import find_experiment
     from c2fnas_auto.inference.predictor import Predictor
 
@@ -67,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.task is not None:
         genotype = None
         if args.genotype:
-            from c2fnas_auto.nas.genotype import Genotype
-
             genotype = Genotype.load(args.genotype).validate()
         names = args.experiment or [None]
         folders = [find_experiment(args.task, args.plans_name, genotype=genotype, experiment=n) for n in names]
     else:
         folders = args.model_folders
     with ExitStack() as stack:
+        # start-up: the library loads only once the arguments are parsed, so --help stays fast
         from c2fnas_auto.deployment.model_zip import expand_model_zips
 
         stack.enter_context(trust_from_args(args))

@@ -15,14 +15,19 @@ import sys
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
+from c2fnas_auto.nas.genotype import OPS
+from c2fnas_auto.paths import search_results_dir, task_name_from_id
+from c2fnas_auto.search.files import REPORT_FILE
+from c2fnas_auto.search.jobs import WorkerOptions
+from c2fnas_auto.search.report import within_noise_warnings
+from c2fnas_auto.search.settings import SearchSettings
+from c2fnas_auto.search.stop import SearchStopped, search_stop_flag
+from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of c2fnas_search, one after another: a parser reads best whole, in the order
     `--help` prints it, so it is not split by group."""
-    from c2fnas_auto.nas.genotype import OPS
-    from c2fnas_auto.search.settings import SearchSettings
-    from c2fnas_auto.search.jobs import WorkerOptions
 
     d = SearchSettings()
     w = WorkerOptions()
@@ -93,14 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.search.api import run_search
-    from c2fnas_auto.search.files import REPORT_FILE
-    from c2fnas_auto.search.settings import SearchSettings
-    from c2fnas_auto.search.stop import SearchStopped, search_stop_flag
-    from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
-    from c2fnas_auto.search.jobs import WorkerOptions
-
     args = build_parser().parse_args(argv)
+    # start-up: the search pulls in torch, optuna and the training stack; --help should not wait for them
+    from c2fnas_auto.search.api import run_search
+
     settings = settings_from_args(SearchSettings, args)
     stop = search_stop_flag().install()
     try:
@@ -114,15 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore()
     w = state.winner or {}
     if int(os.environ.get("RANK", "0")) == 0 and not args.join:
-        from c2fnas_auto.paths import search_results_dir, task_name_from_id
-
         folder = search_results_dir(task_name_from_id(args.task))
         print(f"winner: levels {','.join(map(str, w.get('levels', [])))} ops {','.join(w.get('ops', []))} "
               f"(fine Dice {w.get('fine_score', 0):.4f}, coarse Dice {w.get('coarse_score', 0):.4f} "
               f"at {w.get('coarse_epochs')} epochs)")
         print(f"written into plans.json and {folder / 'genotype.json'}; report: {folder / REPORT_FILE}")
-        from c2fnas_auto.search.report import within_noise_warnings
-
         for line in within_noise_warnings({"noise": state.noise}):
             print(f"c2fnas_search: warning: {line}", file=sys.stderr, flush=True)
     return 0

@@ -10,13 +10,13 @@ import argparse
 
 from c2fnas_auto.cli._common import add_trust_flag, cli_entry, exit_with, trust_from_args
 from c2fnas_auto.cli._execution import add_execution_flags, settings_from_args
+from c2fnas_auto.training.dataloader import AUGMENTATION_BACKENDS, FOREGROUND_CLASS_RULES
+from c2fnas_auto.training.signals import TrainingStopped
+from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
 from c2fnas_auto.utils.stop_signals import STOPPED_EXIT_CODE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from c2fnas_auto.training.dataloader import AUGMENTATION_BACKENDS, FOREGROUND_CLASS_RULES
-    from c2fnas_auto.training.trainer import TrainerOptions, default_num_workers
-
     d = TrainerOptions()
     p = argparse.ArgumentParser(prog="c2fnas_train", description=(
         "Train the network of the plans' genotype on one cross-validation fold. Results go to "
@@ -66,9 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from c2fnas_auto.training.signals import TrainingStopped
-    from c2fnas_auto.training.trainer import Trainer, TrainerOptions, default_num_workers
-
     args = build_parser().parse_args(argv)
     options = settings_from_args(
         TrainerOptions, args, patch_size=tuple(args.patch_size) if args.patch_size else None,

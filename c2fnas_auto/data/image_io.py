@@ -12,6 +12,9 @@ NIfTI files with slightly skewed direction cosines (ITK refuses them) are read w
 nibabel and processed on the nearest orthonormal grid; a warning says so once per file
 with the size of the change, and the file's own affine travels in
 `Geometry.original_affine`, so a prediction is written back with the input's header.
+
+nibabel is imported inside the functions that read or write NIfTI through it: about 0.3 s of
+start-up that other formats, and c2fnas_make_synthetic_task --help, need not pay.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ def check_complete(path: str | Path, thorough: bool = False) -> None:
     if ending not in (".nii", ".nii.gz"):
         return
     try:
+        # start-up: see the module docstring
         import nibabel as nib
 
         nii = nib.load(str(path))
@@ -165,6 +169,7 @@ def count_nonfinite(path: str | Path, array: np.ndarray | None = None) -> int:
     """
     path = Path(path)
     if file_ending(path) in (".nii", ".nii.gz"):
+        # start-up: see the module docstring
         import nibabel as nib
 
         nii = nib.load(str(path))
@@ -225,6 +230,7 @@ def _read_nifti_with_nibabel(path: Path) -> tuple[sitk.Image, np.ndarray | None]
     Returns the image on the orthonormal grid and the file's own affine (RAS) when it had to
     be changed (else None)."""
     try:
+        # start-up: see the module docstring
         import nibabel as nib
 
         nii = nib.load(str(path))
@@ -375,6 +381,7 @@ def write_segmentation(array: np.ndarray, geometry: Geometry, out_file: str | Pa
 
 
 def _write_nifti_with_affine(array: np.ndarray, geometry: Geometry, out_file: Path) -> None:
+    # start-up: see the module docstring
     import nibabel as nib
 
     affine = np.asarray(geometry.original_affine, dtype=np.float64).reshape(4, 4)

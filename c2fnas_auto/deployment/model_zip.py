@@ -34,10 +34,22 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
+from c2fnas_auto import paths
 from c2fnas_auto.deployment.errors import DeploymentError
+from c2fnas_auto.deployment.selection import fold_summaries, pooled_summary
 from c2fnas_auto.deployment.zip_limits import ZipLimits, copy_bounded
 from c2fnas_auto.deployment.zip_names import check_names
+from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.inference.experiments import available_folds
+from c2fnas_auto.nas.checkpoint import (
+    CHECKPOINTS,
+    checkpoint_file_name,
+    load_checkpoint,
+    save_checkpoint_dict,
+    trained_network,
+)
 from c2fnas_auto.paths import parse_task_folder_name
+from c2fnas_auto.utils.bounded_json import parse_json
 from c2fnas_auto.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 MANIFEST = "c2fnas_model.json"
@@ -50,9 +62,6 @@ KEEP_KEYS = ("network_weights", "plans", "genotype", "network_config", "epoch", 
 # ----------------------------------------------------------------- export
 def _stage_experiment(exp_dir: Path, stage: Path, checkpoint_name: str, folds: Sequence[str],
                       task_files: dict[str, Path]) -> dict:
-    from c2fnas_auto.deployment.selection import fold_summaries, pooled_summary
-    from c2fnas_auto.nas.checkpoint import load_checkpoint, save_checkpoint_dict
-
     stage.mkdir(parents=True)
     plans = genotype = None
     for fold in folds:
@@ -99,9 +108,6 @@ def _readme(manifest: dict) -> str:
 
 def _task_files(task_name: str) -> dict[str, Path]:
     """dataset.json (raw) and fingerprint.json (preprocessed) where this machine has them."""
-    from c2fnas_auto import paths
-    from c2fnas_auto.errors import C2FNASError
-
     found: dict[str, Path] = {}
     for name, folder in (("dataset.json", lambda: paths.resolve_task(task_name)),
                          ("fingerprint.json", lambda: paths.preprocessed_dir(task_name))):
@@ -117,9 +123,6 @@ def _task_files(task_name: str) -> dict[str, Path]:
 def export_model_zip(task_name: str, experiment_dirs: Sequence[Path], out_zip: Path, checkpoint: str = "final",
                      folds: Sequence[str] | None = None) -> dict:
     """Write `out_zip` (atomically) with every given experiment's trained folds; returns the manifest."""
-    from c2fnas_auto.inference.experiments import available_folds
-    from c2fnas_auto.nas.checkpoint import checkpoint_file_name
-
     name = checkpoint_file_name(checkpoint)
     out_zip = Path(out_zip)
     if not experiment_dirs:
@@ -197,9 +200,6 @@ def read_manifest(zip_file: Path, limits: ZipLimits | None = None) -> dict:
 
 
 def _parse_manifest(raw: bytes, zip_file: Path) -> dict:
-    from c2fnas_auto.errors import InputError
-    from c2fnas_auto.utils.bounded_json import parse_json
-
     try:
         manifest = parse_json(raw, f"{zip_file}: {MANIFEST}", "the manifest")
     except InputError as exc:
@@ -221,7 +221,6 @@ def _parse_manifest(raw: bytes, zip_file: Path) -> dict:
         if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
                 or not isinstance(e.get("folds"), list) or not e["folds"]:
             raise DeploymentError(f"{zip_file}: {MANIFEST} has a malformed experiment entry {e!r:.80}")
-    from c2fnas_auto.nas.checkpoint import CHECKPOINTS
 
     checkpoint = manifest.get("checkpoint", "final")
     if not isinstance(checkpoint, str) or checkpoint not in CHECKPOINTS:
@@ -233,9 +232,6 @@ def _parse_manifest(raw: bytes, zip_file: Path) -> dict:
 
 def _check_extracted(root: Path, manifest: dict, zip_file: Path) -> list[Path]:
     """Every listed fold checkpoint rebuilds its network; returns the experiment folders."""
-    from c2fnas_auto.errors import C2FNASError
-    from c2fnas_auto.nas.checkpoint import checkpoint_file_name, trained_network
-
     name = checkpoint_file_name(manifest.get("checkpoint", "final"))
     folders = []
     for e in manifest["experiments"]:

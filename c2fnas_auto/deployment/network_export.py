@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from c2fnas_auto.deployment.errors import DeploymentError
+from c2fnas_auto.nas.ops import Upsample
 from c2fnas_auto.utils.io import atomic_path
 
 # Stated tolerance of an export: max |exported - PyTorch| <= ATOL + RTOL * max |PyTorch| over the logits.
@@ -63,8 +64,6 @@ class ScaleUpsample(nn.Module):
 
 def exportable_copy(network: nn.Module) -> nn.Module:
     """A deep copy in eval mode on the CPU with every `Upsample` replaced by `ScaleUpsample`."""
-    from c2fnas_auto.nas.ops import Upsample
-
     net = copy.deepcopy(network).to("cpu").eval()
     for parent in net.modules():
         for name, child in list(parent.named_children()):
@@ -139,6 +138,7 @@ def check_torchscript(network: nn.Module, ts_file: Path, example: torch.Tensor) 
 def save_onnx(network: nn.Module, example: torch.Tensor, out_file: Path) -> ExportCheck:
     """ONNX with dynamic batch and spatial axes, checked with onnxruntime."""
     try:
+        # optional dependency: the deploy extra
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise DeploymentError("ONNX export needs the 'onnx' package: pip install 'c2fnas-auto[deploy]'") from None
@@ -156,6 +156,7 @@ def save_onnx(network: nn.Module, example: torch.Tensor, out_file: Path) -> Expo
 
 def check_onnx(network: nn.Module, onnx_file: Path, example: torch.Tensor) -> ExportCheck:
     try:
+        # optional dependency: the deploy extra
         import onnxruntime
     except ImportError:
         raise DeploymentError("checking an ONNX export needs 'onnxruntime': pip install 'c2fnas-auto[deploy]'"

@@ -21,7 +21,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from c2fnas_auto.data.image_io import write_segmentation
 from c2fnas_auto.deployment.errors import DeploymentError
+from c2fnas_auto.evaluation.evaluate import evaluate_folders, summarize
+from c2fnas_auto.inference.export import geometry_from_properties, labels_from_probabilities
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 BEST_FILE = "best_configuration.json"
@@ -58,8 +61,6 @@ def fold_summaries(experiment_dir: Path) -> dict[str, dict]:
 
 def pooled_summary(summaries: Sequence[dict], labels: dict[str, int]) -> dict:
     """One summary over the cases of several folds' summaries (what 'cross-validation Dice' means here)."""
-    from c2fnas_auto.evaluation.evaluate import summarize
-
     per_case = [case for s in summaries for case in s.get("per_case", [])]
     return {"n_cases": len(per_case), **summarize(per_case, labels)}
 
@@ -100,10 +101,6 @@ def _probabilities(experiment_dir: Path, fold: str, case_id: str) -> np.ndarray:
 def score_ensemble(experiment_dirs: Sequence[Path], folds: Sequence[str], labels: dict[str, int],
                    reference_folder: Path, out_dir: Path, progress: bool = True) -> Candidate:
     """Average the members' validation softmax case by case, write the argmax, evaluate it."""
-    from c2fnas_auto.data.image_io import write_segmentation
-    from c2fnas_auto.evaluation.evaluate import evaluate_folders
-    from c2fnas_auto.inference.export import geometry_from_properties, labels_from_probabilities
-
     first = experiment_dirs[0]
     jobs = []
     for fold in folds:

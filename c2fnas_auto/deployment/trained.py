@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from c2fnas_auto.deployment.errors import DeploymentError
+from c2fnas_auto.inference.experiments import available_folds, find_experiment
+from c2fnas_auto.inference.predictor import load_fold
 
 
 @dataclass
@@ -34,8 +36,6 @@ class TrainedFold:
 def experiment_folder(task: str | int | None, model_folder: str | None, plans_name: str,
                       experiment: str | None = None) -> Path:
     """`-m FOLDER` as given, else the task's experiment (`--experiment NAME`, default the plans genotype's)."""
-    from c2fnas_auto.inference.experiments import find_experiment
-
     if model_folder is not None:
         folder = Path(model_folder)
         if not folder.is_dir():
@@ -46,9 +46,6 @@ def experiment_folder(task: str | int | None, model_folder: str | None, plans_na
 
 def load_trained_fold(experiment_dir: Path, fold: str | None, checkpoint: str) -> TrainedFold:
     """`fold` None: 'all' when trained, else the first trained fold."""
-    from c2fnas_auto.inference.experiments import available_folds
-    from c2fnas_auto.inference.predictor import load_fold
-
     folds = available_folds(experiment_dir, checkpoint)
     if not folds:
         raise DeploymentError(f"{experiment_dir}: no fold has checkpoint_{checkpoint}.pth")

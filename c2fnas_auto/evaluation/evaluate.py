@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from c2fnas_auto.data.image_io import IMAGE_ENDINGS
+from c2fnas_auto.data.image_io import IMAGE_ENDINGS, read_segmentation
 from c2fnas_auto.errors import InputError
 from c2fnas_auto.evaluation.metrics import confusion, dice_from_confusion, normalized_surface_dice
 from c2fnas_auto.utils.io import atomic_write_json
@@ -51,8 +51,6 @@ def _check_geometry(case_id: str, ref_geo: Any, pred_geo: Any, ref_shape: tuple,
 
 def evaluate_case(ref_file: Path, pred_file: Path, labels: dict[str, int], nsd_tolerance_mm: float) -> dict:
     """Metrics of one case for every non-background label."""
-    from c2fnas_auto.data.image_io import read_segmentation
-
     case_id = segmentation_case_id(pred_file)
     ref, ref_geo = read_segmentation(ref_file)
     pred, pred_geo = read_segmentation(pred_file)
@@ -112,8 +110,6 @@ def _evaluate_star(args: tuple) -> dict:
 def missing_case_result(case_id: str, ref_file: Path, labels: dict[str, int]) -> dict:
     """A reference case without a prediction, counted as a failure: Dice 0 and NSD 0 for every
     label the reference holds (NaN for labels it lacks: an empty prediction would be right there)."""
-    from c2fnas_auto.data.image_io import read_segmentation
-
     ref, ref_geo = read_segmentation(ref_file)
     voxel_mm3 = float(np.prod(ref_geo.spacing))
     metrics: dict[str, dict] = {}
@@ -180,8 +176,6 @@ def evaluate_folders(ref_folder: str | os.PathLike, pred_folder: str | os.PathLi
 
 def labels_from_references(ref_folder: str | os.PathLike) -> dict[str, int]:
     """Every value found in the reference files, as {str(value): value} (fallback without a task)."""
-    from c2fnas_auto.data.image_io import read_segmentation
-
     values: set[int] = set()
     for f in segmentation_files(Path(ref_folder)).values():
         seg, _ = read_segmentation(f)

@@ -13,6 +13,7 @@ from pathlib import Path
 from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.nas.checkpoint import checkpoint_file_name
+from c2fnas_auto.planning.plans import Plans
 
 EXPERIMENT_SEPARATOR = "__"
 
@@ -59,8 +60,6 @@ def list_experiments(task_dir: Path) -> list[Path]:
 
 def _plans_genotype_id(task_name: str, plans_name: str) -> str | None:
     """Short id of the genotype in the task's preprocessed plans.json, None when there is none to read."""
-    from c2fnas_auto.planning.plans import Plans
-
     try:
         plans_file = paths.preprocessed_dir(task_name) / "plans.json"
     except C2FNASError:

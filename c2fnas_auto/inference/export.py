@@ -15,17 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from c2fnas_auto.data.image_io import IMAGE_ENDINGS, Geometry, write_segmentation
 from c2fnas_auto.inference.postprocessing import apply_postprocessing
+from c2fnas_auto.preprocessing.resampling import case_low_res_axis, resample_to_shape
 from c2fnas_auto.utils.io import atomic_path, atomic_write_json
-
 
 PROBABILITY_ORDER = 1  # linear: no overshoot of probabilities, cheaper than cubic
 
 
 def probabilities_to_original(probabilities: np.ndarray | torch.Tensor, properties: dict, plans: Any) -> np.ndarray:
     """(K, z, y, x) preprocessed-space probabilities -> (K, *shape_original) float32."""
-    from c2fnas_auto.preprocessing.resampling import case_low_res_axis, resample_to_shape
-
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().to("cpu", torch.float32).numpy()
     probs = np.asarray(probabilities, dtype=np.float32)
@@ -48,8 +47,6 @@ def probabilities_to_original(probabilities: np.ndarray | torch.Tensor, properti
 
 
 def geometry_from_properties(properties: dict):
-    from c2fnas_auto.data.image_io import Geometry
-
     return Geometry.from_dict({"spacing": properties["sitk_spacing"], "origin": properties["sitk_origin"],
                                "direction": properties["sitk_direction"],
                                "original_affine": properties.get("nifti_affine")})
@@ -69,8 +66,6 @@ def export_prediction(probabilities: np.ndarray | torch.Tensor, properties: dict
     With `save_probabilities`, `<case>.npz` (key `probabilities`, original space, float32)
     and `<case>.json` (the case properties) are written next to the segmentation.
     """
-    from c2fnas_auto.data.image_io import write_segmentation
-
     full = probabilities_to_original(probabilities, properties, plans)
     seg = labels_from_probabilities(full, postprocessing)
     out_file = Path(out_file)
@@ -91,7 +86,6 @@ def probability_files(out_file: Path) -> tuple[Path, Path]:
 
 def _strip_image_ending(path: Path) -> str:
     name = path.name
-    from c2fnas_auto.data.image_io import IMAGE_ENDINGS
 
     for ending in IMAGE_ENDINGS:
         if name.endswith(ending):

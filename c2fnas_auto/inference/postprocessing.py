@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from c2fnas_auto.data.image_io import read_segmentation
 from c2fnas_auto.errors import InputError
 from c2fnas_auto.evaluation.evaluate import segmentation_files
 from c2fnas_auto.evaluation.metrics import Confusion, dice_from_confusion
@@ -161,8 +162,6 @@ def determine_postprocessing(results_dir: str | os.PathLike, reference_folder: s
 
     One function: both decisions are made on the same loaded predictions in one pass, the second
     building on the first."""
-    from c2fnas_auto.data.image_io import read_segmentation
-
     results_dir = Path(results_dir)
     reference_folder = Path(reference_folder)
     refs = segmentation_files(reference_folder) if reference_folder.is_dir() else {}

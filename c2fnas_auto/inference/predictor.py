@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from c2fnas_auto.data.dataset import Case, cases_from_folder
+from c2fnas_auto.data.image_io import Geometry, check_complete, strip_ending
+from c2fnas_auto.data.integrity import read_case_to_predict
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.inference.experiments import available_folds, genotype_id_of_folder
-from c2fnas_auto.inference.export import export_prediction, labels_from_probabilities, probabilities_to_original
+from c2fnas_auto.inference.export import (
+    export_prediction,
+    labels_from_probabilities,
+    probabilities_to_original,
+    probability_files,
+)
 from c2fnas_auto.inference.postprocessing import find_postprocessing, load_postprocessing
 from c2fnas_auto.inference.sliding_window import sliding_window_predict
-from c2fnas_auto.nas.execution import ExecutionOptions, check_precision, prepare_network
 from c2fnas_auto.nas.checkpoint import checkpoint_file_name, trained_network
+from c2fnas_auto.nas.execution import ExecutionOptions, check_precision, prepare_network
+from c2fnas_auto.planning.plans import Plans
+from c2fnas_auto.planning.size_check import check_prediction_fits
+from c2fnas_auto.preprocessing.preprocessor import preprocess_case
+from c2fnas_auto.preprocessing.resample_bound import check_case_header
 from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
@@ -58,8 +71,6 @@ class FoldModel:
 def load_fold(model_folder: Path, fold: str | int, checkpoint: str, device: torch.device) -> FoldModel:
     """Network and plans of one fold from its checkpoint; its genotype must be the one the
     experiment folder is named after."""
-    from c2fnas_auto.planning.plans import Plans
-
     ckpt_file = Path(model_folder) / f"fold_{fold}" / checkpoint_file_name(checkpoint)
     if not ckpt_file.is_file():
         raise InputError(f"{ckpt_file}: checkpoint not found (is fold {fold} trained?)")
@@ -121,9 +132,6 @@ def _finished(out_file: Path, save_probabilities: bool = False) -> bool:
     Our writes are atomic, but a file left by another tool or a crashed copy may be cut short,
     and a kill between the image's rename and the probabilities' leaves the image alone: with
     `save_probabilities` the case's `.npz` and `.json` must be there too, else it is redone."""
-    from c2fnas_auto.data.image_io import check_complete
-    from c2fnas_auto.inference.export import probability_files
-
     if not out_file.is_file():
         return False
     try:
@@ -141,8 +149,6 @@ def _finished(out_file: Path, save_probabilities: bool = False) -> bool:
 
 def _readable_companion(path: Path) -> bool:
     """The `.npz` opens as a zip and the `.json` parses (both are written atomically by us)."""
-    import zipfile
-
     if not path.is_file():
         return False
     try:
@@ -225,7 +231,6 @@ class Predictor:
             raise InputError(f"step size {step_size} must be in (0, 1]")
         if tile_batch_size < 1:
             raise InputError(f"tile batch size {tile_batch_size} must be at least 1")
-        from c2fnas_auto.planning.size_check import check_prediction_fits
 
         for m in loaded.models:  # a checkpoint's plans may come from someone else: its patch is checked first
             check_prediction_fits(m.checkpoint_file or "network in memory", m.plans.patch_size, m.plans.num_channels,
@@ -296,9 +301,6 @@ class Predictor:
         `spacing` is in the array's (z, y, x) order; `direction` (9 values) and `origin` are
         SimpleITK (x, y, z) order as `data.image_io.Geometry` holds them (default identity, 0).
         With `return_probabilities`, also the (K, z, y, x) float32 probabilities."""
-        from c2fnas_auto.data.image_io import Geometry
-        from c2fnas_auto.preprocessing.preprocessor import preprocess_case
-
         image = np.asarray(image, dtype=np.float32)
         if image.ndim == 3:
             image = image[None]
@@ -345,9 +347,6 @@ class Predictor:
         return self._run(todo, save_probabilities, num_export_workers)
 
     def _cases(self, inputs: Any, file_ending: str) -> tuple[list, Path | None]:
-        from c2fnas_auto.data.dataset import Case, cases_from_folder
-        from c2fnas_auto.data.image_io import strip_ending
-
         if isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_dir():
             return cases_from_folder(Path(inputs), self.plans.num_channels, file_ending,
                                      per_case_problems=True), Path(inputs)
@@ -370,10 +369,6 @@ class Predictor:
 
     def _run(self, todo: list[tuple[Any, Path]], save_probabilities: bool,
              num_export_workers: int) -> list[tuple[str, str]]:
-        from c2fnas_auto.data.integrity import read_case_to_predict
-        from c2fnas_auto.preprocessing.preprocessor import preprocess_case
-        from c2fnas_auto.preprocessing.resample_bound import check_case_header
-
         plans, pp = self.plans, self.postprocessing
         failures: list[tuple[str, str]] = []
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.utils.torch_files import load_torch_file, save_plain
 
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
@@ -91,8 +93,7 @@ def _frozen(value: Any) -> Any:
 
 def trained_network(path: Path, map_location="cpu") -> TrainedNetwork:
     """Read a checkpoint and rebuild its network from the genotype and config it records."""
-    from c2fnas_auto.nas.config import NetworkConfig
-    from c2fnas_auto.nas.genotype import Genotype
+    # start-up: nas.network loads torch._dynamo (seconds); the --help of c2fnas_train imports this module
     from c2fnas_auto.nas.network import build_network
 
     path = Path(path)

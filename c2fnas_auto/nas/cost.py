@@ -26,7 +26,7 @@ from math import prod
 from typing import Sequence
 
 from c2fnas_auto.nas.config import NetworkConfig
-from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.nas.genotype import OPS, Genotype
 from c2fnas_auto.nas.plan import CellPlan, ConvUnit, NetworkPlan, WiredCellPlan, WiredHeadPlan, make_plan
 
 WORKSPACE_FRACTION = 0.10
@@ -221,8 +221,6 @@ def estimate_cost(genotype: Genotype, config: NetworkConfig, patch_size: Sequenc
 def estimate_supernet_cost(levels: Sequence[int], config: NetworkConfig, patch_size: Sequence[int],
                            ops: Sequence[str], batch_size: int = 2, amp: bool = True) -> CostEstimate:
     """Cost of a supernet training step on path `ops` (weights of all candidates, one path's activations)."""
-    from c2fnas_auto.nas.genotype import OPS
-
     patch = config.check_patch(patch_size, deepest_level=max(levels))
     plan = make_plan(levels, [list(OPS)] * len(levels), config)
     return cost_from_tally(tally_plan(plan, patch, ops=ops, all_ops=True), batch_size, amp)

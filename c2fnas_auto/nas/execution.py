@@ -187,6 +187,7 @@ def allow_recompiles(n: int) -> None:
     """Let dynamo keep `n` graphs per code object. The supernet's cells share one forward, and
     each (cell, op, train/eval) is a graph of its own: under dynamo's default limit of 8 every
     cell after the eighth graph silently ran eagerly. Raises the process-wide limit, never lowers it."""
+    # start-up: torch._dynamo takes seconds to import and only a compiled network needs it
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):

@@ -25,6 +25,8 @@ from math import prod
 from typing import Any, Sequence
 
 from c2fnas_auto.errors import PlansError
+from c2fnas_auto.nas.cost import estimate_cost
+from c2fnas_auto.nas.genotype import reference_genotype
 from c2fnas_auto.planning.planner import MIN_FEATURE_SIZE, compute_strides
 
 BUDGET_NAMES: tuple[str, ...] = ("reference", "nnunet")
@@ -127,9 +129,6 @@ def nnunet_cost(in_channels: int, num_classes: int, spacing: Sequence[float],
 
 def named_budget(name: str, plans: Any) -> NamedBudget:
     """The limits `--budget NAME` sets for these plans (PlansError for an unknown name)."""
-    from c2fnas_auto.nas.cost import estimate_cost
-    from c2fnas_auto.nas.genotype import reference_genotype
-
     patch = [int(p) for p in plans.patch_size]
     if name == "reference":
         cost = estimate_cost(reference_genotype(), plans.network_config(), patch, batch_size=int(plans.batch_size))

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from c2fnas_auto.data.image_io import read_image, read_segmentation
+from c2fnas_auto.data.sources import case_sources
 from c2fnas_auto.preprocessing.cropping import bbox_of_mask, nonzero_mask
 from c2fnas_auto.utils.parallel import parallel_map
 from c2fnas_auto.utils.seeds import case_seed
@@ -25,8 +27,6 @@ SAMPLES_PER_CASE = 10000
 
 def fingerprint_case(case) -> dict[str, Any]:
     """Measure one training case (a data.dataset.Case); foreground samples come back as lists."""
-    from c2fnas_auto.data.image_io import read_image, read_segmentation
-
     data, geometry = read_image(case.image_files)
     seg = read_segmentation(case.label_file)[0] if case.label_file is not None else None
     mask = nonzero_mask(data)
@@ -73,8 +73,6 @@ def intensity_statistics(samples: np.ndarray, vmin: float, vmax: float) -> dict[
 
 def compute_fingerprint(dataset, num_workers: int = 1, progress: bool | None = None) -> dict[str, Any]:
     """Fingerprint of the training cases of a data.dataset.Dataset (JSON-ready dict)."""
-    from c2fnas_auto.data.sources import case_sources
-
     sources = [case_sources(c, dataset.folder) for c in dataset.training]  # before reading: a later change shows
     per_case = parallel_map(fingerprint_case, dataset.training, num_workers, desc="fingerprint", progress=progress)
     num_channels = len(dataset.channel_names)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from c2fnas_auto.errors import C2FNASError, PlansError
+from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import PLANS_FILE, SEARCH_GENOTYPE_FILE, preprocessed_dir, search_results_dir
 
 OLD_SEARCH_SUBDIR = "search"  # under the preprocessed task, where earlier 0.1.0 development versions
@@ -39,8 +40,6 @@ def search_winner_files(task_name: str) -> list[Path]:
 
 
 def _load(path: Path):
-    from c2fnas_auto.nas.genotype import Genotype
-
     return Genotype.load(path)
 
 

@@ -14,12 +14,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from c2fnas_auto.data.dataset import load_dataset
+from c2fnas_auto.data.integrity import verify_dataset
+from c2fnas_auto.data.sources import case_sources, changed_cases
 from c2fnas_auto.errors import C2FNASError, InputError
-from c2fnas_auto.paths import PLANS_FILE  # noqa: F401 (also imported from here by older callers)
+from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.paths import (
+    PLANS_FILE,  # noqa: F401 (also imported from here by older callers)
+    preprocessed_dir,
+    resolve_task,
+    task_name_from_id,
+)
 from c2fnas_auto.planning.fingerprint import FINGERPRINT_VERSION, compute_fingerprint
 from c2fnas_auto.planning.genotype_source import genotype_of_task, previous_genotype
 from c2fnas_auto.planning.planner import plan_experiment
 from c2fnas_auto.planning.plans import Plans
+from c2fnas_auto.preprocessing.preprocessor import preprocess_dataset
+from c2fnas_auto.preprocessing.provenance import replan_disagreement
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -28,10 +39,6 @@ log = logging.getLogger(__name__)
 
 def load_task(task: str | int, verify: bool = True, num_workers: int = 1, progress: bool | None = None):
     """Resolve, load and (optionally) verify a raw task; returns the data.dataset.Dataset."""
-    from c2fnas_auto.data.dataset import load_dataset
-    from c2fnas_auto.data.integrity import verify_dataset
-    from c2fnas_auto.paths import resolve_task
-
     dataset = load_dataset(resolve_task(task))
     if not dataset.training:
         raise InputError(f"{dataset.folder}: the dataset has no training cases")
@@ -48,15 +55,11 @@ def task_folder_name(dataset) -> str:
 def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = None):
     """A Genotype from an object, a genotype/plans file path, or another task (its plans, else its
     search's winner file: planning.genotype_source)."""
-    from c2fnas_auto.nas.genotype import Genotype
-
     if genotype is not None and genotype_from is not None:
         raise C2FNASError("give either a genotype file or --genotype-from, not both")
     if genotype is not None:
         return genotype if isinstance(genotype, Genotype) else Genotype.load(Path(genotype))
     if genotype_from is not None:
-        from c2fnas_auto.paths import task_name_from_id
-
         return genotype_of_task(task_name_from_id(genotype_from)).genotype
     return None
 
@@ -64,8 +67,6 @@ def resolve_genotype(genotype: Any = None, genotype_from: str | int | None = Non
 def _reusable_fingerprint(path: Path, dataset) -> tuple[dict[str, Any] | None, str | None]:
     """(the fingerprint, None) when it was measured from exactly these cases and files, else
     (None, why it must be recomputed); (None, None) when there is none yet."""
-    from c2fnas_auto.data.sources import case_sources, changed_cases
-
     if not path.is_file():
         return None, None
     try:
@@ -95,9 +96,6 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
                         verify: bool = True, preprocess: bool = True, progress: bool | None = None,
                         cell_style: str = "c2fnas") -> Plans:
     """Fingerprint, plan and preprocess one task; returns the plans written to plans.json."""
-    from c2fnas_auto.paths import preprocessed_dir
-    from c2fnas_auto.preprocessing.preprocessor import preprocess_dataset
-
     chosen = resolve_genotype(genotype, genotype_from)
     dataset = load_task(task, verify=verify, num_workers=num_workers, progress=progress)
     out = preprocessed_dir(task_folder_name(dataset))
@@ -130,9 +128,6 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
 def _refuse_stale_arrays(out: Path, plans: Plans, dataset) -> None:
     """`--no-preprocess` over existing arrays the new plans would not describe: refused, as
     training would otherwise run on the old arrays under the new plans."""
-    from c2fnas_auto.data.sources import case_sources
-    from c2fnas_auto.preprocessing.provenance import replan_disagreement
-
     why = replan_disagreement(out, plans, {c.case_id: case_sources(c, dataset.folder) for c in dataset.training})
     if why is not None:
         raise InputError(f"{out}: --no-preprocess refused: {why}, so the preprocessed arrays there would no longer "

@@ -17,7 +17,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from c2fnas_auto.errors import PlansError
-from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.config import CELL_STYLES, NetworkConfig
+from c2fnas_auto.nas.cost import estimate_cost
+from c2fnas_auto.nas.genotype import reference_genotype
 from c2fnas_auto.paths import DEFAULT_PLANS_NAME
 from c2fnas_auto.planning.plans import Plans, default_resampling
 
@@ -106,8 +108,6 @@ def network_for(num_channels: int, num_classes: int, base_channels: int, strides
 
 # ----------------------------------------------------------------- fitting
 def _default_cost_fn() -> CostFn:
-    from c2fnas_auto.nas.cost import estimate_cost
-
     return estimate_cost
 
 
@@ -194,9 +194,6 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
                     cell_style: str = "c2fnas") -> Plans:
     """Plans for a task from its fingerprint (`dataset` only supplies the name when given).
     `cell_style` picks the wiring (nas.config.CELL_STYLES); patch and batch are fitted to it."""
-    from c2fnas_auto.nas.config import CELL_STYLES
-    from c2fnas_auto.nas.genotype import reference_genotype
-
     if gpu_memory_gb is None or gpu_memory_gb <= 0:
         raise PlansError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
     if int(base_channels) < 1:

@@ -16,6 +16,7 @@ from typing import Any
 
 from c2fnas_auto.errors import C2FNASError, InputError, PlansError
 from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import DEFAULT_PLANS_NAME
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
@@ -222,8 +223,6 @@ def _network_from_dict(d: Any, source: str) -> NetworkConfig:
 
 
 def _genotype_from_dict(d: Any, source: str):
-    from c2fnas_auto.nas.genotype import Genotype
-
     if isinstance(d, Genotype):
         return d
     if not isinstance(d, dict):

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.nas.cost import estimate_cost
 
 GIB = 2 ** 30
 FLOAT_BYTES = 4
@@ -48,8 +49,6 @@ def check_training_fits(source: str | Path, genotype: Any, config: Any, patch: S
     """Training at `patch` x `batch` with this genotype and network config fits `device` and the
     host (the loader's batch arrays); else InputError naming `source` (the plans file).
     `batch` is the global batch; each of `ranks` processes holds its share."""
-    from c2fnas_auto.nas.cost import estimate_cost
-
     patch = [int(p) for p in patch]
     batch = -(-int(batch) // max(1, int(ranks)))
     sizes = f"patch {patch}, batch {batch}, widths {list(config.level_channels)}"

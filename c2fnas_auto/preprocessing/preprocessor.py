@@ -18,16 +18,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from c2fnas_auto.data.dataset import load_dataset
+from c2fnas_auto.data.image_io import read_image, read_segmentation, strip_ending
+from c2fnas_auto.data.sources import case_sources
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.paths import preprocessed_dir as task_preprocessed_dir
+from c2fnas_auto.paths import resolve_task
 from c2fnas_auto.preprocessing.cropping import crop_to_nonzero
 from c2fnas_auto.preprocessing.normalization import normalize
 from c2fnas_auto.preprocessing.resample_bound import check_case_grid, check_case_header
 from c2fnas_auto.preprocessing.resampling import compute_new_shape, resample_to_shape, separate_axis
-from c2fnas_auto.data.sources import case_sources
-from c2fnas_auto.preprocessing.storage import (CASES_FILE, case_paths, data_dir, is_case_finished, list_cases,
-                                               read_properties)
-from c2fnas_auto.utils.io import (atomic_save_npy, atomic_write_json, atomic_write_text, load_json,
-                                  remove_stale_temporaries)
+from c2fnas_auto.preprocessing.storage import (
+    CASES_FILE,
+    case_paths,
+    data_dir,
+    is_case_finished,
+    list_cases,
+    read_properties,
+)
+from c2fnas_auto.utils.io import (
+    atomic_save_npy,
+    atomic_write_json,
+    atomic_write_text,
+    load_json,
+    remove_stale_temporaries,
+)
 from c2fnas_auto.utils.parallel import parallel_map
 from c2fnas_auto.utils.seeds import case_seed
 
@@ -68,8 +83,6 @@ def preprocess_case(image_files: Sequence[str | Path], plans, label_file: str | 
 
     One function: crop, transpose, resample and normalize run in this order on the same arrays, as in
     nnU-Net."""
-    from c2fnas_auto.data.image_io import read_image, read_segmentation, strip_ending
-
     image_files = [Path(f) for f in image_files]
     case_id = case_id or strip_ending(image_files[0]).removesuffix("_0000")
     if image is None:
@@ -170,14 +183,9 @@ def preprocess_dataset(task_name: str, plans, num_workers: int = 1, dataset=None
                        preprocessed_dir: str | Path | None = None, progress: bool | None = None) -> dict[str, int]:
     """Preprocess every training case not yet finished; returns counts processed / skipped."""
     if dataset is None:
-        from c2fnas_auto.data.dataset import load_dataset
-        from c2fnas_auto.paths import resolve_task
-
         dataset = load_dataset(resolve_task(task_name))
     if preprocessed_dir is None:
-        from c2fnas_auto.paths import preprocessed_dir as _pre
-
-        preprocessed_dir = _pre(task_name)
+        preprocessed_dir = task_preprocessed_dir(task_name)
     folder = data_dir(preprocessed_dir)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)

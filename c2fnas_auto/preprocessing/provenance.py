@@ -17,7 +17,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from c2fnas_auto.errors import InputError
+from c2fnas_auto.data.dataset import load_dataset
+from c2fnas_auto.data.sources import case_sources
+from c2fnas_auto.errors import C2FNASError, InputError
+from c2fnas_auto.paths import resolve_task
 from c2fnas_auto.preprocessing.preprocessor import SETTINGS_FILE, relevant_settings, settings_identity
 from c2fnas_auto.preprocessing.storage import case_paths, data_dir, list_cases, read_properties
 from c2fnas_auto.utils.io import load_json
@@ -61,11 +64,6 @@ def _fingerprint_sources(preprocessed_dir: Path) -> dict[str, Any] | None:
 def raw_sources(task_name: str) -> dict[str, Any] | None:
     """{case id: sources} of the raw task's training cases as they are now; None when this
     machine holds no raw folder for the task (training from preprocessed data only)."""
-    from c2fnas_auto.data.dataset import load_dataset
-    from c2fnas_auto.data.sources import case_sources
-    from c2fnas_auto.errors import C2FNASError
-    from c2fnas_auto.paths import resolve_task
-
     try:
         dataset = load_dataset(resolve_task(task_name))
     except C2FNASError:

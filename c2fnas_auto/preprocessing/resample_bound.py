@@ -82,6 +82,7 @@ def check_resampled_size(shape: Sequence[int], new_shape: Sequence[int], channel
 def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], int] | None:
     """(shape (z, y, x), spacing (z, y, x), channels) from the file's header, without reading
     voxels; None when the header gives no 3D grid (the full read then names the problem)."""
+    # start-up: c2fnas_predict --help imports this module for its flag; image reading loads SimpleITK
     from c2fnas_auto.data.image_io import NIFTI_ENDINGS, file_ending, read_image_info
     from c2fnas_auto.data.nifti_header import nifti_grid
 
@@ -98,6 +99,7 @@ def check_case_grid(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], chan
                     where: str) -> list[int]:
     """Spacing in range and the resampled case within the bound; returns its shape in
     preprocessed order. Cropping only shrinks a case, so the uncropped shape bounds it."""
+    # start-up: c2fnas_predict --help imports this module; resampling loads scipy and scikit-image
     from c2fnas_auto.preprocessing.resampling import compute_new_shape
 
     check_spacing(spacing_zyx, where)

@@ -10,11 +10,19 @@ import datetime
 from typing import Any
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.execution import check_precision
+from c2fnas_auto.nas.plot import plot_genotype
+from c2fnas_auto.paths import preprocessed_dir, search_results_dir, task_name_from_id
+from c2fnas_auto.planning.pipeline import PLANS_FILE
+from c2fnas_auto.planning.plans import Plans
+from c2fnas_auto.preprocessing.provenance import check_arrays_match_plans
+from c2fnas_auto.preprocessing.storage import list_dataset_cases
+from c2fnas_auto.search.budgeting import resolve_budget
 from c2fnas_auto.search.core import search_core, write_outputs
 from c2fnas_auto.search.files import GENOTYPE_FILE, GENOTYPE_PNG
+from c2fnas_auto.search.heldout import heldout_cases
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.old_folders import adopt_old_folder
-from c2fnas_auto.search.budgeting import resolve_budget
 from c2fnas_auto.search.plans_writer import winner_genotype, winner_network, write_into_plans
 from c2fnas_auto.search.real_training import rank_device, real_hooks
 from c2fnas_auto.search.settings import SearchSettings
@@ -29,15 +37,6 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
     """`c2fnas_search -t TASK`: search on the task's fold 0 (held-out cases removed), write
     the winner into its plans.json and `search_results_dir(task)/genotype.json`; returns
     the final state. Several workers: torchrun ranks, and/or later processes with `join`."""
-    from c2fnas_auto.nas.execution import check_precision
-    from c2fnas_auto.nas.plot import plot_genotype
-    from c2fnas_auto.paths import preprocessed_dir, search_results_dir, task_name_from_id
-    from c2fnas_auto.planning.pipeline import PLANS_FILE
-    from c2fnas_auto.planning.plans import Plans
-    from c2fnas_auto.preprocessing.provenance import check_arrays_match_plans
-    from c2fnas_auto.preprocessing.storage import list_dataset_cases
-    from c2fnas_auto.search.heldout import heldout_cases
-
     settings.validate()
     task_name = task_name_from_id(task)
     pre = preprocessed_dir(task_name)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.nas.budget import BudgetError, CostBudget, Pricing
+from c2fnas_auto.planning.budgets import named_budget
 from c2fnas_auto.search.runner import Evaluate, Proposal
 from c2fnas_auto.search.settings import SearchSettings, Topologies
 
@@ -27,8 +28,6 @@ def resolve_budget(settings: SearchSettings, plans: Any = None) -> tuple[CostBud
     if settings.budget is not None:
         if plans is None:
             raise C2FNASError(f"--budget {settings.budget}: a named budget is read from the plans, none given")
-        from c2fnas_auto.planning.budgets import named_budget
-
         named = named_budget(settings.budget, plans)
         max_params, max_gflops = named.params, named.flops / 1e9
         info["named"] = named.to_dict()

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.topology import topology_distance
 
 Topology = tuple[int, ...]
 
@@ -37,8 +38,6 @@ def distance_matrix(topologies: Sequence[Topology],
     The default topology distance (L1 between level sequences) is computed in one numpy
     broadcast: calling it a million times in Python took ~6 s of a demo search.
     """
-    from c2fnas_auto.nas.topology import topology_distance
-
     if distance is topology_distance and topologies:
         arr = np.asarray(topologies, dtype=np.int64)
         return np.abs(arr[:, None, :] - arr[None, :, :]).sum(axis=-1).astype(np.float64)

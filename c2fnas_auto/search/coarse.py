@@ -18,8 +18,14 @@ from typing import Any
 
 import torch
 
+from c2fnas_auto.nas.budget import Pricing, scale_widths
+from c2fnas_auto.nas.cost import estimate_cost
 from c2fnas_auto.nas.execution import ExecutionOptions
+from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.nas import network as nas_network  # called through the module: the tests' seam
 from c2fnas_auto.search.runner import Evaluate, Proposal
+from c2fnas_auto.training import api as training_api  # called as training_api.fit: the tests' seam
+from c2fnas_auto.training.start_check import StartMonitor
 
 GIB = 1024 ** 3
 # added to the search seed for the one retraining of a candidate that did not start
@@ -50,28 +56,20 @@ class TrainingContext:
         return float(self.plans.gpu_memory_gb) * GIB
 
     def genotype(self, p: Proposal):
-        from c2fnas_auto.nas.genotype import Genotype
-
         return Genotype(levels=list(p.levels), ops=list(p.ops)).validate()
 
     def network_config(self, p: Proposal | None = None):
         """The plans' network, its widths scaled by the proposal's multiplier (else the context's)."""
-        from c2fnas_auto.nas.budget import scale_widths
-
         m = p.width_multiplier if p is not None and p.width_multiplier is not None else self.width_multiplier
         config = self.plans.network_config()
         return config if m is None else scale_widths(config, m)
 
     def pricing(self):
         """The cost model at these plans (nas.budget.Pricing), for the search's budget checks."""
-        from c2fnas_auto.nas.budget import Pricing
-
         return Pricing(self.plans.network_config(), tuple(int(x) for x in self.plans.patch_size),
                        int(self.plans.batch_size))
 
     def cost(self, genotype, config=None):
-        from c2fnas_auto.nas.cost import estimate_cost
-
         return estimate_cost(genotype, config or self.plans.network_config(), list(self.plans.patch_size),
                              batch_size=int(self.plans.batch_size))
 
@@ -109,8 +107,6 @@ def oom_answer(out: dict[str, Any], seconds: float, during: str) -> dict[str, An
 def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
     """`evaluate(proposal)`: cost check, then `fit` on the search's training cases for
     `proposal.epochs` (default `epochs`) and `score_cases` on its selection cases."""
-    from c2fnas_auto.training.api import score_cases
-
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
         n_epochs = int(p.epochs) if p.epochs is not None else epochs
@@ -120,7 +116,7 @@ def make_coarse_evaluator(ctx: TrainingContext, epochs: int) -> Evaluate:
         try:
             network, losses, restarted = train_started(genotype, ctx, n_epochs, ctx.network_config(p), p.seed)
             t1 = time.perf_counter()
-            scores = score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
+            scores = training_api.score_cases(network, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
                                  execution=ctx.execution)
             t2 = time.perf_counter()
         except torch.cuda.OutOfMemoryError:  # the cost model underestimated: record it, go on
@@ -145,17 +141,13 @@ def train_started(genotype, ctx: TrainingContext, epochs: int, config=None,
     seed (the same initial weights' generator state for every candidate; `seed` for a repeat
     of the noise check); if it did not start, once more from a fresh seed.
     Returns (network, losses, restarts)."""
-    from c2fnas_auto.nas.network import build_network
-    from c2fnas_auto.training.api import fit
-    from c2fnas_auto.training.start_check import StartMonitor
-
     seed_base = seed
     for attempt in (0, 1):
         seed = (ctx.seed if seed_base is None else seed_base) + attempt * RESTART_SEED_OFFSET
         torch.manual_seed(seed)
-        network = build_network(genotype, config or ctx.plans.network_config())
+        network = nas_network.build_network(genotype, config or ctx.plans.network_config())
         monitor = StartMonitor()
-        losses = fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+        losses = training_api.fit(network, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                      iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed, progress=False,
                      monitor=monitor, execution=ctx.execution)
         if attempt == 1 or not monitor.not_started(final=True):

@@ -16,8 +16,13 @@ from typing import Any, Sequence
 import torch
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.execution import prepare_network
+from c2fnas_auto.nas import supernet as nas_supernet  # called through the module: the tests' seam
 from c2fnas_auto.search.coarse import RESTART_SEED_OFFSET, TrainingContext, oom_answer
 from c2fnas_auto.search.runner import Evaluate, Proposal
+from c2fnas_auto.training import api as training_api  # called as training_api.fit: the tests' seam
+from c2fnas_auto.training.start_check import StartMonitor
+from c2fnas_auto.utils.io import atomic_torch_save
 from c2fnas_auto.utils.torch_files import load_torch_file
 
 
@@ -31,14 +36,8 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
     Loading and training stay in one function: both build the same supernet and end in the same
     checkpoint, and the checks between them decide which one runs.
     """
-    from c2fnas_auto.nas.execution import prepare_network
-    from c2fnas_auto.nas.supernet import build_supernet
-    from c2fnas_auto.training.api import fit
-    from c2fnas_auto.training.start_check import StartMonitor
-    from c2fnas_auto.utils.io import atomic_torch_save
-
     torch.manual_seed(ctx.seed)
-    supernet = build_supernet(list(levels), ctx.network_config())
+    supernet = nas_supernet.build_supernet(list(levels), ctx.network_config())
     if checkpoint.exists():
         try:  # tensors and plain data only: a shared search folder cannot run code here
             saved = load_torch_file(checkpoint, "supernet checkpoint", trustable=False)
@@ -65,10 +64,10 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
             seed = ctx.seed + attempt * RESTART_SEED_OFFSET
             if attempt:
                 torch.manual_seed(seed)
-                supernet = build_supernet(list(levels), ctx.network_config())
+                supernet = nas_supernet.build_supernet(list(levels), ctx.network_config())
             sampler = supernet.sampling_forward(seed=seed, uniform_steps=uniform_steps)  # seeded paths
             monitor = StartMonitor()
-            losses = fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
+            losses = training_api.fit(supernet, ctx.plans, ctx.preprocessed_dir, ctx.train_ids, epochs=epochs,
                          iters_per_epoch=ctx.iters_per_epoch, device=ctx.device, seed=seed,
                          forward_fn=sampler, progress=progress, monitor=monitor,
                          execution=ctx.execution) if epochs > 0 else []
@@ -91,8 +90,6 @@ def train_supernet(levels: Sequence[int], ctx: TrainingContext, epochs: int, che
 
 def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float | None = None) -> Evaluate:
     """`evaluate(proposal)`: constraints from the cost model, then shared-weight Dice on the selection cases."""
-    from c2fnas_auto.training.api import score_cases
-
     def evaluate(p: Proposal) -> dict[str, Any]:
         t0 = time.perf_counter()
         _, out, reason = ctx.screen(p, max_gflops)
@@ -100,7 +97,7 @@ def make_fine_evaluator(supernet: Any, ctx: TrainingContext, max_gflops: float |
             return {**out, "status": "skipped", "score": None, "reason": reason, "seconds": 0.0}
         ops = list(p.ops)
         try:
-            scores = score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
+            scores = training_api.score_cases(supernet, ctx.plans, ctx.preprocessed_dir, ctx.val_ids, ctx.device,
                                  forward_fn=lambda net, x: net(x, ops), execution=ctx.execution)
         except torch.cuda.OutOfMemoryError:  # this op choice needs more than the estimate: skip it
             if torch.device(ctx.device).type == "cuda":

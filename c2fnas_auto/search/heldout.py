@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from c2fnas_auto.data.dataset import load_dataset
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.paths import raw_root
+from c2fnas_auto.training.splits import fold_case_ids, get_splits
 
 TEST_SOURCE = "imagesTs"
 CARVED_SOURCE = "carved"
@@ -42,9 +45,6 @@ class HeldOut:
 
 def _labelled_test_cases(task_name: str) -> dict[str, dict[str, Any]]:
     """{case: {images, label}} when the raw task has test cases and all carry labels, else {}."""
-    from c2fnas_auto.data.dataset import load_dataset
-    from c2fnas_auto.paths import raw_root
-
     folder = raw_root() / task_name
     if not (folder / "dataset.json").is_file():
         return {}
@@ -56,8 +56,6 @@ def _labelled_test_cases(task_name: str) -> dict[str, dict[str, Any]]:
 
 def all_training_cases(preprocessed: Path) -> list[str]:
     """Every case of the task's cross-validation splits (the cases the search may draw from)."""
-    from c2fnas_auto.training.splits import get_splits
-
     splits = get_splits(preprocessed)
     return sorted(set(splits[0]["train"]) | set(splits[0]["val"]))
 
@@ -82,8 +80,6 @@ def heldout_cases(task_name: str, preprocessed: Path, fraction: float = 0.2, see
 
 def search_cases(preprocessed: Path, fold: int, heldout: HeldOut) -> tuple[list[str], list[str]]:
     """(train, selection) of the search: the fold's split with every held-out case removed."""
-    from c2fnas_auto.training.splits import fold_case_ids
-
     train, val = fold_case_ids(preprocessed, fold)
     out = set(heldout.case_ids)
     train = [c for c in train if c not in out]

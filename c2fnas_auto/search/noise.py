@@ -119,6 +119,7 @@ def p_above_noise(total_var: float, total_dof: int, seed_var: float, dof: int) -
     is twice the seed variance, and (total / seed) / 2 follows F(total_dof, dof)."""
     if seed_var == 0.0:
         return 0.0 if total_var > 0.0 else 1.0
+    # start-up: scipy.stats costs about 1 s and c2fnas_search --help imports this module
     from scipy.stats import f
 
     return float(f.sf(total_var / seed_var / 2.0, total_dof, dof))

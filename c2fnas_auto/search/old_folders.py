@@ -7,14 +7,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from c2fnas_auto.paths import preprocessed_dir
 from c2fnas_auto.search.files import SEARCH_DIR, STATE_FILE
 
 
 def adopt_old_folder(task_name: str, search_dir: Path) -> str:
     """On --continue, move a search left at the old location (preprocessed/<task>/search)
     to the results folder; returns a note for the report ('' when nothing moved)."""
-    from c2fnas_auto.paths import preprocessed_dir
-
     old = preprocessed_dir(task_name) / SEARCH_DIR
     if (search_dir / STATE_FILE).exists() or not (old / STATE_FILE).is_file():
         return ""

@@ -18,6 +18,9 @@ is taken again like any job without a result, so it runs once more, exactly once
 result of a failed attempt is not recorded. Optuna's own heartbeats are not used: the
 journal file has none, and on a database they are judged by timestamps, which on SQLite
 are each host's clock.
+
+Optuna is imported inside the functions that use it: it costs about 1 s of start-up and
+c2fnas_search --help imports this module (through search.settings).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def _params(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     integers whose decimal digits are the cells (levels 1-4; ops 1 = p3d, 2 = 2d, 3 = 3d).
     Two params, not one per cell: a database writes each param with its own queries (24 per
     job cost 0.15 s on the test machine). The payload stays the truth."""
+    # start-up: see the module docstring
     from optuna.distributions import IntDistribution
 
     params: dict[str, Any] = {}
@@ -96,6 +100,7 @@ class OptunaTrials:
 
     # ---------------------------------------------------------------- studies
     def study(self, stage: str) -> Any:
+        # start-up: see the module docstring
         import optuna
 
         if stage not in self._studies:
@@ -123,6 +128,7 @@ class OptunaTrials:
     def _end(self, trial_id: int, state: Any = None, values: list[float] | None = None) -> bool:
         """End a running trial (FAIL unless `state` says otherwise); False when it had
         finished already (another worker failed it first)."""
+        # start-up: see the module docstring
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
@@ -139,6 +145,7 @@ class OptunaTrials:
         (number, beat) have not changed for `grace` seconds of this process's clock (their
         trials are failed here). A worker first seen now counts as alive for `grace`
         seconds; so does one named by a job but never seen announced."""
+        # start-up: see the module docstring
         from optuna.trial import TrialState
 
         now = time.monotonic()
@@ -176,6 +183,7 @@ class OptunaTrials:
     def refresh(self, stage: str) -> None:
         """Fail the running jobs of workers that stopped beating (they are then taken again
         like any job without a result). At most once per heartbeat interval."""
+        # start-up: see the module docstring
         from optuna.trial import TrialState
 
         if time.monotonic() - self._checked.get(stage, -1e9) < self.interval:
@@ -190,6 +198,7 @@ class OptunaTrials:
 
     # ---------------------------------------------------------------- heartbeat
     def _announce(self) -> int:
+        # start-up: see the module docstring
         from optuna.trial import TrialState, create_trial
 
         return self.storage.create_new_trial(self._sid("workers"), template_trial=create_trial(
@@ -205,6 +214,7 @@ class OptunaTrials:
         return self
 
     def _beat(self) -> None:
+        # start-up: see the module docstring
         from optuna.exceptions import UpdateFinishedTrialError
 
         n = 0
@@ -223,6 +233,7 @@ class OptunaTrials:
     def stop(self) -> None:
         """End the heartbeat; a job still held (the evaluator raised) is failed at once, so
         another worker takes it; the worker trial completes with the number of jobs run."""
+        # start-up: see the module docstring
         from optuna.trial import TrialState
 
         self._stop.set()
@@ -277,6 +288,7 @@ class OptunaTrials:
     def try_claim(self, job: Job) -> Job | None:
         """Take `job` unless an attempt at it runs or finished; the job, or None when another
         worker had it first (then this worker's attempt is given up as a duplicate)."""
+        # start-up: see the module docstring
         from optuna.trial import TrialState, create_trial
 
         live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -303,6 +315,7 @@ class OptunaTrials:
     def finish(self, job: Job, answer: dict[str, Any]) -> bool:
         """Publish the result; False when this worker's attempt was failed meanwhile (judged
         dead): then another attempt's result counts."""
+        # start-up: see the module docstring
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
@@ -339,6 +352,7 @@ class OptunaTrials:
 
 def _results(trials: Sequence[Any], prefix: str) -> dict[str, dict[str, Any]]:
     """The finished jobs among `trials` (one stage's), first result of each job."""
+    # start-up: see the module docstring
     from optuna.trial import TrialState
 
     out: dict[str, dict[str, Any]] = {}
@@ -365,6 +379,7 @@ def _claims(trials: Sequence[Any], prefix: str) -> dict[str, tuple[int, dict[str
     a finished trial, else a running one, else the latest waiting or failed one. Not simply
     the latest: a copy given up as a duplicate (FAIL) after the running one must not make
     the job look orphaned (every worker would try to take it, in a loop, until it finishes)."""
+    # start-up: see the module docstring
     from optuna.trial import TrialState
 
     rank = {TrialState.COMPLETE: 3, TrialState.PRUNED: 3, TrialState.RUNNING: 2, TrialState.WAITING: 1}
@@ -383,6 +398,7 @@ def _claims(trials: Sequence[Any], prefix: str) -> dict[str, tuple[int, dict[str
 
 def clear_search(url: str, search: str) -> None:
     """Delete the search's studies (--overwrite)."""
+    # start-up: see the module docstring
     import optuna
 
     storage = open_storage(url)
@@ -394,6 +410,7 @@ def clear_search(url: str, search: str) -> None:
 
 def has_results(url: str, search: str) -> bool:
     """Whether the storage holds finished jobs of this search (a fresh start must not mix in)."""
+    # start-up: see the module docstring
     import optuna
 
     storage = open_storage(url)
@@ -405,6 +422,7 @@ def has_results(url: str, search: str) -> bool:
 def job_trials(url: str, search: str) -> list[dict[str, Any]]:
     """Every job trial of a search as plain dicts (job, stage, state, worker, number,
     duplicate_of, finished_at, seconds): for tests, benchmarks and a look from outside."""
+    # start-up: see the module docstring
     import optuna
 
     storage = open_storage(url)

@@ -6,6 +6,11 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from c2fnas_auto.nas.budget import scale_widths
+from c2fnas_auto.nas.config import NetworkConfig
+from c2fnas_auto.nas.genotype import Genotype
+from c2fnas_auto.planning.planner import refit_plans
+from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.state import SearchState
 
@@ -13,8 +18,6 @@ from c2fnas_auto.search.state import SearchState
 def winner_genotype(state: SearchState, plans: Any, settings: SearchSettings):
     """The winner as a Genotype carrying its provenance (documentation/explanation/search_space.md), so a plans file
     says where its network came from."""
-    from c2fnas_auto.nas.genotype import Genotype
-
     w = state.winner or {}
     provenance = {
         "source": "c2fnas_search",
@@ -38,9 +41,6 @@ def winner_network(state: SearchState):
     """The network the equal-cost search chose widths for: the searched plans' network with its
     widths scaled by the winner's multiplier (None when the widths were the plans' own). Read from
     the state, not from plans.json, so writing the winner twice never scales twice."""
-    from c2fnas_auto.nas.budget import scale_widths
-    from c2fnas_auto.nas.config import NetworkConfig
-
     m = (state.winner or {}).get("width_multiplier")
     if m is None or not state.plans.get("network"):
         return None
@@ -50,9 +50,6 @@ def winner_network(state: SearchState):
 def write_into_plans(plans_path: Path, genotype: Any, network: Any = None) -> tuple[Any, str]:
     """Put the genotype (and `network`, the widths it was searched at) into the source task's
     plans with patch/batch refitted to its budget."""
-    from c2fnas_auto.planning.planner import refit_plans
-    from c2fnas_auto.planning.plans import Plans
-
     plans = Plans.load(plans_path)
     if network is not None:
         plans.network = network

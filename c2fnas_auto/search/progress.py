@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 from c2fnas_auto.search.state import CandidateRecord
 
 
@@ -18,7 +20,6 @@ class Progress:
     def start(self, total: int, desc: str) -> None:
         if not self.bars:
             return
-        from tqdm import tqdm
 
         self.close()
         self.bar = tqdm(total=total, desc=desc, unit="cand", file=sys.stderr, dynamic_ncols=True)

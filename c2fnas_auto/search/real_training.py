@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from c2fnas_auto.search.coarse import TrainingContext, make_coarse_evaluator
 from c2fnas_auto.search.files import SUPERNET_FILE
+from c2fnas_auto.search.fine import make_fine_evaluator, train_supernet
+from c2fnas_auto.search.heldout import search_cases
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings
+from c2fnas_auto.utils.device import resolve_device
 from c2fnas_auto.utils.distributed import DistContext
 
 
 def rank_device(device: str | None, dist: DistContext):
-    import torch
-
-    from c2fnas_auto.utils.device import resolve_device
-
     dev = resolve_device(device)
     if dev.type == "cuda" and dist.enabled:
         dev = torch.device("cuda", dist.local_rank)
@@ -26,10 +28,6 @@ def real_hooks(plans: Any, preprocessed: Path, settings: SearchSettings, device:
     """Coarse: `fit` from scratch + `score_cases`; fine: supernet with shared weights;
     stand-alone: an op choice trained from scratch like a coarse candidate. All train on
     the fold's training cases and score on its selection cases, held-out cases removed."""
-    from c2fnas_auto.search.coarse import TrainingContext, make_coarse_evaluator
-    from c2fnas_auto.search.fine import make_fine_evaluator, train_supernet
-    from c2fnas_auto.search.heldout import search_cases
-
     train_ids, val_ids = search_cases(preprocessed, settings.fold, heldout)
     ctx = TrainingContext(plans=plans, preprocessed_dir=preprocessed, train_ids=list(train_ids),
                           val_ids=list(val_ids), device=device, seed=settings.seed,

@@ -233,6 +233,7 @@ def _save(fig: Any, out_png: Path) -> None:
 
 
 def _figure(ncols: int, size: tuple[float, float]):
+    # start-up: matplotlib costs about 1 s; the Agg backend is chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,6 +245,7 @@ def _figure(ncols: int, size: tuple[float, float]):
 def plot_progress(state: SearchState, out_png: Path) -> None:
     """Left: coarse score per finished evaluation (in finish order), one colour per rung
     (x = skipped). Right: fine-stage best and mean fitness per generation."""
+    # start-up: matplotlib costs about 1 s; the Agg backend is chosen before pyplot loads
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = _figure(2, (11, 4))

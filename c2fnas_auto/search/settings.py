@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from c2fnas_auto.errors import C2FNASError
+from c2fnas_auto.nas.budget import CostBudget
 from c2fnas_auto.nas.execution import EXECUTION_FIELDS, PRECISIONS, ExecutionOptions, flat_asdict
+from c2fnas_auto.nas.genotype import OPS
+from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, topology_neighbours
+from c2fnas_auto.planning.budgets import BUDGET_NAMES
 from c2fnas_auto.search.asha import Rungs, check_rungs
 from c2fnas_auto.search.runner import Evaluate
-
 
 # `EXECUTION_FIELDS` say how candidates run (nas/execution.py), not which ones are proposed:
 # like the device, they may differ between workers and across a resume, so the resume check
@@ -53,8 +56,6 @@ class SearchSettings:
     standalone_repeats: int = 2  # stand-alone op choices of the fine stage
 
     def validate(self) -> "SearchSettings":
-        from c2fnas_auto.nas.genotype import OPS
-
         for name in ("coarse_candidates", "clusters", "population", "generations", "iters_per_epoch", "tournament"):
             if getattr(self, name) < 1:
                 raise C2FNASError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
@@ -77,9 +78,6 @@ class SearchSettings:
         return self
 
     def _validate_budget(self) -> None:
-        from c2fnas_auto.nas.budget import CostBudget
-        from c2fnas_auto.planning.budgets import BUDGET_NAMES
-
         if self.budget is not None and self.budget not in BUDGET_NAMES:
             raise C2FNASError(f"--budget {self.budget!r}: expected one of {', '.join(BUDGET_NAMES)}")
         if self.budget is not None and (self.max_params is not None or self.max_gflops is not None):
@@ -126,9 +124,6 @@ class Topologies:
 
 
 def default_topologies() -> Topologies:
-    from c2fnas_auto.nas.genotype import OPS
-    from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, topology_neighbours
-
     return Topologies([tuple(t) for t in enumerate_topologies()],
                       lambda t: [tuple(n) for n in topology_neighbours(tuple(t))],
                       topology_distance, 12, tuple(OPS))

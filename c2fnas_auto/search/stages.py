@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from c2fnas_auto.errors import C2FNASError
-from c2fnas_auto.search.asha import CoarseView, Rungs, best_candidate, run_coarse
+from c2fnas_auto.search.asha import CoarseView, Rungs, best_candidate, read_view, run_coarse
 from c2fnas_auto.search.clustering import Clustering, distance_matrix, k_medoids
 from c2fnas_auto.search.evolution import fine_evolution, propose_topology
 from c2fnas_auto.search.noise import spread_sample
@@ -130,8 +130,6 @@ def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering,
         rec = record_from_result(0, "coarse", {"payload": job.payload, "answer": answer, "worker": store.worker_id})
         ctx.bar.record(rec, False)
         if ctx.main and save.due():  # every worker's results, in the order they finished
-            from c2fnas_auto.search.asha import read_view
-
             state.coarse = coarse_records(read_view(store))
             save()
         elif ctx.main:  # this worker's own result: in the state a stop signal saves, without a read

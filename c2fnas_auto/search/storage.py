@@ -14,6 +14,9 @@ An earlier version's `search.db` in the folder is still opened (resume keeps wor
 Nothing read from the storage is unpickled (params are numbers, attributes JSON), and a
 journal file larger than `MAX_JOURNAL_BYTES` is refused before it is read; links, stale locks
 and a cut last line are dealt with before Optuna opens it (`journal_guard.py`).
+
+Optuna and SQLAlchemy are imported inside the functions that use them: together about 1 s
+of start-up, and c2fnas_search --help imports this module (through search.settings).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def shown(url: str) -> str:
     """The URL with any password masked (for messages and the report)."""
     if is_journal(url):
         return url
+    # start-up: see the module docstring
     from sqlalchemy.engine import make_url
 
     try:
@@ -74,6 +78,7 @@ def reading() -> Iterator[None]:
 def _sqlite_setup(engine: Any) -> None:
     """WAL + busy timeout on every connection; every transaction starts with BEGIN IMMEDIATE
     (deferred inside `reading()`), so two workers never both read a free job and both write."""
+    # start-up: see the module docstring
     from sqlalchemy import event
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -92,6 +97,7 @@ def _sqlite_setup(engine: Any) -> None:
 
 
 def _open_journal(path: Path) -> Any:
+    # start-up: see the module docstring
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -109,6 +115,7 @@ def _open_journal(path: Path) -> Any:
 
 
 def _open_rdb(url: str) -> Any:
+    # start-up: see the module docstring
     import optuna
 
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -127,6 +134,7 @@ def _open_rdb(url: str) -> Any:
 def open_storage(url: str) -> Any:
     """An Optuna storage: a journal file for a path, `RDBStorage` for a database URL. A bad
     URL, an unreachable server or a file that is not a journal: one line naming it."""
+    # start-up: see the module docstring
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)

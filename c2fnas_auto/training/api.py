@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from c2fnas_auto.inference.sliding_window import sliding_window_predict
 from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
+from c2fnas_auto.preprocessing.storage import load_case
 from c2fnas_auto.training.dataloader import default_augmentation, load_cases, make_batch_iterator
 from c2fnas_auto.training.loop import StepContext, default_forward, run_epoch
 from c2fnas_auto.training.loss import DeepSupervisionLoss
@@ -79,9 +81,6 @@ def score_cases(network: nn.Module, plans, preprocessed_dir: str | Path, case_id
                 execution: ExecutionOptions = ExecutionOptions()) -> dict:
     """Sliding-window Dice on preprocessed cases: {"mean_fg_dice", "per_case": {case: {label: dice}}}.
     Of `execution` only the precision applies: the network was prepared by whoever built it."""
-    from c2fnas_auto.inference.sliding_window import sliding_window_predict
-    from c2fnas_auto.preprocessing.storage import load_case
-
     dev = _device(device)
     network.to(dev).eval()
     per_case: dict[str, dict[str, float]] = {}

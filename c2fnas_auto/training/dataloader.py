@@ -28,6 +28,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from c2fnas_auto.errors import InputError
+from c2fnas_auto.preprocessing.storage import load_case
 from c2fnas_auto.training.augmentation import AugmentationParams, build_transforms, initial_patch_size
 from c2fnas_auto.training.device_augmentation import BatchDraw, DeviceAugmenter, draw_batch, region_size
 
@@ -48,8 +50,6 @@ def default_augmentation(device: torch.device | str | None) -> str:
 
 
 def check_augmentation(name: str) -> str:
-    from c2fnas_auto.errors import InputError
-
     if name not in AUGMENTATION_BACKENDS:
         raise InputError(f"--augmentation must be one of {', '.join(AUGMENTATION_BACKENDS)} (got {name!r})")
     return name
@@ -67,8 +67,6 @@ class CaseData:
 
 def load_cases(preprocessed_dir: str | Path, case_ids: Sequence[str], mmap: bool = True) -> list[CaseData]:
     """Open the stored cases (memory-mapped by default so workers share pages)."""
-    from c2fnas_auto.preprocessing.storage import load_case
-
     cases = []
     for cid in case_ids:
         data, seg, props = load_case(Path(preprocessed_dir), cid, mmap=mmap)

@@ -88,6 +88,7 @@ def plot_progress(epochs: list[dict], out_png: Path) -> None:
     """Losses with pseudo Dice (and EMA) on a second axis; start signals; epoch time; learning rate.
 
     Epochs judged 'not started' (training/start_check.py) are shaded red in the first two panels."""
+    # start-up: matplotlib costs about 1 s; the Agg backend is chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.preprocessing.storage import dataset_case_ids, list_dataset_cases
 from c2fnas_auto.utils.io import create_json_once, load_json
 
 SPLITS_FILE = "splits_final.json"
@@ -19,8 +20,6 @@ SPLITS_FILE = "splits_final.json"
 
 def _finished_cases(preprocessed_dir: Path) -> list[str]:
     """The dataset's own finished cases (never leftovers of cases removed from dataset.json)."""
-    from c2fnas_auto.preprocessing.storage import list_dataset_cases
-
     return list_dataset_cases(preprocessed_dir)
 
 
@@ -49,7 +48,6 @@ def get_splits(preprocessed_dir: str | Path, num_folds: int = 5, seed: int = 123
     splits = load_json(path, "splits file")
     if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s and "val" in s for s in splits):
         raise InputError(f"{path}: expected a list of {{'train': [...], 'val': [...]}} folds")
-    from c2fnas_auto.preprocessing.storage import dataset_case_ids
 
     foreign = sorted({c for s in splits for c in [*s["train"], *s["val"]]} - set(dataset_case_ids(preprocessed_dir)))
     if foreign:

@@ -20,13 +20,21 @@ from c2fnas_auto import paths
 from c2fnas_auto.errors import C2FNASError, InputError
 from c2fnas_auto.inference.experiments import experiment_dir
 from c2fnas_auto.nas.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
+from c2fnas_auto.nas.cost import estimate_cost
+from c2fnas_auto.nas.execution import ExecutionOptions, check_channels_last, flat_asdict, prepare_network
+from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import PLANS_FILE
+from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.planning.size_check import check_training_fits
 from c2fnas_auto.preprocessing.provenance import check_arrays_match_plans
 from c2fnas_auto.training.augmentation import AugmentationParams, initial_patch_size, use_2d_augmentation
-from c2fnas_auto.training.dataloader import (FOREGROUND_CLASS_RULES, check_augmentation, default_augmentation,
-                                             load_cases, make_batch_iterator)
-from c2fnas_auto.nas.execution import ExecutionOptions, check_channels_last, flat_asdict, prepare_network
+from c2fnas_auto.training.dataloader import (
+    FOREGROUND_CLASS_RULES,
+    check_augmentation,
+    default_augmentation,
+    load_cases,
+    make_batch_iterator,
+)
 from c2fnas_auto.training.logger import TrainingLog
 from c2fnas_auto.training.loop import EpochStats, StepContext, per_class_pseudo_dice, run_epoch, run_validation
 from c2fnas_auto.training.loss import DeepSupervisionLoss
@@ -105,8 +113,6 @@ class Trainer:
     """Train one fold. `setup()` builds everything (and resumes); `run()` trains and validates."""
 
     def __init__(self, task: str | int, fold: int | str, options: TrainerOptions | None = None):
-        from c2fnas_auto.planning.plans import Plans
-
         self.options = options or TrainerOptions()
         self.options.check()
         self.fold = fold if str(fold) == "all" else int(fold)
@@ -141,8 +147,6 @@ class Trainer:
         self._ready = False
 
     def _genotype(self, plans_file: Path):
-        from c2fnas_auto.nas.genotype import Genotype
-
         if self.options.genotype_file:
             return Genotype.load(self.options.genotype_file).validate()
         if self.plans.genotype is None:
@@ -152,8 +156,6 @@ class Trainer:
     def _check_memory(self) -> None:
         """The plans fitted patch and batch to their memory budget for the plans genotype; another
         genotype may need more. Over budget: stop on a GPU (it would run out of memory), warn on CPU."""
-        from c2fnas_auto.nas.cost import estimate_cost
-
         batch = int(self.options.batch_size or self.plans.batch_size)
         cost = estimate_cost(self.genotype, self.network_config, list(self.patch_size), batch_size=batch,
                              amp=self.device.type == "cuda")
@@ -179,6 +181,7 @@ class Trainer:
             print(line, flush=True)
 
     def setup(self) -> None:
+        # start-up: nas.network loads torch._dynamo (seconds); c2fnas_train --help imports this module
         from c2fnas_auto.nas.network import build_network
 
         self.dist = init_distributed(self.device.type)
@@ -367,6 +370,7 @@ class Trainer:
                     p.unlink()
 
     def _final_validation(self) -> dict:
+        # start-up: validation loads the predictor and evaluation stack; c2fnas_train --help imports this module
         from c2fnas_auto.training.validation import final_validation, reference_label_folder
 
         ref = reference_label_folder(paths.resolve_task(self.task_name), self.val_ids)
@@ -383,6 +387,7 @@ class Trainer:
     def _decide_postprocessing(self, ref: Path) -> None:
         """Per-fold postprocessing decision, so predicting with this fold alone applies it;
         `c2fnas_evaluate --determine-postprocessing` decides over all folds once they exist."""
+        # start-up: postprocessing loads scipy.ndimage; c2fnas_train --help imports this module
         from c2fnas_auto.inference.postprocessing import determine_postprocessing
 
         decision = determine_postprocessing(self.fold_dir.parent, ref, self.run_plans.labels,

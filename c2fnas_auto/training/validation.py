@@ -15,12 +15,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from c2fnas_auto.data.dataset import load_dataset
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.evaluation.evaluate import evaluate_folders
+from c2fnas_auto.inference.predictor import Predictor
+from c2fnas_auto.preprocessing.storage import load_case
+
 
 def reference_label_folder(raw_task_dir: Path, case_ids: Sequence[str]) -> Path:
     """The raw folder holding the label files of `case_ids` (labelsTr)."""
-    from c2fnas_auto.data.dataset import load_dataset
-
     dataset = load_dataset(Path(raw_task_dir))
     by_id = {c.case_id: c for c in dataset.training}
     folders = {Path(by_id[c].label_file).parent for c in case_ids if c in by_id and by_id[c].label_file}
@@ -36,9 +39,6 @@ def predict_and_export(network: nn.Module, plans, preprocessed_dir: Path, case_i
     """The inference Predictor (Gaussian sliding window, mirroring) on each preprocessed case ->
     `out_dir/<case>.nii.gz` in the original geometry; cases already exported are kept.
     `save_probabilities` also keeps `<case>.npz` (the softmax that ensembles are scored from)."""
-    from c2fnas_auto.inference.predictor import Predictor
-    from c2fnas_auto.preprocessing.storage import load_case
-
     predictor = Predictor.from_networks([network], plans, device=device, step_size=step_size, tta=True,
                                         progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,8 +58,6 @@ def final_validation(network: nn.Module, plans, preprocessed_dir: Path, referenc
                      save_probabilities: bool = False) -> dict:
     """Predict and export every validation case, then write `out_dir/summary.json` scored against
     `reference_folder` (see `reference_label_folder`) for exactly `case_ids`; returns the summary."""
-    from c2fnas_auto.evaluation.evaluate import evaluate_folders
-
     predict_and_export(network, plans, Path(preprocessed_dir), case_ids, Path(out_dir), device, progress=progress,
                        save_probabilities=save_probabilities)
     return evaluate_folders(Path(reference_folder), out_dir, plans.labels, Path(out_dir) / "summary.json",

@@ -49,6 +49,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100, **savefig_kwargs: Any) -> Path:
     """Write a matplotlib figure as PNG atomically (a reader never sees half a file) and
     close it, so a long run that plots every epoch does not keep figures alive."""
+    # start-up: matplotlib costs about 1 s; the Agg backend is chosen before pyplot loads
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -81,6 +82,7 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    # start-up: utils/ is imported by CLIs whose --help must not load torch (several seconds)
     import torch
 
     with atomic_path(path) as tmp:

@@ -19,6 +19,7 @@ from c2fnas_auto.errors import InputError
 
 def _tensors(value: Any, where: str) -> Iterator[tuple[str, Any]]:
     """(name, tensor) of every tensor inside nested dicts, lists and tuples (no recursion)."""
+    # start-up: utils/ is imported by CLIs whose --help must not load torch (several seconds)
     import torch
 
     stack = [(where, value)]

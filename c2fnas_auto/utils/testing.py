@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from c2fnas_auto.utils.io import TMP_MARKER
+
 ROOT_VARS = ("C2FNAS_raw", "C2FNAS_preprocessed", "C2FNAS_results")
 # Keep child processes to one thread each: CI and the dev box have two cores in all.
 _THREAD_VARS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -225,6 +227,4 @@ def truncate_file(path: str | os.PathLike, keep_fraction: float = 0.5) -> None:
 
 def stale_temporaries(root: str | os.PathLike) -> list[Path]:
     """Temporary files (utils.io's '.tmp-' marker) anywhere under `root`."""
-    from c2fnas_auto.utils.io import TMP_MARKER
-
     return sorted(p for p in Path(root).rglob(f"*{TMP_MARKER}*") if p.is_file())

@@ -7,6 +7,9 @@ only (`plain_data` enforces it on save), so every load here is `weights_only=Tru
 that need unpickling (written by older code with numpy scalars or objects inside) are
 refused, unless the command was started with `--trust-pickled-checkpoint`
 (`trusting_pickled_files`), the one place where `weights_only=False` appears.
+
+torch is imported inside the functions: utils/ is imported by CLIs whose --help must not
+load torch (several seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from c2fnas_auto.errors import InputError
+from c2fnas_auto.utils.io import atomic_torch_save
 from c2fnas_auto.utils.tensor_storage import check_tensor_storage
 
 TRUST_FLAG = "--trust-pickled-checkpoint"
@@ -46,6 +50,7 @@ def plain_data(value: Any, where: str = "value") -> Any:
 
     numpy scalars and arrays become Python numbers and lists, Paths strings; anything
     else is a bug in the writer (TypeError), caught at save time rather than at load."""
+    # start-up: see the module docstring
     import torch
 
     if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
@@ -79,8 +84,6 @@ def _plain_key(key: Any, where: str) -> Any:
 
 def save_plain(obj: Any, path: str | Path) -> None:
     """Atomic torch.save of `obj` after checking it is tensors and plain data."""
-    from c2fnas_auto.utils.io import atomic_torch_save
-
     atomic_torch_save(plain_data(obj, Path(path).name), path)
 
 
@@ -90,6 +93,7 @@ def load_torch_file(path: str | Path, what: str = "checkpoint", map_location: An
 
     `trustable=False` for files this project never wrote with objects inside (the supernet):
     those are refused even under the trust flag."""
+    # start-up: see the module docstring
     import torch
 
     path = Path(path)
@@ -119,6 +123,7 @@ def _pickled(path: Path, what: str, map_location: Any, trustable: bool) -> Any:
 
 def _load_trusted(path: Path, what: str, map_location: Any) -> Any:
     """The opt-in path of `--trust-pickled-checkpoint`: full unpickling, announced per file."""
+    # start-up: see the module docstring
     import torch
 
     print(f"warning: {path}: loading a pickled {what} because of {TRUST_FLAG}; this runs any code the file "
@@ -134,6 +139,7 @@ def _load_trusted(path: Path, what: str, map_location: Any) -> Any:
 def _unsafe_globals(path: Path) -> list[str] | None:
     """Names of the non-allowlisted objects the file's pickle refers to (read without running
     it); None when the file is not a torch.save file at all."""
+    # start-up: see the module docstring
     import torch
 
     try:
