@@ -63,6 +63,23 @@ def is_current(path: Path, cal: Calibration) -> bool:
     return load_json(path, "head-to-head cell").get("calibration", {}).get("date") == cal.date
 
 
+TRAIN_RECORD = "train_done.json"
+
+
+def finished_training(out: Path, sched: Schedule, cal: Calibration) -> dict[str, Any] | None:
+    """The record a finished training left in the cell's folder (its measurements), when it was
+    of this schedule under this calibration; then a cell cut off while predicting resumes there
+    instead of training again (on 2 CPU cores nnU-Net's mirrored prediction of 40 cases can take
+    longer than the training)."""
+    path = out / TRAIN_RECORD
+    if not path.is_file():
+        return None
+    rec = load_json(path, "head-to-head training record")
+    if rec.get("schedule") != [sched.epochs, sched.iters] or rec.get("calibration_date") != cal.date:
+        return None
+    return rec
+
+
 def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed: int, s: Settings,
              results_dir: Path, prepared: dict[str, Any], schedule: Schedule | None = None) -> Path:
     """Run the cell unless its results file exists; return that file."""
@@ -71,11 +88,18 @@ def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed
     if is_current(path, cal):
         return path
     out = s.workdir / "cells" / name
-    shutil.rmtree(out, ignore_errors=True)  # a cell cut off half-way starts again
     sched = schedule or cal.schedule(budget_min * 60.0)
-    load_before = list(os.getloadavg())
-    train = arm.train(spec, s, sched, seed, out)
-    load_after = list(os.getloadavg())
+    done = finished_training(out, sched, cal)
+    if done is None:
+        shutil.rmtree(out, ignore_errors=True)  # a training cut off half-way starts again
+        load_before = list(os.getloadavg())
+        train = arm.train(spec, s, sched, seed, out)
+        load_after = list(os.getloadavg())
+        atomic_write_json(out / TRAIN_RECORD, {"train": train.to_dict(), "schedule": [sched.epochs, sched.iters],
+                                               "calibration_date": cal.date, "loadavg_train_start": load_before,
+                                               "loadavg_train_end": load_after})
+        done = load_json(out / TRAIN_RECORD, "head-to-head training record")
+    shutil.rmtree(out / "pred", ignore_errors=True)  # a prediction cut off half-way runs again
     predict = arm.predict(spec, s, out)
     pp = arm.postprocess(spec, s, out)
     final_pred = out / ("pred_pp" if pp.get("applied") else "pred")
@@ -91,8 +115,9 @@ def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed
         "calibration": {"seconds_per_iteration": cal.seconds_per_iteration, "fixed_seconds": cal.fixed_seconds,
                         "date": cal.date, "loadavg_before": cal.loadavg_before},
         "predicted_train_s": cal.fixed_seconds + sched.total * cal.seconds_per_iteration,
-        "train": train.to_dict(), "predict": predict.to_dict(),
-        "loadavg_train_start": load_before, "loadavg_train_end": load_after,
+        "train": done["train"], "predict": predict.to_dict(),
+        "loadavg_train_start": done["loadavg_train_start"], "loadavg_train_end": done["loadavg_train_end"],
+        "train_note": done.get("note"),
         "postprocessing": pp, "test": test, "test_without_postprocessing": raw_test,
         "nnunet_evaluator": nnunet_cross_check(spec, final_pred, out / "summary_nnunet_eval.json"),
         "val_curve": arm.curve(out), "test_cases": len(spec.test_ids), "train_cases": len(spec.train_ids),

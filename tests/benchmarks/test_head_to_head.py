@@ -135,6 +135,12 @@ def test_our_arm_end_to_end_and_resumable(tmp_path):
     before = cell.stat().st_mtime_ns
     _run(tmp_path, "ours")  # the cell's file exists: nothing runs again
     assert cell.stat().st_mtime_ns == before
+    # cut off after training (no cell file yet): the rerun predicts and scores, it does not train again
+    train_log = tmp_path / "work" / "cells" / cell.stem / "logs" / "train.log"
+    trained = train_log.stat().st_mtime_ns
+    cell.unlink()
+    _run(tmp_path, "ours")
+    assert train_log.stat().st_mtime_ns == trained and json.loads(cell.read_text())["train"]["wall_s"] > 0
 
 
 @pytest.mark.slow
