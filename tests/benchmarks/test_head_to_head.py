@@ -160,3 +160,28 @@ def test_a_cell_counts_as_done_only_under_the_calibration_it_ran_with(tmp_path):
     assert is_current(path, cal)
     path.write_text(json.dumps({"calibration": {"date": "2025-01-01T00:00:00Z"}}))
     assert not is_current(path, cal)  # recalibrated since: the cell runs again
+
+
+def test_partial_score_compares_the_arms_on_the_cases_both_predicted(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.h2h import partial_score
+
+    work, lab = tmp_path / "work", np.zeros((4, 4, 4), np.uint8)
+    lab[:2, :2, :2], lab[2:, 2:, 2:] = 1, 2
+    (work / "tasks" / "hippocampus" / "labels").mkdir(parents=True)
+    for c in ("a", "b"):
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), work / "tasks" / "hippocampus" / "labels" / f"{c}.nii.gz")
+    (work / "tasks" / "hippocampus" / "h2h_task.json").write_text(json.dumps(
+        {"labels": {"background": 0, "anterior": 1, "posterior": 2}, "test_ids": ["a", "b"],
+         "test_labels": str(work / "tasks" / "hippocampus" / "labels")}))
+    for arm, cases, pred in (("nnunet", ["a"], np.zeros_like(lab)), ("ours", ["a", "b"], lab)):
+        d = work / "cells" / f"hippocampus__{arm}__20min__seed0" / "pred"
+        d.mkdir(parents=True)
+        for c in cases:
+            nib.save(nib.Nifti1Image(pred, np.eye(4)), d / f"{c}.nii.gz")
+    assert partial_score.main(["--workdir", str(work), "--results", str(tmp_path / "r"), "--settle-s", "0"]) == 0
+    out = json.loads((tmp_path / "r" / "partial_20min_seed0.json").read_text())
+    assert out["partial"] and out["common_cases"] == ["a"] and out["ours_predicted"]["cases"] == 2
+    assert out["ours_common"]["dice"] == pytest.approx(1.0) and out["nnunet_common"]["dice"] == pytest.approx(0.0)
