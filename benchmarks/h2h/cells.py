@@ -95,10 +95,9 @@ def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed
         load_before = list(os.getloadavg())
         train = arm.train(spec, s, sched, seed, out)
         load_after = list(os.getloadavg())
-        atomic_write_json(out / TRAIN_RECORD, {"train": train.to_dict(), "schedule": [sched.epochs, sched.iters],
-                                               "calibration_date": cal.date, "loadavg_train_start": load_before,
-                                               "loadavg_train_end": load_after})
-        done = load_json(out / TRAIN_RECORD, "head-to-head training record")
+        done = {"train": train.to_dict(), "schedule": [sched.epochs, sched.iters], "calibration_date": cal.date,
+                "loadavg_train_start": load_before, "loadavg_train_end": load_after}
+        atomic_write_json(out / TRAIN_RECORD, done)
     shutil.rmtree(out / "pred", ignore_errors=True)  # a prediction cut off half-way runs again
     predict = arm.predict(spec, s, out)
     pp = arm.postprocess(spec, s, out)

@@ -2,9 +2,8 @@
 
 `python -m benchmarks.h2h.nnunet_train DATASET_ID --plans NAME --epochs E --iters I --seed S`
 trains fold 0 of `3d_fullres` on the CPU and then, unless `--no-final-validation`, runs
-nnU-Net's own final validation, as `nnUNetv2_train` does. The subclass is named `nnUNetTrainer` on purpose: the
-checkpoint
-records that name, so `nnUNetv2_predict -tr nnUNetTrainer` and
+nnU-Net's own final validation, as `nnUNetv2_train` does. The subclass is named
+`nnUNetTrainer` on purpose: the checkpoint records that name, so `nnUNetv2_predict -tr nnUNetTrainer` and
 `nnUNetv2_find_best_configuration` rebuild the network through nnU-Net's own class; only
 `num_epochs`, `num_iterations_per_epoch` and `num_val_iterations_per_epoch` (kept at nnU-Net's
 5:1 ratio of training to validation iterations) differ, so its poly schedule spans the budget.

@@ -16,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.h2h.cells import cell_name
 from benchmarks.head_to_head import DEFAULT_RESULTS
 from benchmarks.h2h.tasks import HIPPOCAMPUS
+from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.evaluation.evaluate import evaluate_folders
 from c2fnas_auto.utils.io import atomic_write_json, load_json
 
@@ -33,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle-s", type=float, default=30.0,
                    help="leave out files written in the last SETTLE_S s (a running prediction may be writing them)")
     args = p.parse_args(argv)
-    meta = load_json(args.workdir / "tasks" / args.task / "h2h_task.json", "head-to-head task record")
+    try:
+        meta = load_json(args.workdir / "tasks" / args.task / "h2h_task.json", "head-to-head task record")
+    except C2FNASError as exc:
+        p.exit(2, f"{p.prog}: error: {exc}\n")
     labels = {k: int(v) for k, v in meta["labels"].items()}
     ref = Path(meta["test_labels"])
     preds, done = {}, {}
     for arm in args.arms:
-        preds[arm] = args.workdir / "cells" / f"{args.task}__{arm}__{args.budget:g}min__seed{args.seed}" / "pred"
+        preds[arm] = args.workdir / "cells" / cell_name(args.task, arm, args.budget, args.seed) / "pred"
         files = [f for f in preds[arm].glob("*.nii.gz") if time.time() - f.stat().st_mtime > args.settle_s]
         done[arm] = sorted(f.name.removesuffix(".nii.gz") for f in files)
     common = sorted(set.intersection(*(set(v) for v in done.values())))

@@ -185,3 +185,11 @@ def test_partial_score_compares_the_arms_on_the_cases_both_predicted(tmp_path):
     out = json.loads((tmp_path / "r" / "partial_20min_seed0.json").read_text())
     assert out["partial"] and out["common_cases"] == ["a"] and out["ours_predicted"]["cases"] == 2
     assert out["ours_common"]["dice"] == pytest.approx(1.0) and out["nnunet_common"]["dice"] == pytest.approx(0.0)
+
+
+def test_partial_score_without_a_prepared_task_is_a_one_line_error(tmp_path, capsys):
+    from benchmarks.h2h import partial_score
+
+    with pytest.raises(SystemExit) as exc:
+        partial_score.main(["--workdir", str(tmp_path / "none")])
+    assert exc.value.code == 2 and "partial_score: error:" in capsys.readouterr().err
