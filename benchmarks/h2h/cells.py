@@ -80,6 +80,37 @@ def finished_training(out: Path, sched: Schedule, cal: Calibration) -> dict[str,
     return rec
 
 
+PREDICT_RECORD = "predict_parts.json"
+
+
+def drop_newest(folder: Path) -> Path | None:
+    """Remove the most recently written file in `folder`: the only one a process killed while
+    exporting can have left half-written (nnU-Net writes its outputs in place)."""
+    files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+    if not files:
+        return None
+    newest = max(files, key=lambda f: f.stat().st_mtime_ns)
+    newest.unlink()
+    return newest
+
+
+def predict_resumably(arm: Arm, spec: TaskSpec, s: Settings, out: Path) -> dict[str, Any]:
+    """Predict the cases not yet in pred/; the measurements of every part are kept in the cell's
+    folder, and the record gives their sums (wall and CPU time) and the largest peaks."""
+    parts_file = out / PREDICT_RECORD
+    parts = load_json(parts_file, "head-to-head prediction record")["parts"] if parts_file.is_file() else []
+    dropped = drop_newest(out / "pred")
+    if parts or dropped is not None:
+        print(f"head_to_head: {out.name}: resuming prediction after {len(parts)} part(s)"
+              + (f", {dropped.name} predicted again" if dropped else ""), flush=True)
+    parts.append(arm.predict(spec, s, out).to_dict())
+    atomic_write_json(parts_file, {"parts": parts})
+    peaks = [[p[k] for p in parts if p[k] is not None] for k in ("peak_tree_pss_bytes", "peak_single_rss_bytes")]
+    return {"wall_s": sum(p["wall_s"] for p in parts), "cpu_s": sum(p["cpu_s"] for p in parts),
+            "peak_tree_pss_bytes": max(peaks[0], default=None), "peak_single_rss_bytes": max(peaks[1], default=None),
+            "parts": len(parts)}
+
+
 def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed: int, s: Settings,
              results_dir: Path, prepared: dict[str, Any], schedule: Schedule | None = None) -> Path:
     """Run the cell unless its results file exists; return that file."""
@@ -98,8 +129,7 @@ def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed
         done = {"train": train.to_dict(), "schedule": [sched.epochs, sched.iters], "calibration_date": cal.date,
                 "loadavg_train_start": load_before, "loadavg_train_end": load_after}
         atomic_write_json(out / TRAIN_RECORD, done)
-    shutil.rmtree(out / "pred", ignore_errors=True)  # a prediction cut off half-way runs again
-    predict = arm.predict(spec, s, out)
+    predict = predict_resumably(arm, spec, s, out)
     pp = arm.postprocess(spec, s, out)
     final_pred = out / ("pred_pp" if pp.get("applied") else "pred")
     test = score(spec, final_pred, out / "summary.json")
@@ -114,7 +144,7 @@ def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed
         "calibration": {"seconds_per_iteration": cal.seconds_per_iteration, "fixed_seconds": cal.fixed_seconds,
                         "date": cal.date, "loadavg_before": cal.loadavg_before},
         "predicted_train_s": cal.fixed_seconds + sched.total * cal.seconds_per_iteration,
-        "train": done["train"], "predict": predict.to_dict(),
+        "train": done["train"], "predict": predict,
         "loadavg_train_start": done["loadavg_train_start"], "loadavg_train_end": done["loadavg_train_end"],
         "train_note": done.get("note"),
         "postprocessing": pp, "test": test, "test_without_postprocessing": raw_test,

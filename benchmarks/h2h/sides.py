@@ -129,7 +129,9 @@ class Arm:
         return measured(cmd, out / "logs" / "train.log", env)
 
     def predict(self, spec: TaskSpec, s: Settings, out: Path) -> Measured:
-        """Predict the held-out test images with the tool's defaults (test-time mirroring on)."""
+        """Predict the held-out test images with the tool's defaults (test-time mirroring on).
+        Cases already in pred/ are skipped (both tools' continue option), so a prediction cut
+        off part-way resumes; `run_cell` first removes the one file a cut could have left half-written."""
         env = s.env(nnUNet_results=str(out / "results"), C2FNAS_results=str(out / "results"))
         pred = out / "pred"
         if self.tool == "nnunet":
@@ -137,11 +139,11 @@ class Arm:
                                                     str(spec.task_id), "-c", "3d_fullres", "-f", "0", "-p",
                                                     NNUNET_PLANS, "-tr", "nnUNetTrainer", "-device", "cpu",
                                                     "-npp", str(s.threads), "-nps", str(s.threads),
-                                                    "--disable_progress_bar",
+                                                    "--disable_progress_bar", "--continue_prediction",
                                                     *([] if s.mirroring else ["--disable_tta"])]
         else:
             cmd = python_cmd("c2fnas_auto.cli.predict", "-i", str(spec.test_images), "-o", str(pred), "-t",
-                             str(spec.task_id), "-f", "0", "--device", "cpu", *self.extra,
+                             str(spec.task_id), "-f", "0", "--device", "cpu", "--continue", *self.extra,
                              *([] if s.mirroring else ["--disable-tta"]))
         return measured(cmd, out / "logs" / "predict.log", env)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -140,7 +141,20 @@ def test_our_arm_end_to_end_and_resumable(tmp_path):
     trained = train_log.stat().st_mtime_ns
     cell.unlink()
     _run(tmp_path, "ours")
-    assert train_log.stat().st_mtime_ns == trained and json.loads(cell.read_text())["train"]["wall_s"] > 0
+    rec = json.loads(cell.read_text())
+    assert train_log.stat().st_mtime_ns == trained and rec["train"]["wall_s"] > 0
+    # the prediction resumed too: the newest output was predicted again, the others were kept
+    assert rec["predict"]["parts"] == 2 and len(list((train_log.parent.parent / "pred").glob("*.nii.gz"))) == 2
+
+
+def test_drop_newest_removes_only_the_last_written_file(tmp_path):
+    from benchmarks.h2h.cells import drop_newest
+
+    assert drop_newest(tmp_path / "missing") is None and drop_newest(tmp_path) is None
+    for i, name in enumerate(("a.nii.gz", "b.nii.gz")):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, ns=(i * 10**9, i * 10**9))
+    assert drop_newest(tmp_path).name == "b.nii.gz" and [f.name for f in tmp_path.iterdir()] == ["a.nii.gz"]
 
 
 @pytest.mark.slow
