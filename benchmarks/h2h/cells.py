@@ -136,6 +136,7 @@ def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed
     raw_test = score(spec, out / "pred", out / "summary_raw.json") if pp.get("applied") else None
     record = {
         "task": spec.key, "arm": arm.name, "tool": arm.tool, "options": list(arm.extra),
+        "train_options": list(arm.train_extra),
         "budget_min": budget_min, "seed": seed, "threads": s.threads, "mirroring": s.mirroring,
         "final_validation": s.final_validation,
         "gpu_memory_gb": s.gpu_memory_gb, "plan": prepared.get("plan"), "default_plan": prepared.get("default_plan"),

@@ -96,7 +96,7 @@ def plot(cells: list[dict[str, Any]], out_png: Path) -> Path | None:
 
     tasks = sorted({c["task"] for c in cells})
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
-    colours = {"nnunet": "tab:blue", "ours": "tab:orange", "ours_bf16": "tab:green"}
+    colours = {"nnunet": "tab:blue", "ours": "tab:orange", "ours_bf16": "tab:green", "ours_ds": "tab:red"}
     for row, task in zip(axes, tasks):
         tc = [c for c in cells if c["task"] == task]
         for arm in sorted({arm_label(c) for c in tc}):

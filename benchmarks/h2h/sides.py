@@ -103,11 +103,13 @@ class Schedule:
 
 @dataclass
 class Arm:
-    """One way to run one tool. `tool` is 'nnunet' or 'ours'; `extra` are our CLI options."""
+    """One way to run one tool. `tool` is 'nnunet' or 'ours'; `extra` are our CLI options for
+    training and prediction, `train_extra` for training only (an A/B of a training setting)."""
 
     name: str
     tool: str
     extra: tuple[str, ...] = field(default_factory=tuple)
+    train_extra: tuple[str, ...] = field(default_factory=tuple)
 
     # --- preprocessing (once per task and tool) --------------------------------------------
     def prepare(self, spec: TaskSpec, s: Settings) -> dict[str, Any]:
@@ -124,7 +126,7 @@ class Arm:
         else:
             cmd = python_cmd("c2fnas_auto.cli.train", str(spec.task_id), "0", "--epochs", str(sched.epochs),
                              "--iters-per-epoch", str(sched.iters), "--val-iters", str(sched.val_iters),
-                             "--seed", str(seed), "--no-progress", "--device", "cpu", *self.extra,
+                             "--seed", str(seed), "--no-progress", "--device", "cpu", *self.extra, *self.train_extra,
                              *([] if s.final_validation else ["--no-final-validation"]))
         return measured(cmd, out / "logs" / "train.log", env)
 
@@ -269,4 +271,6 @@ def _prepare_ours(spec: TaskSpec, s: Settings) -> dict[str, Any]:
 
 
 ARMS = {"nnunet": Arm("nnunet", "nnunet"), "ours": Arm("ours", "ours"),
-        "ours_bf16": Arm("ours_bf16", "ours", ("--precision", "bf16"))}
+        "ours_bf16": Arm("ours_bf16", "ours", ("--precision", "bf16")),
+        # A/B of a default: nnU-Net trains with deep supervision, our plans leave it off
+        "ours_ds": Arm("ours_ds", "ours", train_extra=("--deep-supervision", "on"))}

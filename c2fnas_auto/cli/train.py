@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class a forced-foreground patch is centred on: 'uniform' over the case's classes "
                         "(nnU-Net) or 'rarest' in the case (small lesions inside organs) "
                         f"(default {d.foreground_classes})")
+    p.add_argument("--deep-supervision", choices=("on", "off"), default=None,
+                   help="loss on the decoder's coarser outputs too (default: the plans' network.deep_supervision)")
     p.add_argument("--genotype", dest="genotype_file", default=None, metavar="FILE",
                    help="genotype JSON (or a plans file holding one) instead of the plans' genotype; trains "
                    "into that genotype's own experiment folder, its memory checked against the plans' budget")
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = settings_from_args(
         TrainerOptions, args, patch_size=tuple(args.patch_size) if args.patch_size else None,
-        num_workers=default_num_workers() if args.num_workers is None else args.num_workers)
+        num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+        deep_supervision=None if args.deep_supervision is None else args.deep_supervision == "on")
     with trust_from_args(args):  # --continue from an older checkpoint_latest; new ones are plain data
         trainer = Trainer(args.task, args.fold, options)
         try:

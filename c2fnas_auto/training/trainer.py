@@ -72,6 +72,7 @@ class TrainerOptions:
     augment: bool = True
     augmentation: str | None = None  # backend; None = default_augmentation(device), resolved by the Trainer
     foreground_classes: str = "uniform"  # class rule of forced-foreground samples (dataloader)
+    deep_supervision: bool | None = None  # None: the plans' network.deep_supervision
     execution: ExecutionOptions = ExecutionOptions()  # precision, compile, layout (nas/execution.py)
 
     def to_dict(self) -> dict:
@@ -125,6 +126,8 @@ class Trainer:
         self.fold_dir = self.experiment_dir / f"fold_{self.fold}"
         self.patch_size = tuple(int(p) for p in (self.options.patch_size or self.plans.patch_size))
         self.network_config = self.plans.network_config()
+        if self.options.deep_supervision is not None:  # extra heads change the network: recorded in run_plans
+            self.network_config = replace(self.network_config, deep_supervision=self.options.deep_supervision)
         self.network_config.check_patch(self.patch_size)
         self.device = resolve_device(self.options.device)
         check_training_fits(plans_file, self.genotype, self.network_config, self.patch_size,  # before any allocation
@@ -136,6 +139,7 @@ class Trainer:
         self.run_plans = self.plans.copy()
         self.run_plans.genotype = self.genotype
         self.run_plans.patch_size = list(self.patch_size)
+        self.run_plans.network = self.network_config
         # resolved here so checkpoints and the log record the backend actually used
         self.augmentation_default = self.options.augmentation is None
         # a copy: the caller's options object stays as given (it may start several trainers)

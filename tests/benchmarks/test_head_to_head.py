@@ -72,6 +72,20 @@ def test_a_failing_tool_command_names_its_log(tmp_path):
     assert "boom" in log.read_text()
 
 
+def test_a_training_ab_arm_passes_its_option_to_training_only(tmp_path, monkeypatch):
+    from benchmarks.h2h import sides
+    from benchmarks.h2h.tasks import TaskSpec
+
+    cmds = []
+    monkeypatch.setattr(sides, "measured", lambda cmd, log, env: cmds.append(cmd))
+    spec = TaskSpec("t", 999, tmp_path, tmp_path / "imgs", tmp_path / "labs", {"background": 0}, [], [])
+    arm, s = sides.ARMS["ours_ds"], sides.Settings(tmp_path)
+    arm.train(spec, s, Schedule(10, 2), 0, tmp_path / "cell")
+    arm.predict(spec, s, tmp_path / "cell")
+    train_cmd, predict_cmd = cmds
+    assert train_cmd[train_cmd.index("--deep-supervision") + 1] == "on" and "--deep-supervision" not in predict_cmd
+
+
 def _cell(arm: str, seed: int, dice: float) -> dict:
     return {"task": "t", "arm": arm, "budget_min": 20, "seed": seed, "mirroring": True,
             "test": {"dice": dice, "dice_per_class": {"a": dice}}, "schedule": {"iterations": 100},

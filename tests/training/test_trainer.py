@@ -15,6 +15,8 @@ import torch
 
 from c2fnas_auto.cli.train import main as train_main
 from c2fnas_auto.nas.checkpoint import load_checkpoint
+from c2fnas_auto.paths import PLANS_FILE
+from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.training.schedule import poly_lr
 from c2fnas_auto.training.splits import SPLITS_FILE, fold_case_ids, get_splits, make_splits
 from c2fnas_auto.training.trainer import Trainer, TrainerOptions
@@ -226,6 +228,19 @@ def test_fit_with_deep_supervision(copy_task):
     assert np.isfinite(losses[0])
     after = dict(net.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)  # the auxiliary heads learn
+
+
+def test_cli_deep_supervision_override_trains_the_heads_and_records_them(copy_task, capsys):
+    torch.set_num_threads(1)
+    assert not copy_task.plans.network_config().deep_supervision  # the tiny plans' default
+    rc = train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "2", "--deep-supervision", "on",
+                     "--no-final-validation", *FAST])
+    assert rc == 0 and "deep supervision on" in capsys.readouterr().out
+    ckpt = load_checkpoint(_fold_dir(copy_task) / "checkpoint_final.pth")
+    assert ckpt["network_config"]["deep_supervision"] and ckpt["plans"]["network"]["deep_supervision"]
+    assert any("ds_head" in k for k in ckpt["network_weights"])
+    on_disk = Plans.load(copy_task.preprocessed_dir / PLANS_FILE)
+    assert not on_disk.network_config().deep_supervision, "the plans file itself is left as it was"
 
 
 def test_override_genotype_gets_its_own_experiment_folder(copy_task):
