@@ -145,7 +145,7 @@ def worker(out: Path, opts: dict[str, Any]) -> None:
                         fine_evaluator=lambda net: (lambda p: {"score": 0.5}))
     run = SearchRun(join=bool(opts.get("join")), storage=opts.get("storage"),
                     workers=WorkerOptions(stale_seconds=STALE_S, poll_seconds=0.05), progress=False, lines=False)
-    search_core(out / "search", str(opts["name"]), SearchSettings(**SETTINGS), hooks, run)
+    search_core(out / "search", str(opts["name"]), SearchSettings(**SETTINGS), hooks, run=run)
 
 
 class Engine:

@@ -62,7 +62,7 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
                       "network": plans.network.to_dict(), "gpu_memory_gb": float(plans.gpu_memory_gb)}
         run = SearchRun(resume=resume, overwrite=overwrite, join=join, dist=dist, storage=storage, workers=workers,
                         progress=progress, stop=stop)
-        state = search_core(search_dir, task_name, settings, hooks, run, plans_info=plans_info,
+        state = search_core(search_dir, task_name, settings, hooks, run=run, plans_info=plans_info,
                             heldout=heldout.to_dict(), budget=budget)
         if dist.is_main and not join:
             genotype = winner_genotype(state, plans, settings)

@@ -55,7 +55,7 @@ def main() -> None:
     try:
         run = SearchRun(join=join, dist=dist, storage=opts.get("storage"),
                         workers=WorkerOptions(stale_seconds=2.0, poll_seconds=0.05), progress=False, lines=False)
-        state = search_core(out / "search", "T", settings, fake.hooks(), run)
+        state = search_core(out / "search", "T", settings, fake.hooks(), run=run)
     finally:
         if dist is not None:
             dist.close()

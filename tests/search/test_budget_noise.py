@@ -69,7 +69,7 @@ class Fake:
 
 def _run(tmp_path, fake, **kw):
     return search_core(tmp_path / "search", "Task097_Fake", SearchSettings(**{**SMALL, **kw}), fake.hooks(),
-                       SearchRun(progress=False, lines=False, workers=FAST))
+                       run=SearchRun(progress=False, lines=False, workers=FAST))
 
 
 def _stage(state, name):

@@ -26,7 +26,7 @@ FAST = WorkerOptions(stale_seconds=0.5, poll_seconds=0.02)
 
 def _search(tmp_path, hooks, plans_info=None, heldout=None, **run):
     return search_core(tmp_path / "search", "Task098_Synthetic", SearchSettings(**SMALL), hooks.hooks(),
-                       SearchRun(progress=False, workers=FAST, **run), plans_info=plans_info, heldout=heldout)
+                       run=SearchRun(progress=False, workers=FAST, **run), plans_info=plans_info, heldout=heldout)
 
 
 def test_full_search_writes_state_report_plots(tmp_path):
@@ -90,7 +90,7 @@ def test_existing_state_needs_continue_or_overwrite(tmp_path):
     assert len([c for c in fake.coarse_calls if c[1] == 0]) == 9, "overwrite starts from an empty trial folder"
     with pytest.raises(C2FNASError, match="changed settings"):
         search_core(tmp_path / "search", "T", SearchSettings(**{**SMALL, "seed": 8}), FakeHooks().hooks(),
-                    SearchRun(resume=True, progress=False))
+                    run=SearchRun(resume=True, progress=False))
 
 
 def test_a_search_of_the_file_engine_is_not_resumed_silently(tmp_path):
@@ -158,7 +158,7 @@ def test_all_skipped_is_a_clear_error(tmp_path):
 
     with pytest.raises(C2FNASError, match="no coarse candidate could be trained"):
         search_core(tmp_path / "s", "T", SearchSettings(**{**SMALL, "coarse_candidates": 2}), AllSkip().hooks(),
-                    SearchRun(progress=False, workers=FAST))
+                    run=SearchRun(progress=False, workers=FAST))
 
 
 def test_memory_skips_are_recorded(tmp_path):
