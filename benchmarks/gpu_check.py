@@ -137,10 +137,10 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
 
     torch.manual_seed(0)
     config = plans.network_config()
-    net = prepare_network(build_network(plans.genotype, config).to(device),
-                          ExecutionOptions(compile=compile, channels_last=channels_last),
+    execution = ExecutionOptions(precision=precision, compile=compile, channels_last=channels_last)
+    net = prepare_network(build_network(plans.genotype, config).to(device), execution,
                           **({"compiler": compiler} if compiler else {}))
-    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device, precision=precision)
+    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device, execution=execution)
     train_ids, _ = fold_case_ids(pre_dir, 0)
     batches = make_batch_iterator(load_cases(pre_dir, train_ids), plans.patch_size, plans.batch_size, seed=0,
                                   num_workers=workers, augmentation=backend, device=device)
@@ -197,9 +197,9 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
 
     opts = OPTIONS[name]
     torch.manual_seed(0)
-    net = prepare_network(build_network(plans.genotype, plans.network_config()).to(device),
-                          ExecutionOptions(compile=opts.get("compile", False),
-                                           channels_last=opts.get("channels_last", False)),
+    execution = ExecutionOptions(precision=opts["precision"], compile=opts.get("compile", False),
+                                 channels_last=opts.get("channels_last", False))
+    net = prepare_network(build_network(plans.genotype, plans.network_config()).to(device), execution,
                           **({"compiler": compiler} if compiler else {}))
     _, val_ids = fold_case_ids(pre_dir, 0)
     data, _, _ = load_case(pre_dir, val_ids[0], mmap=False)
@@ -208,7 +208,7 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
     def once() -> float:
         t0 = time.perf_counter()
         sliding_window_predict(net, data, plans.patch_size, plans.num_classes, mirror_axes=None, device=device,
-                               precision=opts["precision"], progress=False)
+                               execution=execution, progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0

@@ -113,6 +113,7 @@ def _skew_clock(seconds: float) -> None:
 def worker(out: Path, opts: dict[str, Any]) -> None:
     """One search worker with sleeping fake evaluators on `opts["storage"]` (None: SQLite)."""
     from c2fnas_auto.search.core import search_core
+    from c2fnas_auto.search.run import SearchRun
     from c2fnas_auto.search.settings import SearchHooks, SearchSettings
     from c2fnas_auto.search.jobs import WorkerOptions
 
@@ -142,9 +143,9 @@ def worker(out: Path, opts: dict[str, Any]) -> None:
     (out / f"alive-{os.getpid()}").touch()
     hooks = SearchHooks(coarse_evaluate=coarse, train_supernet=lambda levels: ({}, {"epochs": 0, "seconds": 0.0}),
                         fine_evaluator=lambda net: (lambda p: {"score": 0.5}))
-    search_core(out / "search", str(opts["name"]), SearchSettings(**SETTINGS), hooks, progress=False, lines=False,
-                join=bool(opts.get("join")), workers=WorkerOptions(stale_seconds=STALE_S, poll_seconds=0.05),
-                storage=opts.get("storage"))
+    run = SearchRun(join=bool(opts.get("join")), storage=opts.get("storage"),
+                    workers=WorkerOptions(stale_seconds=STALE_S, poll_seconds=0.05), progress=False, lines=False)
+    search_core(out / "search", str(opts["name"]), SearchSettings(**SETTINGS), hooks, run=run)
 
 
 class Engine:

@@ -74,13 +74,14 @@ def run(ws, profile: Profile) -> RowResult:
     roi = tuple(profile.sw_patch)
     outputs: dict[str, torch.Tensor] = {}
 
-    def ours(bs: int, network=net, precision: str = "fp32", key: str = "ours") -> Callable[[int], float]:
+    def ours(bs: int, network=net, execution: ExecutionOptions = ExecutionOptions(precision="fp32"),
+             key: str = "ours") -> Callable[[int], float]:
         def call(_: int) -> float:
             with torch.no_grad():
                 t, out = timed(lambda: sliding_window_predict(network, volume[0], roi, num_classes, step_size=0.5,
                                                               gaussian=True, mirror_axes=None, tile_batch_size=bs,
                                                               device=torch.device("cpu"), progress=False,
-                                                              precision=precision))
+                                                              execution=execution))
             outputs[key] = out
             return t
         return call
@@ -107,13 +108,13 @@ def run(ws, profile: Profile) -> RowResult:
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
     opt_times, opt_ratios, opt_diff = {}, {}, {}
     for name, opts in OPTION_SIDES.items():
-        execution = ExecutionOptions(compile=opts.get("compile", False), channels_last=opts.get("channels_last", False))
+        execution = ExecutionOptions(precision=opts.get("precision", "fp32"), compile=opts.get("compile", False),
+                                     channels_last=opts.get("channels_last", False))
         variant = prepare_network(copy.deepcopy(net), execution).eval()
-        precision = opts.get("precision", "fp32")
         opt_times[name] = {}
         for bs in BATCH_SIZES:
-            ours(bs, variant, precision, name)(-1)  # untimed: compiles
-            opt_times[name][bs] = alternate(ours(bs, variant, precision, name), peer(bs), profile.fast_reps)
+            ours(bs, variant, execution, name)(-1)  # untimed: compiles
+            opt_times[name][bs] = alternate(ours(bs, variant, execution, name), peer(bs), profile.fast_reps)
         opt_ratios[name] = min((r for r in (paired_ratio(*opt_times[name][bs]) for bs in BATCH_SIZES)
                                 if r is not None), default=None)
         opt_diff[name] = float((outputs[name] - outputs["ours"]).abs().max())

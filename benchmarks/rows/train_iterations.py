@@ -64,8 +64,9 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     if net is None:
         net, config = our_network(plans)
         config.check_patch(patch)
-    prepare_network(net, ExecutionOptions(compile=compile, channels_last=channels_last))
-    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"), precision=precision)
+    execution = ExecutionOptions(precision=precision, compile=compile, channels_last=channels_last)
+    prepare_network(net, execution)
+    ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"), execution=execution)
     batches = our_iterator(pre_dir, patch, batch, augmentation)
     net.train()
     return lambda: train_step(ctx, next(batches))

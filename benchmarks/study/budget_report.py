@@ -93,14 +93,14 @@ def write_budget_summary(store: ResultStore, out: Path, profile: BudgetProfile) 
                for name, v in labels.get(spec.key, {}).items() if int(v) != 0}
         _holm_in_place(per)
         classes[spec.key] = per
-    primary = tasks[profile.search_task.key]
+    primary = tasks[profile.source.key]
     decision = None
     if primary.get("complete"):
         ref = primary["comparisons"].get("winners_vs_reference_scaled", {})
         decision = bs.decide(primary["D"], ref.get("p_holm"), primary["winner_sd"], primary["genotype_sd"]).to_dict()
-    long_key = profile.search_task.key + LONG
+    long_key = profile.source.key + LONG
     long_stats = _task_stats(records, long_key, profile.n_boot)
-    standard, standard_seeds = _arm_scores(records, profile.search_task.key)
+    standard, standard_seeds = _arm_scores(records, profile.source.key)
     long, long_seeds = _arm_scores(records, long_key)
     taus = {}
     if standard and long:

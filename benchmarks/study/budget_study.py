@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from benchmarks.study.arms import Arm, random_genotypes
 from benchmarks.study.budget_report import LONG, write_budget_summary
+from benchmarks.study.profiles import StudyProfile
 from benchmarks.study.store import ResultStore, job_key
 from benchmarks.study.tasks import TaskSpec
 from c2fnas_auto.errors import C2FNASError
@@ -34,35 +35,15 @@ MAX_RANDOM_DRAWS = 2000
 
 
 @dataclass(frozen=True)
-class BudgetProfile:
-    """Sizes of the budget study; the search task is searched on, every task trains every arm."""
+class BudgetProfile(StudyProfile):
+    """Sizes of the budget study: the study profile's, with `source` the search task (searched
+    `search_runs` times) and `transfers` the other tasks; every task trains every arm."""
 
-    name: str
-    search_task: TaskSpec
-    other_tasks: tuple[TaskSpec, ...]
-    epochs: int
-    iters_per_epoch: int
-    seeds_search_task: int
-    seeds_other: int
-    search_runs: int
-    num_random: int
-    search: dict[str, Any] = field(default_factory=dict)  # SearchSettings overrides (seed set per run)
+    search_runs: int = field(kw_only=True)
     band: float = 0.15  # random genotypes within +-band of the winners' mean parameters and FLOPs
     long_factor: int = 2
     long_seeds: int = 3
     long_random: int = 4
-    gpu_memory_gb: float = 0.25
-    base_channels: int = 8
-    n_boot: int = 2000
-    random_seed: int = 1
-    nnunet_arm: bool = False
-
-    @property
-    def tasks(self) -> tuple[TaskSpec, ...]:
-        return (self.search_task, *self.other_tasks)
-
-    def seeds(self, task_key: str) -> list[int]:
-        return list(range(self.seeds_search_task if task_key == self.search_task.key else self.seeds_other))
 
 
 def _specs(tiny: bool) -> tuple[TaskSpec, TaskSpec]:
@@ -83,11 +64,11 @@ BUDGET_SEARCH = dict(budget="reference", equal_cost=True, budget_band=0.15, nois
 
 BUDGET_PROFILES: dict[str, BudgetProfile] = {
     "budget": BudgetProfile("budget", *_specs(False)[:1], (_specs(False)[1],), epochs=10, iters_per_epoch=40,
-                            seeds_search_task=5, seeds_other=3, search_runs=4, num_random=16, search=BUDGET_SEARCH,
+                            seeds_source=5, seeds_transfer=3, search_runs=4, num_random=16, search=BUDGET_SEARCH,
                             nnunet_arm=True),
     "budget_smoke": BudgetProfile(
-        "budget_smoke", *_specs(True)[:1], (_specs(True)[1],), epochs=1, iters_per_epoch=2, seeds_search_task=2,
-        seeds_other=1, search_runs=2, num_random=3, n_boot=50, band=0.5, long_seeds=2, long_random=2,
+        "budget_smoke", *_specs(True)[:1], (_specs(True)[1],), epochs=1, iters_per_epoch=2, seeds_source=2,
+        seeds_transfer=1, search_runs=2, num_random=3, n_boot=50, band=0.5, long_seeds=2, long_random=2,
         search={**BUDGET_SEARCH, **dict(coarse_candidates=3, min_epochs=1, eta=2, rungs=2, clusters=2, population=2,
                                         fine_epochs=1, generations=1, iters_per_epoch=2, tournament=1,
                                         standalone_sample=2, noise_repeats=2, standalone_repeats=0,
@@ -162,7 +143,7 @@ def build_budget_arms(tasks: dict[str, Any], profile: BudgetProfile, winners: li
     matched on the search task (where the winners were found) and the same on every task."""
     from c2fnas_auto.nas.genotype import reference_genotype
 
-    search = tasks[profile.search_task.key]
+    search = tasks[profile.source.key]
     budget = task_budget(search.plans)
     won = [scaled_arm(f"winner_{k}", g, search.plans, budget)[1] for k, g in enumerate(winners)]
     randoms, draws = matched_randoms(profile.num_random, profile.random_seed, search.plans, budget,
@@ -231,14 +212,14 @@ def plan_budget_jobs(profile: BudgetProfile, arms: dict[str, list[Arm]],
     """(task key, arm, seed, epochs): seed-major over the tasks, then the longer check on the
     search task (winners, scaled reference, the first `long_random` random genotypes)."""
     jobs = []
-    for seed in range(max(profile.seeds_search_task, profile.seeds_other)):
+    for seed in range(max(profile.seeds_source, profile.seeds_transfer)):
         for spec in profile.tasks:
             if seed in profile.seeds(spec.key):
                 jobs += [(spec.key, a, seed, profile.epochs) for a in arms[spec.key]]
     long_names = {f"random_{i}" for i in range(profile.long_random)} | {"reference_scaled"}
-    long_arms = [a for a in arms[profile.search_task.key] if a.name.startswith("winner_") or a.name in long_names]
+    long_arms = [a for a in arms[profile.source.key] if a.name.startswith("winner_") or a.name in long_names]
     for seed in range(profile.long_seeds):
-        jobs += [(profile.search_task.key + LONG, a, seed, profile.epochs * profile.long_factor) for a in long_arms]
+        jobs += [(profile.source.key + LONG, a, seed, profile.epochs * profile.long_factor) for a in long_arms]
     k, n = shard
     return jobs[k::n]
 
@@ -254,7 +235,7 @@ def run_budget_study(profile: BudgetProfile, workdir: Path, out: Path, progress:
     tasks = {spec.key: prepare_task(spec, profile, workdir) for spec in profile.tasks}
     if shard[0] > 0 and not all((out / f"searched_run{k}.json").is_file() for k in range(profile.search_runs)):
         raise C2FNASError(f"{out}: the searches have not finished; shard 0 runs them, start the other shards after")
-    winners = run_searches(tasks[profile.search_task.key], profile, workdir, out, progress)
+    winners = run_searches(tasks[profile.source.key], profile, workdir, out, progress)
     if search_only:
         return store
     arms, prices = build_budget_arms(tasks, profile, winners)

@@ -42,7 +42,7 @@ from c2fnas_auto.inference.export import (
 from c2fnas_auto.inference.postprocessing import find_postprocessing, load_postprocessing
 from c2fnas_auto.inference.sliding_window import sliding_window_predict
 from c2fnas_auto.nas.checkpoint import checkpoint_file_name, trained_network
-from c2fnas_auto.nas.execution import ExecutionOptions, check_precision, prepare_network
+from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
 from c2fnas_auto.planning.plans import Plans
 from c2fnas_auto.planning.size_check import check_prediction_fits
 from c2fnas_auto.preprocessing.preprocessor import preprocess_case
@@ -238,7 +238,7 @@ class Predictor:
         pp = loaded.postprocessing
         if isinstance(pp, (str, os.PathLike)):
             pp = load_postprocessing(pp)
-        self.precision = check_precision(execution.precision, dev)
+        self.execution = execution.resolved(dev)
         for m in loaded.models:
             prepare_network(m.network, execution)
         self.models = loaded.models
@@ -281,7 +281,7 @@ class Predictor:
             logits = sliding_window_predict(m.network, data, m.plans.patch_size, m.plans.num_classes,
                                             step_size=self.step_size, gaussian=True,
                                             mirror_axes=(0, 1, 2) if self.tta else None, device=self.device,
-                                            tile_batch_size=self.tile_batch_size, precision=self.precision)
+                                            tile_batch_size=self.tile_batch_size, execution=self.execution)
             probs = torch.softmax(logits, dim=0)
             total = probs if total is None else total + probs
         assert total is not None

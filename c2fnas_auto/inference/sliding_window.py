@@ -19,7 +19,7 @@ import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from tqdm import tqdm
 
-from c2fnas_auto.nas.execution import autocast, check_precision
+from c2fnas_auto.nas.execution import ExecutionOptions, autocast, check_precision
 
 ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 PROGRESS_MIN_TILES = 64
@@ -100,7 +100,8 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
                            num_classes: int, step_size: float = 0.5, gaussian: bool = True,
                            mirror_axes: Sequence[int] | None = (0, 1, 2), device: torch.device | str | None = None,
                            forward_fn: ForwardFn | None = None, tile_batch_size: int = 2,
-                           progress: bool | None = None, precision: str | None = None) -> torch.Tensor:
+                           progress: bool | None = None,
+                           execution: ExecutionOptions = ExecutionOptions()) -> torch.Tensor:
     """Logits (K, z, y, x) float32 on the CPU for a (C, z, y, x) case.
 
     `mirror_axes` are spatial axes (0 = z). `progress=None` shows a bar only when the case
@@ -108,8 +109,9 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
     single-sample 3D convolutions to a slow reference kernel (about 2x slower end to end
     here); two tiles per forward take the oneDNN path. The network is put in eval mode for the call and
     restored afterwards.
-    `precision` ("fp32", "bf16", "fp16"; None: fp16 autocast on CUDA, fp32 elsewhere) is the
-    network's compute precision; logits are accumulated in float32 whatever it is.
+    Of `execution` (nas/execution.py) only the precision applies, the network's compute precision
+    (None: fp16 autocast on CUDA, fp32 elsewhere): the network was prepared by whoever built it.
+    Logits are accumulated in float32 whatever the precision.
 
     One function: tiling, mirroring and the Gaussian-weighted accumulation share the same buffers and
     loop."""
@@ -142,7 +144,7 @@ def sliding_window_predict(network: torch.nn.Module, data: torch.Tensor | np.nda
         weight = torch.ones(patch_size, dtype=torch.float32, device=acc_device)
 
     padded = padded.to(device, non_blocking=True)
-    precision = check_precision(precision, device)
+    precision = check_precision(execution.precision, device)
     was_training = network.training
     network.eval()
     show = progress if progress is not None else len(tiles) >= PROGRESS_MIN_TILES

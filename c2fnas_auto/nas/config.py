@@ -38,7 +38,7 @@ def _triple(v: Any, what: str) -> tuple[int, int, int]:
         raise NetworkConfigError(f"{what} must be three integers, got {v!r}") from None
     if len(t) != 3 or any(x < 1 for x in t):
         raise NetworkConfigError(f"{what} must be three positive integers, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 @dataclass

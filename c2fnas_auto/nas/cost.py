@@ -149,13 +149,14 @@ def tally_plan(plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] 
 
 def _tally_residual(t: _Tally, plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] | None,
                     all_ops: bool) -> None:
+    cells, head = plan.residual()
     s, _ = _unit(t, plan.stem[0], patch_size)
     s, _ = _unit(t, plan.stem[1], s)
-    for i, cell in enumerate(plan.cells):
-        if cell.upsample is not None:  # type: ignore[union-attr]
-            s = _upsampled(s, cell.upsample)  # type: ignore[union-attr]
-        if cell.transition is not None:  # type: ignore[union-attr]
-            s, _ = _unit(t, cell.transition, s)  # type: ignore[union-attr]
+    for i, cell in enumerate(cells):
+        if cell.upsample is not None:
+            s = _upsampled(s, cell.upsample)
+        if cell.transition is not None:
+            s, _ = _unit(t, cell.transition, s)
         op = ops[i] if ops is not None else cell.ops[0][0]
         for u in cell.op_units(op):
             _unit(t, u, s)
@@ -163,39 +164,39 @@ def _tally_residual(t: _Tally, plan: NetworkPlan, patch_size: Sequence[int], ops
             _other_ops_params(t, cell, op, s)
         if cell.ds_head is not None:
             _unit(t, cell.ds_head, s)
-    head = plan.head
-    s, _ = _unit(t, head.reduce, s)  # type: ignore[union-attr]
-    s = _upsampled(s, head.upsample)  # type: ignore[union-attr]
+    s, _ = _unit(t, head.reduce, s)
+    s = _upsampled(s, head.upsample)
     _unit(t, head.classifier, s)
 
 
 def _tally_wired(t: _Tally, plan: NetworkPlan, patch_size: Sequence[int], ops: Sequence[str] | None,
                  all_ops: bool) -> None:
     """Tensors are tracked by number (0 stem, k cell k): one read by two convs is kept once."""
+    cells, head = plan.wired()
     s, key = _unit(t, plan.stem[0], patch_size, "input")
     tensors = [_unit(t, plan.stem[1], s, key)]
-    for i, cell in enumerate(plan.cells):
-        s, key = tensors[cell.main_from]  # type: ignore[union-attr]
-        if cell.down is not None:  # type: ignore[union-attr]
-            s, key = _unit(t, cell.down, s, key)  # type: ignore[union-attr]
-        s, key = _unit(t, cell.pre, s, key)  # type: ignore[union-attr]
-        if cell.second is not None:  # type: ignore[union-attr]
-            _unit(t, cell.second, *tensors[cell.second_from])  # type: ignore[union-attr, misc]
+    for i, cell in enumerate(cells):
+        s, key = tensors[cell.main_from]
+        if cell.down is not None:
+            s, key = _unit(t, cell.down, s, key)
+        s, key = _unit(t, cell.pre, s, key)
+        if cell.second is not None:
+            assert cell.second_from is not None, "a second input without its source"
+            _unit(t, cell.second, *tensors[cell.second_from])
             key = object()  # the sum
         op = ops[i] if ops is not None else cell.ops[0][0]
         for u in cell.op_units(op):
             s, key = _unit(t, u, s, key)
         if all_ops:
             _other_ops_params(t, cell, op, s)
-        out = _unit(t, cell.post, s, key)  # type: ignore[union-attr]
+        out = _unit(t, cell.post, s, key)
         if cell.ds_head is not None:
             _unit(t, cell.ds_head, *out)
         tensors.append(out)
-    head = plan.head
-    s, _ = tensors[head.concat_from[1]]  # type: ignore[union-attr]
-    s, _ = _unit(t, head.fuse, s)  # type: ignore[union-attr]  # reads the concatenation
-    s, _ = _unit(t, head.expand, s)  # type: ignore[union-attr]
-    _unit(t, head.classifier, s)  # type: ignore[union-attr]
+    s, _ = tensors[head.concat_from[1]]
+    s, _ = _unit(t, head.fuse, s)  # reads the concatenation
+    s, _ = _unit(t, head.expand, s)
+    _unit(t, head.classifier, s)
 
 
 def cost_from_tally(t: _Tally, batch_size: int, amp: bool) -> CostEstimate:

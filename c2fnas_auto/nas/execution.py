@@ -117,7 +117,8 @@ def to_channels_last(network: nn.Module) -> nn.Module:
     The network's first conv then produces channels-last activations and every later op keeps
     that layout (nas/layout.py). Values and parameter names are unchanged (only strides differ).
     """
-    return network.to(memory_format=torch.channels_last_3d)
+    # torch's stubs list no memory_format overload for Module.to, which accepts it at run time
+    return network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
 
 def _warn(text: str) -> None:
@@ -148,7 +149,7 @@ class _FallbackCompiled:
         return self.module._call_eager(*args, **kwargs)
 
 
-def compile_module(module: nn.Module, name: str, compiler: Callable = torch.compile) -> bool:
+def compile_module(module: "Compilable", name: str, compiler: Callable = torch.compile) -> bool:
     """Compile `module` in place (its state_dict keys stay the same). False, with a one-line
     message, where torch.compile is not available at all."""
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import nn
@@ -30,26 +30,28 @@ class CellNetwork(Compilable):
         self.config = plan.config
         self.stem = nn.ModuleList([ConvBlock(plan.stem[0]), ConvBlock(plan.stem[1])])
         if isinstance(plan.head, WiredHeadPlan):
-            self.cells = nn.ModuleList([WiredCell(c) for c in plan.cells])  # type: ignore[arg-type]
+            wired_cells, wired_head = plan.wired()
+            self.cells = nn.ModuleList([WiredCell(c) for c in wired_cells])
             # the head's tensors are each read by the next block only: its ReLUs run in place
-            self.head_fuse = ConvBlock(plan.head.fuse, inplace_relu=True)
-            self.head_expand = ConvBlock(plan.head.expand, inplace_relu=True)
-            self.head_classifier = ConvBlock(plan.head.classifier, inplace_relu=True)
+            self.head_fuse = ConvBlock(wired_head.fuse, inplace_relu=True)
+            self.head_expand = ConvBlock(wired_head.expand, inplace_relu=True)
+            self.head_classifier = ConvBlock(wired_head.classifier, inplace_relu=True)
             # tensor number -> index of the last cell that reads it (len(cells): the head), so
             # inference can drop a tensor once it is read for the last time
             self._last_read: dict[int, int] = {}
-            for c in plan.cells:
+            for c in wired_cells:
                 for k in (c.main_from, c.second_from):
                     if k is not None:
                         self._last_read[k] = c.index
-            for k in plan.head.concat_from:
-                self._last_read[k] = len(plan.cells)
+            for k in wired_head.concat_from:
+                self._last_read[k] = len(wired_cells)
         else:
-            self.cells = nn.ModuleList([Cell(c) for c in plan.cells])  # type: ignore[arg-type]
-            self.head_reduce = ConvBlock(plan.head.reduce)
-            self.head_upsample = Upsample(plan.head.upsample) if plan.head.upsample is not None else None
-            self.head_classifier = ConvBlock(plan.head.classifier, inplace_relu=True)  # reads y + full, fresh
-            self._skip_sources = {c.skip_from for c in plan.cells if c.skip_from is not None}
+            cells, head = plan.residual()
+            self.cells = nn.ModuleList([Cell(c) for c in cells])
+            self.head_reduce = ConvBlock(head.reduce)
+            self.head_upsample = Upsample(head.upsample) if head.upsample is not None else None
+            self.head_classifier = ConvBlock(head.classifier, inplace_relu=True)  # reads y + full, fresh
+            self._skip_sources = {c.skip_from for c in cells if c.skip_from is not None}
 
     def deep_supervision_scales(self) -> list[tuple[float, float, float]]:
         """Per-axis scale of each output relative to the input, in output order."""
@@ -84,7 +86,7 @@ class CellNetwork(Compilable):
         h = self.stem[1](self.stem[0](x))
         kept: dict[int, torch.Tensor] = {0: h}  # tensor number -> tensor (0 = stem, k = cell k)
         ds_outputs: list[torch.Tensor] = []
-        for i, cell in enumerate(self.cells):
+        for i, cell in enumerate(cast("list[WiredCell]", self.cells)):  # built so in __init__
             p = cell.plan
             other = kept[p.second_from] if p.second_from is not None else None
             h = cell(kept[p.main_from], other, ops[i])
@@ -92,7 +94,7 @@ class CellNetwork(Compilable):
             kept[i + 1] = h
             if want_ds and cell.ds_head is not None:
                 ds_outputs.append(cell.ds_head(h))
-        a, b = self.plan.head.concat_from  # type: ignore[union-attr]
+        a, b = self.plan.wired()[1].concat_from
         y = self.head_expand(self.head_fuse(torch.cat([kept[a], kept[b]], dim=1)))
         return self._classify(y), ds_outputs
 
@@ -102,7 +104,7 @@ class CellNetwork(Compilable):
         h = self.stem[1](full)
         saved: dict[int, torch.Tensor] = {}
         ds_outputs: list[torch.Tensor] = []
-        for i, cell in enumerate(self.cells):
+        for i, cell in enumerate(cast("list[Cell]", self.cells)):  # built so in __init__
             skip = saved[cell.plan.skip_from] if cell.plan.skip_from is not None else None
             h = cell(h, skip, ops[i])
             if i in self._skip_sources:

@@ -9,7 +9,7 @@ activations from it, so the two can never disagree about what the network is.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Sequence, cast
 
 from c2fnas_auto.errors import GenotypeError
 from c2fnas_auto.nas.config import NetworkConfig
@@ -173,6 +173,18 @@ class NetworkPlan:
 
     def ds_levels(self) -> tuple[int, ...]:
         return tuple(self.cells[i].level for i in self.ds_cells)
+
+    def residual(self) -> tuple[tuple[CellPlan, ...], HeadPlan]:
+        """Cells and head typed for the residual style, so code for one style needs no checks
+        per cell: `make_plan` pairs a `HeadPlan` with `CellPlan`s only."""
+        assert isinstance(self.head, HeadPlan), "not a residual-style plan"
+        return cast("tuple[CellPlan, ...]", self.cells), self.head
+
+    def wired(self) -> tuple[tuple[WiredCellPlan, ...], WiredHeadPlan]:
+        """Cells and head typed for the c2fnas style: `make_plan` pairs a `WiredHeadPlan` with
+        `WiredCellPlan`s only."""
+        assert isinstance(self.head, WiredHeadPlan), "not a c2fnas-style plan"
+        return cast("tuple[WiredCellPlan, ...]", self.cells), self.head
 
 
 def _scale(stride: Triple) -> Scale | None:

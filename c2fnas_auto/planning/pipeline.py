@@ -109,7 +109,7 @@ def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channe
     if stale is not None:
         log.warning("%s: recomputing the fingerprint: %s", fp_path, stale)
     new_fingerprint = fingerprint is None
-    if new_fingerprint:
+    if fingerprint is None:
         fingerprint = compute_fingerprint(dataset, num_workers=num_workers, progress=progress)
 
     plans = plan_experiment(fingerprint, dataset, gpu_memory_gb=gpu_memory_gb, base_channels=base_channels,

@@ -150,7 +150,7 @@ class Plans:
         """Raise PlansError naming the first inconsistent field.
 
         A flat list of checks, one per field, in the order the fields appear."""
-        _check(isinstance(self.task_name, str) and self.task_name, "task_name must be a non-empty string")
+        _check(isinstance(self.task_name, str) and bool(self.task_name), "task_name must be a non-empty string")
         _check(isinstance(self.channel_names, dict) and len(self.channel_names) > 0,
                "channel_names must name at least one channel")
         _check(sorted(self.channel_names) == list(range(len(self.channel_names))),

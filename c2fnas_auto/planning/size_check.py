@@ -40,10 +40,6 @@ def device_memory_bytes(device: torch.device) -> tuple[int | None, str]:
     return host_memory_bytes(), "this machine's memory"
 
 
-def _over(need: float, have: int | None) -> bool:
-    return have is not None and need > have
-
-
 def check_training_fits(source: str | Path, genotype: Any, config: Any, patch: Sequence[int], batch: int,
                         num_channels: int, device: torch.device, ranks: int = 1) -> None:
     """Training at `patch` x `batch` with this genotype and network config fits `device` and the
@@ -56,12 +52,12 @@ def check_training_fits(source: str | Path, genotype: Any, config: Any, patch: S
               "c2fnas_plan_and_preprocess --gpu-memory-gb")
     loader = batch * (num_channels + 1) * prod(patch) * FLOAT_BYTES  # one batch of data + labels, float32
     host = host_memory_bytes()
-    if _over(loader, host):
+    if host is not None and loader > host:
         raise InputError(f"{source}: {sizes}: one training batch alone needs {loader / GIB:.1f} GiB, more than "
                          f"this machine's {host / GIB:.1f} GiB; {advice}")
     need = estimate_cost(genotype, config, patch, batch_size=batch, amp=device.type == "cuda").training_bytes
     have, what = device_memory_bytes(device)
-    if _over(need, have):
+    if have is not None and need > have:
         raise InputError(f"{source}: {sizes}: estimated training memory {need / GIB:.1f} GiB exceeds "
                          f"{what} ({have / GIB:.1f} GiB); {advice}")
 
@@ -74,6 +70,6 @@ def check_prediction_fits(source: str | Path, patch: Sequence[int], num_channels
     patch = [int(p) for p in patch]
     need = prod(patch) * FLOAT_BYTES * (tile_batch * (num_channels + num_classes) + 1)
     host = host_memory_bytes()
-    if _over(need, host):
+    if host is not None and need > host:
         raise InputError(f"{source}: its plans' patch {patch} needs {need / GIB:.1f} GiB per sliding-window step "
                          f"(tile batch {tile_batch}), more than this machine's {host / GIB:.1f} GiB")

@@ -25,6 +25,7 @@ from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.old_folders import adopt_old_folder
 from c2fnas_auto.search.plans_writer import winner_genotype, winner_network, write_into_plans
 from c2fnas_auto.search.real_training import rank_device, real_hooks
+from c2fnas_auto.search.run import SearchRun
 from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.state import SearchState
 from c2fnas_auto.utils.distributed import DistContext, init_distributed
@@ -59,9 +60,10 @@ def run_search(task: str | int, settings: SearchSettings, device: str | None = N
                            progress=progress and dist.is_main, budget=budget[0])
         plans_info = {"patch_size": list(plans.patch_size), "batch_size": int(plans.batch_size),
                       "network": plans.network.to_dict(), "gpu_memory_gb": float(plans.gpu_memory_gb)}
-        state = search_core(search_dir, task_name, settings, hooks, resume=resume, overwrite=overwrite, dist=dist,
-                            progress=progress, plans_info=plans_info, heldout=heldout.to_dict(), join=join,
-                            stop=stop, workers=workers, storage=storage, budget=budget)
+        run = SearchRun(resume=resume, overwrite=overwrite, join=join, dist=dist, storage=storage, workers=workers,
+                        progress=progress, stop=stop)
+        state = search_core(search_dir, task_name, settings, hooks, run=run, plans_info=plans_info,
+                            heldout=heldout.to_dict(), budget=budget)
         if dist.is_main and not join:
             genotype = winner_genotype(state, plans, settings)
             genotype.save(search_dir / GENOTYPE_FILE)

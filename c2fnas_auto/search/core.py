@@ -6,7 +6,7 @@ tests drive the whole flow -- clustering, the asynchronous rung schedule, evolut
 shared trial files, resume, report, plots -- with fake evaluators. `run_search`
 (`search/api.py`) builds the real hooks from the plans and `training.api`.
 
-Every worker (torchrun rank, or a process started later with `join=True`) runs
+Every worker (torchrun rank, or a process started later with `SearchRun(join=True)`) runs
 `search_core` on the same folder; the main worker (rank 0, not joined) also trains the
 supernet and writes state, report and plots. See `optuna_trials.py` for how workers share
 work (Optuna trials in the journal file `optuna_journal.log` in the search folder, or the
@@ -27,6 +27,7 @@ from c2fnas_auto.search.optuna_trials import OptunaTrials
 from c2fnas_auto.search.progress import Progress
 from c2fnas_auto.search.budgeting import guard, resolve_budget, restrict_topologies, width_for
 from c2fnas_auto.search.report import noise_checks, plot_progress, plot_ranking, ranking_checks, write_report
+from c2fnas_auto.search.run import SearchRun
 from c2fnas_auto.search.saving import Saver, check_same, open_search
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies, default_topologies
 from c2fnas_auto.search.stages import (StageContext, cluster_once, coarse_stage, fine_stage, repeat_stage,
@@ -35,44 +36,37 @@ from c2fnas_auto.search.state import CandidateRecord, SearchState
 from c2fnas_auto.search.stop import search_stop_flag
 from c2fnas_auto.search.storage import default_url
 from c2fnas_auto.utils.distributed import DistContext
-from c2fnas_auto.utils.stop_signals import StopFlag
 
 
 def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hooks: SearchHooks,
-                resume: bool = False, overwrite: bool = False, dist: DistContext | None = None,
-                progress: bool = True, topologies: Topologies | None = None, lines: bool = True,
+                run: SearchRun = SearchRun(), *, topologies: Topologies | None = None,
                 plans_info: dict[str, Any] | None = None, heldout: dict[str, Any] | None = None,
-                join: bool = False, stop: StopFlag | None = None, workers: WorkerOptions | None = None,
-                worker_id: str | None = None, storage: str | None = None,
                 budget: tuple[Any, dict[str, Any]] | None = None) -> SearchState:
     """Clustering -> coarse rungs (ASHA + evolution) -> supernet -> fine evolution ->
     stand-alone check; every finished candidate is published at once.
 
+    `run`: how this worker takes part (start mode, workers, progress, stop; `run.py`).
     `plans_info` (patch, batch, network, memory budget the candidates are trained at) and
     `heldout` (the cases kept out) are stored with a new state; resuming an unfinished
     state under different ones refuses, because its scores would no longer compare.
-    `join=True`: a worker added to a running search (never the main worker).
-    `stop.check()` runs after every candidate; it raises `SearchStopped` after a signal.
-    `storage`: an Optuna storage shared by the workers, a database URL or a journal file path
-    (default: the journal file in `search_dir`, which nodes sharing that folder can use too).
     `budget`: (nas.budget.CostBudget, record) from `budgeting.resolve_budget` (default: the
     settings' own limits); both stages keep to it through `hooks.pricing`, and each stage's
     ranking is checked against its seed noise (`settings.noise_repeats`, `standalone_repeats`).
     """
     settings.validate()
-    workers = (workers or WorkerOptions()).validate()
+    workers = (run.workers or WorkerOptions()).validate()
     rungs = settings.schedule()
-    check_modes(resume=resume, overwrite=overwrite, join=join)
-    dist = dist or DistContext()
-    main = dist.is_main and not join
-    stop = stop or search_stop_flag()
+    run.check_modes()
+    dist = run.dist or DistContext()
+    main = dist.is_main and not run.join
+    stop = run.stop or search_stop_flag()
     topo = topologies or default_topologies()
     search_dir = Path(search_dir)
     state_path = search_dir / STATE_FILE
-    url = storage or default_url(search_dir)
-    opened = (open_search(search_dir, task_name, settings, resume=resume, overwrite=overwrite, join=join, url=url)
-              if (main or join) else None)
-    if not join:
+    url = run.storage or default_url(search_dir)
+    opened = (open_search(search_dir, task_name, settings, resume=run.resume, overwrite=run.overwrite,
+                          join=run.join, url=url) if (main or run.join) else None)
+    if not run.join:
         opened = dist.broadcast(opened)  # every rank starts once rank 0 has opened (or cleared) the folder
     state = SearchState.from_dict(opened.unwrap(), state_path)
     check_same(state, "plans", plans_info or {}, what="plans", state_path=state_path)
@@ -89,8 +83,8 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
             write_outputs(search_dir, state, hooks)
         return state
 
-    store = OptunaTrials(url, task_name, worker_id=worker_id, options=workers).start()
-    bar = Progress(progress, main, lines)
+    store = OptunaTrials(url, task_name, worker_id=run.worker_id, options=workers).start()
+    bar = Progress(run.progress, main, run.lines)
     try:
         if main:
             store.mark("main", {"worker": store.worker_id}, replace=True)
@@ -138,14 +132,6 @@ def run_stages(ctx: StageContext, rungs: Rungs, *, widths: Any = None,
     state.winner = winner_record(coarse_best, fine_best, width)
     state.finished = True
     ctx.save()
-
-
-def check_modes(*, resume: bool, overwrite: bool, join: bool) -> None:
-    """Refuse contradicting ways of starting a search before anything is opened."""
-    if resume and overwrite:
-        raise C2FNASError("--continue and --overwrite contradict each other: choose one")
-    if join and overwrite:
-        raise C2FNASError("--join and --overwrite contradict each other: a joining worker never restarts a search")
 
 
 def winner_record(coarse_best: CandidateRecord, fine_best: CandidateRecord,

@@ -52,8 +52,7 @@ def fit(network: nn.Module, plans, preprocessed_dir: str | Path, train_ids: Sequ
                                   seed=seed, num_workers=num_workers, augment=augment,
                                   augmentation=augmentation or default_augmentation(dev), device=dev)
     ctx = StepContext(network, build_optimizer(network), DeepSupervisionLoss(), dev,
-                      forward_fn or default_forward, warmup_iterations=warmup_iterations,
-                      precision=execution.precision)
+                      forward_fn or default_forward, warmup_iterations=warmup_iterations, execution=execution)
     losses = []
     for epoch in range(epochs):
         set_lr(ctx.optimizer, poly_lr(epoch, epochs))
@@ -90,7 +89,7 @@ def score_cases(network: nn.Module, plans, preprocessed_dir: str | Path, case_id
         logits = sliding_window_predict(network, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
                                         tuple(plans.patch_size), plans.num_classes, step_size=step_size,
                                         gaussian=True, mirror_axes=(0, 1, 2) if tta else None, device=dev,
-                                        forward_fn=forward_fn, precision=execution.precision)
+                                        forward_fn=forward_fn, execution=execution)
         pred = channel_argmax(logits, 0).numpy()
         dice = case_dice(pred, np.asarray(seg[0]), plans.num_classes)
         per_case[cid] = {str(k): v for k, v in dice.items()}

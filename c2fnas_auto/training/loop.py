@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from c2fnas_auto.nas.execution import autocast, check_precision, grad_scaler
+from c2fnas_auto.nas.execution import ExecutionOptions, autocast, check_precision, grad_scaler
 from c2fnas_auto.training.schedule import GRAD_CLIP, warmed_up
 from c2fnas_auto.training.start_check import DeadHeadProbe
 from c2fnas_auto.utils.fast_paths import fast_paths
@@ -37,8 +37,9 @@ def class_argmax() -> Callable[[torch.Tensor, int], torch.Tensor]:
 class StepContext:
     """Everything a training step needs.
 
-    `precision` ("fp32", "bf16", "fp16"; nas/execution.py) picks autocast and the grad
-    scaler; None keeps the old rule: fp16 AMP on CUDA when `amp`, else fp32.
+    Of `execution` (nas/execution.py) only the precision applies here: it picks autocast and
+    the grad scaler; None: fp16 AMP on CUDA when `amp`, else fp32. `precision` is the one the
+    steps run at, resolved on `device` when the context is built.
     """
 
     network: nn.Module
@@ -50,15 +51,17 @@ class StepContext:
     amp: bool = True
     warmup_iterations: int = 0  # learning rate and momentum ramp over the first steps (0: off)
     steps_done: int = 0
-    precision: str | None = None
+    execution: ExecutionOptions = ExecutionOptions()
     skipped_steps: int = 0  # bf16 steps whose gradients were not finite (see train_step)
     # how confusion_counts takes the argmax over classes, fixed when the context is built (utils/fast_paths.py)
     argmax: Callable[[torch.Tensor, int], torch.Tensor] = field(default_factory=class_argmax)
+    precision: str = field(init=False)
 
     def __post_init__(self):
-        if self.precision is None:
-            self.precision = "fp16" if self.amp and self.device.type == "cuda" else "fp32"
-        self.precision = check_precision(self.precision, self.device)
+        precision = self.execution.precision
+        if precision is None:
+            precision = "fp16" if self.amp and self.device.type == "cuda" else "fp32"
+        self.precision = check_precision(precision, self.device)
         self.amp = self.precision != "fp32"
         if self.scaler is None:
             self.scaler = grad_scaler(self.device, self.precision)

@@ -199,7 +199,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.network)
         prepare_network(self.network, self.options.execution)
         self.ctx = StepContext(self.network, self.optimizer, DeepSupervisionLoss(), self.device,
-                               precision=self.options.execution.precision)
+                               execution=self.options.execution)
         if self.is_main:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.fold_dir)

@@ -65,7 +65,7 @@ def test_budget_smoke_end_to_end_and_resume(tmp_path, monkeypatch):
     for var in ("C2FNAS_raw", "C2FNAS_preprocessed", "C2FNAS_results"):
         monkeypatch.setenv(var, str(tmp_path / "unused"))
     smoke = study.BUDGET_PROFILES["budget_smoke"]
-    profile = dataclasses.replace(smoke, other_tasks=(), num_random=2, long_random=0, epochs=1, iters_per_epoch=1)
+    profile = dataclasses.replace(smoke, transfers=(), num_random=2, long_random=0, epochs=1, iters_per_epoch=1)
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
     winners = [reference_genotype().with_ops(["2d"] * 12), Genotype([1, 2, 2, 3, 3, 2, 2, 1, 1, 1, 1, 1], ["3d"] * 12)]
@@ -84,7 +84,7 @@ def test_budget_smoke_end_to_end_and_resume(tmp_path, monkeypatch):
     assert all(abs(arms[f"random_{i}"]["gflops"] / mean_w - 1) <= profile.band for i in range(2))
     long = [r for r in store.records if r["task"] == "search+long"]
     assert len(long) == profile.long_seeds * 3 and {r["epochs"] for r in long} == {2}
-    assert len(store.records) == profile.seeds_search_task * 5 + len(long)
+    assert len(store.records) == profile.seeds_source * 5 + len(long)
     summary = json.loads((out / "summary.json").read_text())
     task = summary["tasks"]["search"]
     assert task["complete"] and task["D"]["d"] is not None

@@ -46,7 +46,8 @@ def test_impossible_precisions_are_one_line(bad, words):
         check_precision(bad, CPU)
     assert "\n" not in str(e.value)
     with pytest.raises(ExecutionError):
-        StepContext(net(), build_optimizer(net()), DeepSupervisionLoss(), CPU, precision=bad)
+        StepContext(net(), build_optimizer(net()), DeepSupervisionLoss(), CPU,
+                    execution=ExecutionOptions(precision=bad))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs CUDA")
@@ -59,7 +60,8 @@ def test_bf16_training_step_runs_on_the_cpu_and_learns_the_same_direction():
     losses = {}
     for precision in ("fp32", "bf16"):
         n = net()
-        ctx = StepContext(n, build_optimizer(n), DeepSupervisionLoss(), CPU, precision=precision)
+        ctx = StepContext(n, build_optimizer(n), DeepSupervisionLoss(), CPU,
+                          execution=ExecutionOptions(precision=precision))
         assert not ctx.scaler.is_enabled()
         b = batch()
         losses[precision] = [train_step(ctx, b)[0] for _ in range(3)]
@@ -74,7 +76,8 @@ def test_a_bf16_step_with_non_finite_gradients_is_skipped_an_fp32_one_is_not(pre
     """CPU bf16 conv weight gradients are now and then NaN (oneDNN, small spatial extents):
     bf16 skips that step like fp16's scaler would; fp32 keeps showing a real divergence."""
     n = net()
-    ctx = StepContext(n, build_optimizer(n), DeepSupervisionLoss(), CPU, precision=precision)
+    ctx = StepContext(n, build_optimizer(n), DeepSupervisionLoss(), CPU,
+                      execution=ExecutionOptions(precision=precision))
     weight = n.stem[0].conv.weight
     before = {k: p.detach().clone() for k, p in n.named_parameters()}
     handle = weight.register_hook(lambda g: torch.full_like(g, float("nan")))
@@ -94,14 +97,14 @@ def test_a_bf16_step_with_non_finite_gradients_is_skipped_an_fp32_one_is_not(pre
 def test_bf16_sliding_window_agrees_with_fp32_and_accumulates_in_fp32():
     n = net(ds=False)
     data = torch.randn(1, 24, 40, 40)
-    a = sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="fp32")
-    b = sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="bf16")
+    a = sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, execution=ExecutionOptions(precision="fp32"))
+    b = sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, execution=ExecutionOptions(precision="bf16"))
     assert b.dtype == torch.float32
     # an untrained network amplifies bf16's rounding through 12 instance norms: a sanity bound
     # only; the Dice of trained networks is compared in benchmarks/precision_accuracy.py
     assert float((a.argmax(0) == b.argmax(0)).float().mean()) > 0.9
     with pytest.raises(ExecutionError, match="fp16"):
-        sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, precision="fp16")
+        sliding_window_predict(n, data, PATCH, 3, mirror_axes=None, execution=ExecutionOptions(precision="fp16"))
 
 
 def test_cli_flags_become_execution_options():
@@ -156,7 +159,7 @@ def test_predictor_applies_the_options_and_refuses_fp16_on_cpu():
     n = net(ds=False)
     p = Predictor.from_networks([n], Plans(), device="cpu", progress=False,
                                 execution=ExecutionOptions(precision="bf16", channels_last=True))
-    assert p.precision == "bf16"
+    assert p.execution.precision == "bf16"
     assert next(n.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
     with pytest.raises(ExecutionError, match="needs a CUDA device"):
         Predictor.from_networks([net(ds=False)], Plans(), device="cpu", progress=False,

@@ -75,6 +75,7 @@ import json, sys, zlib
 from pathlib import Path
 from c2fnas_auto.nas.topology import enumerate_topologies, topology_distance, topology_neighbours
 from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.run import SearchRun
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies
 
 def score(levels, ops):  # deterministic pseudo-noise: the same candidate always scores the same
@@ -91,7 +92,7 @@ topo = Topologies([tuple(t) for t in enumerate_topologies(8, 3)],
 settings = SearchSettings(coarse_candidates=8, clusters=3, population=4, generations=3, fine_epochs=1,
                           min_epochs=1, eta=2, rungs=2, iters_per_epoch=1, tournament=2, standalone_sample=0,
                           seed=int(sys.argv[2]))
-state = search_core(Path(sys.argv[1]), "Task000_Fake", settings, hooks, progress=False, topologies=topo)
+state = search_core(Path(sys.argv[1]), "Task000_Fake", settings, hooks, run=SearchRun(progress=False), topologies=topo)
 keep = ("stage", "index", "levels", "ops", "status", "score", "cluster", "generation")
 out = {"records": [{k: getattr(r, k) for k in keep} for r in state.coarse + state.fine],
        "clusters": state.clusters["labels"], "winner": state.winner}

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fakes import FakeHooks  # noqa: E402
 
 from c2fnas_auto.search.core import search_core  # noqa: E402
+from c2fnas_auto.search.run import SearchRun  # noqa: E402
 from c2fnas_auto.search.settings import SearchSettings  # noqa: E402
 from c2fnas_auto.utils.distributed import init_distributed  # noqa: E402
 from c2fnas_auto.search.jobs import WorkerOptions  # noqa: E402
@@ -52,9 +53,9 @@ def main() -> None:
         if join:
             hold()  # a joiner holds before it looks at the search
     try:
-        state = search_core(out / "search", "T", settings, fake.hooks(), dist=dist, progress=False, join=join,
-                            workers=WorkerOptions(stale_seconds=2.0, poll_seconds=0.05), lines=False,
-                            storage=opts.get("storage"))
+        run = SearchRun(join=join, dist=dist, storage=opts.get("storage"),
+                        workers=WorkerOptions(stale_seconds=2.0, poll_seconds=0.05), progress=False, lines=False)
+        state = search_core(out / "search", "T", settings, fake.hooks(), run=run)
     finally:
         if dist is not None:
             dist.close()

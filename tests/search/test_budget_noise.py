@@ -14,6 +14,7 @@ from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.nas.budget import Pricing
 from c2fnas_auto.nas.config import NetworkConfig
 from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.run import SearchRun
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.report import within_noise_warnings
 from c2fnas_auto.search.runner import Proposal
@@ -68,7 +69,7 @@ class Fake:
 
 def _run(tmp_path, fake, **kw):
     return search_core(tmp_path / "search", "Task097_Fake", SearchSettings(**{**SMALL, **kw}), fake.hooks(),
-                       progress=False, lines=False, workers=FAST)
+                       run=SearchRun(progress=False, lines=False, workers=FAST))
 
 
 def _stage(state, name):

@@ -8,6 +8,7 @@ import pytest
 
 from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.run import SearchRun
 from c2fnas_auto.search.settings import SearchSettings
 from c2fnas_auto.search.report import expected_coarse_evaluations
 from c2fnas_auto.search.state import SearchState
@@ -23,9 +24,9 @@ SMALL = dict(coarse_candidates=9, min_epochs=1, eta=3, rungs=3, clusters=4, popu
 FAST = WorkerOptions(stale_seconds=0.5, poll_seconds=0.02)
 
 
-def _search(tmp_path, hooks, **kw):
+def _search(tmp_path, hooks, plans_info=None, heldout=None, **run):
     return search_core(tmp_path / "search", "Task098_Synthetic", SearchSettings(**SMALL), hooks.hooks(),
-                       progress=False, workers=FAST, **kw)
+                       run=SearchRun(progress=False, workers=FAST, **run), plans_info=plans_info, heldout=heldout)
 
 
 def test_full_search_writes_state_report_plots(tmp_path):
@@ -89,7 +90,7 @@ def test_existing_state_needs_continue_or_overwrite(tmp_path):
     assert len([c for c in fake.coarse_calls if c[1] == 0]) == 9, "overwrite starts from an empty trial folder"
     with pytest.raises(C2FNASError, match="changed settings"):
         search_core(tmp_path / "search", "T", SearchSettings(**{**SMALL, "seed": 8}), FakeHooks().hooks(),
-                    resume=True, progress=False)
+                    run=SearchRun(resume=True, progress=False))
 
 
 def test_a_search_of_the_file_engine_is_not_resumed_silently(tmp_path):
@@ -157,7 +158,7 @@ def test_all_skipped_is_a_clear_error(tmp_path):
 
     with pytest.raises(C2FNASError, match="no coarse candidate could be trained"):
         search_core(tmp_path / "s", "T", SearchSettings(**{**SMALL, "coarse_candidates": 2}), AllSkip().hooks(),
-                    progress=False, workers=FAST)
+                    run=SearchRun(progress=False, workers=FAST))
 
 
 def test_memory_skips_are_recorded(tmp_path):

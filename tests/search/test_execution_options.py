@@ -15,6 +15,7 @@ from c2fnas_auto.nas.execution import ExecutionOptions
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.paths import search_results_dir
 from c2fnas_auto.search.core import search_core
+from c2fnas_auto.search.run import SearchRun
 from c2fnas_auto.search.settings import EXECUTION_FIELDS, SearchSettings
 from c2fnas_auto.search.jobs import WorkerOptions
 from c2fnas_auto.search.state import SearchState
@@ -108,18 +109,19 @@ def test_a_state_saved_without_the_options_resumes_under_any_of_them(tmp_path):
     folder = tmp_path / "search"
     crash = FakeHooks(fail_after_coarse=5)
     with pytest.raises(Boom):
-        search_core(folder, "T", SearchSettings(**SMALL), crash.hooks(), progress=False, workers=FAST)
+        search_core(folder, "T", SearchSettings(**SMALL), crash.hooks(),
+                    run=SearchRun(progress=False, workers=FAST))
     old = json.loads((folder / "state.json").read_text())  # as the version before these options wrote it
     old["settings"] = {k: v for k, v in old["settings"].items() if k not in EXECUTION_FIELDS}
     (folder / "state.json").write_text(json.dumps(old))
 
     again = FakeHooks()
     state = search_core(folder, "T", SearchSettings(**SMALL, execution=ExecutionOptions(**OPTIONS)), again.hooks(),
-                        resume=True, progress=False, workers=FAST)
+                        run=SearchRun(resume=True, progress=False, workers=FAST))
     assert state.finished and not set(crash.coarse_calls) & set(again.coarse_calls), "nothing evaluated twice"
     with pytest.raises(C2FNASError, match="changed settings.*seed"):  # a decision still has to match
-        search_core(folder, "T", SearchSettings(**{**SMALL, "seed": 8}), FakeHooks().hooks(), resume=True,
-                    progress=False, workers=FAST)
+        search_core(folder, "T", SearchSettings(**{**SMALL, "seed": 8}), FakeHooks().hooks(),
+                    run=SearchRun(resume=True, progress=False, workers=FAST))
 
 
 def test_impossible_options_are_one_line_before_anything_runs(copy_task, capsys, monkeypatch):
