@@ -22,6 +22,10 @@ from c2fnas_auto.training.trainer import Trainer, TrainerOptions
 SMALL_PATCH = (8, 16, 16)  # divisible by the tiny plans' total downsampling; keeps steps cheap
 FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress",
         "--patch-size", *map(str, SMALL_PATCH)]
+# For runs that end in the final validation and train only a step or two: two overlapping tiles of
+# the 24x40x40 cases instead of SMALL_PATCH's 80 (each mirrored 8 times), the bulk of such a run.
+VALIDATION_PATCH = (16, 40, 40)
+FAST_VALIDATION = [*FAST[:-3], *map(str, VALIDATION_PATCH)]
 
 
 def _fold_dir(task, fold=0, genotype=None):
@@ -231,14 +235,14 @@ def test_fit_with_deep_supervision(copy_task):
 def test_override_genotype_gets_its_own_experiment_folder(copy_task):
     """--genotype must not overwrite the plans genotype's fold (checkpoints, validation exports)."""
     torch.set_num_threads(1)
-    assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", *FAST]) == 0
+    assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", *FAST_VALIDATION]) == 0
     plans_fold = _fold_dir(copy_task)
     before = {p.name: p.read_bytes() for p in sorted(plans_fold.rglob("*")) if p.is_file()}
     assert "checkpoint_final.pth" in before and any(n.endswith(".nii.gz") for n in before)
     other = _other_genotype(copy_task)
     other.save(copy_task.root / "other.json")
     assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", "--genotype",
-                       str(copy_task.root / "other.json"), *FAST]) == 0
+                       str(copy_task.root / "other.json"), *FAST_VALIDATION]) == 0
     other_fold = _fold_dir(copy_task, genotype=other)
     assert other_fold != plans_fold and (other_fold / "checkpoint_final.pth").is_file()
     assert load_checkpoint(other_fold / "checkpoint_final.pth")["genotype"]["ops"] == list(other.ops)
