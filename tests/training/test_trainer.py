@@ -22,7 +22,7 @@ from c2fnas_auto.training.trainer import Trainer, TrainerOptions
 SMALL_PATCH = (8, 16, 16)  # divisible by the tiny plans' total downsampling; keeps steps cheap
 FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress",
         "--patch-size", *map(str, SMALL_PATCH)]
-# For runs that end in the final validation and train only a step or two: two overlapping tiles of
+# For runs that end in the final validation and train only a few steps: two overlapping tiles of
 # the 24x40x40 cases instead of SMALL_PATCH's 80 (each mirrored 8 times), the bulk of such a run.
 VALIDATION_PATCH = (16, 40, 40)
 FAST_VALIDATION = [*FAST[:-3], *map(str, VALIDATION_PATCH)]
@@ -82,7 +82,8 @@ def test_loss_falls_and_training_pseudo_dice_rises(copy_task):
 
 def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
     torch.set_num_threads(1)
-    rc = train_main(["98", "0", "--epochs", "2", "--iters-per-epoch", "3", "--checkpoint-every", "1", *FAST])
+    rc = train_main(["98", "0", "--epochs", "2", "--iters-per-epoch", "3", "--checkpoint-every", "1",
+                     *FAST_VALIDATION])
     assert rc == 0
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "pseudo Dice" in out
@@ -101,8 +102,8 @@ def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
     assert {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "plans", "genotype",
             "network_config"} <= set(ckpt)
 
-    opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu", patch_size=SMALL_PATCH,
-                          continue_training=True, final_validation=False, progress=False)
+    opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu",
+                          patch_size=VALIDATION_PATCH, continue_training=True, final_validation=False, progress=False)
     trainer = Trainer("98", 0, opts)
     trainer.setup()
     assert trainer.start_epoch == 2
