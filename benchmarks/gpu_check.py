@@ -185,8 +185,10 @@ def dry_compiler(fn):
     return torch.compile(fn, backend="eager")
 
 
-def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int = 2, compiler=None) -> dict:
-    """Seconds to predict one preprocessed case (no mirroring, 2 tiles per forward) with an option."""
+def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int = 2, compiler=None,
+                         warmup: bool = True) -> dict:
+    """Seconds to predict one preprocessed case (no mirroring, 2 tiles per forward) with an option.
+    `warmup` False (the dry run) times the first call, compilation included."""
     import torch
 
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
@@ -213,7 +215,8 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    once()  # warm-up: compilation, cuDNN algorithm choice
+    if warmup:
+        once()  # warm-up: compilation, cuDNN algorithm choice
     seconds = [once() for _ in range(repeats)]
     return {"option": name, "case_shape": list(data.shape), "seconds": seconds, "best_seconds": min(seconds)}
 
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--iterations", type=int, default=None,
-                   help="timed iterations per backend (default 30, half that per option; dry 2)")
+                   help="timed iterations per backend (default 30, half that per option; dry run: 2, one per option)")
     args = p.parse_args(argv)
     import torch
 
@@ -290,15 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.out, result)
         print(f"{backend}: {row['iterations_per_second']:.2f} it/s, GPU util {row['gpu_utilisation_mean']}, "
               f"peak {row['cuda_peak_bytes']} B vs cost model {row['cost_model_training_bytes']} B", flush=True)
-    option_iterations = max(2, iterations // 2)
     compiler = dry_compiler if args.dry_run else None
-    # the dry run keeps its time down: the options that exercise every code path (fp16's refusal on a CPU)
+    # the dry run keeps its time down: the options that exercise every code path (fp16's refusal on a CPU),
+    # each one step without warm-up (CPUs without bf16 units emulate it: seconds per step even at toy sizes)
+    option_iterations = 1 if args.dry_run else max(2, iterations // 2)
     option_names = ("fp16", "bf16_compile", "bf16_channels_last") if args.dry_run else tuple(OPTIONS)
     result["training_options"] = []
     for name in option_names:
         opts, why = OPTIONS[name], _supported(name, dev)
         row = {"option": name, "skipped": why} if why else {"option": name, **training_speed(
-            plans, pre, "device", dev, option_iterations, workers, warmup=1 if args.dry_run else 3,
+            plans, pre, "device", dev, option_iterations, workers, warmup=0 if args.dry_run else 3,
             compiler=compiler, **opts)}
         result["training_options"].append(row)
         atomic_write_json(args.out, result)
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in option_names:
         why = _supported(name, dev)
         row = {"option": name, "skipped": why} if why else sliding_window_speed(
-            plans, pre, dev, name, repeats=1 if args.dry_run else 2, compiler=compiler)
+            plans, pre, dev, name, repeats=1 if args.dry_run else 2, compiler=compiler, warmup=not args.dry_run)
         result["sliding_window"].append(row)
         atomic_write_json(args.out, result)
         print(f"sliding window {name}: {_fmt(row.get('best_seconds'))} s", flush=True)

@@ -15,7 +15,10 @@ from c2fnas_auto.cli import demo
 def test_demo_runs_end_to_end_and_prints_a_dice_table(tmp_path, capsys):
     saved = {k: os.environ.get(k) for k in ("C2FNAS_raw", "C2FNAS_preprocessed", "C2FNAS_results")}
     try:
-        rc = demo.main(["--workdir", str(tmp_path / "demo"), "--epochs", "1", "--iters-per-epoch", "3"])
+        # the shortest schedule that still runs every stage: the demo's own quick options (a search
+        # of 2 iterations per epoch, prediction without mirroring) as well as its training ones
+        rc = demo.main(["--workdir", str(tmp_path / "demo"), "--epochs", "1", "--iters-per-epoch", "3",
+                        "--search-iters-per-epoch", "2", "--disable-tta"])
     finally:
         for k, v in saved.items():
             if v is None:
@@ -32,6 +35,7 @@ def test_demo_runs_end_to_end_and_prints_a_dice_table(tmp_path, capsys):
     task = next((work / "raw").glob("Task*_SyntheticDemo"))
     plans = json.loads((work / "preprocessed" / task.name / "plans.json").read_text())
     assert plans["genotype"]["provenance"].get("source_task") == task.name  # the search wrote its winner
+    assert plans["genotype"]["provenance"]["settings"]["iters_per_epoch"] == 2  # --search-iters-per-epoch
     assert plans["network"]["cell_style"] == "c2fnas"  # the default wiring (it learns the lesion in the demo's budget)
     from c2fnas_auto.nas.genotype import Genotype
     from c2fnas_auto.paths import experiment_name

@@ -24,6 +24,10 @@ from c2fnas_auto.training.trainer import Trainer, TrainerOptions
 SMALL_PATCH = (8, 16, 16)  # divisible by the tiny plans' total downsampling; keeps steps cheap
 FAST = ["--device", "cpu", "--num-workers", "0", "--batch-size", "2", "--val-iters", "1", "--no-progress",
         "--patch-size", *map(str, SMALL_PATCH)]
+# For runs that end in the final validation and train only a few steps: two overlapping tiles of
+# the 24x40x40 cases instead of SMALL_PATCH's 80 (each mirrored 8 times), the bulk of such a run.
+VALIDATION_PATCH = (16, 40, 40)
+FAST_VALIDATION = [*FAST[:-3], *map(str, VALIDATION_PATCH)]
 
 
 def _fold_dir(task, fold=0, genotype=None):
@@ -80,7 +84,8 @@ def test_loss_falls_and_training_pseudo_dice_rises(copy_task):
 
 def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
     torch.set_num_threads(1)
-    rc = train_main(["98", "0", "--epochs", "2", "--iters-per-epoch", "3", "--checkpoint-every", "1", *FAST])
+    rc = train_main(["98", "0", "--epochs", "2", "--iters-per-epoch", "3", "--checkpoint-every", "1",
+                     *FAST_VALIDATION])
     assert rc == 0
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "pseudo Dice" in out
@@ -99,8 +104,8 @@ def test_cli_writes_outputs_and_continue_restores_state(copy_task, capsys):
     assert {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "plans", "genotype",
             "network_config"} <= set(ckpt)
 
-    opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu", patch_size=SMALL_PATCH,
-                          continue_training=True, final_validation=False, progress=False)
+    opts = TrainerOptions(epochs=4, iters_per_epoch=3, val_iters=1, batch_size=2, device="cpu",
+                          patch_size=VALIDATION_PATCH, continue_training=True, final_validation=False, progress=False)
     trainer = Trainer("98", 0, opts)
     trainer.setup()
     assert trainer.start_epoch == 2
@@ -246,14 +251,14 @@ def test_cli_deep_supervision_override_trains_the_heads_and_records_them(copy_ta
 def test_override_genotype_gets_its_own_experiment_folder(copy_task):
     """--genotype must not overwrite the plans genotype's fold (checkpoints, validation exports)."""
     torch.set_num_threads(1)
-    assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", *FAST]) == 0
+    assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", *FAST_VALIDATION]) == 0
     plans_fold = _fold_dir(copy_task)
     before = {p.name: p.read_bytes() for p in sorted(plans_fold.rglob("*")) if p.is_file()}
     assert "checkpoint_final.pth" in before and any(n.endswith(".nii.gz") for n in before)
     other = _other_genotype(copy_task)
     other.save(copy_task.root / "other.json")
     assert train_main(["98", "0", "--epochs", "1", "--iters-per-epoch", "1", "--genotype",
-                       str(copy_task.root / "other.json"), *FAST]) == 0
+                       str(copy_task.root / "other.json"), *FAST_VALIDATION]) == 0
     other_fold = _fold_dir(copy_task, genotype=other)
     assert other_fold != plans_fold and (other_fold / "checkpoint_final.pth").is_file()
     assert load_checkpoint(other_fold / "checkpoint_final.pth")["genotype"]["ops"] == list(other.ops)
