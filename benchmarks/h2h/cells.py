@@ -94,21 +94,36 @@ def drop_newest(folder: Path) -> Path | None:
     return newest
 
 
+def _close_cut_off(part: dict[str, Any], pred: Path) -> dict[str, Any]:
+    """A part that was killed left no measurement: its wall time is taken as the span from its
+    start to its last written output; its CPU time and peaks are unknown (None)."""
+    files = [f for f in pred.iterdir() if f.is_file()] if pred.is_dir() else []
+    last = max((f.stat().st_mtime for f in files), default=part["started_unix"])
+    return {**part, "wall_s": max(0.0, last - part["started_unix"]), "cpu_s": None, "peak_tree_pss_bytes": None,
+            "peak_single_rss_bytes": None, "cut_off": True}
+
+
 def predict_resumably(arm: Arm, spec: TaskSpec, s: Settings, out: Path) -> dict[str, Any]:
     """Predict the cases not yet in pred/; the measurements of every part are kept in the cell's
-    folder, and the record gives their sums (wall and CPU time) and the largest peaks."""
+    folder (a part is recorded as started before it runs, so a killed one is still counted), and
+    the record gives their sums (wall and CPU time) and the largest peaks."""
     parts_file = out / PREDICT_RECORD
     parts = load_json(parts_file, "head-to-head prediction record")["parts"] if parts_file.is_file() else []
+    parts = [_close_cut_off(p, out / "pred") if p.get("wall_s") is None else p for p in parts]
     dropped = drop_newest(out / "pred")
     if parts or dropped is not None:
         print(f"head_to_head: {out.name}: resuming prediction after {len(parts)} part(s)"
               + (f", {dropped.name} predicted again" if dropped else ""), flush=True)
-    parts.append(arm.predict(spec, s, out).to_dict())
+    started = {"started_unix": time.time(), "wall_s": None}
+    atomic_write_json(parts_file, {"parts": [*parts, started]})
+    parts.append({**started, **arm.predict(spec, s, out).to_dict()})
     atomic_write_json(parts_file, {"parts": parts})
+    cpu = [p["cpu_s"] for p in parts]
     peaks = [[p[k] for p in parts if p[k] is not None] for k in ("peak_tree_pss_bytes", "peak_single_rss_bytes")]
-    return {"wall_s": sum(p["wall_s"] for p in parts), "cpu_s": sum(p["cpu_s"] for p in parts),
+    return {"wall_s": sum(p["wall_s"] for p in parts),
+            "cpu_s": None if None in cpu else sum(cpu),  # unknown when a part was killed
             "peak_tree_pss_bytes": max(peaks[0], default=None), "peak_single_rss_bytes": max(peaks[1], default=None),
-            "parts": len(parts)}
+            "parts": len(parts), "cut_off_parts": sum(1 for p in parts if p.get("cut_off"))}
 
 
 def run_cell(spec: TaskSpec, arm: Arm, cal: Calibration, budget_min: float, seed: int, s: Settings,

@@ -161,6 +161,28 @@ def test_our_arm_end_to_end_and_resumable(tmp_path):
     assert rec["predict"]["parts"] == 2 and len(list((train_log.parent.parent / "pred").glob("*.nii.gz"))) == 2
 
 
+def test_a_killed_prediction_part_is_counted_from_its_start_to_its_last_output(tmp_path):
+    from benchmarks.h2h.cells import PREDICT_RECORD, predict_resumably
+    from benchmarks.h2h.sides import Measured
+
+    class FakeArm:
+        def predict(self, spec, s, out):
+            return Measured(2.0, 1.5, 10, 7)
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for name, t in (("a.nii.gz", 1000), ("b.nii.gz", 1030)):
+        (pred / name).write_bytes(b"x")
+        os.utime(pred / name, (t, t))
+    (tmp_path / PREDICT_RECORD).write_text(json.dumps({"parts": [{"started_unix": 900.0, "wall_s": None}]}))
+    rec = predict_resumably(FakeArm(), None, None, tmp_path)
+    assert rec["parts"] == 2 and rec["cut_off_parts"] == 1
+    assert rec["wall_s"] == pytest.approx(130.0 + 2.0) and rec["cpu_s"] is None  # the killed part's CPU is unknown
+    assert rec["peak_tree_pss_bytes"] == 10 and not (pred / "b.nii.gz").exists()  # the newest output goes again
+    parts = json.loads((tmp_path / PREDICT_RECORD).read_text())["parts"]
+    assert parts[0]["cut_off"] and parts[1]["wall_s"] == 2.0
+
+
 def test_drop_newest_removes_only_the_last_written_file(tmp_path):
     from benchmarks.h2h.cells import drop_newest
 
