@@ -83,22 +83,25 @@ def finished_training(out: Path, sched: Schedule, cal: Calibration) -> dict[str,
 PREDICT_RECORD = "predict_parts.json"
 
 
+def _newest_file(folder: Path) -> Path | None:
+    files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda f: f.stat().st_mtime_ns, default=None)
+
+
 def drop_newest(folder: Path) -> Path | None:
     """Remove the most recently written file in `folder`: the only one a process killed while
     exporting can have left half-written (nnU-Net writes its outputs in place)."""
-    files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
-    if not files:
-        return None
-    newest = max(files, key=lambda f: f.stat().st_mtime_ns)
-    newest.unlink()
+    newest = _newest_file(folder)
+    if newest is not None:
+        newest.unlink()
     return newest
 
 
 def _close_cut_off(part: dict[str, Any], pred: Path) -> dict[str, Any]:
     """A part that was killed left no measurement: its wall time is taken as the span from its
     start to its last written output; its CPU time and peaks are unknown (None)."""
-    files = [f for f in pred.iterdir() if f.is_file()] if pred.is_dir() else []
-    last = max((f.stat().st_mtime for f in files), default=part["started_unix"])
+    newest = _newest_file(pred)
+    last = part["started_unix"] if newest is None else newest.stat().st_mtime
     return {**part, "wall_s": max(0.0, last - part["started_unix"]), "cpu_s": None, "peak_tree_pss_bytes": None,
             "peak_single_rss_bytes": None, "cut_off": True}
 

@@ -133,7 +133,8 @@ class Arm:
     def predict(self, spec: TaskSpec, s: Settings, out: Path) -> Measured:
         """Predict the held-out test images with the tool's defaults (test-time mirroring on).
         Cases already in pred/ are skipped (both tools' continue option), so a prediction cut
-        off part-way resumes; `run_cell` first removes the one file a cut could have left half-written."""
+        off part-way resumes; `cells.predict_resumably` first removes the one file a cut could
+        have left half-written."""
         env = s.env(nnUNet_results=str(out / "results"), C2FNAS_results=str(out / "results"))
         pred = out / "pred"
         if self.tool == "nnunet":
