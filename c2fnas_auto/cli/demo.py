@@ -68,7 +68,11 @@ def _check(rc: int, what: str) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """One function on purpose: the demo's six steps read top to bottom as the walkthrough they are."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag in ("epochs", "iters_per_epoch", "search_iters_per_epoch"):  # before any step writes a file
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
     # start-up: the library loads only once the arguments are parsed, so --help stays fast
     from c2fnas_auto.cli import predict as predict_cli
     from c2fnas_auto.cli import search as search_cli

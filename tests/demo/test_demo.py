@@ -42,3 +42,11 @@ def test_demo_runs_end_to_end_and_prints_a_dice_table(tmp_path, capsys):
 
     experiment = experiment_name(plans["plans_name"], Genotype.from_dict(plans["genotype"]).short_id())
     assert (work / "results" / task.name / experiment / "fold_0" / "progress.png").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--iters-per-epoch", "--search-iters-per-epoch"])
+def test_a_count_below_one_is_one_line_before_any_step(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as exc:
+        demo.main([flag, "0", "--workdir", str(tmp_path / "demo")])
+    assert exc.value.code == 2 and f"{flag} must be at least 1 (got 0)" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
