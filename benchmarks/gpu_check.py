@@ -113,6 +113,7 @@ def make_task(work: Path, dry: bool):
                                num_workers=min(8, os.cpu_count() or 1), progress=False)
 
 
+# name -> ExecutionOptions fields of a measured option (channels_last off unless named)
 OPTIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"},
            "bf16_compile": {"precision": "bf16", "compile": True},
            "bf16_channels_last": {"precision": "bf16", "channels_last": True},
@@ -122,8 +123,9 @@ OPTIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "fp16":
 
 
 def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, workers: int,
-                   warmup: int = 3, precision: str | None = None, compile: bool = False,
-                   channels_last: bool = False, compiler=None) -> dict:
+                   warmup: int = 3, execution=None, compiler=None) -> dict:
+    """Iterations per second of our loader and `train_step` and the peak CUDA memory against the
+    cost model's; `execution` None: the device's precision, NCDHW, not compiled."""
     import torch
 
     from c2fnas_auto.nas.cost import estimate_cost
@@ -137,7 +139,7 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
 
     torch.manual_seed(0)
     config = plans.network_config()
-    execution = ExecutionOptions(precision=precision, compile=compile, channels_last=channels_last)
+    execution = execution or ExecutionOptions(channels_last=False)
     net = prepare_network(build_network(plans.genotype, config).to(device), execution,
                           **({"compiler": compiler} if compiler else {}))
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), device, execution=execution)
@@ -160,11 +162,19 @@ def training_speed(plans, pre_dir: Path, backend: str, device, iterations: int, 
     cost = estimate_cost(plans.genotype, config, plans.patch_size, batch_size=plans.batch_size,
                          amp=ctx.precision != "fp32")
     peak = torch.cuda.max_memory_allocated() if cuda else None
-    return {"backend": backend, "precision": ctx.precision, "compile": compile, "channels_last": channels_last,
+    return {"backend": backend, "precision": ctx.precision, "compile": execution.compile,
+            "channels_last": execution.channels_last,
             "iterations": iterations, "workers": workers,
             "iterations_per_second": iterations / seconds, "cuda_peak_bytes": peak,
             "cost_model_training_bytes": int(cost.training_bytes),
             "peak_over_cost_model": (peak / cost.training_bytes) if peak else None, **gpu.summary()}
+
+
+def option_execution(name: str):
+    """The `ExecutionOptions` of the option `name` in `OPTIONS`."""
+    from c2fnas_auto.nas.execution import ExecutionOptions
+
+    return ExecutionOptions(**{"channels_last": False, **OPTIONS[name]})
 
 
 def _supported(name: str, device) -> str | None:
@@ -192,15 +202,13 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
     import torch
 
     from c2fnas_auto.inference.sliding_window import sliding_window_predict
-    from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
+    from c2fnas_auto.nas.execution import prepare_network
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.preprocessing.storage import load_case
     from c2fnas_auto.training.splits import fold_case_ids
 
-    opts = OPTIONS[name]
     torch.manual_seed(0)
-    execution = ExecutionOptions(precision=opts["precision"], compile=opts.get("compile", False),
-                                 channels_last=opts.get("channels_last", False))
+    execution = option_execution(name)
     net = prepare_network(build_network(plans.genotype, plans.network_config()).to(device), execution,
                           **({"compiler": compiler} if compiler else {}))
     _, val_ids = fold_case_ids(pre_dir, 0)
@@ -224,11 +232,12 @@ def sliding_window_speed(plans, pre_dir: Path, device, name: str, repeats: int =
 def op_profiles(plans, pre_dir: Path, device, precisions: tuple[str, ...]) -> dict:
     """The per-op groups of one training step and one inference window, ours at each precision."""
     from benchmarks.op_profile import markdown, our_side, profiled
+    from c2fnas_auto.nas.execution import ExecutionOptions
 
     out: dict = {"device": device.type, "conditions": "GPU check, machine otherwise idle", "sides": {}}
     for precision in precisions:
         step, window = our_side(plans, pre_dir, tuple(plans.patch_size), plans.batch_size, device,
-                                precision=precision)
+                                ExecutionOptions(precision=precision))
         out["sides"][f"ours_{precision}"] = {
             what: dict(zip(("groups", "wall_seconds"), profiled(fn, device.type))) for what, fn in
             (("step", step), ("window", window))}
@@ -300,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     option_names = ("fp16", "bf16_compile", "bf16_channels_last") if args.dry_run else tuple(OPTIONS)
     result["training_options"] = []
     for name in option_names:
-        opts, why = OPTIONS[name], _supported(name, dev)
+        why = _supported(name, dev)
         row = {"option": name, "skipped": why} if why else {"option": name, **training_speed(
             plans, pre, "device", dev, option_iterations, workers, warmup=0 if args.dry_run else 3,
-            compiler=compiler, **opts)}
+            execution=option_execution(name), compiler=compiler)}
         result["training_options"].append(row)
         atomic_write_json(args.out, result)
         print(f"training {name}: {_fmt(row.get('iterations_per_second'))} it/s, peak {row.get('cuda_peak_bytes')} B "

@@ -19,11 +19,12 @@ from pathlib import Path
 from c2fnas_auto.cli._common import cli_entry
 
 
-def stepper(base: int, patch: tuple[int, int, int], precision: str, channels_last: bool):
+def stepper(base: int, patch: tuple[int, int, int], execution):
+    """One SGD step of the reference genotype at stem width `base`, run as `execution` says."""
     import torch
 
     from c2fnas_auto.nas.config import NetworkConfig
-    from c2fnas_auto.nas.execution import ExecutionOptions, autocast, prepare_network
+    from c2fnas_auto.nas.execution import autocast, prepare_network
     from c2fnas_auto.nas.genotype import reference_genotype
     from c2fnas_auto.nas.network import build_network
     from c2fnas_auto.planning.planner import level_channels_for
@@ -32,14 +33,13 @@ def stepper(base: int, patch: tuple[int, int, int], precision: str, channels_las
     config = NetworkConfig(in_channels=1, num_classes=3, stem_channels=base, level_channels=level_channels_for(base),
                            strides=((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)))
     config.check_patch(patch)
-    net = prepare_network(build_network(reference_genotype(), config).train(),
-                          ExecutionOptions(channels_last=channels_last))
+    net = prepare_network(build_network(reference_genotype(), config).train(), execution)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x, y = torch.randn(2, 1, *patch), torch.randint(0, 3, (2, *patch))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with autocast(torch.device("cpu"), precision):
+        with autocast(torch.device("cpu"), execution.precision):
             out = net(x)
             out = out[0] if isinstance(out, list) else out
             loss = torch.nn.functional.cross_entropy(out.float(), y)
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.common import median, timed
     from benchmarks.rows.data_pipeline import rotate
+    from c2fnas_auto.nas.execution import ExecutionOptions
     from c2fnas_auto.utils.io import atomic_write_json
 
     patch = tuple(args.patch)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"patch": list(patch), "batch": 2, "threads": args.threads, "torch": torch.__version__,
                     "loadavg_start": list(os.getloadavg()), "widths": {}}
     for base in args.widths:
-        variants = {f"{prec}_{layout}": stepper(base, patch, prec, layout == "ndhwc")
+        variants = {f"{prec}_{layout}": stepper(base, patch, ExecutionOptions(precision=prec,
+                                                                            channels_last=layout == "ndhwc"))
                     for prec in ("fp32", "bf16") for layout in ("ncdhw", "ndhwc")}
         for step in variants.values():
             step()

@@ -127,13 +127,15 @@ def profiled(fn: Callable[[], None], device_type: str, repeats: int = 1) -> tupl
     return groups, wall
 
 
-def make_step(net, x, target, loss_fn, optimizer, device, precision: str = "fp32", clip: float = 12.0):
-    """One SGD step in phases, the same on both sides (both trainers clip at 12)."""
+def make_step(net, x, target, loss_fn, optimizer, device, execution=None, clip: float = 12.0):
+    """One SGD step in phases, the same on both sides (both trainers clip at 12); `execution`
+    gives the precision (None: fp32)."""
     import torch
     from torch.profiler import record_function
 
     from c2fnas_auto.nas.execution import autocast, grad_scaler
 
+    precision = execution.precision if execution is not None and execution.precision else "fp32"
     scaler = grad_scaler(device, precision)
 
     def step() -> None:
@@ -152,12 +154,15 @@ def make_step(net, x, target, loss_fn, optimizer, device, precision: str = "fp32
     return step
 
 
-def make_window(net, x, device, precision: str = "fp32"):
-    """One forward of `x` (the sliding window's tiles of one call) in eval mode, no autograd."""
+def make_window(net, x, device, execution=None):
+    """One forward of `x` (the sliding window's tiles of one call) in eval mode, no autograd;
+    `execution` gives the precision (None: fp32)."""
     import torch
     from torch.profiler import record_function
 
     from c2fnas_auto.nas.execution import autocast
+
+    precision = execution.precision if execution is not None and execution.precision else "fp32"
 
     def window() -> None:
         net.eval()
@@ -166,8 +171,9 @@ def make_window(net, x, device, precision: str = "fp32"):
     return window
 
 
-def our_side(plans, pre_dir, patch, batch, device, precision="fp32", compile=False, channels_last=None):
-    """Our plans' network with deep supervision and our loss (row 4b's step), one real batch."""
+def our_side(plans, pre_dir, patch, batch, device, execution=None):
+    """Our plans' network with deep supervision and our loss (row 4b's step), one real batch;
+    `execution` None: fp32 in the device's default layout."""
     import torch
 
     from benchmarks.rows.data_pipeline import our_iterator
@@ -179,17 +185,19 @@ def our_side(plans, pre_dir, patch, batch, device, precision="fp32", compile=Fal
     torch.manual_seed(0)
     net, config = our_network(plans)
     config.check_patch(patch)
-    net = prepare_network(net.to(device), ExecutionOptions(compile=compile, channels_last=channels_last))
+    execution = execution or ExecutionOptions(precision="fp32")
+    net = prepare_network(net.to(device), execution)
     b = next(our_iterator(pre_dir, patch, batch, "device"))
     x, y = b["data"].to(device), b["target"].to(device)
     net.train()
-    step = make_step(net, x, y, DeepSupervisionLoss(), build_optimizer(net), device, precision, GRAD_CLIP)
-    window = make_window(net, torch.randn(2, x.shape[1], *patch, device=device), device, precision)
+    step = make_step(net, x, y, DeepSupervisionLoss(), build_optimizer(net), device, execution, GRAD_CLIP)
+    window = make_window(net, torch.randn(2, x.shape[1], *patch, device=device), device, execution)
     return step, window
 
 
-def nnunet_side(ws, nn_task, patch, batch, device, precision="fp32"):
-    """nnU-Net's network, loss and optimiser from its trainer, one batch of its loader."""
+def nnunet_side(ws, nn_task, patch, batch, device, execution=None):
+    """nnU-Net's network, loss and optimiser from its trainer, one batch of its loader; only
+    `execution`'s precision applies (nnU-Net's network is run as its trainer builds it)."""
     import torch
 
     from benchmarks.rows.data_pipeline import nnunet_trainer_for
@@ -201,8 +209,8 @@ def nnunet_side(ws, nn_task, patch, batch, device, precision="fp32"):
     net = trainer.network.to(device).train()
     x = b["data"].to(device)
     y = [t.to(device) for t in b["target"]] if isinstance(b["target"], list) else b["target"].to(device)
-    step = make_step(net, x, y, trainer.loss, trainer.optimizer, device, precision, 12.0)
-    forward = make_window(net, torch.randn(2, x.shape[1], *patch, device=device), device, precision)
+    step = make_step(net, x, y, trainer.loss, trainer.optimizer, device, execution, 12.0)
+    forward = make_window(net, torch.randn(2, x.shape[1], *patch, device=device), device, execution)
 
     def window() -> None:  # nnU-Net predicts with deep supervision off (one output)
         net.decoder.deep_supervision = False
@@ -214,7 +222,7 @@ def nnunet_side(ws, nn_task, patch, batch, device, precision="fp32"):
     return step, window
 
 
-SIDES = {  # name -> our execution options (None: nnU-Net)
+SIDES = {  # name -> our ExecutionOptions fields (None: nnU-Net; no precision: fp32)
     "ours": {}, "ours_ncdhw": {"channels_last": False}, "ours_bf16": {"precision": "bf16"},
     "ours_bf16_ncdhw": {"precision": "bf16", "channels_last": False}, "ours_compile": {"compile": True}, "nnunet": None,
 }
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.common import PROFILES
     from benchmarks.workspace import Workspace
+    from c2fnas_auto.nas.execution import ExecutionOptions
     from c2fnas_auto.utils.io import atomic_write_json
 
     if args.threads:
@@ -286,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             if opts is None:
                 step, window = nnunet_side(ws, ws.nnunet_prepared(), patch, batch, device)
             else:
-                step, window = our_side(plans, pre_dir, patch, batch, device, **opts)
+                step, window = our_side(plans, pre_dir, patch, batch, device,
+                                        ExecutionOptions(**{"precision": "fp32", **opts}))
             entry = {}
             for what, fn in (("step", step), ("window", window)):
                 groups, wall = profiled(fn, device.type, args.repeats)

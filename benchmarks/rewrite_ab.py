@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.rows.train_iterations import iterations_per_second, our_stepper
     from benchmarks.rows.train_step import our_network
     from benchmarks.workspace import Workspace
+    from c2fnas_auto.nas.execution import ExecutionOptions
     from c2fnas_auto.utils.fast_paths import fast_paths_set
     from c2fnas_auto.utils.io import atomic_write_json
 
@@ -78,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             config.check_patch(patch)
             layout = args.rewrite == LAYOUT
             with fast_paths_set(**({} if layout else {args.rewrite: False})):  # the off side is built without it
-                off = our_stepper(plans, pre_dir, patch, batch, "device", precision=precision,
-                                  net=network_copy(net, plans), channels_last=False if layout else None)
-            steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, precision=precision,
-                                               channels_last=True if layout else None),
+                off = our_stepper(plans, pre_dir, patch, batch, "device", net=network_copy(net, plans),
+                                  execution=ExecutionOptions(precision=precision,
+                                                             channels_last=False if layout else None))
+            on = ExecutionOptions(precision=precision, channels_last=True if layout else None)
+            steps = {"rewrite_on": our_stepper(plans, pre_dir, patch, batch, "device", net=net, execution=on),
                      "rewrite_off": off}
             for step in steps.values():
                 step()  # warm-up

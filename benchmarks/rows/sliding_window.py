@@ -53,6 +53,7 @@ def reference_network(in_channels: int, num_classes: int, base_channels: int, de
 BATCH_SIZES = (1, 2)  # windows per forward, the same on both sides
 # the network as given (NCDHW) is both sides' headline, so they compare like for like; channels_last
 # (our CPU default) is a side of its own
+# name -> ExecutionOptions fields of an option side (the others: fp32, NCDHW, not compiled)
 OPTION_SIDES = {"channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
                 "compile": {"compile": True}, "bf16_channels_last": {"precision": "bf16", "channels_last": True}}
 OUR_DEFAULT, MONAI_DEFAULT = 2, 1  # sliding_window_predict(tile_batch_size=2); SlidingWindowInferer(sw_batch_size=1)
@@ -108,8 +109,7 @@ def run(ws, profile: Profile) -> RowResult:
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
     opt_times, opt_ratios, opt_diff = {}, {}, {}
     for name, opts in OPTION_SIDES.items():
-        execution = ExecutionOptions(precision=opts.get("precision", "fp32"), compile=opts.get("compile", False),
-                                     channels_last=opts.get("channels_last", False))
+        execution = ExecutionOptions(**{"precision": "fp32", "channels_last": False, **opts})
         variant = prepare_network(copy.deepcopy(net), execution).eval()
         opt_times[name] = {}
         for bs in BATCH_SIZES:

@@ -45,14 +45,14 @@ def iterations_per_second(step, iterations: int) -> float:
     return iterations / (time.perf_counter() - t0)
 
 
+# name -> ExecutionOptions fields of an option side (our_stepper's default is fp32 in the device's layout)
 OPTION_SIDES = {"ncdhw": {"channels_last": False}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
                 "bf16_ncdhw": {"precision": "bf16", "channels_last": False}}
 
 
-def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, precision: str = "fp32",
-                compile: bool = False, channels_last: bool | None = None):
+def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, execution=None):
     """Our loader and `train_step`, on the plans' network unless `net` is given, with the
-    execution options a user can pick (nas/execution.py)."""
+    execution options a user can pick (nas/execution.py; None: fp32 in the device's layout)."""
     import torch
 
     from c2fnas_auto.nas.execution import ExecutionOptions, prepare_network
@@ -64,7 +64,7 @@ def our_stepper(plans, pre_dir, patch, batch, augmentation: str, net=None, preci
     if net is None:
         net, config = our_network(plans)
         config.check_patch(patch)
-    execution = ExecutionOptions(precision=precision, compile=compile, channels_last=channels_last)
+    execution = execution or ExecutionOptions(precision="fp32")
     prepare_network(net, execution)
     ctx = StepContext(net, build_optimizer(net), DeepSupervisionLoss(), torch.device("cpu"), execution=execution)
     batches = our_iterator(pre_dir, patch, batch, augmentation)
@@ -107,6 +107,7 @@ def run(ws, profile: Profile) -> RowResult:
     nn_task = ws.nnunet_prepared()
     patch, batch = tuple(profile.ts_patch), profile.ts_batch
     from benchmarks.peers import nnunet_network
+    from c2fnas_auto.nas.execution import ExecutionOptions
 
     steps = {b: our_stepper(plans, pre_dir, patch, batch, b) for b in BACKENDS}
     steps["nnunet"] = nnunet_stepper(ws, nn_task, patch, batch)
@@ -114,12 +115,14 @@ def run(ws, profile: Profile) -> RowResult:
     residual_config.check_patch(patch)
     steps["residual"] = our_stepper(plans, pre_dir, patch, batch, "device", net=residual)
     steps["pipeline_same_net"] = our_stepper(  # nnU-Net's network in its own layout: only the pipeline differs
-        plans, pre_dir, patch, batch, "device", channels_last=False,
+        plans, pre_dir, patch, batch, "device", execution=ExecutionOptions(precision="fp32", channels_last=False),
         net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))
     for step in steps.values():
         step()  # warm-up: first-call allocations, file opening
     options, failed = option_steppers(
-        lambda name: our_stepper(plans, pre_dir, patch, batch, "device", **OPTION_SIDES[name]), OPTION_SIDES)
+        lambda name: our_stepper(plans, pre_dir, patch, batch, "device",
+                                 execution=ExecutionOptions(**{"precision": "fp32", **OPTION_SIDES[name]})),
+        OPTION_SIDES)
     steps.update(options)
     n = max(2, profile.dp_batches // 2)
     ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, profile.reps)

@@ -171,6 +171,7 @@ def run_searches(task, profile: BudgetProfile, workdir: Path, out: Path, progres
     and each from the study's plans (a finished search writes its winner into plans.json)."""
     from c2fnas_auto.nas.genotype import Genotype
     from c2fnas_auto.search.api import run_search
+    from c2fnas_auto.search.run import SearchRun
 
     from benchmarks.study.runner import search_settings
 
@@ -186,7 +187,7 @@ def run_searches(task, profile: BudgetProfile, workdir: Path, out: Path, progres
             task.plans.save(task.preprocessed / "plans.json")
             settings = search_settings({**profile.search, "seed": k})
             t0 = time.perf_counter()
-            state = run_search(task.task_dir.name, settings, device="cpu", resume=True, progress=progress)
+            state = run_search(task.task_dir.name, settings, SearchRun(resume=True, progress=progress), device="cpu")
             w = state.winner
             g = Genotype(levels=w["levels"], ops=w["ops"], provenance={
                 "source": "benchmarks.search_study --budget-study", "run": k, "fine_score": w.get("fine_score"),

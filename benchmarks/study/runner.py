@@ -1,7 +1,7 @@
 """Run the study: tasks -> search on the source task -> train every arm with the same
 budget and seeds on every task -> score on held-out cases -> summary and plot.
 
-Resumable at two grains: the search keeps its own state (`run_search(resume=True)`)
+Resumable at two grains: the search keeps its own state (`SearchRun(resume=True)`)
 and its winner is saved next to the results once finished; every training's scores go
 into the results file the moment they exist, and a rerun skips stored trainings.
 """
@@ -101,13 +101,14 @@ def run_or_load_search(task: PreparedTask, profile: StudyProfile, out: Path, sto
     the search, else from `run_search` (resumable through its own state)."""
     from c2fnas_auto.nas.genotype import Genotype
     from c2fnas_auto.search.api import run_search
+    from c2fnas_auto.search.run import SearchRun
 
     saved = out / SEARCHED_FILE
     if saved.is_file():
         return Genotype.load(saved)
     settings = search_settings(profile.search)
     t0, c0 = time.perf_counter(), time.process_time()
-    state = run_search(task.task_dir.name, settings, device="cpu", resume=True, progress=progress)
+    state = run_search(task.task_dir.name, settings, SearchRun(resume=True, progress=progress), device="cpu")
     w = state.winner
     genotype = Genotype(levels=w["levels"], ops=w["ops"], provenance={
         "source": "benchmarks.search_study", "source_task": task.task_dir.name, "fine_score": w.get("fine_score"),

@@ -101,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # start-up: the search pulls in torch, optuna and the training stack; --help should not wait for them
     from c2fnas_auto.search.api import run_search
+    from c2fnas_auto.search.run import SearchRun
 
     settings = settings_from_args(SearchSettings, args)
     stop = search_stop_flag().install()
     try:
-        state = run_search(args.task, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.no_progress, join=args.join, stop=stop,
-                           workers=WorkerOptions(stale_seconds=args.stale_seconds), storage=args.storage)
+        run = SearchRun(resume=args.resume, overwrite=args.overwrite, join=args.join, storage=args.storage,
+                        workers=WorkerOptions(stale_seconds=args.stale_seconds), progress=not args.no_progress,
+                        stop=stop)
+        state = run_search(args.task, settings, run, device=args.device)
     except SearchStopped as exc:
         print(f"c2fnas_search: {exc}", flush=True)
         return STOPPED_EXIT_CODE

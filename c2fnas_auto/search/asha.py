@@ -95,7 +95,7 @@ def read_view(store: OptunaTrials) -> CoarseView:
 
 def promotable(view: CoarseView, rungs: Rungs) -> list[tuple[int, int]]:
     """(candidate, next rung), highest rung first, best score first."""
-    out = []
+    out: list[tuple[int, int]] = []
     for rung in range(rungs.top - 1, -1, -1):
         scores = view.rung_scores(rung)
         k = len(scores) // rungs.eta
@@ -163,6 +163,7 @@ def run_coarse(store: OptunaTrials, rungs: Rungs, budget: int,
                 continue
             key = (n, 0)
         else:
+            assert action.key is not None  # a "run" action always names its job
             key = action.key
             payload = view.candidates[key[0]]
         extra = {k: payload[k] for k in ("width_multiplier",) if payload.get(k) is not None}  # equal-cost search

@@ -52,6 +52,9 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
     `budget`: (nas.budget.CostBudget, record) from `budgeting.resolve_budget` (default: the
     settings' own limits); both stages keep to it through `hooks.pricing`, and each stage's
     ranking is checked against its seed noise (`settings.noise_repeats`, `standalone_repeats`).
+
+    One function: the stages run in order on one state, store and stop flag, so the body reads as
+    the search's outline; each stage's work lives in stages.py.
     """
     settings.validate()
     workers = (run.workers or WorkerOptions()).validate()
@@ -68,6 +71,7 @@ def search_core(search_dir: Path, task_name: str, settings: SearchSettings, hook
                           join=run.join, url=url) if (main or run.join) else None)
     if not run.join:
         opened = dist.broadcast(opened)  # every rank starts once rank 0 has opened (or cleared) the folder
+    assert opened is not None  # rank 0 always opens, and the broadcast hands its result to every rank
     state = SearchState.from_dict(opened.unwrap(), state_path)
     check_same(state, "plans", plans_info or {}, what="plans", state_path=state_path)
     check_same(state, "heldout", heldout or {}, what="held-out set", state_path=state_path)

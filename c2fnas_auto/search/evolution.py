@@ -10,13 +10,14 @@ workers agree.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from c2fnas_auto.search.clustering import Clustering
 from c2fnas_auto.search.runner import Proposal
-from c2fnas_auto.search.state import CandidateRecord
+from c2fnas_auto.search.state import CandidateRecord, best_first
 
 RunBatch = Callable[[Sequence[Proposal]], list[CandidateRecord]]
 Topology = tuple[int, ...]
@@ -143,8 +144,8 @@ def fine_evolution(levels: Sequence[int], op_choices: Sequence[str], run_batch: 
         records = run_batch([Proposal(levels=lv, ops=o, generation=g) for o in batch])
         history.extend(records)
         current = elites + records
-        ok = sorted((r for r in current if r.ok), key=lambda r: (-r.score, r.index))
-        scores = [r.score for r in ok]
+        ok = sorted((r for r in current if r.ok), key=best_first)
+        scores = [r.score for r in ok if r.score is not None]
         stats.append({"generation": g, "evaluated": len(records), "valid": len(ok),
                       "best": max(scores) if scores else None,
                       "mean": sum(scores) / len(scores) if scores else None})
@@ -152,5 +153,5 @@ def fine_evolution(levels: Sequence[int], op_choices: Sequence[str], run_batch: 
             break
         elites = ok[:max(1, population // 2)]
         need = population - len(elites)
-        batch = [fresh(lambda elites=elites: child_of(elites)) if elites else fresh(random_ops) for _ in range(need)]
+        batch = [fresh(functools.partial(child_of, elites)) if elites else fresh(random_ops) for _ in range(need)]
     return FineResult(records=history, best=_best(history), generations=stats)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Hashable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 WITHIN_NOISE_RELIABILITY = 0.5
 ABOVE_NOISE_P = 0.05
@@ -60,7 +60,7 @@ class NoiseCheck:
                 f"expected tau {self.expected_tau:.2f}")
         if not self.within_noise:
             return head + ": the ranking is above its noise"
-        if self.reliability < WITHIN_NOISE_RELIABILITY:
+        if self.reliability is not None and self.reliability < WITHIN_NOISE_RELIABILITY:
             return head + ": the ranking is within its noise (a score says more about the seed than the genotype)"
         return head + ": the ranking is within its noise (not shown above it; more repeats would tell)"
 
@@ -72,8 +72,8 @@ def _var(values: Sequence[float]) -> float | None:
     return sum((v - m) ** 2 for v in values) / (len(values) - 1)
 
 
-def pooled_seed_variance(first: Mapping[Hashable, float],
-                         repeats: Mapping[Hashable, Sequence[float]]) -> tuple[float | None, int]:
+def pooled_seed_variance(first: Mapping[Any, float],
+                         repeats: Mapping[Any, Sequence[float]]) -> tuple[float | None, int]:
     """Within-candidate variance pooled over the candidates that have more than one seed."""
     ss, dof, n = 0.0, 0, 0
     for key, more in repeats.items():
@@ -91,8 +91,7 @@ def expected_tau(correlation: float) -> float:
     return 2.0 / math.pi * math.asin(max(-1.0, min(1.0, correlation)))
 
 
-def noise_check(stage: str, first: Mapping[Hashable, float],
-                repeats: Mapping[Hashable, Sequence[float]]) -> NoiseCheck:
+def noise_check(stage: str, first: Mapping[Any, float], repeats: Mapping[Any, Sequence[float]]) -> NoiseCheck:
     """`first`: each candidate's score at the search seed; `repeats`: more seeds of some of them."""
     total = _var(list(first.values()))
     seed_var, repeated = pooled_seed_variance(first, repeats)
@@ -110,7 +109,7 @@ def noise_check(stage: str, first: Mapping[Hashable, float],
                       p >= ABOVE_NOISE_P)
 
 
-def seed_dof(first: Mapping[Hashable, float], repeats: Mapping[Hashable, Sequence[float]]) -> int:
+def seed_dof(first: Mapping[Any, float], repeats: Mapping[Any, Sequence[float]]) -> int:
     return sum(len(more) for key, more in repeats.items() if key in first)
 
 

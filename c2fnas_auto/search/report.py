@@ -12,7 +12,7 @@ from typing import Any
 
 from c2fnas_auto.search.kendall import kendall_tau_b
 from c2fnas_auto.search.noise import noise_check
-from c2fnas_auto.search.state import CandidateRecord, SearchState
+from c2fnas_auto.search.state import CandidateRecord, SearchState, best_first
 from c2fnas_auto.utils.io import atomic_write_json, save_figure
 
 
@@ -30,7 +30,7 @@ def _top_rung(state: SearchState) -> int | None:
 def top_records(records: list[CandidateRecord], n: int = 5) -> list[CandidateRecord]:
     """Best `n` distinct trained candidates (reused copies left out)."""
     done = [r for r in records if r.status == "done" and r.score is not None]
-    return sorted(done, key=lambda r: (-r.score, r.index))[:n]
+    return sorted(done, key=best_first)[:n]
 
 
 def compute_seconds(state: SearchState) -> dict[str, float]:
@@ -95,7 +95,8 @@ def projection(state: SearchState, default_settings: dict[str, Any]) -> dict[str
 def rung_pairs(state: SearchState) -> list[dict[str, Any]]:
     """For each pair of consecutive rungs, the candidates scored on both: (cheap, expensive)."""
     scores: dict[tuple[int, int], float] = {(r.candidate, r.rung): r.score for r in state.coarse
-                                            if r.status == "done" and r.score is not None and r.rung is not None}
+                                            if r.status == "done" and r.score is not None and r.rung is not None
+                                            and r.candidate is not None}
     top = max((r for _, r in scores), default=0)
     out = []
     for rung in range(top):
@@ -113,18 +114,22 @@ def ranking_checks(state: SearchState) -> dict[str, Any]:
         pairs = item["pairs"]
         coarse.append({**item, "n": len(pairs),
                        "kendall_tau_b": kendall_tau_b([p[1] for p in pairs], [p[2] for p in pairs])})
-    fine_pairs = []
+    fine_pairs: list[list[Any]] = []
+    shared_scores: list[float] = []
+    alone_scores: list[float] = []
     for r in state.standalone:
         if r.status != "done" or r.score is None:
             continue
         shared = next((f.score for f in state.fine if f.key() == r.key() and f.score is not None), None)
         if shared is not None:
             fine_pairs.append([list(r.ops), shared, r.score])
+            shared_scores.append(shared)
+            alone_scores.append(r.score)
     return {"coarse_rungs": coarse,
             "fine_standalone": {"n": len(fine_pairs),
                                 "epochs": state.standalone[0].epochs if state.standalone else None,
                                 "pairs": fine_pairs,
-                                "kendall_tau_b": kendall_tau_b([p[1] for p in fine_pairs], [p[2] for p in fine_pairs])},
+                                "kendall_tau_b": kendall_tau_b(shared_scores, alone_scores)},
             "note": "tau-b in [-1, 1]; None when fewer than 2 pairs or one side is constant. Promoted candidates "
                     "are the best of their rung, so the rung taus are taken over a narrowed range."}
 

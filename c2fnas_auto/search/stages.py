@@ -20,7 +20,7 @@ from c2fnas_auto.search.progress import Progress
 from c2fnas_auto.search.runner import CandidateRunner, Evaluate, Proposal, record_from_result, timed
 from c2fnas_auto.search.saving import Saver
 from c2fnas_auto.search.settings import SearchHooks, SearchSettings, Topologies
-from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError
+from c2fnas_auto.search.state import CandidateRecord, SearchState, SearchStateError, best_first
 from c2fnas_auto.utils.distributed import DistContext
 from c2fnas_auto.utils.stop_signals import StopFlag
 
@@ -87,7 +87,7 @@ def coarse_records(view: CoarseView) -> list[CandidateRecord]:
 
 def standalone_sample(records: Sequence[CandidateRecord], n: int) -> list[CandidateRecord]:
     """n distinct scored candidates spread evenly over the fitness ranking (best and worst included)."""
-    done = sorted((r for r in records if r.status == "done" and r.score is not None), key=lambda r: (-r.score, r.index))
+    done = sorted((r for r in records if r.status == "done" and r.score is not None), key=best_first)
     return spread_sample(done, n)
 
 
@@ -120,7 +120,7 @@ def coarse_stage(ctx: StageContext, rungs: Rungs, clustering: Clustering,
                              population=settings.population, tournament=settings.tournament, seed=settings.seed)
         if i is None:
             return None
-        payload = {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
+        payload: dict[str, Any] = {"levels": list(topo.topologies[i]), "ops": [settings.coarse_op] * topo.num_cells,
                    "cluster": clustering.labels[i]}
         if width is not None:
             payload["width_multiplier"] = width(payload["levels"], payload["ops"])

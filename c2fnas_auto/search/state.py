@@ -11,6 +11,7 @@ another candidate shows the folder belongs to other settings).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,12 @@ class CandidateRecord:
     def from_dict(cls, d: dict[str, Any]) -> "CandidateRecord":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def best_first(r: CandidateRecord) -> tuple[float, int]:
+    """Sort key of the rankings: best score first, an equal score to the earlier proposal (so a
+    resumed search ranks as the uninterrupted one); an unscored record sorts last."""
+    return (-r.score if r.score is not None else math.inf, r.index)
 
 
 @dataclass

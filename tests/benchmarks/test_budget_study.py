@@ -113,9 +113,10 @@ def test_searches_each_start_from_the_study_plans(tmp_path, monkeypatch):
     plans = types.SimpleNamespace(save=lambda path: calls.append(("plans", str(path))))
     task = types.SimpleNamespace(plans=plans, preprocessed=tmp_path / "pre", task_dir=tmp_path / "Dataset194_X")
 
-    def fake_search(name, settings, **kw):
+    def fake_search(name, settings, run, **kw):
         import os
 
+        assert run.resume  # an interrupted study run goes on where it stopped
         calls.append(("search", settings.seed, os.environ["C2FNAS_results"]))
         g = reference_genotype()
         return types.SimpleNamespace(winner={"levels": g.levels, "ops": g.ops, "fine_score": 0.5})
