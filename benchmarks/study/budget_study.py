@@ -166,9 +166,22 @@ def build_budget_arms(tasks: dict[str, Any], profile: BudgetProfile, winners: li
 
 
 # ------------------------------------------------------------------------ searches
-def run_searches(task, profile: BudgetProfile, workdir: Path, out: Path, progress: bool) -> list[Any]:
+SEARCH_STATE = "search_state"
+
+
+def search_state_dir(out: Path, k: int) -> Path:
+    """Where search run `k` keeps its results folder (state, journal, report)."""
+    return out / SEARCH_STATE / f"results_run{k}"
+
+
+def run_searches(task, profile: BudgetProfile, out: Path, progress: bool) -> list[Any]:
     """`search_runs` searches with seeds 0.. on the search task, each in its own results folder
-    and each from the study's plans (a finished search writes its winner into plans.json)."""
+    and each from the study's plans (a finished search writes its winner into plans.json).
+
+    The results folders live under `out/search_state/` (the committed results), not in the
+    workdir: a search's state and Optuna journal are small, so an unfinished search is committed
+    with the results and the next session's run goes on from it (the workdir is rebuilt the same
+    way from the raw data; the supernet's weights are not committed and are retrained if lost)."""
     from c2fnas_auto.nas.genotype import Genotype
     from c2fnas_auto.search.api import run_search
     from c2fnas_auto.search.run import SearchRun
@@ -183,7 +196,7 @@ def run_searches(task, profile: BudgetProfile, workdir: Path, out: Path, progres
             if saved.is_file():
                 winners.append(Genotype.load(saved))
                 continue
-            os.environ["C2FNAS_results"] = str(workdir / f"results_run{k}")
+            os.environ["C2FNAS_results"] = str(search_state_dir(out, k))
             task.plans.save(task.preprocessed / "plans.json")
             settings = search_settings({**profile.search, "seed": k})
             t0 = time.perf_counter()
@@ -236,7 +249,7 @@ def run_budget_study(profile: BudgetProfile, workdir: Path, out: Path, progress:
     tasks = {spec.key: prepare_task(spec, profile, workdir) for spec in profile.tasks}
     if shard[0] > 0 and not all((out / f"searched_run{k}.json").is_file() for k in range(profile.search_runs)):
         raise C2FNASError(f"{out}: the searches have not finished; shard 0 runs them, start the other shards after")
-    winners = run_searches(tasks[profile.source.key], profile, workdir, out, progress)
+    winners = run_searches(tasks[profile.source.key], profile, out, progress)
     if search_only:
         return store
     arms, prices = build_budget_arms(tasks, profile, winners)

@@ -126,16 +126,18 @@ def test_searches_each_start_from_the_study_plans(tmp_path, monkeypatch):
     profile = dataclasses.replace(study.BUDGET_PROFILES["budget_smoke"], search_runs=2)
     out = tmp_path / "out"
     out.mkdir()
-    winners = study.run_searches(task, profile, tmp_path / "work", out, False)
+    winners = study.run_searches(task, profile, out, False)
     assert len(winners) == 2 and (out / "searched_run1.json").is_file()
     searches = [c for c in calls if c[0] == "search"]
     assert [c[1] for c in searches] == [0, 1] and searches[0][2] != searches[1][2]
+    # each search's results folder is under the committed results, so an unfinished one outlives the workdir
+    assert searches[1][2] == str(out / "search_state" / "results_run1")
     assert calls[0][0] == "plans" and calls[-1][0] == "plans"
     import os
 
     assert os.environ["C2FNAS_results"] == str(tmp_path / "results")
     calls.clear()
-    assert len(study.run_searches(task, profile, tmp_path / "work", out, False)) == 2
+    assert len(study.run_searches(task, profile, out, False)) == 2
     assert not [c for c in calls if c[0] == "search"]
 
 
