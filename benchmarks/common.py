@@ -161,6 +161,24 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def option_skipped(fields: dict[str, Any]) -> str | None:
+    """Why an option side (ExecutionOptions fields) is not measured on this CPU; None: measure it.
+
+    bf16 where torch has no fast bf16 convolution on the CPU runs a reference kernel at 14-32x
+    fp32's time: a row's bf16 sides then take hours on 2 cores, to say what this reason says."""
+    if fields.get("precision") != "bf16":
+        return None
+    # start-up: importing the package pulls in torch, which the row modules import lazily too
+    import torch
+
+    from c2fnas_auto.nas.execution import cpu_bf16_is_fast
+
+    if cpu_bf16_is_fast() is False:
+        return (f"not measured: torch {torch.__version__} has no fast bf16 convolution on this CPU "
+                "(oneDNN bf16 unsupported; a reference kernel at 14-32x fp32's time)")
+    return None
+
+
 def have_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

@@ -31,8 +31,8 @@ from typing import Callable
 
 import torch
 
-from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_seconds, median, paired_ratio, ratio,
-                               require_module, require_our, timed)
+from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_seconds, median, option_skipped,
+                               paired_ratio, ratio, require_module, require_our, timed)
 
 ROW = "sliding_window"
 TITLE = "2. Sliding-window inference"
@@ -108,7 +108,11 @@ def run(ws, profile: Profile) -> RowResult:
         peer(bs)(-1)
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
     opt_times, opt_ratios, opt_diff = {}, {}, {}
+    skipped = {k: why for k, fields in OPTION_SIDES.items() if (why := option_skipped(fields))}
     for name, opts in OPTION_SIDES.items():
+        if name in skipped:
+            opt_ratios[name] = None
+            continue
         execution = ExecutionOptions(**{"precision": "fp32", "channels_last": False, **opts})
         variant = prepare_network(copy.deepcopy(net), execution).eval()
         opt_times[name] = {}
@@ -119,7 +123,8 @@ def run(ws, profile: Profile) -> RowResult:
                                 if r is not None), default=None)
         opt_diff[name] = float((outputs[name] - outputs["ours"]).abs().max())
     best = min((k for k in OPTION_SIDES if opt_ratios[k] is not None), key=lambda k: opt_ratios[k], default=None)
-    options_note = "; ".join(f"{k} ratio {_fmt_ratio(opt_ratios[k])} (max |diff| to fp32 {opt_diff[k]:.1e})"
+    options_note = "; ".join(f"{k} {skipped[k]}" if k in skipped else
+                             f"{k} ratio {_fmt_ratio(opt_ratios[k])} (max |diff| to fp32 {opt_diff[k]:.1e})"
                              for k in OPTION_SIDES)
     diff = float((outputs["ours"] - outputs["monai"]).abs().max())
     scale = float(outputs["monai"].abs().max())
@@ -154,7 +159,8 @@ def run(ws, profile: Profile) -> RowResult:
                  "options": {k: {"seconds_ours": {str(bs): opt_times[k][bs][0] for bs in BATCH_SIZES},
                                  "seconds_monai": {str(bs): opt_times[k][bs][1] for bs in BATCH_SIZES},
                                  "ratio": opt_ratios[k], "max_abs_difference_to_fp32": opt_diff[k]}
-                             for k in OPTION_SIDES},
+                             for k in OPTION_SIDES if k not in skipped},
+                 "skipped_options": skipped,
                  "best_option": best, "best_option_ratio": opt_ratios[best] if best else None,
                  "best_option_goal_met": None if best is None else opt_ratios[best] <= 1 / 1.3},
     )

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import Profile, RowResult, Summary, median, paired_ratio, require_module, require_our
+from benchmarks.common import (Profile, RowResult, Summary, median, option_skipped, paired_ratio, require_module,
+                               require_our)
 from benchmarks.rows.data_pipeline import BACKENDS, nnunet_trainer_for, our_iterator, rotate
 from benchmarks.rows.train_step import our_network
 
@@ -119,10 +120,11 @@ def run(ws, profile: Profile) -> RowResult:
         net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))
     for step in steps.values():
         step()  # warm-up: first-call allocations, file opening
+    skipped = {k: why for k, fields in OPTION_SIDES.items() if (why := option_skipped(fields))}
     options, failed = option_steppers(
         lambda name: our_stepper(plans, pre_dir, patch, batch, "device",
                                  execution=ExecutionOptions(**{"precision": "fp32", **OPTION_SIDES[name]})),
-        OPTION_SIDES)
+        [k for k in OPTION_SIDES if k not in skipped])
     steps.update(options)
     n = max(2, profile.dp_batches // 2)
     ips = rotate({k: (lambda s=s: iterations_per_second(s, n)) for k, s in steps.items()}, profile.reps)
@@ -134,7 +136,7 @@ def run(ws, profile: Profile) -> RowResult:
     r_opt = {k: paired_ratio(ips[k], ips["nnunet"]) if k in ips else None for k in OPTION_SIDES}
     spread = {k: [min(v), max(v)] for k, v in ips.items()}
     best = max((k for k in OPTION_SIDES if r_opt[k] is not None), key=lambda k: r_opt[k], default=None)
-    options_note = "; ".join(f"{k} failed ({failed[k]})" if k in failed else
+    options_note = "; ".join(f"{k} failed ({failed[k]})" if k in failed else f"{k} {skipped[k]}" if k in skipped else
                              f"{k} {med[k]:.3f} it/s (ratio {_fmt(r_opt[k])})" for k in OPTION_SIDES)
     return RowResult(
         row=ROW, title=TITLE,
@@ -154,7 +156,7 @@ def run(ws, profile: Profile) -> RowResult:
                  "median": med, "ratio_batchgenerators": r_bg, "ratio_residual": r_res,
                  "ratio_pipeline_same_network": r_same,
                  "iterations_per_second_options": {k: ips[k] for k in OPTION_SIDES if k in ips},
-                 "failed_options": failed,
+                 "failed_options": failed, "skipped_options": skipped,
                  "ratio_options": r_opt, "best_option": best,
                  "best_option_ratio": r_opt[best] if best else None,
                  "best_option_goal_met": None if best is None else r_opt[best] >= 1.5,

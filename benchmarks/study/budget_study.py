@@ -64,7 +64,7 @@ BUDGET_SEARCH = dict(budget="reference", equal_cost=True, budget_band=0.15, nois
 
 BUDGET_PROFILES: dict[str, BudgetProfile] = {
     "budget": BudgetProfile("budget", *_specs(False)[:1], (_specs(False)[1],), epochs=10, iters_per_epoch=40,
-                            seeds_source=5, seeds_transfer=3, search_runs=4, num_random=16, search=BUDGET_SEARCH,
+                            seeds_source=5, seeds_transfer=2, search_runs=4, num_random=16, search=BUDGET_SEARCH,
                             nnunet_arm=True),
     "budget_smoke": BudgetProfile(
         "budget_smoke", *_specs(True)[:1], (_specs(True)[1],), epochs=1, iters_per_epoch=2, seeds_source=2,

@@ -243,3 +243,15 @@ def test_partial_score_without_a_prepared_task_is_a_one_line_error(tmp_path, cap
     with pytest.raises(SystemExit) as exc:
         partial_score.main(["--workdir", str(tmp_path / "none")])
     assert exc.value.code == 2 and "partial_score: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_bf16_arm_is_left_out_with_its_reason_only_where_bf16_runs_a_reference_kernel(monkeypatch, capsys, fast):
+    from benchmarks.head_to_head import runnable_arms
+    from c2fnas_auto.nas import execution
+
+    monkeypatch.setattr(execution, "cpu_bf16_is_fast", lambda: fast)
+    kept = runnable_arms(["nnunet", "ours", "ours_bf16", "ours_ds"])
+    assert kept == (["nnunet", "ours", "ours_bf16", "ours_ds"] if fast else ["nnunet", "ours", "ours_ds"])
+    out = capsys.readouterr().out
+    assert ("ours_bf16 left out: not measured" in out) == (not fast)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +76,17 @@ def test_a_failing_option_side_is_recorded_and_the_others_still_run():
     assert calls == ["bf16", "compile", "ncdhw"]  # each working side was warmed up once
     steps["bf16"]()
     assert calls[-1] == "bf16"
+
+
+@pytest.mark.parametrize("fast", [False, True, None])
+def test_a_bf16_side_is_skipped_only_where_the_cpu_has_no_fast_bf16_convolution(monkeypatch, fast):
+    from benchmarks.common import option_skipped
+    from c2fnas_auto.nas import execution
+
+    monkeypatch.setattr(execution, "cpu_bf16_is_fast", lambda: fast)
+    for fields in ({"precision": "bf16"}, {"precision": "bf16", "channels_last": False}):
+        why = option_skipped(fields)
+        assert (why is not None) == (fast is False)
+        if why:
+            assert why.startswith("not measured") and "bf16" in why and "\n" not in why
+    assert option_skipped({"compile": True}) is None and option_skipped({"channels_last": False}) is None

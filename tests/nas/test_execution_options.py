@@ -174,3 +174,42 @@ def test_a_network_on_the_cpu_is_channels_last_unless_asked_otherwise():
     cl = torch.channels_last_3d
     assert all(p.is_contiguous(memory_format=cl) for p in prepare_network(net()).parameters() if p.dim() == 5)
     assert all(p.is_contiguous() for p in prepare_network(net(), ExecutionOptions(channels_last=False)).parameters())
+
+
+def _fresh_warnings(monkeypatch):
+    from c2fnas_auto.nas import execution
+
+    monkeypatch.setattr(execution, "_WARNED", set())
+    return execution
+
+
+@pytest.mark.parametrize("fast, warns", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_fast_bf16_convolutions_warns_once(monkeypatch, capsys, fast, warns):
+    execution = _fresh_warnings(monkeypatch)
+    monkeypatch.setattr(execution, "cpu_bf16_is_fast", lambda: fast)
+    assert check_precision("bf16", CPU) == "bf16"  # a warning, not a refusal: the user asked by name
+    assert check_precision("bf16", CPU) == "bf16"
+    err = capsys.readouterr().err
+    assert err.count("no fast bf16 convolution") == (1 if warns else 0)
+    if warns:
+        assert len(err.strip().splitlines()) == 1 and "--precision fp32 is faster here" in err
+    check_precision("fp32", CPU)
+    assert "bf16" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [AttributeError, RuntimeError])
+def test_bf16_probe_missing_from_the_torch_build_says_unknown(monkeypatch, error):
+    execution = _fresh_warnings(monkeypatch)
+
+    class Ops:
+        def _is_mkldnn_bf16_supported(self):
+            raise error("no such op")
+
+    monkeypatch.setattr(execution.torch.ops, "mkldnn", Ops())
+    assert execution.cpu_bf16_is_fast() is None
+
+
+def test_bf16_probe_answers_on_this_build():
+    from c2fnas_auto.nas.execution import cpu_bf16_is_fast
+
+    assert cpu_bf16_is_fast() in (True, False)
