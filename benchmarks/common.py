@@ -179,6 +179,11 @@ def option_skipped(fields: dict[str, Any]) -> str | None:
     return None
 
 
+def skipped_sides(sides: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The option sides (name -> ExecutionOptions fields) not measured here, with their reasons."""
+    return {name: why for name, fields in sides.items() if (why := option_skipped(fields))}
+
+
 def have_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

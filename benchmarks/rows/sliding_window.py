@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_seconds, median, option_skipped,
+from benchmarks.common import (Profile, RowResult, Summary, alternate, fmt_seconds, median, skipped_sides,
                                paired_ratio, ratio, require_module, require_our, timed)
 
 ROW = "sliding_window"
@@ -108,7 +108,7 @@ def run(ws, profile: Profile) -> RowResult:
         peer(bs)(-1)
         times[bs] = alternate(ours(bs), peer(bs), profile.fast_reps)
     opt_times, opt_ratios, opt_diff = {}, {}, {}
-    skipped = {k: why for k, fields in OPTION_SIDES.items() if (why := option_skipped(fields))}
+    skipped = skipped_sides(OPTION_SIDES)
     for name, opts in OPTION_SIDES.items():
         if name in skipped:
             opt_ratios[name] = None

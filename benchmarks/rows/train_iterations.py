@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import (Profile, RowResult, Summary, median, option_skipped, paired_ratio, require_module,
+from benchmarks.common import (Profile, RowResult, Summary, median, skipped_sides, paired_ratio, require_module,
                                require_our)
 from benchmarks.rows.data_pipeline import BACKENDS, nnunet_trainer_for, our_iterator, rotate
 from benchmarks.rows.train_step import our_network
@@ -120,7 +120,7 @@ def run(ws, profile: Profile) -> RowResult:
         net=nnunet_network(nn_task, len(plans.channel_names), plans.num_classes, deep_supervision=True))
     for step in steps.values():
         step()  # warm-up: first-call allocations, file opening
-    skipped = {k: why for k, fields in OPTION_SIDES.items() if (why := option_skipped(fields))}
+    skipped = skipped_sides(OPTION_SIDES)
     options, failed = option_steppers(
         lambda name: our_stepper(plans, pre_dir, patch, batch, "device",
                                  execution=ExecutionOptions(**{"precision": "fp32", **OPTION_SIDES[name]})),

@@ -90,3 +90,8 @@ def test_a_bf16_side_is_skipped_only_where_the_cpu_has_no_fast_bf16_convolution(
         if why:
             assert why.startswith("not measured") and "bf16" in why and "\n" not in why
     assert option_skipped({"compile": True}) is None and option_skipped({"channels_last": False}) is None
+    from benchmarks.common import skipped_sides
+    from benchmarks.rows.train_iterations import OPTION_SIDES
+
+    skipped = skipped_sides(OPTION_SIDES)
+    assert sorted(skipped) == (["bf16", "bf16_ncdhw"] if fast is False else [])
