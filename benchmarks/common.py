@@ -169,14 +169,10 @@ def option_skipped(fields: dict[str, Any]) -> str | None:
     if fields.get("precision") != "bf16":
         return None
     # start-up: importing the package pulls in torch, which the row modules import lazily too
-    import torch
+    from c2fnas_auto.nas.execution import cpu_bf16_slow_reason
 
-    from c2fnas_auto.nas.execution import cpu_bf16_is_fast
-
-    if cpu_bf16_is_fast() is False:
-        return (f"not measured: torch {torch.__version__} has no fast bf16 convolution on this CPU "
-                "(oneDNN bf16 unsupported; a reference kernel at 14-32x fp32's time)")
-    return None
+    slow = cpu_bf16_slow_reason()
+    return f"not measured: {slow}" if slow else None
 
 
 def skipped_sides(sides: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -74,9 +74,7 @@ def runnable_arms(arms: list[str]) -> list[str]:
     say so, and is left out with the reason."""
     kept = []
     for name in arms:
-        extra = ARMS[name].extra  # CLI flags and values, e.g. ("--precision", "bf16")
-        fields = {flag.lstrip("-").replace("-", "_"): value for flag, value in zip(extra[::2], extra[1::2])}
-        why = option_skipped(fields)
+        why = option_skipped(ARMS[name].execution)
         if why is None:
             kept.append(name)
         else:

@@ -103,13 +103,20 @@ class Schedule:
 
 @dataclass
 class Arm:
-    """One way to run one tool. `tool` is 'nnunet' or 'ours'; `extra` are our CLI options for
-    training and prediction, `train_extra` for training only (an A/B of a training setting)."""
+    """One way to run one tool. `tool` is 'nnunet' or 'ours'; `execution` are ExecutionOptions
+    fields for our training and prediction (so the bench can ask whether this CPU runs them
+    fast), `train_extra` CLI options for training only (an A/B of a training setting)."""
 
     name: str
     tool: str
-    extra: tuple[str, ...] = field(default_factory=tuple)
+    execution: dict[str, str] = field(default_factory=dict)
     train_extra: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def extra(self) -> tuple[str, ...]:
+        """`execution` as our CLI options, e.g. {'precision': 'bf16'} -> ('--precision', 'bf16')."""
+        return tuple(part for key, value in self.execution.items()
+                     for part in (f"--{key.replace('_', '-')}", value))
 
     # --- preprocessing (once per task and tool) --------------------------------------------
     def prepare(self, spec: TaskSpec, s: Settings) -> dict[str, Any]:
@@ -272,6 +279,6 @@ def _prepare_ours(spec: TaskSpec, s: Settings) -> dict[str, Any]:
 
 
 ARMS = {"nnunet": Arm("nnunet", "nnunet"), "ours": Arm("ours", "ours"),
-        "ours_bf16": Arm("ours_bf16", "ours", ("--precision", "bf16")),
+        "ours_bf16": Arm("ours_bf16", "ours", {"precision": "bf16"}),
         # A/B of a default: nnU-Net trains with deep supervision, our plans leave it off
         "ours_ds": Arm("ours_ds", "ours", train_extra=("--deep-supervision", "on"))}

@@ -82,10 +82,8 @@ def check_precision(precision: str | None, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ExecutionError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
                              "use --precision fp16 or fp32")
-    if precision == "bf16" and device.type == "cpu" and cpu_bf16_is_fast() is False:
-        _warn_once("bf16-cpu", f"--precision bf16: torch {torch.__version__} has no fast bf16 convolution on "
-                   "this CPU (oneDNN bf16 unsupported), so convolutions fall back to a reference kernel, "
-                   "measured 14-32x slower than fp32; --precision fp32 is faster here")
+    if precision == "bf16" and device.type == "cpu" and (slow := cpu_bf16_slow_reason()):
+        _warn_once("bf16-cpu", f"--precision bf16: {slow}; --precision fp32 is faster here")
     return precision
 
 
@@ -98,6 +96,15 @@ def cpu_bf16_is_fast() -> bool | None:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without the probe (or without oneDNN ops)
         return None
+
+
+def cpu_bf16_slow_reason() -> str | None:
+    """Why bf16 is slow on this CPU, in one phrase (the CLI's warning and the benchmarks' skip
+    reason say the same); None where it is fast or torch does not say."""
+    if cpu_bf16_is_fast() is not False:
+        return None
+    return (f"torch {torch.__version__} has no fast bf16 convolution on this CPU (oneDNN bf16 unsupported), "
+            "so convolutions fall back to a reference kernel, measured 14-32x slower than fp32")
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

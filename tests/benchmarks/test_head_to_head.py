@@ -255,3 +255,10 @@ def test_the_bf16_arm_is_left_out_with_its_reason_only_where_bf16_runs_a_referen
     assert kept == (["nnunet", "ours", "ours_bf16", "ours_ds"] if fast else ["nnunet", "ours", "ours_ds"])
     out = capsys.readouterr().out
     assert ("ours_bf16 left out: not measured" in out) == (not fast)
+
+
+def test_an_arms_execution_options_become_the_cli_flags_its_commands_pass():
+    from benchmarks.h2h.sides import ARMS
+
+    assert ARMS["ours_bf16"].extra == ("--precision", "bf16")
+    assert ARMS["ours"].extra == () and ARMS["ours_ds"].train_extra == ("--deep-supervision", "on")
