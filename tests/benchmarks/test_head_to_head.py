@@ -262,3 +262,30 @@ def test_an_arms_execution_options_become_the_cli_flags_its_commands_pass():
 
     assert ARMS["ours_bf16"].extra == ("--precision", "bf16")
     assert ARMS["ours"].extra == () and ARMS["ours_ds"].train_extra == ("--deep-supervision", "on")
+
+
+def test_the_component_diagnosis_separates_scattered_false_positives_from_the_main_structure(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.h2h.diagnose_components import case_record, diagnose
+
+    ref = np.zeros((16, 16, 16), np.uint8)
+    ref[4:8, 4:8, 4:8] = 1
+    pred = ref.copy()
+    pred[12:14, 12:14, 12:14] = 1  # a distant false positive, 8 voxels against 64
+    rec = case_record(pred, ref, [1])
+    assert rec["components"] == 2 and abs(rec["outside_largest"] - 8 / 72) < 1e-9
+    assert rec["dice"] < 1.0 and rec["dice_largest_only"] == 1.0 and rec["volume_ratio"] == 72 / 64
+    for d, arr in (("pred", pred), ("ref", ref)):
+        (tmp_path / d).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / d / "case_000.nii.gz"))
+    out = diagnose(tmp_path / "pred", tmp_path / "ref")
+    assert out["cases"] == 1 and out["components_median"] == 2.0 and out["dice_largest_fg_component_only_mean"] == 1.0
+
+
+def test_the_component_diagnosis_of_an_empty_folder_is_a_one_line_error(tmp_path):
+    from benchmarks.h2h.diagnose_components import main
+
+    with pytest.raises(SystemExit, match="no \\*.nii.gz predictions in"):
+        main([str(tmp_path), str(tmp_path)])
