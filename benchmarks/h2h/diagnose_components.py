@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
+from c2fnas_auto.data.image_io import read_segmentation
+from c2fnas_auto.errors import C2FNASError
 from c2fnas_auto.utils.io import atomic_write_json
 
 
@@ -29,10 +30,13 @@ def case_record(pred: np.ndarray, ref: np.ndarray, classes: list[int]) -> dict[s
     """Components of the predicted foreground, the share outside the largest, and the mean Dice
     over `classes` as predicted and restricted to that largest component."""
     labelled, n = ndimage.label(pred > 0)
-    sizes = np.bincount(labelled.ravel())[1:]
     fg = int((pred > 0).sum())
-    keep = labelled == (int(np.argmax(sizes)) + 1) if n else pred > 0
-    return {"components": float(n), "outside_largest": 1.0 - (float(sizes.max()) / fg if n else 1.0) if fg else 0.0,
+    if n:
+        sizes = np.bincount(labelled.ravel())[1:]
+        keep, outside = labelled == int(np.argmax(sizes)) + 1, 1.0 - float(sizes.max()) / fg
+    else:  # nothing predicted
+        keep, outside = pred > 0, 0.0
+    return {"components": float(n), "outside_largest": outside,
             "volume_ratio": fg / max(int((ref > 0).sum()), 1),
             "dice": float(np.mean([_dice(pred == c, ref == c) for c in classes])),
             "dice_largest_only": float(np.mean([_dice((pred == c) & keep, ref == c) for c in classes]))}
@@ -41,8 +45,12 @@ def case_record(pred: np.ndarray, ref: np.ndarray, classes: list[int]) -> dict[s
 def diagnose(pred_dir: Path, label_dir: Path) -> dict[str, float | int]:
     rows = []
     for f in sorted(pred_dir.glob("*.nii.gz")):
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(label_dir / f.name)))
+        if not (label_dir / f.name).is_file():
+            raise SystemExit(f"diagnose_components: error: {label_dir / f.name}: no reference label for {f}")
+        try:
+            pred, ref = read_segmentation(f)[0], read_segmentation(label_dir / f.name)[0]
+        except C2FNASError as exc:  # an unreadable or non-integer label map: the reader names the file
+            raise SystemExit(f"diagnose_components: error: {exc}") from None
         classes = sorted(int(c) for c in np.union1d(np.unique(pred), np.unique(ref)) if c > 0)
         rows.append(case_record(pred, ref, classes))
     if not rows:

@@ -289,3 +289,19 @@ def test_the_component_diagnosis_of_an_empty_folder_is_a_one_line_error(tmp_path
 
     with pytest.raises(SystemExit, match="no \\*.nii.gz predictions in"):
         main([str(tmp_path), str(tmp_path)])
+
+
+def test_the_component_diagnosis_names_a_missing_or_bad_reference_in_one_line(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.h2h.diagnose_components import main
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.uint8)), str(tmp_path / "pred" / "c.nii.gz"))
+    with pytest.raises(SystemExit, match="no reference label for"):
+        main([str(tmp_path / "pred"), str(tmp_path / "ref")])
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 4, 4), 0.5, np.float32)), str(tmp_path / "ref" / "c.nii.gz"))
+    with pytest.raises(SystemExit, match="non-integer values"):
+        main([str(tmp_path / "pred"), str(tmp_path / "ref")])
