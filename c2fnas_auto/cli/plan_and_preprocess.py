@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from c2fnas_auto.cli._common import cli_entry, exit_with
 from c2fnas_auto.errors import C2FNASError
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_max_resampled_flag(args)
     # start-up: the pipeline pulls in SimpleITK, scipy and scikit-image; --help should not wait for them
     from c2fnas_auto.planning.pipeline import load_task, plan_and_preprocess, summary_line
+    from c2fnas_auto.planning.planner import memory_target_note
 
     if args.num_workers < 1:
         raise C2FNASError(f"-np must be >= 1, got {args.num_workers}")
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=progress, cell_style=args.cell_style)
         n = None if args.no_preprocess else len(list_cases(preprocessed_dir(plans.task_name)))
         print(summary_line(plans, n))
+        note = memory_target_note(plans)
+        if note is not None:
+            print(f"c2fnas_plan_and_preprocess: warning: {note}", file=sys.stderr, flush=True)
     return 0
 
 

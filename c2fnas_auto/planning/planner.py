@@ -31,6 +31,9 @@ MAX_START_VOXELS = 256 ** 3   # initial patch volume before fitting (then clippe
 BATCH_DATASET_FRACTION = 0.05  # nnU-Net's cap: one batch covers at most 5% of the dataset's voxels
 MAX_LEVEL_CHANNELS = 512
 GIB = 1024 ** 3
+STATE_SHARE_NOTE = 0.5         # warn when weights, gradients and momentum take more of the target than this
+COVER_NOTE = 0.25              # ... and the patch covers less of the median case than this (nnU-Net's
+                               # 0.25 GB hippocampus patch covers 29%, ours 9%)
 
 CostFn = Callable[..., Any]
 
@@ -241,6 +244,28 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
         median_shape=median_shape, num_training_cases=int(len(spacings)), dataset_voxels=dataset_voxels)
     plans.validate()
     return plans
+
+
+def memory_target_note(plans: Plans, cost_fn: CostFn | None = None) -> str | None:
+    """A warning when the network's own state leaves the patch little of the target.
+
+    `--gpu-memory-gb` counts the weights, gradients and momentum (nnU-Net's target does not), so
+    at a small target a wide network leaves the patch a remainder: on the hippocampus at 0.25 GB
+    the default network's state takes 0.20 GB and the patch comes out 3.1x smaller than nnU-Net's,
+    which measurably costs test Dice (documentation/studies/head_to_head.md). None where the
+    state takes at most half the target or the patch covers a quarter of the median case."""
+    cost = (cost_fn or _default_cost_fn())(plans.genotype, plans.network, tuple(plans.patch_size),
+                                           batch_size=plans.batch_size)
+    state = float(cost.weight_bytes + cost.gradient_bytes + cost.optimizer_bytes)
+    median = plans.median_shape or list(plans.patch_size)
+    cover = float(np.prod(plans.patch_size)) / float(np.prod(median))
+    if state <= STATE_SHARE_NOTE * plans.gpu_memory_gb * GIB or cover >= COVER_NOTE:
+        return None
+    fmt = lambda v: "x".join(str(int(x)) for x in v)  # noqa: E731
+    return (f"{plans.task_name}: the network's weights, gradients and momentum take {state / GIB:.2f} of the "
+            f"{plans.gpu_memory_gb:g} GB target, leaving the patch {fmt(plans.patch_size)} ({cover:.0%} of the "
+            f"median case {fmt(median)}); a small patch sees little context: a larger --gpu-memory-gb or a "
+            "smaller --base-channels gives it more (reference/plans.md)")
 
 
 def refit_plans(plans: Plans, genotype, gpu_memory_gb: float | None = None, cost_fn: CostFn | None = None) -> Plans:

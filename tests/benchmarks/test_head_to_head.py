@@ -305,3 +305,60 @@ def test_the_component_diagnosis_names_a_missing_or_bad_reference_in_one_line(tm
     sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 4, 4), 0.5, np.float32)), str(tmp_path / "ref" / "c.nii.gz"))
     with pytest.raises(SystemExit, match="non-integer values"):
         main([str(tmp_path / "pred"), str(tmp_path / "ref")])
+
+
+def _cell_file(path: Path, per_case: dict[str, float]) -> Path:
+    path.write_text(json.dumps({"test": {"dice": sum(per_case.values()) / len(per_case), "dice_per_case": per_case}}))
+    return path
+
+
+def test_the_paired_comparison_pairs_cells_by_seed_and_case(tmp_path, capsys):
+    from benchmarks.h2h import paired
+
+    a = [_cell_file(tmp_path / f"a{s}.json", {"c1": 0.9, "c2": 0.8, "c3": 0.7 + s / 10}) for s in range(2)]
+    b = [_cell_file(tmp_path / f"b{s}.json", {"c1": 0.5, "c2": 0.6, "c3": 0.7}) for s in range(2)]
+    out = paired.compare(a, b)
+    assert out["cases"] == 3 and out["seeds"] == 2 and out["interval_covers"] == "cases and seeds"
+    assert out["difference"]["diff"] == pytest.approx(((0.4 + 0.2 + 0.0) + (0.4 + 0.2 + 0.1)) / 6)
+    assert out["a_better_cases"] == 3 and out["b_better_cases"] == 0
+    # restricted to one case, and one seed: the interval covers case noise only
+    one = paired.compare(a[:1], b[:1], cases=["c3"])
+    assert one["cases"] == 1 and one["difference"]["diff"] == pytest.approx(0.0)
+    assert one["interval_covers"].startswith("cases only")
+    assert paired.main(["--a", str(a[0]), "--b", str(b[0]), "--out", str(tmp_path / "ab.json")]) == 0
+    assert json.loads((tmp_path / "ab.json").read_text())["case_ids"] == ["c1", "c2", "c3"]
+    assert "A - B = +0.200" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("problem", ["unequal", "unfinished", "unknown_case", "no_common"])
+def test_the_paired_comparison_names_what_is_wrong_in_one_line(tmp_path, capsys, problem):
+    from benchmarks.h2h import paired
+
+    a = _cell_file(tmp_path / "a.json", {"c1": 0.9})
+    b = _cell_file(tmp_path / "b.json", {"c2": 0.5} if problem == "no_common" else {"c1": 0.5})
+    args = {"unequal": ["--a", str(a), str(a), "--b", str(b)],
+            "unfinished": ["--a", str(a), "--b", str(tmp_path / "u.json")],
+            "unknown_case": ["--a", str(a), "--b", str(b), "--cases", "c9"],
+            "no_common": ["--a", str(a), "--b", str(b)]}[problem]
+    if problem == "unfinished":
+        (tmp_path / "u.json").write_text(json.dumps({"train": {}}))
+    with pytest.raises(SystemExit) as exc:
+        paired.main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("paired: error:") and err.count("\n") == 1
+    assert {"unequal": "give one per seed", "unfinished": "u.json: no test.dice_per_case",
+            "unknown_case": "c9", "no_common": "share no scored test case"}[problem] in err
+
+
+def test_the_paired_comparison_reads_its_cases_from_a_partial_score(tmp_path):
+    from benchmarks.h2h import paired
+
+    a = _cell_file(tmp_path / "a.json", {"c1": 0.9, "c2": 0.1})
+    b = _cell_file(tmp_path / "b.json", {"c1": 0.5, "c2": 0.5})
+    (tmp_path / "partial.json").write_text(json.dumps({"common_cases": ["c1"]}))
+    assert paired.main(["--a", str(a), "--b", str(b), "--cases-from", str(tmp_path / "partial.json"),
+                        "--out", str(tmp_path / "ab.json")]) == 0
+    assert json.loads((tmp_path / "ab.json").read_text())["case_ids"] == ["c1"]
+    (tmp_path / "bad.json").write_text(json.dumps({"cases": 1}))
+    with pytest.raises(SystemExit, match="2"):
+        paired.main(["--a", str(a), "--b", str(b), "--cases-from", str(tmp_path / "bad.json")])

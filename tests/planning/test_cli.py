@@ -62,3 +62,20 @@ def test_cli_cell_style(copy_task):
     assert Plans.load(copy_task.preprocessed_dir / "plans.json").network.cell_style == "residual"
     assert main(["-t", "98", "--no-preprocess", *FAST]) == 0
     assert Plans.load(copy_task.preprocessed_dir / "plans.json").network.cell_style == "c2fnas"
+
+
+def test_cli_warns_when_the_networks_state_leaves_the_patch_little_context(tmp_path, monkeypatch, capsys):
+    from c2fnas_auto.data.synthetic import make_synthetic_task
+
+    monkeypatch.setenv("C2FNAS_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("C2FNAS_preprocessed", str(tmp_path / "preprocessed"))
+    make_synthetic_task(tmp_path / "raw", task_id=96, name="Wide", num_train=2, num_test=0,
+                        shape=(48, 96, 96), spacing=(1.0, 1.0, 1.0), seed=5)
+    # the default width (32) at 0.25 GB: weights, gradients and momentum take 0.20 GB
+    assert main(["-t", "96", "--gpu-memory-gb", "0.25", "--no-preprocess", "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("c2fnas_plan_and_preprocess: warning: Task96_Wide: the network's")
+    assert "--base-channels" in err[0]
+    assert main(["-t", "96", "--gpu-memory-gb", "0.25", "--base-channels", "8", "--no-preprocess",
+                 "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err

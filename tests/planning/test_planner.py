@@ -11,8 +11,8 @@ from c2fnas_auto.nas.cost import estimate_cost
 from c2fnas_auto.nas.genotype import Genotype, reference_genotype
 from c2fnas_auto.planning.fingerprint import synthetic_fingerprint
 from c2fnas_auto.planning.msd_reference import MSD_TASKS, plan_msd
-from c2fnas_auto.planning.planner import (GIB, compute_strides, normalization_for, plan_experiment, refit_plans,
-                                          target_spacing_from, transposition_for)
+from c2fnas_auto.planning.planner import (GIB, compute_strides, memory_target_note, normalization_for, plan_experiment,
+                                          refit_plans, target_spacing_from, transposition_for)
 
 LABELS = {"background": 0, "organ": 1}
 
@@ -74,6 +74,23 @@ def test_patch_and_batch_respect_budget_and_grow():
         assert plans.batch_size >= 2
         sizes.append(int(np.prod(plans.patch_size)) * plans.batch_size)
     assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_a_target_mostly_taken_by_the_networks_state_is_named_with_the_patch_it_leaves():
+    # the head-to-head's hippocampus: 1 mm MRI of 64^3, where 0.25 GB leaves the default network's
+    # patch at 9% of the case (nnU-Net's planner, which does not count parameters, picks 29%)
+    fp = synthetic_fingerprint("Task04_Hippocampus", {0: "MRI"}, {"background": 0, "anterior": 1, "posterior": 2},
+                               [[1.0, 1.0, 1.0]] * 160, [[64, 64, 64]] * 160)
+    small = plan_experiment(fp, None, gpu_memory_gb=0.25)
+    note = memory_target_note(small)
+    state = estimate_cost(small.genotype, small.network, small.patch_size, batch_size=2)
+    shown = (state.weight_bytes + state.gradient_bytes + state.optimizer_bytes) / GIB
+    assert note is not None and f"take {shown:.2f} of the 0.25 GB target" in note
+    assert "x".join(map(str, small.patch_size)) in note and "of the median case 64x64x64" in note
+    # more room, or a narrower network with the same target: the patch gets the context, no note
+    assert memory_target_note(plan_experiment(fp, None, gpu_memory_gb=0.5)) is None
+    narrow = plan_experiment(fp, None, gpu_memory_gb=0.25, base_channels=16)
+    assert np.prod(narrow.patch_size) > 4 * np.prod(small.patch_size) and memory_target_note(narrow) is None
 
 
 def test_batch_cap_and_budget_too_small():
