@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-shape", type=int, nargs=3, default=[48, 96, 96], metavar=("Z", "Y", "X"))
     p.add_argument("--gpu-memory-gb", type=float, default=0.5, help="memory target of both planners (0.5)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of both tools (default 2)")
+    p.add_argument("--ours-base-channels", type=int, default=None, metavar="N",
+                   help="our planner's --base-channels (default: its own, 32); an A/B of our network's width at "
+                        "the target: cells are not keyed by it, so give it its own --workdir and --results")
     p.add_argument("--final-validation", action="store_true",
                    help="let both trainers validate fold 0 after training (in the budget) and apply the "
                         "postprocessing nnUNetv2_find_best_configuration picks; off by default: on 2 CPU cores "
@@ -90,7 +93,7 @@ def run(args) -> int:
         write_report(results)
         return 0
     settings = Settings(args.workdir.resolve(), args.gpu_memory_gb, args.threads, args.final_validation,
-                        not args.no_mirroring)
+                        not args.no_mirroring, args.ours_base_channels)
     ran, recalibrated = 0, set()
     for task_name in args.tasks:
         spec = _task(task_name, args, settings.workdir)

@@ -39,6 +39,7 @@ class Settings:
     threads: int = 2
     final_validation: bool = False  # the trainers' sliding-window validation of fold 0 after training
     mirroring: bool = True          # test-time mirroring when predicting the test set (both tools' default)
+    ours_base_channels: int | None = None  # our planner's --base-channels; None: its default
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -261,6 +262,8 @@ def _prepare_ours(spec: TaskSpec, s: Settings) -> dict[str, Any]:
     info: dict[str, Any] = {
         "preprocess": measured(python_cmd("c2fnas_auto.cli.plan_and_preprocess", "-t", str(spec.task_id),
                                           "-np", str(s.threads), "--gpu-memory-gb", str(s.gpu_memory_gb),
+                                          *([] if s.ours_base_channels is None
+                                            else ["--base-channels", str(s.ours_base_channels)]),
                                           "--no-progress"),
                                log_dir / "ours_plan_and_preprocess.log", s.env()).to_dict()}
     default_root = s.workdir / "ours_default_plans"
@@ -274,6 +277,8 @@ def _prepare_ours(spec: TaskSpec, s: Settings) -> dict[str, Any]:
     if plans is None or default is None:
         raise StepFailed(f"{pre_root / spec.name}: our planner wrote no plans file")
     info["plan"] = {"gpu_memory_gb": s.gpu_memory_gb, **_patch_batch_ours(plans)}
+    if s.ours_base_channels is not None:
+        info["plan"]["base_channels"] = s.ours_base_channels
     info["default_plan"] = {"gpu_memory_gb": OURS_DEFAULT_GB, **_patch_batch_ours(default)}
     return info
 

@@ -86,6 +86,30 @@ def test_a_training_ab_arm_passes_its_option_to_training_only(tmp_path, monkeypa
     assert train_cmd[train_cmd.index("--deep-supervision") + 1] == "on" and "--deep-supervision" not in predict_cmd
 
 
+@pytest.mark.parametrize("width", [None, 16])
+def test_our_planner_gets_the_base_width_only_when_one_is_asked_for(tmp_path, monkeypatch, width):
+    from benchmarks.h2h import sides
+    from benchmarks.h2h.tasks import TaskSpec
+
+    cmds = []
+
+    def fake_measured(cmd, log, env):  # what our planner would write, where it would write it
+        cmds.append(cmd)
+        root = Path(env["C2FNAS_preprocessed"]) / spec.name
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "plans.json").write_text(json.dumps({"patch_size": [8, 8, 8], "batch_size": 2}))
+        return sides.Measured(1.0, 1.0, None, None)
+
+    monkeypatch.setattr(sides, "measured", fake_measured)
+    monkeypatch.setattr(sides, "write_splits", lambda spec, folder: None)
+    spec = TaskSpec("t", 999, tmp_path / "Dataset999_T", tmp_path / "imgs", tmp_path / "labs", {"background": 0},
+                    [], [])
+    info = sides.ARMS["ours"].prepare(spec, sides.Settings(tmp_path, ours_base_channels=width))
+    shared, default = cmds  # the shared target's plans, then the planner's own default (recorded only)
+    assert ("--base-channels" in shared) == (width is not None) and "--base-channels" not in default
+    assert info["plan"].get("base_channels") == width
+
+
 def _cell(arm: str, seed: int, dice: float) -> dict:
     return {"task": "t", "arm": arm, "budget_min": 20, "seed": seed, "mirroring": True,
             "test": {"dice": dice, "dice_per_class": {"a": dice}}, "schedule": {"iterations": 100},
