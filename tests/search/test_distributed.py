@@ -83,7 +83,9 @@ def _finish(*procs: subprocess.Popen) -> None:
 
 def test_killed_worker_loses_only_its_candidate_and_a_late_joiner_helps(tmp_path):
     settings = json.dumps({**SETTINGS, "coarse_candidates": 10})
-    main = _start(tmp_path, settings, {"sleep": 0.6})
+    # 1 s per job leaves a late joiner's start-up (imports: seconds on a loaded machine) inside the
+    # stage; at 0.6 s a loaded run once saw the main worker finish the stage before the helper came
+    main = _start(tmp_path, settings, {"sleep": 1.0})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not ((tmp_path / "search" / "state.json").is_file() and
                                                sum(t["state"] == "COMPLETE" for t in _trials(tmp_path)) >= 2):
@@ -96,10 +98,11 @@ def test_killed_worker_loses_only_its_candidate_and_a_late_joiner_helps(tmp_path
         time.sleep(0.1)
     assert mine, "the joiner took a coarse candidate: " + (doomed.stderr.read().decode()[-2000:]
                                                            if doomed.poll() is not None else "")
+    # a second late joiner that works normally, started before the kill so that its start-up overlaps
+    helper = _start(tmp_path, settings, {"join": True, "sleep": 0.15})
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=30)
     lost = mine[0]["job"]
-    helper = _start(tmp_path, settings, {"join": True, "sleep": 0.15})  # a second late joiner that works normally
     _finish(main, helper)
     workers = _workers(tmp_path)  # the killed worker wrote nothing
     assert len(workers) == 2 and all(w["coarse"] for w in workers), "the late joiner took coarse candidates"
