@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--gpu-memory-gb", type=float, default=8.0,
                    help="training memory budget the patch and batch are fitted to (default 8)")
-    p.add_argument("--base-channels", type=int, default=32,
-                   help="stem width; levels get 2x/4x/8x/16x, capped at 512 (default 32, as in the paper)")
+    p.add_argument("--base-channels", type=int, default=None,
+                   help="stem width; levels get 2x/4x/8x/16x, capped at 512 (default: 32, as in the paper, "
+                        "halved to 16 or 8 at a small --gpu-memory-gb where the network's own weights, gradients "
+                        "and momentum would leave the patch under a quarter of the median case)")
     p.add_argument("--cell-style", default="c2fnas", choices=["c2fnas", "residual"],
                    help="cell wiring: 'c2fnas' as the paper's public network (default), or 'residual' cells "
                         "with a full-resolution skip into the classifier (documentation/explanation/search_space.md)")

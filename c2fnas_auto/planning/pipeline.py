@@ -91,7 +91,7 @@ def _reusable_fingerprint(path: Path, dataset) -> tuple[dict[str, Any] | None, s
     return fp, None
 
 
-def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channels: int = 32,
+def plan_and_preprocess(task: str | int, gpu_memory_gb: float = 8.0, base_channels: int | None = None,
                         num_workers: int = 1, genotype: Any = None, genotype_from: str | int | None = None,
                         verify: bool = True, preprocess: bool = True, progress: bool | None = None,
                         cell_style: str = "c2fnas") -> Plans:
@@ -139,7 +139,7 @@ def summary_line(plans: Plans, num_cases: int | None = None) -> str:
     """One human-readable line per task for the CLI."""
     fmt = lambda v: "x".join(f"{x:g}" for x in v)  # noqa: E731
     return (f"{plans.task_name}: spacing {fmt(plans.target_spacing)} mm, transpose {plans.transpose_forward}, "
-            f"patch {fmt(plans.patch_size)}, batch {plans.batch_size}, "
+            f"patch {fmt(plans.patch_size)}, batch {plans.batch_size}, base width {plans.base_channels}, "
             f"memory {plans.estimated_memory_gb:.2f}/{plans.gpu_memory_gb:g} GB, "
             f"genotype {plans.genotype.topology_string()}, "
             f"cases {plans.num_training_cases if num_cases is None else num_cases}")

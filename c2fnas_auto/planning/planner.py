@@ -10,6 +10,7 @@ training memory stays within `gpu_memory_gb`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +31,7 @@ MIN_PATCH_AXIS = 8            # the patch is never shrunk below this on any axis
 MAX_START_VOXELS = 256 ** 3   # initial patch volume before fitting (then clipped to the median shape)
 BATCH_DATASET_FRACTION = 0.05  # nnU-Net's cap: one batch covers at most 5% of the dataset's voxels
 MAX_LEVEL_CHANNELS = 512
+AUTO_BASE_CHANNELS = (32, 16, 8)  # the paper's stem width, halved while it crowds the patch out
 GIB = 1024 ** 3
 STATE_SHARE_NOTE = 0.5         # warn when weights, gradients and momentum take more of the target than this
 COVER_NOTE = 0.25              # ... and the patch covers less of the median case than this (nnU-Net's
@@ -174,6 +176,34 @@ def fit_patch_and_batch(median_shape: Sequence[int], spacing: Sequence[float], d
     return {"patch_size": patch, "batch_size": batch, "network": network, "training_bytes": need}
 
 
+def auto_base_channels(widths: Sequence[int], median_shape: Sequence[int], spacing: Sequence[float],
+                       dataset_voxels: int, genotype, gpu_memory_gb: float,
+                       make_network: Callable[[int, list[list[int]]], NetworkConfig],
+                       cost_fn: CostFn | None = None) -> dict[str, Any]:
+    """The fit of the widest of `widths` whose own state does not crowd the patch out.
+
+    At a small target the default width's weights, gradients and momentum take most of the
+    memory and the patch shrinks to a corner of the case, which cost 0.26 test Dice on the
+    hippocampus at 0.25 GB (documentation/studies/head_to_head.md); a narrower network there
+    keeps the patch. The last width is taken whatever it leaves; a width that does not fit at
+    all gives way to the next, and only the last one's error is raised."""
+    cost_fn = cost_fn or _default_cost_fn()
+    for i, width in enumerate(widths):
+        last = i == len(widths) - 1
+        network_at = functools.partial(make_network, width)
+        try:
+            fit = fit_patch_and_batch(median_shape, spacing, dataset_voxels, genotype, network_at, gpu_memory_gb,
+                                      cost_fn)
+        except PlansError:
+            if last:
+                raise
+            continue
+        state = _state_bytes(cost_fn, genotype, fit["network"], fit["patch_size"])
+        if last or not _crowded(state, gpu_memory_gb, fit["patch_size"], median_shape):
+            return fit
+    raise AssertionError("unreachable: the last width returns or raises")
+
+
 # ----------------------------------------------------------------- normalization
 def normalization_for(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
     """CT: dataset-wide clip + z-score from foreground stats; others: per-image z-score."""
@@ -193,13 +223,15 @@ def normalization_for(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------- the planner
 def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: float = 8.0,
-                    base_channels: int = 32, genotype=None, cost_fn: CostFn | None = None,
+                    base_channels: int | None = None, genotype=None, cost_fn: CostFn | None = None,
                     cell_style: str = "c2fnas") -> Plans:
     """Plans for a task from its fingerprint (`dataset` only supplies the name when given).
-    `cell_style` picks the wiring (nas.config.CELL_STYLES); patch and batch are fitted to it."""
+    `cell_style` picks the wiring (nas.config.CELL_STYLES); patch and batch are fitted to it.
+    `base_channels` None: 32, halved (to 8 at most) while the network's own state would leave the
+    patch a corner of the case (`auto_base_channels`); a number is taken as it is."""
     if gpu_memory_gb is None or gpu_memory_gb <= 0:
         raise PlansError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
-    if int(base_channels) < 1:
+    if base_channels is not None and int(base_channels) < 1:
         raise PlansError(f"base_channels must be >= 1, got {base_channels}")
     if cell_style not in CELL_STYLES:
         raise PlansError(f"cell style {cell_style!r}: expected one of {', '.join(CELL_STYLES)}")
@@ -223,12 +255,10 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
     channel_names = {int(k): str(v) for k, v in fingerprint["channel_names"].items()}
     labels = {str(k): int(v) for k, v in fingerprint["labels"].items()}
     genotype = genotype if genotype is not None else reference_genotype()
-    base_channels = int(base_channels)
-
-    fit = fit_patch_and_batch(
-        median_shape, target_t, dataset_voxels, genotype,
-        lambda strides: network_for(len(channel_names), len(labels), base_channels, strides, cell_style),
-        gpu_memory_gb, cost_fn)
+    widths = AUTO_BASE_CHANNELS if base_channels is None else (int(base_channels),)
+    fit = auto_base_channels(widths, median_shape, target_t, dataset_voxels, genotype, gpu_memory_gb,
+                             lambda width, strides: network_for(len(channel_names), len(labels), width, strides,
+                                                                cell_style), cost_fn)
 
     plans = Plans(
         task_name=Path(dataset.folder).name if dataset is not None else fingerprint["task_name"],
@@ -246,20 +276,30 @@ def plan_experiment(fingerprint: dict[str, Any], dataset=None, gpu_memory_gb: fl
     return plans
 
 
+def _crowded(state_bytes: float, gpu_memory_gb: float, patch: Sequence[int], median: Sequence[int]) -> bool:
+    """The network's own state takes most of the target and leaves the patch a corner of the case."""
+    cover = float(np.prod(patch)) / float(np.prod(median))
+    return state_bytes > STATE_SHARE_NOTE * gpu_memory_gb * GIB and cover < COVER_NOTE
+
+
+def _state_bytes(cost_fn: CostFn, genotype, network: NetworkConfig, patch) -> float:
+    cost = cost_fn(genotype, network, tuple(int(p) for p in patch), batch_size=2)
+    return float(cost.weight_bytes + cost.gradient_bytes + cost.optimizer_bytes)
+
+
 def memory_target_note(plans: Plans, cost_fn: CostFn | None = None) -> str | None:
     """A warning when the network's own state leaves the patch little of the target.
 
     `--gpu-memory-gb` counts the weights, gradients and momentum (nnU-Net's target does not), so
     at a small target a wide network leaves the patch a remainder: on the hippocampus at 0.25 GB
-    the default network's state takes 0.20 GB and the patch comes out 3.1x smaller than nnU-Net's,
-    which measurably costs test Dice (documentation/studies/head_to_head.md). None where the
-    state takes at most half the target or the patch covers a quarter of the median case."""
-    cost = (cost_fn or _default_cost_fn())(plans.genotype, plans.network, tuple(plans.patch_size),
-                                           batch_size=plans.batch_size)
-    state = float(cost.weight_bytes + cost.gradient_bytes + cost.optimizer_bytes)
+    width 32's state takes 0.20 GB and the patch comes out 3.1x smaller than nnU-Net's, which
+    measurably costs test Dice (documentation/studies/head_to_head.md). The default width is
+    narrowed there (`auto_base_channels`); this names a width given by hand that is not. None
+    where the state takes at most half the target or the patch covers a quarter of the median case."""
+    state = _state_bytes(cost_fn or _default_cost_fn(), plans.genotype, plans.network, plans.patch_size)
     median = plans.median_shape or list(plans.patch_size)
     cover = float(np.prod(plans.patch_size)) / float(np.prod(median))
-    if state <= STATE_SHARE_NOTE * plans.gpu_memory_gb * GIB or cover >= COVER_NOTE:
+    if not _crowded(state, plans.gpu_memory_gb, plans.patch_size, median):
         return None
     fmt = lambda v: "x".join(str(int(x)) for x in v)  # noqa: E731
     return (f"{plans.task_name}: the network's weights, gradients and momentum take {state / GIB:.2f} of the "

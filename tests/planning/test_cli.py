@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from c2fnas_auto.cli.plan_and_preprocess import main
 from c2fnas_auto.nas.genotype import Genotype
 from c2fnas_auto.planning.plans import Plans
@@ -64,18 +66,24 @@ def test_cli_cell_style(copy_task):
     assert Plans.load(copy_task.preprocessed_dir / "plans.json").network.cell_style == "c2fnas"
 
 
-def test_cli_warns_when_the_networks_state_leaves_the_patch_little_context(tmp_path, monkeypatch, capsys):
+def test_cli_narrows_the_default_width_at_a_small_target_and_warns_about_a_forced_wide_one(tmp_path, monkeypatch,
+                                                                                            capsys):
     from c2fnas_auto.data.synthetic import make_synthetic_task
 
     monkeypatch.setenv("C2FNAS_raw", str(tmp_path / "raw"))
     monkeypatch.setenv("C2FNAS_preprocessed", str(tmp_path / "preprocessed"))
     make_synthetic_task(tmp_path / "raw", task_id=96, name="Wide", num_train=2, num_test=0,
                         shape=(48, 96, 96), spacing=(1.0, 1.0, 1.0), seed=5)
-    # the default width (32) at 0.25 GB: weights, gradients and momentum take 0.20 GB
+    # the default width at 0.25 GB: 32 would leave its weights, gradients and momentum 0.20 GB, so it is halved
     assert main(["-t", "96", "--gpu-memory-gb", "0.25", "--no-preprocess", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    auto = Plans.load(tmp_path / "preprocessed" / "Task96_Wide" / "plans.json")
+    assert auto.base_channels < 32 and f"base width {auto.base_channels}" in out and "warning" not in err
+    # asked for by name, the wide network is planned as asked, with the warning
+    assert main(["-t", "96", "--gpu-memory-gb", "0.25", "--base-channels", "32", "--no-preprocess",
+                 "--no-progress"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("c2fnas_plan_and_preprocess: warning: Task96_Wide: the network's")
     assert "--base-channels" in err[0]
-    assert main(["-t", "96", "--gpu-memory-gb", "0.25", "--base-channels", "8", "--no-preprocess",
-                 "--no-progress"]) == 0
-    assert "warning" not in capsys.readouterr().err
+    wide = Plans.load(tmp_path / "preprocessed" / "Task96_Wide" / "plans.json")
+    assert wide.base_channels == 32 and np.prod(wide.patch_size) < np.prod(auto.patch_size)

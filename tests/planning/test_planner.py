@@ -81,7 +81,7 @@ def test_a_target_mostly_taken_by_the_networks_state_is_named_with_the_patch_it_
     # patch at 9% of the case (nnU-Net's planner, which does not count parameters, picks 29%)
     fp = synthetic_fingerprint("Task04_Hippocampus", {0: "MRI"}, {"background": 0, "anterior": 1, "posterior": 2},
                                [[1.0, 1.0, 1.0]] * 160, [[64, 64, 64]] * 160)
-    small = plan_experiment(fp, None, gpu_memory_gb=0.25)
+    small = plan_experiment(fp, None, gpu_memory_gb=0.25, base_channels=32)
     note = memory_target_note(small)
     state = estimate_cost(small.genotype, small.network, small.patch_size, batch_size=2)
     shown = (state.weight_bytes + state.gradient_bytes + state.optimizer_bytes) / GIB
@@ -91,6 +91,26 @@ def test_a_target_mostly_taken_by_the_networks_state_is_named_with_the_patch_it_
     assert memory_target_note(plan_experiment(fp, None, gpu_memory_gb=0.5)) is None
     narrow = plan_experiment(fp, None, gpu_memory_gb=0.25, base_channels=16)
     assert np.prod(narrow.patch_size) > 4 * np.prod(small.patch_size) and memory_target_note(narrow) is None
+
+
+def test_the_default_width_is_halved_only_where_its_own_state_would_crowd_the_patch_out():
+    fp = synthetic_fingerprint("Task04_Hippocampus", {0: "MRI"}, {"background": 0, "anterior": 1, "posterior": 2},
+                               [[1.0, 1.0, 1.0]] * 160, [[64, 64, 64]] * 160)
+    # 0.25 GB: the paper's width leaves 9% of the case, 16 leaves a patch of 64x64x48
+    auto = plan_experiment(fp, None, gpu_memory_gb=0.25)
+    assert auto.base_channels == 16 and auto.patch_size == plan_experiment(fp, None, gpu_memory_gb=0.25,
+                                                                            base_channels=16).patch_size
+    # room enough: the paper's width, as before (nnU-Net's 0.25 GB patch covers 29% and is not crowded)
+    assert plan_experiment(fp, None, gpu_memory_gb=0.35).base_channels == 32
+    assert plan_experiment(fp, None, gpu_memory_gb=8.0).base_channels == 32
+    # a target too small for the paper's width is planned narrower instead of refused ...
+    tiny = plan_experiment(fp, None, gpu_memory_gb=0.1)
+    assert tiny.base_channels < 32 and tiny.estimated_memory_gb <= 0.1
+    with pytest.raises(PlansError, match="too small"):
+        plan_experiment(fp, None, gpu_memory_gb=0.1, base_channels=32)
+    # ... and one too small for every width names the error of the narrowest
+    with pytest.raises(PlansError, match="too small"):
+        plan_experiment(fp, None, gpu_memory_gb=0.001)
 
 
 def test_batch_cap_and_budget_too_small():
