@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-gb", type=float, default=0.5, help="memory target of both planners (0.5)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of both tools (default 2)")
     p.add_argument("--ours-base-channels", type=int, default=None, metavar="N",
-                   help="our planner's --base-channels (default: its own, 32); an A/B of our network's width at "
+                   help="our planner's --base-channels (default: its own: 32, narrowed at small targets); an A/B "
+                        "of our network's width at "
                         "the target: cells are not keyed by it, so give it its own --workdir and --results")
     p.add_argument("--final-validation", action="store_true",
                    help="let both trainers validate fold 0 after training (in the budget) and apply the "

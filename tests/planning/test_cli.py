@@ -72,6 +72,7 @@ def test_cli_narrows_the_default_width_at_a_small_target_and_warns_about_a_force
 
     monkeypatch.setenv("C2FNAS_raw", str(tmp_path / "raw"))
     monkeypatch.setenv("C2FNAS_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("C2FNAS_results", str(tmp_path / "results"))  # not left to an earlier test's roots
     make_synthetic_task(tmp_path / "raw", task_id=96, name="Wide", num_train=2, num_test=0,
                         shape=(48, 96, 96), spacing=(1.0, 1.0, 1.0), seed=5)
     # the default width at 0.25 GB: 32 would leave its weights, gradients and momentum 0.20 GB, so it is halved
